@@ -1,0 +1,107 @@
+// Attention over the KV cache for the token at `pos` (causal: positions
+// 0..=pos), one query head per workgroup. Grouped-query: query head h reads
+// K/V head h / (n_heads / n_kv_heads).
+//
+//   score[t] = q_h . k_cache[t, kv_head] / sqrt(head_size)
+//   out_h    = sum_t softmax(score)[t] * v_cache[t, kv_head]
+//
+// Bindings (group 0):
+//   0 params:  Params (uniform)      { n_heads, n_kv_heads, head_size, capacity }
+//   1 step:    Step (uniform)        { pos }
+//   2 q:       array<f32> (storage)  (n_heads, head_size)
+//   3 k_cache: array<f32> (storage)  (capacity, n_kv_heads * head_size)
+//   4 v_cache: array<f32> (storage)  (capacity, n_kv_heads * head_size)
+//   5 scores:  array<f32> (storage)  (n_heads, capacity) scratch
+//   6 out:     array<f32> (storage)  (n_heads, head_size)
+//
+// The softmax subtracts the maximum score first, so large scores cannot overflow.
+
+struct Params {
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_size: u32,
+    capacity: u32,
+}
+
+struct Step {
+    pos: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> q: array<f32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(4) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(5) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 64u;
+var<workgroup> partial: array<f32, WG>;
+
+// Reduces `partial` to its maximum (is_max) or sum, leaving it in every thread's hands.
+fn reduce(lid: u32, is_max: bool) -> f32 {
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if lid < stride {
+            let a = partial[lid];
+            let b = partial[lid + stride];
+            partial[lid] = select(a + b, max(a, b), is_max);
+        }
+        workgroupBarrier();
+    }
+    let r = partial[0];
+    workgroupBarrier(); // everyone has read partial[0] before it is reused
+    return r;
+}
+
+@compute @workgroup_size(64)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let h = wg.x;
+    if h >= params.n_heads || step.pos >= params.capacity {
+        return;
+    }
+    let hs = params.head_size;
+    let kv_dim = params.n_kv_heads * hs;
+    let kv_off = (h / (params.n_heads / params.n_kv_heads)) * hs;
+    let q_off = h * hs;
+    let s_off = h * params.capacity;
+    let n = step.pos + 1u;
+    let scale = sqrt(f32(hs));
+
+    // Scores and their maximum.
+    var m = -3.402823e38;
+    for (var t = lid; t < n; t += WG) {
+        var dot = 0.0;
+        for (var i = 0u; i < hs; i++) {
+            dot += q[q_off + i] * k_cache[t * kv_dim + kv_off + i];
+        }
+        let s = dot / scale;
+        scores[s_off + t] = s;
+        m = max(m, s);
+    }
+    partial[lid] = m;
+    m = reduce(lid, true);
+
+    // Exponentials (each thread revisits its own t) and their sum.
+    var sum = 0.0;
+    for (var t = lid; t < n; t += WG) {
+        let e = exp(scores[s_off + t] - m);
+        scores[s_off + t] = e;
+        sum += e;
+    }
+    partial[lid] = sum;
+    sum = reduce(lid, false);
+    storageBarrier(); // scores written above are read by other threads below
+
+    // Weighted sum of values: each thread owns some of the head's dimensions.
+    for (var i = lid; i < hs; i += WG) {
+        var acc = 0.0;
+        for (var t = 0u; t < n; t++) {
+            acc += scores[s_off + t] * v_cache[t * kv_dim + kv_off + i];
+        }
+        out[q_off + i] = acc / sum;
+    }
+}

@@ -1,0 +1,161 @@
+//! The CPU reference: llama2.c's `forward` in plain f32 Rust, built from the
+//! ops' host references. Written for clarity, not speed; tests check the GPU
+//! against it at every position.
+
+use crate::model::Model;
+use crate::ops::{add, attention, kv_append, matvec, rmsnorm, rope, swiglu};
+use crate::{Error, Result};
+
+/// A decoding state on the CPU: activations and a KV cache.
+#[derive(Clone, Debug)]
+pub struct CpuSession<'m> {
+    model: &'m Model,
+    /// Positions filled in the cache.
+    len: usize,
+    /// Positions the cache holds.
+    capacity: usize,
+    /// (dim,) residual stream.
+    x: Vec<f32>,
+    /// (dim,) normalised input of a block.
+    xb: Vec<f32>,
+    /// (dim,) attention output, then (dim,) block output.
+    xb2: Vec<f32>,
+    /// (hidden_dim,) gate, (hidden_dim,) up.
+    hb: Vec<f32>,
+    hb2: Vec<f32>,
+    /// (dim,) query; (kv_dim,) key and value of this token.
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// (n_layers, capacity, kv_dim) key and value caches.
+    key_cache: Vec<f32>,
+    value_cache: Vec<f32>,
+    /// (vocab_size,) output.
+    logits: Vec<f32>,
+}
+
+impl<'m> CpuSession<'m> {
+    /// A session with room for `capacity` positions (the model's context
+    /// length when `None`).
+    pub fn new(model: &'m Model, capacity: Option<usize>) -> Result<Self> {
+        let c = &model.config;
+        let capacity = capacity.unwrap_or(c.seq_len);
+        if capacity == 0 || capacity > c.seq_len {
+            return Err(Error::InvalidCapacity {
+                requested: capacity,
+                max: c.seq_len,
+            });
+        }
+        let cache = c.n_layers * capacity * c.kv_dim();
+        Ok(Self {
+            model,
+            len: 0,
+            capacity,
+            x: vec![0.0; c.dim],
+            xb: vec![0.0; c.dim],
+            xb2: vec![0.0; c.dim],
+            hb: vec![0.0; c.hidden_dim],
+            hb2: vec![0.0; c.hidden_dim],
+            q: vec![0.0; c.dim],
+            k: vec![0.0; c.kv_dim()],
+            v: vec![0.0; c.kv_dim()],
+            key_cache: vec![0.0; cache],
+            value_cache: vec![0.0; cache],
+            logits: vec![0.0; c.vocab_size],
+        })
+    }
+
+    /// Positions filled.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is filled.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions the cache holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets positions `len..`.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(Error::TruncateBeyondLength {
+                requested: len,
+                len: self.len,
+            });
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// Runs `token` at the next position and returns the logits (vocab_size,).
+    pub fn forward(&mut self, token: u32) -> Result<&[f32]> {
+        let m = self.model;
+        let c = &m.config;
+        let w = &m.weights;
+        if token as usize >= c.vocab_size {
+            return Err(Error::TokenOutOfRange {
+                token,
+                vocab_size: c.vocab_size,
+            });
+        }
+        if self.len == self.capacity {
+            return Err(Error::ContextFull {
+                capacity: self.capacity,
+            });
+        }
+        let pos = self.len;
+        let (d, hd, kv) = (c.dim, c.hidden_dim, c.kv_dim());
+        let shape = attention::Shape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_size: c.head_size(),
+            capacity: self.capacity,
+        };
+        // Token embedding.
+        self.x
+            .copy_from_slice(&w.token_embedding[token as usize * d..][..d]);
+        for l in 0..c.n_layers {
+            let cache = l * self.capacity * kv..(l + 1) * self.capacity * kv;
+            // Attention: rmsnorm, q/k/v projections, RoPE, append, attend, output projection.
+            rmsnorm::cpu(&mut self.xb, &self.x, &w.rms_att[l * d..][..d], c.norm_eps);
+            matvec::cpu(&mut self.q, &w.wq[l * d * d..][..d * d], &self.xb);
+            matvec::cpu(&mut self.k, &w.wk[l * kv * d..][..kv * d], &self.xb);
+            matvec::cpu(&mut self.v, &w.wv[l * kv * d..][..kv * d], &self.xb);
+            rope::cpu(&mut self.q, &mut self.k, pos, c.head_size(), c.rope_theta);
+            kv_append::cpu(
+                &mut self.key_cache[cache.clone()],
+                &mut self.value_cache[cache.clone()],
+                &self.k,
+                &self.v,
+                pos,
+            );
+            attention::cpu(
+                &mut self.xb2,
+                &self.q,
+                &self.key_cache[cache.clone()],
+                &self.value_cache[cache],
+                pos,
+                shape,
+            );
+            matvec::cpu(&mut self.xb, &w.wo[l * d * d..][..d * d], &self.xb2);
+            add::cpu(&mut self.x, &self.xb);
+            // Feed-forward: rmsnorm, gate and up projections, SwiGLU, down projection.
+            rmsnorm::cpu(&mut self.xb, &self.x, &w.rms_ffn[l * d..][..d], c.norm_eps);
+            matvec::cpu(&mut self.hb, &w.w1[l * hd * d..][..hd * d], &self.xb);
+            matvec::cpu(&mut self.hb2, &w.w3[l * hd * d..][..hd * d], &self.xb);
+            swiglu::cpu(&mut self.hb, &self.hb2);
+            matvec::cpu(&mut self.xb, &w.w2[l * d * hd..][..d * hd], &self.hb);
+            add::cpu(&mut self.x, &self.xb);
+        }
+        // Final norm and classifier.
+        rmsnorm::cpu(&mut self.xb, &self.x, &w.rms_final, c.norm_eps);
+        matvec::cpu(&mut self.logits, w.classifier(), &self.xb);
+        self.len += 1;
+        Ok(&self.logits)
+    }
+}

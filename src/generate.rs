@@ -1,0 +1,138 @@
+//! The generation loop, with llama2.c `run.c` semantics: the prompt (BOS,
+//! dummy-prefix space, text) is fed position by position, then tokens are
+//! sampled until `steps` positions are done or the model emits BOS.
+
+use std::time::Instant;
+
+use crate::cpu::CpuSession;
+use crate::sampler::Sampler;
+use crate::tokenizer::{TextStream, Tokenizer, BOS};
+use crate::{Error, Result, Session};
+
+/// Something that decodes one token per call at the next position: the GPU
+/// [`Session`] or the [`CpuSession`] reference.
+pub trait Decoder {
+    /// Positions decoded so far.
+    fn len(&self) -> usize;
+    /// Whether nothing has been decoded.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Positions the KV cache holds.
+    fn capacity(&self) -> usize;
+    /// Decodes a token whose logits are not needed.
+    fn feed(&mut self, token: u32) -> Result<()>;
+    /// Decodes a token and picks the next one.
+    fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32>;
+}
+
+impl Decoder for Session {
+    fn len(&self) -> usize {
+        Session::len(self)
+    }
+    fn capacity(&self) -> usize {
+        self.cache().capacity()
+    }
+    fn feed(&mut self, token: u32) -> Result<()> {
+        Session::feed(self, token)
+    }
+    fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32> {
+        Session::next_token(self, token, sampler)
+    }
+}
+
+impl Decoder for CpuSession<'_> {
+    fn len(&self) -> usize {
+        CpuSession::len(self)
+    }
+    fn capacity(&self) -> usize {
+        CpuSession::capacity(self)
+    }
+    fn feed(&mut self, token: u32) -> Result<()> {
+        self.forward(token).map(|_| ())
+    }
+    fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32> {
+        let logits = self.forward(token)?;
+        Ok(sampler.sample(logits))
+    }
+}
+
+/// What a generation produced and how fast.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// The text streamed out.
+    pub text: String,
+    /// Prompt tokens, BOS included.
+    pub prompt_tokens: usize,
+    /// Tokens sampled (the final BOS, if any, not counted).
+    pub generated_tokens: usize,
+    /// Positions decoded (forward passes run).
+    pub positions: usize,
+    /// Decode rate in positions per second, timed from the end of the first
+    /// position (as run.c), so pipeline warm-up is excluded; 0 if only one.
+    pub tokens_per_second: f64,
+}
+
+/// Runs `steps` positions from the decoder's current length (clamped to its
+/// capacity; 0 means up to capacity), starting with `prompt`. Each piece of
+/// text is passed to `emit` as soon as it forms whole UTF-8 characters.
+pub fn generate<D: Decoder>(
+    decoder: &mut D,
+    tokenizer: &Tokenizer,
+    sampler: &mut Sampler,
+    prompt: &str,
+    steps: usize,
+    mut emit: impl FnMut(&str),
+) -> Result<Generation> {
+    let prompt_tokens = tokenizer.encode(prompt, true, false)?;
+    let room = decoder.capacity() - decoder.len();
+    if prompt_tokens.len() > room {
+        return Err(Error::PromptTooLong {
+            tokens: prompt_tokens.len(),
+            capacity: room,
+        });
+    }
+    let steps = if steps == 0 { room } else { steps.min(room) };
+    let mut stream = TextStream::new();
+    let mut text = String::new();
+    let mut out = |s: &str, text: &mut String| {
+        if !s.is_empty() {
+            emit(s);
+            text.push_str(s);
+        }
+    };
+    let mut token = prompt_tokens[0];
+    let mut generated = 0;
+    let mut positions = 0;
+    let mut start = None;
+    while positions < steps {
+        let next = if positions + 1 < prompt_tokens.len() {
+            decoder.feed(token)?;
+            prompt_tokens[positions + 1]
+        } else {
+            generated += 1;
+            decoder.next_token(token, sampler)?
+        };
+        positions += 1;
+        if next == BOS {
+            generated -= 1; // BOS ends the text; it is not part of it
+            break;
+        }
+        let piece = tokenizer.decode(token, next)?;
+        out(&stream.push(piece), &mut text);
+        token = next;
+        start.get_or_insert_with(Instant::now);
+    }
+    out(&stream.finish(), &mut text);
+    let tokens_per_second = match start {
+        Some(t) if positions > 1 => (positions - 1) as f64 / t.elapsed().as_secs_f64(),
+        _ => 0.0,
+    };
+    Ok(Generation {
+        text,
+        prompt_tokens: prompt_tokens.len(),
+        generated_tokens: generated,
+        positions,
+        tokens_per_second,
+    })
+}

@@ -1,0 +1,158 @@
+//! The GPU context: a `wgpu::Device` and `Queue`, either created by kvgpu from
+//! the environment or handed in by an application that already has them.
+//!
+//! kvgpu never installs an uncaptured-error handler or a device-lost callback:
+//! everything it does on the device runs inside error scopes it pushes and pops
+//! itself, and errors come back as [`Error::Gpu`] values.
+
+use crate::{Error, Result};
+
+/// A device and its queue.
+#[derive(Clone, Debug)]
+pub struct Gpu {
+    /// The device every kvgpu buffer and pipeline lives on.
+    pub device: wgpu::Device,
+    /// The queue kvgpu submits to: one submit per decoded token.
+    pub queue: wgpu::Queue,
+}
+
+impl Gpu {
+    /// Creates a device on the adapter chosen by the environment: backends from
+    /// `WGPU_BACKEND` (e.g. `vulkan`, `gl`), then the first adapter whose name
+    /// contains `adapter_name` (case-insensitive), else `WGPU_ADAPTER_NAME`,
+    /// else the default adapter (`WGPU_POWER_PREF`). The device gets the
+    /// adapter's own storage-buffer limits, since model weights outgrow
+    /// WebGPU's defaults.
+    pub fn new(adapter_name: Option<&str>) -> Result<Self> {
+        pollster::block_on(Self::new_async(adapter_name))
+    }
+
+    async fn new_async(adapter_name: Option<&str>) -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let wanted = adapter_name
+            .map(str::to_string)
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+            .filter(|s| !s.is_empty());
+        let describe = |a: &wgpu::Adapter| {
+            let i = a.get_info();
+            format!("{} ({:?})", i.name, i.backend)
+        };
+        let adapter = match &wanted {
+            Some(name) => {
+                let lower = name.to_lowercase();
+                let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&lower))
+            }
+            None => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await
+                .ok(),
+        };
+        let Some(adapter) = adapter else {
+            let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+            return Err(Error::NoAdapter {
+                wanted,
+                available: adapters.iter().map(describe).collect(),
+            });
+        };
+        let have = adapter.limits();
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: have.max_storage_buffer_binding_size,
+            max_buffer_size: have.max_buffer_size,
+            ..wgpu::Limits::default()
+        };
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("kvgpu"),
+                required_limits: limits,
+                ..Default::default()
+            })
+            .await?;
+        Ok(Self { device, queue })
+    }
+
+    /// Uses an application's device and queue. kvgpu will not touch the
+    /// device's error handlers; its buffers are freed when the last
+    /// kvgpu object using them is dropped.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self { device, queue }
+    }
+
+    /// The adapter's name and backend, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".
+    pub fn describe(&self) -> String {
+        let i = self.device.adapter_info();
+        format!("{} ({:?})", i.name, i.backend)
+    }
+
+    /// Runs `f` inside validation, out-of-memory and internal error scopes on
+    /// this device; the first error caught becomes [`Error::Gpu`].
+    pub fn scoped<T>(&self, context: &'static str, f: impl FnOnce() -> T) -> Result<T> {
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        // Scopes pop in reverse order of their pushes.
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(oom.pop()),
+            pollster::block_on(internal.pop()),
+        ];
+        match errors.into_iter().flatten().next() {
+            None => Ok(value),
+            Some(e) => Err(Error::Gpu {
+                context,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Copies `size` bytes at the start of `src` into a fresh buffer and reads
+    /// them back. For tests and one-off inspection: decoding uses its own
+    /// persistent readback buffers.
+    pub fn read_buffer(&self, src: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let staging = self.scoped("reading a buffer back", || {
+            let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kvgpu readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+            self.queue.submit([encoder.finish()]);
+            staging
+        })?;
+        let mut out = vec![0u8; size as usize];
+        self.map_read(&staging, &mut out)?;
+        Ok(out)
+    }
+
+    /// Waits for submitted work, maps `buffer` (MAP_READ) and copies its first
+    /// `out.len()` bytes into `out`.
+    pub(crate) fn map_read(&self, buffer: &wgpu::Buffer, out: &mut [u8]) -> Result<()> {
+        let slice = buffer.slice(..out.len() as u64);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            out.copy_from_slice(&view);
+        }
+        buffer.unmap();
+        Ok(())
+    }
+}

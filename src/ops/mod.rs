@@ -1,0 +1,159 @@
+//! The compute kernels. Each op is one WGSL file in `shaders/` and one Rust
+//! module here holding its `Params` (matching the WGSL struct), the function
+//! that binds it into a [`Dispatch`], and `cpu`, its reference on the host.
+
+use wgpu::util::DeviceExt;
+
+pub mod add;
+pub mod argmax;
+pub mod attention;
+pub mod kv_append;
+pub mod matvec;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
+
+/// A kernel's WGSL source and the file it came from.
+#[derive(Clone, Copy, Debug)]
+pub struct Shader {
+    /// File stem in `shaders/`, e.g. "matvec".
+    pub name: &'static str,
+    /// WGSL source, compiled into the crate.
+    pub source: &'static str,
+}
+
+/// Every shader kvgpu uses (a test checks this against `shaders/`).
+pub const SHADERS: [Shader; 8] = [
+    add::SHADER,
+    argmax::SHADER,
+    attention::SHADER,
+    kv_append::SHADER,
+    matvec::SHADER,
+    rmsnorm::SHADER,
+    rope::SHADER,
+    swiglu::SHADER,
+];
+
+/// The compute pipelines, built once per device and model.
+#[derive(Clone, Debug)]
+pub struct Kernels {
+    /// [`add`]
+    pub add: wgpu::ComputePipeline,
+    /// [`argmax`]
+    pub argmax: wgpu::ComputePipeline,
+    /// [`attention`]
+    pub attention: wgpu::ComputePipeline,
+    /// [`kv_append`]
+    pub kv_append: wgpu::ComputePipeline,
+    /// [`matvec`]
+    pub matvec: wgpu::ComputePipeline,
+    /// [`rmsnorm`]
+    pub rmsnorm: wgpu::ComputePipeline,
+    /// [`rope`]
+    pub rope: wgpu::ComputePipeline,
+    /// [`swiglu`]
+    pub swiglu: wgpu::ComputePipeline,
+}
+
+impl Kernels {
+    /// Compiles every kernel. Call inside an error scope ([`crate::Gpu::scoped`]).
+    pub fn new(device: &wgpu::Device) -> Self {
+        let build = |shader: Shader| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.name),
+                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(shader.name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        Self {
+            add: build(add::SHADER),
+            argmax: build(argmax::SHADER),
+            attention: build(attention::SHADER),
+            kv_append: build(kv_append::SHADER),
+            matvec: build(matvec::SHADER),
+            rmsnorm: build(rmsnorm::SHADER),
+            rope: build(rope::SHADER),
+            swiglu: build(swiglu::SHADER),
+        }
+    }
+}
+
+/// One kernel launch, bound once and recorded every step: the pipeline, a
+/// bind group (binding 0 = its params uniform, then the buffers in order) and
+/// the grid.
+#[derive(Debug)]
+pub struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    /// Binds `params` (uploaded into a small uniform buffer that the bind
+    /// group keeps alive) and `buffers` for `pipeline`.
+    pub fn new(
+        device: &wgpu::Device,
+        pipeline: &wgpu::ComputePipeline,
+        params: &[u8],
+        buffers: &[&wgpu::Buffer],
+        workgroups: [u32; 3],
+    ) -> Self {
+        let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("kvgpu params"),
+            contents: params,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let entries: Vec<wgpu::BindGroupEntry> = std::iter::once(&params)
+            .chain(buffers.iter().copied())
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Self {
+            pipeline: pipeline.clone(),
+            bind_group,
+            workgroups,
+        }
+    }
+
+    /// Records the launch into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+
+/// Largest workgroup count per grid dimension that every adapter accepts.
+const MAX_GRID: u32 = 65535;
+
+/// A grid of `n` workgroups, spilling into y when `n` exceeds one dimension's
+/// limit (kernels then index `wg.x + wg.y * num_wg.x` and skip the excess).
+pub fn grid(n: u32) -> [u32; 3] {
+    if n <= MAX_GRID {
+        [n, 1, 1]
+    } else {
+        [MAX_GRID, n.div_ceil(MAX_GRID), 1]
+    }
+}
+
+/// A one-dimensional grid of `ceil(n / 64)` workgroups of 64 threads.
+pub fn grid_64(n: u32) -> [u32; 3] {
+    [n.div_ceil(64), 1, 1]
+}

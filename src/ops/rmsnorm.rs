@@ -1,0 +1,48 @@
+//! RMSNorm: `out = weight * x / sqrt(mean(x^2) + eps)`. See `shaders/rmsnorm.wgsl`.
+
+use super::{Dispatch, Shader};
+
+/// `shaders/rmsnorm.wgsl`.
+pub const SHADER: Shader = Shader {
+    name: "rmsnorm",
+    source: include_str!("../../shaders/rmsnorm.wgsl"),
+};
+
+/// Matches WGSL `Params` in rmsnorm.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    /// Vector length.
+    pub n: u32,
+    /// Added to the mean square before the square root.
+    pub eps: f32,
+}
+
+/// Binds `out (n,) = rmsnorm(x (n,)) * weight (n,)`.
+pub fn dispatch(
+    device: &wgpu::Device,
+    pipeline: &wgpu::ComputePipeline,
+    out: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    weight: &wgpu::Buffer,
+    n: usize,
+    eps: f32,
+) -> Dispatch {
+    let params = Params { n: n as u32, eps };
+    Dispatch::new(
+        device,
+        pipeline,
+        bytemuck::bytes_of(&params),
+        &[x, weight, out],
+        [1, 1, 1],
+    )
+}
+
+/// Host reference (llama2.c's `rmsnorm`).
+pub fn cpu(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32 + eps;
+    let scale = 1.0 / ss.sqrt();
+    for ((o, &w), &v) in out.iter_mut().zip(weight).zip(x) {
+        *o = w * (scale * v);
+    }
+}

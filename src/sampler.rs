@@ -1,0 +1,172 @@
+//! Choosing the next token from logits, exactly as llama2.c's `run.c` does:
+//! greedy argmax at temperature 0, else softmax(logits / temperature) and
+//! either multinomial sampling or top-p (nucleus) sampling, driven by run.c's
+//! xorshift RNG so that the same seed gives the same text.
+
+use crate::{Error, Result};
+
+/// llama2.c's xorshift64* generator (`random_u32` / `random_f32` in run.c).
+#[derive(Clone, Debug)]
+pub struct XorShift {
+    state: u64,
+}
+
+impl XorShift {
+    /// Seeds the generator. run.c passes the seed straight in as the state.
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    /// run.c's `random_u32`.
+    pub fn next_u32(&mut self) -> u32 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        (self.state.wrapping_mul(0x2545F4914F6CDD1D) >> 32) as u32
+    }
+
+    /// run.c's `random_f32`: uniform in [0, 1) with 24 random bits.
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u32() >> 8) as f32 / 16777216.0
+    }
+}
+
+/// Sampling settings and state.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    temperature: f32,
+    top_p: f32,
+    rng: XorShift,
+    /// (vocab,) scratch for top-p: candidate (probability, token id).
+    candidates: Vec<(f32, u32)>,
+    /// (vocab,) scratch for the probabilities.
+    probs: Vec<f32>,
+}
+
+impl Sampler {
+    /// `temperature` 0 means greedy; `top_p` outside (0, 1) means plain
+    /// multinomial sampling, as in run.c.
+    pub fn new(temperature: f32, top_p: f32, seed: u64) -> Result<Self> {
+        if !(temperature >= 0.0 && temperature.is_finite()) {
+            return Err(Error::InvalidSampler(format!(
+                "temperature must be a finite number >= 0, got {temperature}"
+            )));
+        }
+        if !top_p.is_finite() {
+            return Err(Error::InvalidSampler(format!(
+                "top-p must be finite, got {top_p}"
+            )));
+        }
+        Ok(Self {
+            temperature,
+            top_p,
+            rng: XorShift::new(seed),
+            candidates: Vec::new(),
+            probs: Vec::new(),
+        })
+    }
+
+    /// A greedy sampler (argmax).
+    pub fn greedy() -> Self {
+        Self::new(0.0, 0.9, 0).expect("valid settings")
+    }
+
+    /// Whether this sampler takes the argmax, which a GPU can do without
+    /// reading the logits back.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+
+    /// Picks the next token from `logits` (vocab,).
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.is_greedy() {
+            return argmax(logits);
+        }
+        self.probs.clear();
+        self.probs
+            .extend(logits.iter().map(|l| l / self.temperature));
+        softmax(&mut self.probs);
+        let coin = self.rng.next_f32();
+        if self.top_p <= 0.0 || self.top_p >= 1.0 {
+            sample_mult(&self.probs, coin)
+        } else {
+            sample_topp(&self.probs, self.top_p, coin, &mut self.candidates)
+        }
+    }
+}
+
+/// Index of the largest value; the first one on ties (run.c's `sample_argmax`).
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// In-place softmax, max-subtracted, as run.c's `softmax`.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().skip(1).fold(x[0], |m, &v| if v > m { v } else { m });
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Samples from `probs` with `coin` in [0, 1) (run.c's `sample_mult`).
+fn sample_mult(probs: &[f32], coin: f32) -> u32 {
+    let mut cdf = 0.0f32;
+    for (i, &p) in probs.iter().enumerate() {
+        cdf += p;
+        if coin < cdf {
+            return i as u32;
+        }
+    }
+    (probs.len() - 1) as u32
+}
+
+/// Top-p sampling (run.c's `sample_topp`): sample from the smallest set of
+/// tokens whose probabilities add up to more than `top_p`.
+fn sample_topp(probs: &[f32], top_p: f32, coin: f32, candidates: &mut Vec<(f32, u32)>) -> u32 {
+    // Tokens below this cannot be part of the nucleus; dropping them first
+    // makes the sort cheap.
+    let cutoff = (1.0 - top_p) / (probs.len() - 1) as f32;
+    candidates.clear();
+    candidates.extend(
+        probs
+            .iter()
+            .enumerate()
+            .filter(|(_, &p)| p >= cutoff)
+            .map(|(i, &p)| (p, i as u32)),
+    );
+    if candidates.is_empty() {
+        // run.c reads out of bounds here (possible when top_p is tiny); the
+        // most likely token is the limit of top-p as top_p -> 0.
+        return argmax(probs);
+    }
+    candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut cumulative = 0.0f32;
+    let mut last = candidates.len() - 1;
+    for (i, (p, _)) in candidates.iter().enumerate() {
+        cumulative += p;
+        if cumulative > top_p {
+            last = i;
+            break;
+        }
+    }
+    let r = coin * cumulative;
+    let mut cdf = 0.0f32;
+    for (p, id) in &candidates[..=last] {
+        cdf += p;
+        if r < cdf {
+            return *id;
+        }
+    }
+    candidates[last].1
+}
