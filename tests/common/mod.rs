@@ -1,0 +1,104 @@
+//! Shared test helpers: finding the adapter and the model files, seeded
+//! random data, running one dispatch.
+//!
+//! Without an adapter or model files a test prints why it was skipped and
+//! passes, except under CI (`CI=true`), where it fails.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use kvgpu::{Gpu, Model, Tokenizer};
+
+fn skip(why: String) {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI=true and {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+/// A device on the environment's adapter, or `None` (test skipped) when there is none.
+pub fn gpu() -> Option<Gpu> {
+    match Gpu::new(None) {
+        Ok(gpu) => Some(gpu),
+        Err(e) => {
+            skip(format!("no GPU adapter ({e}); install mesa-vulkan-drivers for lavapipe"));
+            None
+        }
+    }
+}
+
+/// The folder with the test models: `$KVGPU_MODELS`, else `../shared/models`.
+pub fn models_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("KVGPU_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models"));
+    if dir.join("stories260K.bin").is_file() && dir.join("tok512.bin").is_file() {
+        Some(dir)
+    } else {
+        skip(format!(
+            "stories260K.bin / tok512.bin not found in {} (set KVGPU_MODELS)",
+            dir.display()
+        ));
+        None
+    }
+}
+
+/// stories260K and its tokenizer, or `None` (test skipped).
+pub fn stories() -> Option<(Model, Tokenizer)> {
+    let dir = models_dir()?;
+    let model = Model::load_llama2c(dir.join("stories260K.bin")).expect("stories260K.bin loads");
+    let tok = Tokenizer::load(dir.join("tok512.bin"), model.config.vocab_size)
+        .expect("tok512.bin loads");
+    Some((model, tok))
+}
+
+/// Unwraps an `Option` or returns from the test (which was reported skipped).
+#[macro_export]
+macro_rules! require {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => return,
+        }
+    };
+}
+
+/// A tiny random Llama with grouped-query attention (for tests that need no real weights).
+pub fn tiny_model(seq_len: usize) -> Model {
+    let config = kvgpu::Config {
+        dim: 48,
+        hidden_dim: 72,
+        n_layers: 2,
+        n_heads: 6,
+        n_kv_heads: 2,
+        vocab_size: 300,
+        seq_len,
+        shared_classifier: false,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+    };
+    Model::random(config, 7).expect("valid config")
+}
+
+/// Seeded uniform values in [-1, 1).
+pub fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = kvgpu::sampler::XorShift::new(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+    (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
+}
+
+/// A fresh scratch folder for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kvgpu-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Largest |a - b| over two equal-length slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

@@ -1,0 +1,245 @@
+//! End-to-end decoding of stories260K: the llama2.c reference texts byte for
+//! byte, GPU logits against the CPU reference at every position, cache
+//! rollback, no allocation per token, and a device shared with the caller.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::max_abs_diff;
+use kvgpu::cpu::CpuSession;
+use kvgpu::{generate, Gpu, GpuModel, Sampler, Session};
+
+/// `run stories260K.bin -z tok512.bin -t 0.0` (../shared/models/README.md).
+const GREEDY: &str = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.
+Lily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't find it.\"
+Lily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"
+Lily didn't want to help her mom, so she said, \"I'm sorry, mom. I didn't know what to do.\" Her mom said, \"Don't worry, Lily. We can help you.";
+
+/// `run stories260K.bin -z tok512.bin -t 1.0 -p 0.9 -s 133742`.
+const SAMPLED: &str = "Once upon a time, there was a little boy named Timmy. Timmy loved to play with his toys and eat sandwiches. One day, Timmy's mom told him it was time to rest for a while. Timmy's friend Billy came over and took him a down.
+Timmy's mom saw that Timmy was sad, but Timmy said, \"I didn't understand what is it! We need to find some leafs.\" Timmy thought about it and took a deep breath on a spoon. He hoped it was important to be kind and continued to find its image next time.
+After they finished getting, Timmy's dad came up to his house and promised to help Timmy.";
+
+/// `run stories260K.bin -z tok512.bin -t 0 -i "Zoo" -n 60`.
+const ZOO: &str = "Zoo was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but she didn't want to play with";
+
+fn session(gpu: &Gpu, model: &kvgpu::Model) -> Session {
+    Session::new(&GpuModel::new(gpu, model).unwrap(), None).unwrap()
+}
+
+fn check_text(prompt: &str, steps: usize, mut sampler: Sampler, expect: &str) {
+    let (model, tok) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let mut s = session(&gpu, &model);
+    let mut streamed = String::new();
+    let run = generate(&mut s, &tok, &mut sampler, prompt, steps, |p| streamed.push_str(p)).unwrap();
+    assert_eq!(run.text, streamed);
+    assert_eq!(run.text.trim_end(), expect);
+}
+
+#[test]
+fn greedy_text_equals_llama2c() {
+    check_text("", 256, Sampler::greedy(), GREEDY);
+}
+
+#[test]
+fn sampled_text_equals_llama2c() {
+    check_text("", 256, Sampler::new(1.0, 0.9, 133742).unwrap(), SAMPLED);
+}
+
+#[test]
+fn prompted_text_equals_llama2c() {
+    check_text("Zoo", 60, Sampler::greedy(), ZOO);
+}
+
+#[test]
+fn example_prints_the_reference_text() {
+    let dir = require!(common::models_dir());
+    require!(common::gpu());
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--example", "generate", "--"])
+        .arg("--model")
+        .arg(dir.join("stories260K.bin"))
+        .arg("--tokenizer")
+        .arg(dir.join("tok512.bin"))
+        .args(["--prompt", "Zoo", "--steps", "60", "--temperature", "0"])
+        .output()
+        .expect("cargo runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{ZOO}\n"));
+    assert!(stderr.contains("KV cache: 655360 bytes"), "{stderr}");
+}
+
+/// Tolerance for GPU vs CPU logits: both f32; the GPU sums in another order.
+const LOGIT_TOLERANCE: f32 = 1e-3;
+
+#[test]
+fn gpu_logits_match_cpu_reference_at_every_position() {
+    let (model, _) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let mut s = session(&gpu, &model);
+    let mut cpu = CpuSession::new(&model, None).unwrap();
+    let mut token = kvgpu::tokenizer::BOS;
+    let mut worst = (0.0f32, 0);
+    for pos in 0..256 {
+        let expect = cpu.forward(token).unwrap().to_vec();
+        let got = s.forward(token).unwrap();
+        let diff = max_abs_diff(got, &expect);
+        if diff > worst.0 {
+            worst = (diff, pos);
+        }
+        token = kvgpu::sampler::argmax(&expect);
+    }
+    eprintln!("max |gpu - cpu| logit over 256 positions: {} at position {}", worst.0, worst.1);
+    assert!(worst.0 <= LOGIT_TOLERANCE, "logits differ by {} at position {}", worst.0, worst.1);
+}
+
+#[test]
+fn gpu_kv_cache_matches_cpu_reference() {
+    let (model, _) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let mut s = session(&gpu, &model);
+    let mut cpu = CpuSession::new(&model, None).unwrap();
+    // A prompt fed without readback, then one step that reads.
+    let tokens = [1u32, 400, 37, 88, 5, 301, 260];
+    for &t in &tokens {
+        s.feed(t).unwrap();
+        cpu.forward(t).unwrap();
+    }
+    let logits = s.forward(9).unwrap().to_vec();
+    assert!(max_abs_diff(&logits, cpu.forward(9).unwrap()) <= LOGIT_TOLERANCE);
+    let (k, v) = s.read_cache(model.config.n_layers - 1).unwrap();
+    assert_eq!(k.len(), 8 * model.config.kv_dim());
+    assert_eq!(v.len(), k.len());
+}
+
+#[test]
+fn truncate_then_redecode_is_bitwise_identical() {
+    let (model, _) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let mut s = session(&gpu, &model);
+    let mut tokens = vec![kvgpu::tokenizer::BOS];
+    let mut first = Vec::new();
+    for _ in 0..100 {
+        let logits = s.forward(*tokens.last().unwrap()).unwrap().to_vec();
+        tokens.push(kvgpu::sampler::argmax(&logits));
+        first.push(logits);
+    }
+    assert_eq!(s.len(), 100);
+    s.truncate(40).unwrap();
+    assert_eq!(s.len(), 40);
+    for pos in 40..100 {
+        let logits = s.forward(tokens[pos]).unwrap();
+        let same = logits.iter().zip(&first[pos]).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "logits at position {pos} differ after truncate(40)");
+    }
+    assert!(matches!(s.truncate(101), Err(kvgpu::Error::TruncateBeyondLength { requested: 101, len: 100 })));
+    assert_eq!(s.len(), 100);
+}
+
+#[test]
+fn reset_then_fresh_run_gives_the_same_text() {
+    let (model, tok) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let mut s = session(&gpu, &model);
+    let a = generate(&mut s, &tok, &mut Sampler::new(1.0, 0.9, 42).unwrap(), "Lily", 80, |_| {}).unwrap();
+    assert_eq!(s.len(), a.positions);
+    s.reset();
+    assert!(s.is_empty());
+    let b = generate(&mut s, &tok, &mut Sampler::new(1.0, 0.9, 42).unwrap(), "Lily", 80, |_| {}).unwrap();
+    assert_eq!(a.text, b.text);
+    assert!(!a.text.is_empty());
+}
+
+#[test]
+fn decode_allocates_nothing_and_submits_once_per_token() {
+    let (model, _) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let mut s = session(&gpu, &model);
+    let mut sampler = Sampler::new(1.0, 0.9, 7).unwrap();
+    let mut token = s.forward_greedy(kvgpu::tokenizer::BOS).unwrap(); // warm-up
+    let counters = |g: &Gpu| {
+        let c = g.device.get_internal_counters();
+        (c.hal.buffers.read(), c.hal.bind_groups.read(), c.hal.buffer_memory.read())
+    };
+    let before = counters(&gpu);
+    let submits = s.submissions();
+    for i in 0..100 {
+        // All three kinds of step: greedy on the GPU, logits + host sampling, no readback.
+        token = match i % 3 {
+            0 => s.forward_greedy(token).unwrap(),
+            1 => s.next_token(token, &mut sampler).unwrap(),
+            _ => s.feed(token).map(|_| token).unwrap(),
+        };
+        gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+        assert_eq!(counters(&gpu), before, "GPU objects changed at step {i}");
+    }
+    assert_eq!(s.submissions() - submits, 100, "one submit per token");
+    assert_ne!(before.0, 0, "counters are live (wgpu `counters` feature)");
+}
+
+#[test]
+fn smaller_cache_reports_its_bytes() {
+    let (model, _) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let c = &model.config;
+    for capacity in [1, 64, 512] {
+        let s = Session::new(&gm, Some(capacity)).unwrap();
+        let bytes = 2 * c.n_layers * capacity * c.kv_dim() * 4;
+        assert_eq!(s.cache().bytes(), bytes as u64);
+        assert_eq!(s.cache().capacity(), capacity);
+    }
+    assert!(matches!(Session::new(&gm, Some(513)), Err(kvgpu::Error::InvalidCapacity { requested: 513, max: 512 })));
+    assert!(matches!(Session::new(&gm, Some(0)), Err(kvgpu::Error::InvalidCapacity { .. })));
+}
+
+#[test]
+fn decodes_on_a_device_the_caller_owns() {
+    let (model, tok) = require!(common::stories());
+    require!(common::gpu());
+    // The application's own device, with its own error handler.
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
+    let (device, queue) = pollster::block_on(adapter.request_device(&Default::default())).unwrap();
+    let app_errors = Arc::new(AtomicUsize::new(0));
+    let seen = app_errors.clone();
+    device.on_uncaptured_error(Arc::new(move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+    }));
+
+    let gpu = Gpu::from_device(device.clone(), queue.clone());
+    let text = {
+        let mut s = session(&gpu, &model);
+        // Bad input on a shared device: a typed error, nothing reaches the app's handler.
+        assert!(s.forward(9999).is_err());
+        generate(&mut s, &tok, &mut Sampler::greedy(), "Zoo", 60, |_| {}).unwrap().text
+    };
+    assert_eq!(text.trim_end(), ZOO);
+    assert_eq!(app_errors.load(Ordering::SeqCst), 0, "kvgpu raised errors on the app's device");
+
+    // The app goes on using its device: a copy round trip.
+    let data: Vec<u32> = (0..64).collect();
+    let src = wgpu::util::DeviceExt::create_buffer_init(
+        &device,
+        &wgpu::util::BufferInitDescriptor {
+            label: Some("app"),
+            contents: bytemuck::cast_slice(&data),
+            usage: wgpu::BufferUsages::COPY_SRC,
+        },
+    );
+    let back: Vec<u32> = bytemuck::pod_collect_to_vec(&Gpu::from_device(device.clone(), queue).read_buffer(&src, 256).unwrap());
+    assert_eq!(back, data);
+    // And its own error handler is still the one in place.
+    let _bad = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("invalid on purpose"),
+        size: 16,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    assert_eq!(app_errors.load(Ordering::SeqCst), 1, "the app's handler still receives its errors");
+}
