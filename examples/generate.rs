@@ -143,9 +143,16 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 /// `tok<vocab>.bin` or `tokenizer.bin` beside the model.
 fn find_tokenizer(model: &Path, vocab: usize) -> Result<PathBuf, String> {
     let dir = model.parent().unwrap_or(Path::new("."));
-    let candidates = [dir.join(format!("tok{vocab}.bin")), dir.join("tokenizer.bin")];
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        format!(
+    let candidates = [
+        dir.join(format!("tok{vocab}.bin")),
+        dir.join("tokenizer.bin"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            format!(
             "no tokenizer given and none found beside the model (looked for {}); pass --tokenizer",
             candidates
                 .iter()
@@ -153,7 +160,7 @@ fn find_tokenizer(model: &Path, vocab: usize) -> Result<PathBuf, String> {
                 .collect::<Vec<_>>()
                 .join(", ")
         )
-    })
+        })
 }
 
 /// Where stories260K lives: `$KVGPU_MODELS`, else the user cache folder,
@@ -164,7 +171,8 @@ fn default_model_dir() -> Result<PathBuf, String> {
             return Ok(dir);
         }
     }
-    let cache = cache_dir().ok_or("cannot tell where the user cache folder is (set HOME or KVGPU_MODELS)")?;
+    let cache = cache_dir()
+        .ok_or("cannot tell where the user cache folder is (set HOME or KVGPU_MODELS)")?;
     for file in DEFAULT_FILES {
         let path = cache.join(file);
         if !path.is_file() {
@@ -197,7 +205,14 @@ fn download(url: &str, dest: &Path) -> Result<(), String> {
     let partial = dest.with_extension("part");
     eprintln!("downloading {url}");
     let status = std::process::Command::new("curl")
-        .args(["--fail", "--location", "--progress-bar", "--connect-timeout", "15", "-o"])
+        .args([
+            "--fail",
+            "--location",
+            "--progress-bar",
+            "--connect-timeout",
+            "15",
+            "-o",
+        ])
         .arg(&partial)
         .arg(url)
         .status()

@@ -28,7 +28,8 @@ impl Gpu {
     }
 
     async fn new_async(adapter_name: Option<&str>) -> Result<Self> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let wanted = adapter_name
             .map(str::to_string)
             .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())

@@ -104,29 +104,36 @@ impl Config {
                 return bad(field, v, "must be between 1 and 2^31-1".into());
             }
         }
-        if self.dim % self.n_heads != 0 {
+        if !self.dim.is_multiple_of(self.n_heads) {
             return bad(
                 "n_heads",
                 self.n_heads,
                 format!("does not divide dim {}", self.dim),
             );
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(
                 "n_kv_heads",
                 self.n_kv_heads,
                 format!("does not divide n_heads {}", self.n_heads),
             );
         }
-        if self.head_size() % 2 != 0 {
+        if !self.head_size().is_multiple_of(2) {
             return bad(
                 "n_heads",
                 self.n_heads,
-                format!("gives an odd head size {} (RoPE rotates pairs)", self.head_size()),
+                format!(
+                    "gives an odd head size {} (RoPE rotates pairs)",
+                    self.head_size()
+                ),
             );
         }
         if !(self.norm_eps > 0.0 && self.rope_theta > 0.0) {
-            return bad("norm_eps", 0, "norm_eps and rope_theta must be positive".into());
+            return bad(
+                "norm_eps",
+                0,
+                "norm_eps and rope_theta must be positive".into(),
+            );
         }
         Ok(())
     }
@@ -355,7 +362,8 @@ impl Model {
         let w2 = mat(l * d * h, h);
         let w3 = mat(l * h * d, d);
         let wcls = (!c.shared_classifier).then(|| mat(v * d, d));
-        let mut norm = |n: usize| -> Vec<f32> { (0..n).map(|_| 0.75 + 0.5 * rng.next_f32()).collect() };
+        let mut norm =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| 0.75 + 0.5 * rng.next_f32()).collect() };
         let weights = Weights {
             token_embedding,
             rms_att: norm(l * d),

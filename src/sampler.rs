@@ -108,7 +108,10 @@ pub fn argmax(x: &[f32]) -> u32 {
 
 /// In-place softmax, max-subtracted, as run.c's `softmax`.
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().skip(1).fold(x[0], |m, &v| if v > m { v } else { m });
+    let max = x
+        .iter()
+        .skip(1)
+        .fold(x[0], |m, &v| if v > m { v } else { m });
     let mut sum = 0.0f32;
     for v in x.iter_mut() {
         *v = (*v - max).exp();

@@ -376,7 +376,8 @@ impl Session {
             let scores = act("scores", c.n_heads * capacity);
             let logits = buffer("logits", c.vocab_size, U::STORAGE | U::COPY_SRC);
             let next = buffer("next", 1, U::STORAGE | U::COPY_SRC);
-            let logits_readback = buffer("logits_readback", c.vocab_size, U::MAP_READ | U::COPY_DST);
+            let logits_readback =
+                buffer("logits_readback", c.vocab_size, U::MAP_READ | U::COPY_DST);
             let next_readback = buffer("next_readback", 2, U::MAP_READ | U::COPY_DST);
 
             let kn = &model.kernels;
@@ -391,16 +392,62 @@ impl Session {
                 .iter()
                 .zip(&cache.layers)
                 .map(|(w, kc)| LayerDispatches {
-                    att_norm: rmsnorm::dispatch(device, &kn.rmsnorm, &xb, &x, &w.rms_att, d, c.norm_eps),
+                    att_norm: rmsnorm::dispatch(
+                        device,
+                        &kn.rmsnorm,
+                        &xb,
+                        &x,
+                        &w.rms_att,
+                        d,
+                        c.norm_eps,
+                    ),
                     q: matvec::dispatch(device, &kn.matvec, &q, &w.wq, &xb, d, d),
                     k: matvec::dispatch(device, &kn.matvec, &k, &w.wk, &xb, kv, d),
                     v: matvec::dispatch(device, &kn.matvec, &v, &w.wv, &xb, kv, d),
-                    rope: rope::dispatch(device, &kn.rope, &q, &k, &step, &model.rope_table, d, kv, c.head_size()),
-                    kv_append: kv_append::dispatch(device, &kn.kv_append, &kc.k, &kc.v, &k, &v, &step, kv, capacity),
-                    attention: attention::dispatch(device, &kn.attention, &xb2, &q, &kc.k, &kc.v, &scores, &step, shape),
+                    rope: rope::dispatch(
+                        device,
+                        &kn.rope,
+                        &q,
+                        &k,
+                        &step,
+                        &model.rope_table,
+                        d,
+                        kv,
+                        c.head_size(),
+                    ),
+                    kv_append: kv_append::dispatch(
+                        device,
+                        &kn.kv_append,
+                        &kc.k,
+                        &kc.v,
+                        &k,
+                        &v,
+                        &step,
+                        kv,
+                        capacity,
+                    ),
+                    attention: attention::dispatch(
+                        device,
+                        &kn.attention,
+                        &xb2,
+                        &q,
+                        &kc.k,
+                        &kc.v,
+                        &scores,
+                        &step,
+                        shape,
+                    ),
                     wo: matvec::dispatch(device, &kn.matvec, &xb, &w.wo, &xb2, d, d),
                     att_residual: add::dispatch(device, &kn.add, &x, &xb, d),
-                    ffn_norm: rmsnorm::dispatch(device, &kn.rmsnorm, &xb, &x, &w.rms_ffn, d, c.norm_eps),
+                    ffn_norm: rmsnorm::dispatch(
+                        device,
+                        &kn.rmsnorm,
+                        &xb,
+                        &x,
+                        &w.rms_ffn,
+                        d,
+                        c.norm_eps,
+                    ),
                     gate: matvec::dispatch(device, &kn.matvec, &hb, &w.w1, &xb, h, d),
                     up: matvec::dispatch(device, &kn.matvec, &hb2, &w.w3, &xb, h, d),
                     swiglu: swiglu::dispatch(device, &kn.swiglu, &hb, &hb2, h),
@@ -410,8 +457,24 @@ impl Session {
                 .collect();
             let cls = model.wcls.as_ref().unwrap_or(&model.token_embedding);
             Ok(Self {
-                final_norm: rmsnorm::dispatch(device, &kn.rmsnorm, &xb, &x, &model.rms_final, d, c.norm_eps),
-                classifier: matvec::dispatch(device, &kn.matvec, &logits, cls, &xb, c.vocab_size, d),
+                final_norm: rmsnorm::dispatch(
+                    device,
+                    &kn.rmsnorm,
+                    &xb,
+                    &x,
+                    &model.rms_final,
+                    d,
+                    c.norm_eps,
+                ),
+                classifier: matvec::dispatch(
+                    device,
+                    &kn.matvec,
+                    &logits,
+                    cls,
+                    &xb,
+                    c.vocab_size,
+                    d,
+                ),
                 argmax: argmax::dispatch(device, &kn.argmax, &next, &logits, c.vocab_size),
                 model: model.clone(),
                 cache,

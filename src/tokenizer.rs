@@ -105,8 +105,7 @@ impl Tokenizer {
         if !text.is_empty() {
             tokens.push(self.piece_id(b" ")?);
         }
-        let mut chars = text.char_indices().peekable();
-        while let Some((start, c)) = chars.next() {
+        for (start, c) in text.char_indices() {
             let piece = &text.as_bytes()[start..start + c.len_utf8()];
             match self.lookup.get(piece) {
                 Some(&id) => tokens.push(id),
@@ -249,7 +248,9 @@ impl TextStream {
                 }
                 Err(e) => {
                     let valid = e.valid_up_to();
-                    out.push_str(std::str::from_utf8(&self.pending[..valid]).expect("valid prefix"));
+                    out.push_str(
+                        std::str::from_utf8(&self.pending[..valid]).expect("valid prefix"),
+                    );
                     match e.error_len() {
                         // Incomplete character at the end: keep it for later.
                         None => {

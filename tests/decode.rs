@@ -34,7 +34,10 @@ fn check_text(prompt: &str, steps: usize, mut sampler: Sampler, expect: &str) {
     let gpu = require!(common::gpu());
     let mut s = session(&gpu, &model);
     let mut streamed = String::new();
-    let run = generate(&mut s, &tok, &mut sampler, prompt, steps, |p| streamed.push_str(p)).unwrap();
+    let run = generate(&mut s, &tok, &mut sampler, prompt, steps, |p| {
+        streamed.push_str(p)
+    })
+    .unwrap();
     assert_eq!(run.text, streamed);
     assert_eq!(run.text.trim_end(), expect);
 }
@@ -93,8 +96,16 @@ fn gpu_logits_match_cpu_reference_at_every_position() {
         }
         token = kvgpu::sampler::argmax(&expect);
     }
-    eprintln!("max |gpu - cpu| logit over 256 positions: {} at position {}", worst.0, worst.1);
-    assert!(worst.0 <= LOGIT_TOLERANCE, "logits differ by {} at position {}", worst.0, worst.1);
+    eprintln!(
+        "max |gpu - cpu| logit over 256 positions: {} at position {}",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 <= LOGIT_TOLERANCE,
+        "logits differ by {} at position {}",
+        worst.0,
+        worst.1
+    );
 }
 
 #[test]
@@ -133,10 +144,19 @@ fn truncate_then_redecode_is_bitwise_identical() {
     assert_eq!(s.len(), 40);
     for pos in 40..100 {
         let logits = s.forward(tokens[pos]).unwrap();
-        let same = logits.iter().zip(&first[pos]).all(|(a, b)| a.to_bits() == b.to_bits());
+        let same = logits
+            .iter()
+            .zip(&first[pos])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "logits at position {pos} differ after truncate(40)");
     }
-    assert!(matches!(s.truncate(101), Err(kvgpu::Error::TruncateBeyondLength { requested: 101, len: 100 })));
+    assert!(matches!(
+        s.truncate(101),
+        Err(kvgpu::Error::TruncateBeyondLength {
+            requested: 101,
+            len: 100
+        })
+    ));
     assert_eq!(s.len(), 100);
 }
 
@@ -145,11 +165,27 @@ fn reset_then_fresh_run_gives_the_same_text() {
     let (model, tok) = require!(common::stories());
     let gpu = require!(common::gpu());
     let mut s = session(&gpu, &model);
-    let a = generate(&mut s, &tok, &mut Sampler::new(1.0, 0.9, 42).unwrap(), "Lily", 80, |_| {}).unwrap();
+    let a = generate(
+        &mut s,
+        &tok,
+        &mut Sampler::new(1.0, 0.9, 42).unwrap(),
+        "Lily",
+        80,
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(s.len(), a.positions);
     s.reset();
     assert!(s.is_empty());
-    let b = generate(&mut s, &tok, &mut Sampler::new(1.0, 0.9, 42).unwrap(), "Lily", 80, |_| {}).unwrap();
+    let b = generate(
+        &mut s,
+        &tok,
+        &mut Sampler::new(1.0, 0.9, 42).unwrap(),
+        "Lily",
+        80,
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(a.text, b.text);
     assert!(!a.text.is_empty());
 }
@@ -163,7 +199,11 @@ fn decode_allocates_nothing_and_submits_once_per_token() {
     let mut token = s.forward_greedy(kvgpu::tokenizer::BOS).unwrap(); // warm-up
     let counters = |g: &Gpu| {
         let c = g.device.get_internal_counters();
-        (c.hal.buffers.read(), c.hal.bind_groups.read(), c.hal.buffer_memory.read())
+        (
+            c.hal.buffers.read(),
+            c.hal.bind_groups.read(),
+            c.hal.buffer_memory.read(),
+        )
     };
     let before = counters(&gpu);
     let submits = s.submissions();
@@ -174,7 +214,9 @@ fn decode_allocates_nothing_and_submits_once_per_token() {
             1 => s.next_token(token, &mut sampler).unwrap(),
             _ => s.feed(token).map(|_| token).unwrap(),
         };
-        gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .unwrap();
         assert_eq!(counters(&gpu), before, "GPU objects changed at step {i}");
     }
     assert_eq!(s.submissions() - submits, 100, "one submit per token");
@@ -193,8 +235,17 @@ fn smaller_cache_reports_its_bytes() {
         assert_eq!(s.cache().bytes(), bytes as u64);
         assert_eq!(s.cache().capacity(), capacity);
     }
-    assert!(matches!(Session::new(&gm, Some(513)), Err(kvgpu::Error::InvalidCapacity { requested: 513, max: 512 })));
-    assert!(matches!(Session::new(&gm, Some(0)), Err(kvgpu::Error::InvalidCapacity { .. })));
+    assert!(matches!(
+        Session::new(&gm, Some(513)),
+        Err(kvgpu::Error::InvalidCapacity {
+            requested: 513,
+            max: 512
+        })
+    ));
+    assert!(matches!(
+        Session::new(&gm, Some(0)),
+        Err(kvgpu::Error::InvalidCapacity { .. })
+    ));
 }
 
 #[test]
@@ -202,7 +253,8 @@ fn decodes_on_a_device_the_caller_owns() {
     let (model, tok) = require!(common::stories());
     require!(common::gpu());
     // The application's own device, with its own error handler.
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
     let (device, queue) = pollster::block_on(adapter.request_device(&Default::default())).unwrap();
     let app_errors = Arc::new(AtomicUsize::new(0));
@@ -216,10 +268,16 @@ fn decodes_on_a_device_the_caller_owns() {
         let mut s = session(&gpu, &model);
         // Bad input on a shared device: a typed error, nothing reaches the app's handler.
         assert!(s.forward(9999).is_err());
-        generate(&mut s, &tok, &mut Sampler::greedy(), "Zoo", 60, |_| {}).unwrap().text
+        generate(&mut s, &tok, &mut Sampler::greedy(), "Zoo", 60, |_| {})
+            .unwrap()
+            .text
     };
     assert_eq!(text.trim_end(), ZOO);
-    assert_eq!(app_errors.load(Ordering::SeqCst), 0, "kvgpu raised errors on the app's device");
+    assert_eq!(
+        app_errors.load(Ordering::SeqCst),
+        0,
+        "kvgpu raised errors on the app's device"
+    );
 
     // The app goes on using its device: a copy round trip.
     let data: Vec<u32> = (0..64).collect();
@@ -231,7 +289,11 @@ fn decodes_on_a_device_the_caller_owns() {
             usage: wgpu::BufferUsages::COPY_SRC,
         },
     );
-    let back: Vec<u32> = bytemuck::pod_collect_to_vec(&Gpu::from_device(device.clone(), queue).read_buffer(&src, 256).unwrap());
+    let back: Vec<u32> = bytemuck::pod_collect_to_vec(
+        &Gpu::from_device(device.clone(), queue)
+            .read_buffer(&src, 256)
+            .unwrap(),
+    );
     assert_eq!(back, data);
     // And its own error handler is still the one in place.
     let _bad = device.create_buffer(&wgpu::BufferDescriptor {
@@ -241,5 +303,9 @@ fn decodes_on_a_device_the_caller_owns() {
         mapped_at_creation: false,
     });
     device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-    assert_eq!(app_errors.load(Ordering::SeqCst), 1, "the app's handler still receives its errors");
+    assert_eq!(
+        app_errors.load(Ordering::SeqCst),
+        1,
+        "the app's handler still receives its errors"
+    );
 }

@@ -57,7 +57,11 @@ fn every_shader_file_is_registered() {
 #[test]
 fn every_shader_documents_its_bindings() {
     for s in SHADERS {
-        let header: String = s.source.lines().take_while(|l| l.starts_with("//")).collect();
+        let header: String = s
+            .source
+            .lines()
+            .take_while(|l| l.starts_with("//"))
+            .collect();
         let bindings = s.source.matches("@binding(").count();
         for i in 0..bindings {
             assert!(

@@ -37,7 +37,7 @@ pub fn dispatch(
         pipeline,
         bytemuck::bytes_of(&params),
         &[w, x, out],
-        grid(rows as u32),
+        grid((rows as u32).div_ceil(64)),
     )
 }
 

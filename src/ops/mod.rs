@@ -139,7 +139,6 @@ impl Dispatch {
     }
 }
 
-
 /// Largest workgroup count per grid dimension that every adapter accepts.
 const MAX_GRID: u32 = 65535;
 

@@ -21,7 +21,9 @@ pub fn gpu() -> Option<Gpu> {
     match Gpu::new(None) {
         Ok(gpu) => Some(gpu),
         Err(e) => {
-            skip(format!("no GPU adapter ({e}); install mesa-vulkan-drivers for lavapipe"));
+            skip(format!(
+                "no GPU adapter ({e}); install mesa-vulkan-drivers for lavapipe"
+            ));
             None
         }
     }
@@ -47,8 +49,8 @@ pub fn models_dir() -> Option<PathBuf> {
 pub fn stories() -> Option<(Model, Tokenizer)> {
     let dir = models_dir()?;
     let model = Model::load_llama2c(dir.join("stories260K.bin")).expect("stories260K.bin loads");
-    let tok = Tokenizer::load(dir.join("tok512.bin"), model.config.vocab_size)
-        .expect("tok512.bin loads");
+    let tok =
+        Tokenizer::load(dir.join("tok512.bin"), model.config.vocab_size).expect("tok512.bin loads");
     Some((model, tok))
 }
 
