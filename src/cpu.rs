@@ -3,7 +3,7 @@
 //! against it at every position.
 
 use crate::model::Model;
-use crate::ops::{add, attention, kv_append, matvec, rmsnorm, rope, swiglu};
+use crate::ops::{add, attention, embed, kv_append, matvec, rmsnorm, rope, swiglu};
 use crate::{Error, Result};
 
 /// A decoding state on the CPU: activations and a KV cache.
@@ -109,24 +109,26 @@ impl<'m> CpuSession<'m> {
             });
         }
         let pos = self.len;
-        let (d, hd, kv) = (c.dim, c.hidden_dim, c.kv_dim());
+        let kv = c.kv_dim();
         let shape = attention::Shape {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_size: c.head_size(),
             capacity: self.capacity,
         };
+        let rope = c.rope();
+        // Norm weights as f32 once per call: they are tiny.
+        let norm = |t: &crate::tensor::Tensor| t.to_f32();
         // Token embedding.
-        self.x
-            .copy_from_slice(&w.token_embedding[token as usize * d..][..d]);
-        for l in 0..c.n_layers {
+        embed::cpu(&mut self.x, &w.token_embedding, token);
+        for (l, lw) in w.layers.iter().enumerate() {
             let cache = l * self.capacity * kv..(l + 1) * self.capacity * kv;
             // Attention: rmsnorm, q/k/v projections, RoPE, append, attend, output projection.
-            rmsnorm::cpu(&mut self.xb, &self.x, &w.rms_att[l * d..][..d], c.norm_eps);
-            matvec::cpu(&mut self.q, &w.wq[l * d * d..][..d * d], &self.xb);
-            matvec::cpu(&mut self.k, &w.wk[l * kv * d..][..kv * d], &self.xb);
-            matvec::cpu(&mut self.v, &w.wv[l * kv * d..][..kv * d], &self.xb);
-            rope::cpu(&mut self.q, &mut self.k, pos, c.head_size(), c.rope_theta);
+            rmsnorm::cpu(&mut self.xb, &self.x, &norm(&lw.rms_att), c.norm_eps);
+            matvec::cpu(&mut self.q, &lw.wq, &self.xb);
+            matvec::cpu(&mut self.k, &lw.wk, &self.xb);
+            matvec::cpu(&mut self.v, &lw.wv, &self.xb);
+            rope::cpu(&mut self.q, &mut self.k, pos, &rope);
             kv_append::cpu(
                 &mut self.key_cache[cache.clone()],
                 &mut self.value_cache[cache.clone()],
@@ -142,18 +144,18 @@ impl<'m> CpuSession<'m> {
                 pos,
                 shape,
             );
-            matvec::cpu(&mut self.xb, &w.wo[l * d * d..][..d * d], &self.xb2);
+            matvec::cpu(&mut self.xb, &lw.wo, &self.xb2);
             add::cpu(&mut self.x, &self.xb);
             // Feed-forward: rmsnorm, gate and up projections, SwiGLU, down projection.
-            rmsnorm::cpu(&mut self.xb, &self.x, &w.rms_ffn[l * d..][..d], c.norm_eps);
-            matvec::cpu(&mut self.hb, &w.w1[l * hd * d..][..hd * d], &self.xb);
-            matvec::cpu(&mut self.hb2, &w.w3[l * hd * d..][..hd * d], &self.xb);
+            rmsnorm::cpu(&mut self.xb, &self.x, &norm(&lw.rms_ffn), c.norm_eps);
+            matvec::cpu(&mut self.hb, &lw.w1, &self.xb);
+            matvec::cpu(&mut self.hb2, &lw.w3, &self.xb);
             swiglu::cpu(&mut self.hb, &self.hb2);
-            matvec::cpu(&mut self.xb, &w.w2[l * d * hd..][..d * hd], &self.hb);
+            matvec::cpu(&mut self.xb, &lw.w2, &self.hb);
             add::cpu(&mut self.x, &self.xb);
         }
         // Final norm and classifier.
-        rmsnorm::cpu(&mut self.xb, &self.x, &w.rms_final, c.norm_eps);
+        rmsnorm::cpu(&mut self.xb, &self.x, &norm(&w.rms_final), c.norm_eps);
         matvec::cpu(&mut self.logits, w.classifier(), &self.xb);
         self.len += 1;
         Ok(&self.logits)

@@ -27,12 +27,14 @@ pub mod model;
 pub mod ops;
 pub mod sampler;
 mod session;
+pub mod tensor;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use generate::{generate, Decoder, Generation};
 pub use gpu::Gpu;
-pub use model::{Config, Model, Weights};
+pub use model::{Config, LayerWeights, Model, Weights};
 pub use sampler::Sampler;
 pub use session::{GpuModel, KvCache, Session};
+pub use tensor::{DType, Tensor};
 pub use tokenizer::Tokenizer;

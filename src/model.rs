@@ -8,7 +8,9 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
+use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
 /// Transformer hyper-parameters.
@@ -34,6 +36,10 @@ pub struct Config {
     pub norm_eps: f32,
     /// RoPE base frequency.
     pub rope_theta: f32,
+    /// Dimensions of each head that RoPE rotates (the first `rope_dim`; even, at most head_size).
+    pub rope_dim: usize,
+    /// Llama-3-style per-pair frequency divisors ((rope_dim / 2,)), if any.
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 impl Config {
@@ -77,6 +83,12 @@ impl Config {
             shared_classifier: vocab_size > 0,
             norm_eps: 1e-5,
             rope_theta: 10000.0,
+            rope_dim: 0,
+            rope_freq_factors: None,
+        };
+        let config = Config {
+            rope_dim: config.head_size(),
+            ..config
         };
         config.validate()?;
         Ok(config)
@@ -135,7 +147,39 @@ impl Config {
                 "norm_eps and rope_theta must be positive".into(),
             );
         }
+        if self.rope_dim == 0
+            || self.rope_dim > self.head_size()
+            || !self.rope_dim.is_multiple_of(2)
+        {
+            return bad(
+                "rope_dim",
+                self.rope_dim,
+                format!(
+                    "must be even and at most the head size {}",
+                    self.head_size()
+                ),
+            );
+        }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.rope_dim / 2 || f.iter().any(|v| !(*v > 0.0 && v.is_finite())) {
+                return bad(
+                    "rope_freq_factors",
+                    f.len(),
+                    format!("need {} positive finite factors", self.rope_dim / 2),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The RoPE settings of this model.
+    pub fn rope(&self) -> crate::ops::rope::Rope {
+        crate::ops::rope::Rope {
+            head_size: self.head_size(),
+            rope_dim: self.rope_dim,
+            theta: self.rope_theta,
+            freq_factors: self.rope_freq_factors.clone(),
+        }
     }
 
     /// Number of f32 values in each tensor, in file order, or `None` on overflow.
@@ -174,55 +218,108 @@ impl Config {
     }
 }
 
-/// Model weights on the host, f32, laid out as in llama2.c (all layers of one
-/// tensor kind concatenated). Matrices are row-major `(out, in)`: `y = W x`.
+/// One transformer block's weights. Matrices are (out, in): `y = W x`.
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    /// (1, dim) RMSNorm weights before attention.
+    pub rms_att: Tensor,
+    /// (n_heads * head_size, dim) query projection.
+    pub wq: Tensor,
+    /// (kv_dim, dim) key projection.
+    pub wk: Tensor,
+    /// (kv_dim, dim) value projection.
+    pub wv: Tensor,
+    /// (dim, n_heads * head_size) attention output projection.
+    pub wo: Tensor,
+    /// (1, dim) RMSNorm weights before the feed-forward block.
+    pub rms_ffn: Tensor,
+    /// (hidden_dim, dim) feed-forward gate projection.
+    pub w1: Tensor,
+    /// (dim, hidden_dim) feed-forward down projection.
+    pub w2: Tensor,
+    /// (hidden_dim, dim) feed-forward up projection.
+    pub w3: Tensor,
+}
+
+/// Model weights as stored in the file (f32, f16, bf16 or quantized).
 #[derive(Clone, Debug)]
 pub struct Weights {
     /// (vocab_size, dim) token embedding table.
-    pub token_embedding: Vec<f32>,
-    /// (n_layers, dim) RMSNorm weights before attention.
-    pub rms_att: Vec<f32>,
-    /// (n_layers, n_heads * head_size, dim) query projection.
-    pub wq: Vec<f32>,
-    /// (n_layers, kv_dim, dim) key projection.
-    pub wk: Vec<f32>,
-    /// (n_layers, kv_dim, dim) value projection.
-    pub wv: Vec<f32>,
-    /// (n_layers, dim, n_heads * head_size) attention output projection.
-    pub wo: Vec<f32>,
-    /// (n_layers, dim) RMSNorm weights before the feed-forward block.
-    pub rms_ffn: Vec<f32>,
-    /// (n_layers, hidden_dim, dim) feed-forward gate projection.
-    pub w1: Vec<f32>,
-    /// (n_layers, dim, hidden_dim) feed-forward down projection.
-    pub w2: Vec<f32>,
-    /// (n_layers, hidden_dim, dim) feed-forward up projection.
-    pub w3: Vec<f32>,
-    /// (dim,) final RMSNorm weights.
-    pub rms_final: Vec<f32>,
+    pub token_embedding: Tensor,
+    /// One entry per block.
+    pub layers: Vec<LayerWeights>,
+    /// (1, dim) final RMSNorm weights.
+    pub rms_final: Tensor,
     /// (vocab_size, dim) classifier; `None` when it is `token_embedding`.
-    pub wcls: Option<Vec<f32>>,
+    pub wcls: Option<Tensor>,
 }
 
 impl Weights {
     /// The classifier matrix, (vocab_size, dim).
-    pub fn classifier(&self) -> &[f32] {
-        self.wcls.as_deref().unwrap_or(&self.token_embedding)
+    pub fn classifier(&self) -> &Tensor {
+        self.wcls.as_ref().unwrap_or(&self.token_embedding)
+    }
+
+    /// Every tensor, for totals and conversions.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut all = vec![&self.token_embedding, &self.rms_final];
+        for l in &self.layers {
+            all.extend([
+                &l.rms_att, &l.wq, &l.wk, &l.wv, &l.wo, &l.rms_ffn, &l.w1, &l.w2, &l.w3,
+            ]);
+        }
+        all.extend(self.wcls.as_ref());
+        all
+    }
+
+    /// Bytes of all weights as stored.
+    pub fn bytes(&self) -> u64 {
+        self.tensors().iter().map(|t| t.bytes().len() as u64).sum()
+    }
+
+    /// Converts every matrix to `dtype` (norm vectors stay f32); rows whose
+    /// length is not a whole number of `dtype` blocks stay F16.
+    pub fn convert(&self, dtype: DType) -> Weights {
+        let conv = |t: &Tensor| {
+            t.convert(dtype)
+                .or_else(|| t.convert(DType::F16))
+                .expect("F16 takes any row length")
+        };
+        Weights {
+            token_embedding: conv(&self.token_embedding),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerWeights {
+                    rms_att: l.rms_att.clone(),
+                    wq: conv(&l.wq),
+                    wk: conv(&l.wk),
+                    wv: conv(&l.wv),
+                    wo: conv(&l.wo),
+                    rms_ffn: l.rms_ffn.clone(),
+                    w1: conv(&l.w1),
+                    w2: conv(&l.w2),
+                    w3: conv(&l.w3),
+                })
+                .collect(),
+            rms_final: self.rms_final.clone(),
+            wcls: self.wcls.as_ref().map(conv),
+        }
     }
 }
 
-/// A model: its config and host weights.
+/// A model: its config and weights.
 #[derive(Clone, Debug)]
 pub struct Model {
     /// Hyper-parameters.
     pub config: Config,
-    /// Weights, f32.
+    /// Weights.
     pub weights: Weights,
 }
 
 impl Model {
     /// Reads a llama2.c checkpoint, validating the header and the exact file
-    /// size before allocating anything for the weights.
+    /// size before reading the weights. Tensors share the file's bytes.
     pub fn load_llama2c(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         let io = |source| Error::Io {
@@ -238,10 +335,11 @@ impl Model {
                 found,
             });
         }
-        let mut header = [0i32; 7];
-        file.read_exact(bytemuck::cast_slice_mut(&mut header))
-            .map_err(io)?;
-        let header = header.map(i32::from_le);
+        let mut header = [0u8; 28];
+        file.read_exact(&mut header).map_err(io)?;
+        let header: [i32; 7] = std::array::from_fn(|i| {
+            i32::from_le_bytes(header[4 * i..4 * i + 4].try_into().unwrap())
+        });
         let config = Config::from_llama2c_header(header)?;
         let expected = config
             .llama2c_file_size()
@@ -257,45 +355,70 @@ impl Model {
                 found,
             });
         }
-        let lens = config.tensor_lens().expect("checked by llama2c_file_size");
-        let mut read = |n: usize| -> Result<Vec<f32>> {
-            let mut v = vec![0f32; n];
-            file.read_exact(bytemuck::cast_slice_mut(&mut v))
-                .map_err(io)?;
-            if cfg!(target_endian = "big") {
-                v.iter_mut()
-                    .for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits())));
-            }
-            Ok(v)
-        };
-        let mut t = lens.iter().map(|(_, n)| *n);
-        let mut next = || read(t.next().expect("11 tensors"));
-        let mut weights = Weights {
-            token_embedding: next()?,
-            rms_att: next()?,
-            wq: next()?,
-            wk: next()?,
-            wv: next()?,
-            wo: next()?,
-            rms_ffn: next()?,
-            w1: next()?,
-            w2: next()?,
-            w3: next()?,
-            rms_final: Vec::new(),
-            wcls: None,
-        };
-        let tail = next()?;
-        let d = config.dim;
-        weights.rms_final = tail[..d].to_vec();
-        if !config.shared_classifier {
-            let cls_start = d + config.seq_len * config.head_size();
-            weights.wcls = Some(tail[cls_start..].to_vec());
+        let mut bytes = Vec::with_capacity(found as usize);
+        bytes.extend_from_slice(&[0u8; 28]);
+        file.read_to_end(&mut bytes).map_err(io)?;
+        if bytes.len() as u64 != expected {
+            return Err(Error::CheckpointSize {
+                path: path.to_path_buf(),
+                expected,
+                found: bytes.len() as u64,
+            });
         }
-        Ok(Model { config, weights })
+        let bytes: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bytes);
+        let c = &config;
+        let (d, h, l, kv) = (c.dim, c.hidden_dim, c.n_layers, c.kv_dim());
+        // Walks the file: each call takes `count` matrices of (rows, cols) f32.
+        let mut at = 28usize;
+        let mut take = |count: usize, rows: usize, cols: usize| -> Vec<Tensor> {
+            (0..count)
+                .map(|_| {
+                    let n = rows * cols * 4;
+                    let t = Tensor::from_shared(DType::F32, rows, cols, bytes.clone(), at..at + n);
+                    at += n;
+                    t
+                })
+                .collect()
+        };
+        let token_embedding = take(1, c.vocab_size, d).remove(0);
+        let rms_att = take(l, 1, d);
+        let wq = take(l, d, d);
+        let wk = take(l, kv, d);
+        let wv = take(l, kv, d);
+        let wo = take(l, d, d);
+        let rms_ffn = take(l, 1, d);
+        let w1 = take(l, h, d);
+        let w2 = take(l, d, h);
+        let w3 = take(l, h, d);
+        let rms_final = take(1, 1, d).remove(0);
+        take(1, c.seq_len, c.head_size()); // legacy RoPE table, unused
+        let wcls = (!c.shared_classifier).then(|| take(1, c.vocab_size, d).remove(0));
+        let layers = (0..l)
+            .map(|i| LayerWeights {
+                rms_att: rms_att[i].clone(),
+                wq: wq[i].clone(),
+                wk: wk[i].clone(),
+                wv: wv[i].clone(),
+                wo: wo[i].clone(),
+                rms_ffn: rms_ffn[i].clone(),
+                w1: w1[i].clone(),
+                w2: w2[i].clone(),
+                w3: w3[i].clone(),
+            })
+            .collect();
+        Ok(Model {
+            config,
+            weights: Weights {
+                token_embedding,
+                layers,
+                rms_final,
+                wcls,
+            },
+        })
     }
 
-    /// Writes the model as a llama2.c checkpoint (the legacy RoPE table is
-    /// written as zeros). Tests use it to build files with chosen defects.
+    /// Writes the model as a llama2.c checkpoint (f32; the legacy RoPE table
+    /// is written as zeros). Tests use it to build files with chosen defects.
     pub fn save_llama2c(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let c = &self.config;
@@ -315,26 +438,33 @@ impl Model {
         ];
         let w = &self.weights;
         let mut bytes: Vec<u8> = header.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let rope_table = vec![0f32; c.seq_len * c.head_size()];
-        let mut tensors: Vec<&[f32]> = vec![
-            &w.token_embedding,
-            &w.rms_att,
-            &w.wq,
-            &w.wk,
-            &w.wv,
-            &w.wo,
-            &w.rms_ffn,
-            &w.w1,
-            &w.w2,
-            &w.w3,
-            &w.rms_final,
-            &rope_table,
+        let mut put = |t: &Tensor| bytes.extend(t.to_f32().iter().flat_map(|v| v.to_le_bytes()));
+        put(&w.token_embedding);
+        type Field = fn(&LayerWeights) -> &Tensor;
+        let fields: [Field; 9] = [
+            |l| &l.rms_att,
+            |l| &l.wq,
+            |l| &l.wk,
+            |l| &l.wv,
+            |l| &l.wo,
+            |l| &l.rms_ffn,
+            |l| &l.w1,
+            |l| &l.w2,
+            |l| &l.w3,
         ];
-        if let Some(cls) = &w.wcls {
-            tensors.push(cls);
+        for field in fields {
+            for layer in &w.layers {
+                put(field(layer));
+            }
         }
-        for t in tensors {
-            bytes.extend(t.iter().flat_map(|v| v.to_le_bytes()));
+        put(&w.rms_final);
+        put(&Tensor::from_f32(
+            1,
+            c.seq_len * c.head_size(),
+            &vec![0.0; c.seq_len * c.head_size()],
+        ));
+        if let Some(cls) = &w.wcls {
+            put(cls);
         }
         std::fs::write(path, bytes).map_err(|source| Error::Io {
             path: path.to_path_buf(),
@@ -342,42 +472,50 @@ impl Model {
         })
     }
 
-    /// A model with seeded random weights (uniform in ±0.5/sqrt(fan-in), norms
-    /// near 1): for tests and benchmarks of realistic shapes without files.
+    /// A model with seeded random f32 weights (uniform in ±0.5/sqrt(fan-in),
+    /// norms near 1): for tests and benchmarks of realistic shapes without files.
     pub fn random(config: Config, seed: u64) -> Result<Model> {
         config.validate()?;
-        let mut rng = crate::sampler::XorShift::new(seed);
+        let rng = &mut crate::sampler::XorShift::new(seed);
         let c = &config;
-        let (d, h, l, v, kv) = (c.dim, c.hidden_dim, c.n_layers, c.vocab_size, c.kv_dim());
-        let mut mat = |n: usize, fan_in: usize| -> Vec<f32> {
-            let s = 1.0 / (fan_in as f32).sqrt();
-            (0..n).map(|_| (rng.next_f32() - 0.5) * s).collect()
+        let (d, h, v, kv) = (c.dim, c.hidden_dim, c.vocab_size, c.kv_dim());
+        // Uniform in ±0.5 * scale / sqrt(cols).
+        let mat = |rng: &mut crate::sampler::XorShift, rows: usize, cols: usize, scale: f32| {
+            let s = scale / (cols as f32).sqrt();
+            let values: Vec<f32> = (0..rows * cols)
+                .map(|_| (rng.next_f32() - 0.5) * s)
+                .collect();
+            Tensor::from_f32(rows, cols, &values)
         };
-        let token_embedding = mat(v * d, 1);
-        let wq = mat(l * d * d, d);
-        let wk = mat(l * kv * d, d);
-        let wv = mat(l * kv * d, d);
-        let wo = mat(l * d * d, d);
-        let w1 = mat(l * h * d, d);
-        let w2 = mat(l * d * h, h);
-        let w3 = mat(l * h * d, d);
-        let wcls = (!c.shared_classifier).then(|| mat(v * d, d));
-        let mut norm =
-            |n: usize| -> Vec<f32> { (0..n).map(|_| 0.75 + 0.5 * rng.next_f32()).collect() };
-        let weights = Weights {
-            token_embedding,
-            rms_att: norm(l * d),
-            wq,
-            wk,
-            wv,
-            wo,
-            rms_ffn: norm(l * d),
-            w1,
-            w2,
-            w3,
-            rms_final: norm(d),
-            wcls,
+        // Uniform in [0.75, 1.25).
+        let norm = |rng: &mut crate::sampler::XorShift| {
+            let values: Vec<f32> = (0..d).map(|_| 0.75 + 0.5 * rng.next_f32()).collect();
+            Tensor::from_f32(1, d, &values)
         };
-        Ok(Model { config, weights })
+        let token_embedding = mat(rng, v, d, (d as f32).sqrt());
+        let layers = (0..c.n_layers)
+            .map(|_| LayerWeights {
+                rms_att: norm(rng),
+                wq: mat(rng, d, d, 1.0),
+                wk: mat(rng, kv, d, 1.0),
+                wv: mat(rng, kv, d, 1.0),
+                wo: mat(rng, d, d, 1.0),
+                rms_ffn: norm(rng),
+                w1: mat(rng, h, d, 1.0),
+                w2: mat(rng, d, h, 1.0),
+                w3: mat(rng, h, d, 1.0),
+            })
+            .collect();
+        let wcls = (!c.shared_classifier).then(|| mat(rng, v, d, 1.0));
+        let rms_final = norm(rng);
+        Ok(Model {
+            config,
+            weights: Weights {
+                token_embedding,
+                layers,
+                rms_final,
+                wcls,
+            },
+        })
     }
 }

@@ -5,34 +5,28 @@
 use wgpu::util::DeviceExt;
 
 use crate::model::{Config, Model};
-use crate::ops::{add, argmax, attention, kv_append, matvec, rmsnorm, rope, swiglu};
+use crate::ops::matvec::GpuTensor;
+use crate::ops::{add, argmax, attention, embed, kv_append, matvec, rmsnorm, rope, swiglu};
 use crate::ops::{Dispatch, Kernels};
 use crate::sampler::Sampler;
 use crate::{Error, Gpu, Result};
 
 const F32: u64 = 4;
 
-/// One layer's weights on the GPU (shapes as in [`crate::model::Weights`], one layer).
+/// One layer's weights on the GPU (shapes as in [`crate::model::LayerWeights`]).
 #[derive(Clone, Debug)]
 struct LayerWeights {
-    /// (dim,)
+    /// (dim,) f32
     rms_att: wgpu::Buffer,
-    /// (dim, dim)
-    wq: wgpu::Buffer,
-    /// (kv_dim, dim)
-    wk: wgpu::Buffer,
-    /// (kv_dim, dim)
-    wv: wgpu::Buffer,
-    /// (dim, dim)
-    wo: wgpu::Buffer,
-    /// (dim,)
+    wq: GpuTensor,
+    wk: GpuTensor,
+    wv: GpuTensor,
+    wo: GpuTensor,
+    /// (dim,) f32
     rms_ffn: wgpu::Buffer,
-    /// (hidden_dim, dim)
-    w1: wgpu::Buffer,
-    /// (dim, hidden_dim)
-    w2: wgpu::Buffer,
-    /// (hidden_dim, dim)
-    w3: wgpu::Buffer,
+    w1: GpuTensor,
+    w2: GpuTensor,
+    w3: GpuTensor,
 }
 
 /// A model's weights and kernels on one device, uploaded once. Cheap to
@@ -43,20 +37,21 @@ pub struct GpuModel {
     config: Config,
     kernels: Kernels,
     /// (vocab_size, dim); also the classifier when shared.
-    token_embedding: wgpu::Buffer,
+    token_embedding: GpuTensor,
     layers: Vec<LayerWeights>,
-    /// (dim,)
+    /// (dim,) f32
     rms_final: wgpu::Buffer,
     /// (vocab_size, dim) when not shared with the embedding.
-    wcls: Option<wgpu::Buffer>,
-    /// (seq_len, head_size / 2, 2) RoPE cos/sin, see [`rope::table`].
+    wcls: Option<GpuTensor>,
+    /// (seq_len, head_size / 2, 2) RoPE cos/sin, see [`rope::Rope::table`].
     rope_table: wgpu::Buffer,
     weight_bytes: u64,
 }
 
 impl GpuModel {
-    /// Checks every tensor against the device's limits, then uploads the
-    /// weights and compiles the kernels.
+    /// Uploads the weights as stored (quantized ones stay quantized), split
+    /// into row-chunks where a tensor exceeds one storage binding, and
+    /// compiles the kernels. Checks the device's limits first.
     pub fn new(gpu: &Gpu, model: &Model) -> Result<Self> {
         let c = &model.config;
         c.validate()?;
@@ -65,84 +60,67 @@ impl GpuModel {
         let limit = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
-        let biggest = [
-            ("token embedding", w.token_embedding.len()),
-            ("classifier", w.classifier().len()),
-            ("w1", c.hidden_dim * c.dim),
-            ("wq", c.dim * c.dim),
-        ];
-        for (what, n) in biggest {
-            let needed = n as u64 * F32;
-            if needed > limit {
+        for t in w.tensors() {
+            let row = t.row_bytes() as u64;
+            if row > limit {
                 return Err(Error::ModelTooLarge {
-                    what: what.to_string(),
-                    needed,
+                    what: format!("one row of a {:?}", t),
+                    needed: row,
                     limit,
                 });
             }
         }
+        let table = c.rope().table(c.seq_len);
+        if table.len() as u64 * F32 > limit {
+            return Err(Error::ModelTooLarge {
+                what: "the RoPE table".into(),
+                needed: table.len() as u64 * F32,
+                limit,
+            });
+        }
         gpu.scoped("uploading the model", || {
             let device = &gpu.device;
-            let upload = |label: &str, data: &[f32], extra: wgpu::BufferUsages| {
+            let vector = |label: &str, t: &crate::tensor::Tensor| {
                 device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some(label),
-                    contents: bytemuck::cast_slice(data),
-                    usage: wgpu::BufferUsages::STORAGE | extra,
+                    contents: bytemuck::cast_slice(&t.to_f32()),
+                    usage: wgpu::BufferUsages::STORAGE,
                 })
             };
-            let none = wgpu::BufferUsages::empty();
-            let (d, h, kv) = (c.dim, c.hidden_dim, c.kv_dim());
-            let layers = (0..c.n_layers)
-                .map(|l| LayerWeights {
-                    rms_att: upload("rms_att", &w.rms_att[l * d..][..d], none),
-                    wq: upload("wq", &w.wq[l * d * d..][..d * d], none),
-                    wk: upload("wk", &w.wk[l * kv * d..][..kv * d], none),
-                    wv: upload("wv", &w.wv[l * kv * d..][..kv * d], none),
-                    wo: upload("wo", &w.wo[l * d * d..][..d * d], none),
-                    rms_ffn: upload("rms_ffn", &w.rms_ffn[l * d..][..d], none),
-                    w1: upload("w1", &w.w1[l * h * d..][..h * d], none),
-                    w2: upload("w2", &w.w2[l * d * h..][..d * h], none),
-                    w3: upload("w3", &w.w3[l * h * d..][..h * d], none),
+            let matrix = |what: &str, t| GpuTensor::upload(device, t, limit, what);
+            let layers = w
+                .layers
+                .iter()
+                .map(|l| {
+                    Ok(LayerWeights {
+                        rms_att: vector("rms_att", &l.rms_att),
+                        wq: matrix("wq", &l.wq)?,
+                        wk: matrix("wk", &l.wk)?,
+                        wv: matrix("wv", &l.wv)?,
+                        wo: matrix("wo", &l.wo)?,
+                        rms_ffn: vector("rms_ffn", &l.rms_ffn),
+                        w1: matrix("w1", &l.w1)?,
+                        w2: matrix("w2", &l.w2)?,
+                        w3: matrix("w3", &l.w3)?,
+                    })
                 })
-                .collect();
-            let weight_bytes = [
-                w.token_embedding.len(),
-                w.rms_att.len(),
-                w.wq.len(),
-                w.wk.len(),
-                w.wv.len(),
-                w.wo.len(),
-                w.rms_ffn.len(),
-                w.w1.len(),
-                w.w2.len(),
-                w.w3.len(),
-                w.rms_final.len(),
-                w.wcls.as_ref().map_or(0, Vec::len),
-            ]
-            .iter()
-            .sum::<usize>() as u64
-                * F32;
-            Self {
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Self {
                 gpu: gpu.clone(),
                 config: c.clone(),
                 kernels: Kernels::new(device),
-                // COPY_SRC: the step copies the token's row into the residual stream.
-                token_embedding: upload(
-                    "token_embedding",
-                    &w.token_embedding,
-                    wgpu::BufferUsages::COPY_SRC,
-                ),
+                token_embedding: matrix("token_embedding", &w.token_embedding)?,
                 layers,
-                rms_final: upload("rms_final", &w.rms_final, none),
-                wcls: w.wcls.as_ref().map(|cls| upload("wcls", cls, none)),
-                rope_table: upload(
-                    "rope_table",
-                    &rope::table(c.seq_len, c.head_size(), c.rope_theta),
-                    none,
-                ),
-                weight_bytes,
-            }
-        })
+                rms_final: vector("rms_final", &w.rms_final),
+                wcls: w.wcls.as_ref().map(|t| matrix("wcls", t)).transpose()?,
+                rope_table: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("rope_table"),
+                    contents: bytemuck::cast_slice(&table),
+                    usage: wgpu::BufferUsages::STORAGE,
+                }),
+                weight_bytes: w.bytes(),
+            })
+        })?
     }
 
     /// The model's hyper-parameters.
@@ -155,7 +133,7 @@ impl GpuModel {
         &self.gpu
     }
 
-    /// Bytes of weights on the GPU.
+    /// Bytes of weights as stored (on the GPU, plus up to 3 bytes of padding per chunk).
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
     }
@@ -269,12 +247,14 @@ impl KvCache {
     }
 }
 
-/// Matches WGSL `Step` in rope.wgsl, kv_append.wgsl, attention.wgsl (padded to 16 bytes).
+/// Matches WGSL `Step` in embed.wgsl (rope, kv_append and attention read
+/// only `pos`), padded to 16 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Step {
     pos: u32,
-    _pad: [u32; 3],
+    token: u32,
+    _pad: [u32; 2],
 }
 
 /// Every dispatch of one layer, bound once.
@@ -315,10 +295,8 @@ enum Readback {
 pub struct Session {
     model: GpuModel,
     cache: KvCache,
-    /// Step uniform: the position being decoded.
+    /// Step uniform: the position and token being decoded.
     step: wgpu::Buffer,
-    /// (dim,) residual stream.
-    x: wgpu::Buffer,
     /// (vocab_size,) logits.
     logits: wgpu::Buffer,
     /// (1,) u32 argmax of the logits.
@@ -327,6 +305,7 @@ pub struct Session {
     logits_readback: wgpu::Buffer,
     /// (2,) u32 MAP_READ copy of `next` (8 bytes: the map alignment).
     next_readback: wgpu::Buffer,
+    embed: Dispatch,
     layers: Vec<LayerDispatches>,
     final_norm: Dispatch,
     classifier: Dispatch,
@@ -365,7 +344,7 @@ impl Session {
             let act = |label, len| buffer(label, len, U::STORAGE);
             let (d, h, kv) = (c.dim, c.hidden_dim, c.kv_dim());
             let step = buffer("step", 4, U::UNIFORM | U::COPY_DST);
-            let x = buffer("x", d, U::STORAGE | U::COPY_DST | U::COPY_SRC);
+            let x = act("x", d);
             let xb = act("xb", d);
             let xb2 = act("xb2", d);
             let hb = act("hb", h);
@@ -401,9 +380,9 @@ impl Session {
                         d,
                         c.norm_eps,
                     ),
-                    q: matvec::dispatch(device, &kn.matvec, &q, &w.wq, &xb, d, d),
-                    k: matvec::dispatch(device, &kn.matvec, &k, &w.wk, &xb, kv, d),
-                    v: matvec::dispatch(device, &kn.matvec, &v, &w.wv, &xb, kv, d),
+                    q: matvec::dispatch(device, &kn.matvec, &q, &w.wq, &xb),
+                    k: matvec::dispatch(device, &kn.matvec, &k, &w.wk, &xb),
+                    v: matvec::dispatch(device, &kn.matvec, &v, &w.wv, &xb),
                     rope: rope::dispatch(
                         device,
                         &kn.rope,
@@ -437,7 +416,7 @@ impl Session {
                         &step,
                         shape,
                     ),
-                    wo: matvec::dispatch(device, &kn.matvec, &xb, &w.wo, &xb2, d, d),
+                    wo: matvec::dispatch(device, &kn.matvec, &xb, &w.wo, &xb2),
                     att_residual: add::dispatch(device, &kn.add, &x, &xb, d),
                     ffn_norm: rmsnorm::dispatch(
                         device,
@@ -448,10 +427,10 @@ impl Session {
                         d,
                         c.norm_eps,
                     ),
-                    gate: matvec::dispatch(device, &kn.matvec, &hb, &w.w1, &xb, h, d),
-                    up: matvec::dispatch(device, &kn.matvec, &hb2, &w.w3, &xb, h, d),
+                    gate: matvec::dispatch(device, &kn.matvec, &hb, &w.w1, &xb),
+                    up: matvec::dispatch(device, &kn.matvec, &hb2, &w.w3, &xb),
                     swiglu: swiglu::dispatch(device, &kn.swiglu, &hb, &hb2, h),
-                    down: matvec::dispatch(device, &kn.matvec, &xb, &w.w2, &hb, d, h),
+                    down: matvec::dispatch(device, &kn.matvec, &xb, &w.w2, &hb),
                     ffn_residual: add::dispatch(device, &kn.add, &x, &xb, d),
                 })
                 .collect();
@@ -466,20 +445,12 @@ impl Session {
                     d,
                     c.norm_eps,
                 ),
-                classifier: matvec::dispatch(
-                    device,
-                    &kn.matvec,
-                    &logits,
-                    cls,
-                    &xb,
-                    c.vocab_size,
-                    d,
-                ),
+                classifier: matvec::dispatch(device, &kn.matvec, &logits, cls, &xb),
+                embed: embed::dispatch(device, &kn.embed, &x, &model.token_embedding, &step),
                 argmax: argmax::dispatch(device, &kn.argmax, &next, &logits, c.vocab_size),
                 model: model.clone(),
                 cache,
                 step,
-                x,
                 logits,
                 next,
                 logits_readback,
@@ -527,11 +498,42 @@ impl Session {
         self.submissions
     }
 
-    /// Kernel dispatches recorded per greedy token: 15 per layer, then the
-    /// final norm, the classifier and the argmax (a step that reads the
-    /// logits back skips the argmax).
+    /// Kernel launches recorded per greedy token: the embedding, 15 per
+    /// layer, then the final norm, the classifier and the argmax (a step
+    /// that reads the logits back skips the argmax); more where a weight is
+    /// split into row-chunks.
     pub fn dispatches_per_token(&self) -> usize {
-        15 * self.layers.len() + 3
+        let per_layer: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [
+                    &l.att_norm,
+                    &l.q,
+                    &l.k,
+                    &l.v,
+                    &l.rope,
+                    &l.kv_append,
+                    &l.attention,
+                    &l.wo,
+                    &l.att_residual,
+                    &l.ffn_norm,
+                    &l.gate,
+                    &l.up,
+                    &l.swiglu,
+                    &l.down,
+                    &l.ffn_residual,
+                ]
+                .iter()
+                .map(|d| d.launches())
+                .sum::<usize>()
+            })
+            .sum();
+        self.embed.launches()
+            + per_layer
+            + self.final_norm.launches()
+            + self.classifier.launches()
+            + self.argmax.launches()
     }
 
     /// Decodes `token` at the next position and returns the logits (vocab_size,).
@@ -611,14 +613,14 @@ impl Session {
             });
         }
         let gpu = &self.model.gpu;
-        let row_bytes = c.dim as u64 * F32;
         gpu.scoped("decoding a token", || {
             gpu.queue.write_buffer(
                 &self.step,
                 0,
                 bytemuck::bytes_of(&Step {
                     pos: pos as u32,
-                    _pad: [0; 3],
+                    token,
+                    _pad: [0; 2],
                 }),
             );
             let mut encoder = gpu
@@ -626,19 +628,13 @@ impl Session {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("kvgpu step"),
                 });
-            // Token embedding: the token's row becomes the residual stream.
-            encoder.copy_buffer_to_buffer(
-                &self.model.token_embedding,
-                token as u64 * row_bytes,
-                &self.x,
-                0,
-                row_bytes,
-            );
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("kvgpu forward"),
                     timestamp_writes: None,
                 });
+                // Token embedding: the token's row becomes the residual stream x.
+                self.embed.record(&mut pass);
                 for l in &self.layers {
                     // Attention block: x += Wo attention(rope(Wq n), cache ∪ rope(Wk n), cache ∪ Wv n), n = rmsnorm(x).
                     l.att_norm.record(&mut pass);

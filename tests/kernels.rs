@@ -3,14 +3,19 @@
 //! grouped-query heads.
 //!
 //! Tolerance: 1e-4 absolute + 1e-4 relative (f32 sums in another order);
-//! data movement kernels (append, argmax) must be exact.
+//! data movement kernels (append, embed, argmax) must be exact. Quantized
+//! projections are compared with dequantize-then-multiply on the host.
 
 mod common;
 
 use common::{max_abs_diff, random};
+use kvgpu::ops::matvec::GpuTensor;
+use kvgpu::ops::rope::Rope;
 use kvgpu::ops::{
-    self, add, argmax, attention, kv_append, matvec, rmsnorm, rope, swiglu, Dispatch, Kernels,
+    self, add, argmax, attention, embed, kv_append, matvec, rmsnorm, rope, swiglu, Dispatch,
+    Kernels,
 };
+use kvgpu::tensor::{quantize, DType, Tensor};
 use kvgpu::Gpu;
 use wgpu::util::DeviceExt;
 
@@ -39,11 +44,15 @@ impl Bench {
     }
 
     fn step(&self, pos: u32) -> wgpu::Buffer {
+        self.step_token(pos, 0)
+    }
+
+    fn step_token(&self, pos: u32, token: u32) -> wgpu::Buffer {
         self.gpu
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: None,
-                contents: bytemuck::cast_slice(&[pos, 0, 0, 0]),
+                contents: bytemuck::cast_slice(&[pos, token, 0, 0]),
                 usage: wgpu::BufferUsages::UNIFORM,
             })
     }
@@ -76,27 +85,149 @@ fn assert_close(gpu: &[f32], cpu: &[f32], what: &str) {
     }
 }
 
+/// Random weights of `dtype`: float types and Q8_0 / Q4_0 through the
+/// quantizer; K-quant blocks from random bytes with small, finite scales.
+fn random_tensor(dtype: DType, rows: usize, cols: usize, seed: u64) -> Tensor {
+    let bytes = match dtype {
+        DType::Q4_K | DType::Q6_K => {
+            let mut rng = kvgpu::sampler::XorShift::new(seed | 1);
+            let mut bytes: Vec<u8> = (0..rows * dtype.row_bytes(cols).unwrap())
+                .map(|_| rng.next_u32() as u8)
+                .collect();
+            let scale_at: &[usize] = if dtype == DType::Q4_K {
+                &[0, 2]
+            } else {
+                &[208]
+            };
+            for block in bytes.chunks_mut(dtype.block_bytes()) {
+                for &at in scale_at {
+                    let d = half::f16::from_f32(0.001 + rng.next_f32() * 0.01);
+                    block[at..at + 2].copy_from_slice(&d.to_le_bytes());
+                }
+            }
+            bytes
+        }
+        _ => quantize(dtype, &random(rows * cols, seed), cols).unwrap(),
+    };
+    let n = bytes.len();
+    Tensor::from_shared(dtype, rows, cols, std::sync::Arc::new(bytes), 0..n)
+}
+
+fn upload(b: &Bench, t: &Tensor, limit: u64) -> GpuTensor {
+    b.gpu
+        .scoped("upload", || {
+            GpuTensor::upload(&b.gpu.device, t, limit, "test")
+        })
+        .unwrap()
+        .unwrap()
+}
+
 #[test]
-fn matvec_matches_cpu() {
+fn matvec_matches_cpu_for_every_dtype() {
     let b = require!(Bench::new());
     let dev = &b.gpu.device;
-    // Odd shapes; 4200001 rows (65627 workgroups) spill the grid into its y dimension.
-    for (rows, cols, seed) in [(1, 1, 1), (37, 333, 2), (1757, 65, 3), (4_200_001, 1, 4)] {
-        let w = random(rows * cols, seed);
-        let x = random(cols, seed + 100);
-        let (wb, xb, ob) = (b.buffer(&w), b.buffer(&x), b.buffer(&vec![f32::NAN; rows]));
+    let big = 128 << 20;
+    for dtype in DType::ALL {
+        let n = dtype.block_len().max(32);
+        // Odd row counts; columns a whole number of blocks; a limit that splits into chunks.
+        for (rows, cols, limit) in [
+            (1, n, big),
+            (37, 3 * n, big),
+            (301, 5 * n, big),
+            (67, 2 * n, 999),
+        ] {
+            let w = random_tensor(dtype, rows, cols, rows as u64);
+            let x = random(cols, 7);
+            let gw = upload(&b, &w, limit);
+            if limit < big {
+                assert!(gw.chunks.len() > 1, "{dtype:?} should be split");
+            }
+            let (xb, ob) = (b.buffer(&x), b.buffer(&vec![f32::NAN; rows]));
+            b.run(&matvec::dispatch(dev, &b.kernels.matvec, &ob, &gw, &xb));
+            let mut expect = vec![0.0; rows];
+            matvec::cpu(&mut expect, &w, &x);
+            assert_close(
+                &b.read(&ob),
+                &expect,
+                &format!("matvec {dtype:?} {rows}x{cols} limit {limit}"),
+            );
+        }
+    }
+    // Odd F32 shapes; 4200001 rows (65627 workgroups) spill the grid into its y dimension.
+    for (rows, cols) in [(1757, 65), (4_200_001, 1)] {
+        let w = random_tensor(DType::F32, rows, cols, 3);
+        let x = random(cols, 4);
+        let (xb, ob) = (b.buffer(&x), b.buffer(&vec![f32::NAN; rows]));
         b.run(&matvec::dispatch(
             dev,
             &b.kernels.matvec,
             &ob,
-            &wb,
+            &upload(&b, &w, big),
             &xb,
-            rows,
-            cols,
         ));
         let mut expect = vec![0.0; rows];
         matvec::cpu(&mut expect, &w, &x);
-        assert_close(&b.read(&ob), &expect, &format!("matvec {rows}x{cols}"));
+        assert_close(&b.read(&ob), &expect, &format!("matvec f32 {rows}x{cols}"));
+    }
+}
+
+#[test]
+fn embed_reads_the_token_row_of_a_split_table() {
+    let b = require!(Bench::new());
+    for dtype in DType::ALL {
+        let cols = dtype.block_len().max(32) * 2;
+        let rows = 53;
+        let table = random_tensor(dtype, rows, cols, 11);
+        let gt = upload(&b, &table, 5 * dtype.row_bytes(cols).unwrap() as u64 + 3);
+        assert!(gt.chunks.len() > 5);
+        for token in [0, 4, 5, 31, 52] {
+            let (out, step) = (b.buffer(&vec![f32::NAN; cols]), b.step_token(0, token));
+            b.run(&embed::dispatch(
+                &b.gpu.device,
+                &b.kernels.embed,
+                &out,
+                &gt,
+                &step,
+            ));
+            let mut expect = vec![0.0; cols];
+            embed::cpu(&mut expect, &table, token);
+            assert_eq!(b.read(&out), expect, "{dtype:?} token {token}");
+        }
+    }
+}
+
+#[test]
+fn dequantize_matches_known_values() {
+    // One Q8_0 block: scale 0.5, values -128..120 in steps of 8.
+    let mut block = half::f16::from_f32(0.5).to_le_bytes().to_vec();
+    block.extend((0..32).map(|i: i32| (i * 8 - 128) as i8 as u8));
+    let mut out = vec![0.0; 32];
+    kvgpu::tensor::dequantize(DType::Q8_0, &block, &mut out);
+    let expect: Vec<f32> = (0..32).map(|i: i32| (i * 8 - 128) as f32 * 0.5).collect();
+    assert_eq!(out, expect);
+    // One Q4_0 block: scale 2, low nibbles 0..15, high nibbles 15..0.
+    let mut block = half::f16::from_f32(2.0).to_le_bytes().to_vec();
+    block.extend((0..16u8).map(|i| i | ((15 - i) << 4)));
+    kvgpu::tensor::dequantize(DType::Q4_0, &block, &mut out);
+    for j in 0..16 {
+        assert_eq!(out[j], (j as f32 - 8.0) * 2.0);
+        assert_eq!(out[j + 16], (7.0 - j as f32) * 2.0);
+    }
+    // Quantizers round-trip within half a step.
+    let x = random(64, 5);
+    for (dtype, step) in [
+        (DType::Q8_0, 1.0 / 127.0),
+        (DType::Q4_0, 1.0 / 8.0),
+        (DType::F16, 1e-3),
+    ] {
+        let q = quantize(dtype, &x, 64).unwrap();
+        let mut back = vec![0.0; 64];
+        kvgpu::tensor::dequantize(dtype, &q, &mut back);
+        assert!(
+            max_abs_diff(&back, &x) <= step,
+            "{dtype:?}: {}",
+            max_abs_diff(&back, &x)
+        );
     }
 }
 
@@ -125,29 +256,52 @@ fn rmsnorm_matches_cpu() {
 #[test]
 fn rope_matches_cpu_at_first_and_last_position() {
     let b = require!(Bench::new());
-    // Grouped-query: 6 query heads over 2 KV heads of size 10.
+    // Grouped-query: 6 query heads over 2 KV heads of size 10; full, partial
+    // (first 6 dimensions) and Llama-3-style scaled rotations.
     let (head_size, n_heads, n_kv_heads, capacity) = (10, 6, 2, 37);
     let (q_dim, kv_dim) = (n_heads * head_size, n_kv_heads * head_size);
-    let table = b.buffer(&rope::table(capacity, head_size, 10000.0));
-    for pos in [0, 1, 17, capacity - 1] {
-        let q = random(q_dim, pos as u64);
-        let k = random(kv_dim, pos as u64 + 50);
-        let (qb, kb, step) = (b.buffer(&q), b.buffer(&k), b.step(pos as u32));
-        b.run(&rope::dispatch(
-            &b.gpu.device,
-            &b.kernels.rope,
-            &qb,
-            &kb,
-            &step,
-            &table,
-            q_dim,
-            kv_dim,
+    let ropes = [
+        Rope {
             head_size,
-        ));
-        let (mut eq, mut ek) = (q.clone(), k.clone());
-        rope::cpu(&mut eq, &mut ek, pos, head_size, 10000.0);
-        assert_close(&b.read(&qb), &eq, &format!("rope q at pos {pos}"));
-        assert_close(&b.read(&kb), &ek, &format!("rope k at pos {pos}"));
+            rope_dim: 10,
+            theta: 10000.0,
+            freq_factors: None,
+        },
+        Rope {
+            head_size,
+            rope_dim: 6,
+            theta: 500000.0,
+            freq_factors: None,
+        },
+        Rope {
+            head_size,
+            rope_dim: 10,
+            theta: 500000.0,
+            freq_factors: Some(vec![1.0, 1.5, 2.0, 8.0, 32.0]),
+        },
+    ];
+    for rope in ropes {
+        let table = b.buffer(&rope.table(capacity));
+        for pos in [0, 1, 17, capacity - 1] {
+            let q = random(q_dim, pos as u64);
+            let k = random(kv_dim, pos as u64 + 50);
+            let (qb, kb, step) = (b.buffer(&q), b.buffer(&k), b.step(pos as u32));
+            b.run(&rope::dispatch(
+                &b.gpu.device,
+                &b.kernels.rope,
+                &qb,
+                &kb,
+                &step,
+                &table,
+                q_dim,
+                kv_dim,
+                head_size,
+            ));
+            let (mut eq, mut ek) = (q.clone(), k.clone());
+            rope::cpu(&mut eq, &mut ek, pos, &rope);
+            assert_close(&b.read(&qb), &eq, &format!("rope q at pos {pos} {rope:?}"));
+            assert_close(&b.read(&kb), &ek, &format!("rope k at pos {pos} {rope:?}"));
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use kvgpu::ops::SHADERS;
+use kvgpu::ops::{LIBRARIES, SHADERS};
 
 #[test]
 fn every_shader_parses_and_validates() {
@@ -37,37 +37,76 @@ fn every_shader_parses_and_validates() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[test]
-fn every_shader_file_is_registered() {
+fn shader_files() -> BTreeSet<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+    std::fs::read_dir(&dir)
         .expect("shaders/ exists")
         .map(|e| e.expect("dir entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
         .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn read_shader(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("shaders/{name}.wgsl"));
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn every_shader_file_is_registered() {
+    let registered: BTreeSet<String> = SHADERS
+        .iter()
+        .map(|s| s.name.to_string())
+        .chain(LIBRARIES.iter().map(|s| s.to_string()))
         .collect();
-    let registered: BTreeSet<String> = SHADERS.iter().map(|s| s.name.to_string()).collect();
-    assert_eq!(on_disk, registered, "shaders/ and ops::SHADERS disagree");
+    assert_eq!(
+        shader_files(),
+        registered,
+        "shaders/ and ops::SHADERS + LIBRARIES disagree"
+    );
     for s in SHADERS {
-        let text = std::fs::read_to_string(dir.join(format!("{}.wgsl", s.name))).unwrap();
-        assert_eq!(text, s.source, "{} is registered with other source", s.name);
+        // The compiled source is the kernel file, after any libraries.
+        assert!(
+            s.source.ends_with(&read_shader(s.name)),
+            "{} is registered with other source",
+            s.name
+        );
+        let mut rest = s
+            .source
+            .strip_suffix(read_shader(s.name).as_str())
+            .unwrap()
+            .to_string();
+        for lib in LIBRARIES {
+            rest = rest.replace(&read_shader(lib), "");
+        }
+        assert!(
+            rest.is_empty(),
+            "{}: source has text from no shader file",
+            s.name
+        );
+    }
+    for lib in LIBRARIES {
+        let text = read_shader(lib);
+        assert!(
+            SHADERS.iter().any(|s| s.source.contains(&text)),
+            "library {lib} is used by no kernel"
+        );
     }
 }
 
 #[test]
 fn every_shader_documents_its_bindings() {
-    for s in SHADERS {
-        let header: String = s
-            .source
-            .lines()
-            .take_while(|l| l.starts_with("//"))
-            .collect();
-        let bindings = s.source.matches("@binding(").count();
-        for i in 0..bindings {
+    for name in shader_files() {
+        let source = read_shader(&name);
+        let header: String = source.lines().take_while(|l| l.starts_with("//")).collect();
+        for (at, _) in source.match_indices("@binding(") {
+            let i: String = source[at + 9..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
             assert!(
                 header.contains(&format!("  {i} ")),
-                "{}.wgsl: header comment does not list binding {i}",
-                s.name
+                "{name}.wgsl: header comment does not list binding {i}"
             );
         }
     }

@@ -7,6 +7,7 @@ use wgpu::util::DeviceExt;
 pub mod add;
 pub mod argmax;
 pub mod attention;
+pub mod embed;
 pub mod kv_append;
 pub mod matvec;
 pub mod rmsnorm;
@@ -18,21 +19,25 @@ pub mod swiglu;
 pub struct Shader {
     /// File stem in `shaders/`, e.g. "matvec".
     pub name: &'static str,
-    /// WGSL source, compiled into the crate.
+    /// WGSL source as compiled: the kernel file, after any library it uses.
     pub source: &'static str,
 }
 
-/// Every shader kvgpu uses (a test checks this against `shaders/`).
-pub const SHADERS: [Shader; 8] = [
+/// Every kernel kvgpu uses (a test checks this against `shaders/`).
+pub const SHADERS: [Shader; 9] = [
     add::SHADER,
     argmax::SHADER,
     attention::SHADER,
+    embed::SHADER,
     kv_append::SHADER,
     matvec::SHADER,
     rmsnorm::SHADER,
     rope::SHADER,
     swiglu::SHADER,
 ];
+
+/// WGSL files that are not kernels but are prepended to kernels' source.
+pub const LIBRARIES: [&str; 1] = ["dequant"];
 
 /// The compute pipelines, built once per device and model.
 #[derive(Clone, Debug)]
@@ -43,6 +48,8 @@ pub struct Kernels {
     pub argmax: wgpu::ComputePipeline,
     /// [`attention`]
     pub attention: wgpu::ComputePipeline,
+    /// [`embed`]
+    pub embed: wgpu::ComputePipeline,
     /// [`kv_append`]
     pub kv_append: wgpu::ComputePipeline,
     /// [`matvec`]
@@ -76,6 +83,7 @@ impl Kernels {
             add: build(add::SHADER),
             argmax: build(argmax::SHADER),
             attention: build(attention::SHADER),
+            embed: build(embed::SHADER),
             kv_append: build(kv_append::SHADER),
             matvec: build(matvec::SHADER),
             rmsnorm: build(rmsnorm::SHADER),
@@ -85,14 +93,13 @@ impl Kernels {
     }
 }
 
-/// One kernel launch, bound once and recorded every step: the pipeline, a
-/// bind group (binding 0 = its params uniform, then the buffers in order) and
-/// the grid.
+/// One kernel launch (or several, for a weight split into row-chunks), bound
+/// once and recorded every step: the pipeline, a bind group per launch
+/// (binding 0 = its params uniform, then the buffers in order) and the grid.
 #[derive(Debug)]
 pub struct Dispatch {
     pipeline: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
-    workgroups: [u32; 3],
+    launches: Vec<(wgpu::BindGroup, [u32; 3])>,
 }
 
 impl Dispatch {
@@ -105,6 +112,22 @@ impl Dispatch {
         buffers: &[&wgpu::Buffer],
         workgroups: [u32; 3],
     ) -> Self {
+        let mut d = Self {
+            pipeline: pipeline.clone(),
+            launches: Vec::new(),
+        };
+        d.push(device, params, buffers, workgroups);
+        d
+    }
+
+    /// Adds another launch of the same pipeline with its own params and buffers.
+    pub fn push(
+        &mut self,
+        device: &wgpu::Device,
+        params: &[u8],
+        buffers: &[&wgpu::Buffer],
+        workgroups: [u32; 3],
+    ) {
         let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("kvgpu params"),
             contents: params,
@@ -120,22 +143,24 @@ impl Dispatch {
             .collect();
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
-            layout: &pipeline.get_bind_group_layout(0),
+            layout: &self.pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Self {
-            pipeline: pipeline.clone(),
-            bind_group,
-            workgroups,
-        }
+        self.launches.push((bind_group, workgroups));
     }
 
-    /// Records the launch into `pass`.
+    /// Number of kernel launches recorded per step.
+    pub fn launches(&self) -> usize {
+        self.launches.len()
+    }
+
+    /// Records the launch(es) into `pass`.
     pub fn record(&self, pass: &mut wgpu::ComputePass) {
         pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        let [x, y, z] = self.workgroups;
-        pass.dispatch_workgroups(x, y, z);
+        for (bind_group, [x, y, z]) in &self.launches {
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(*x, *y, *z);
+        }
     }
 }
 
