@@ -1,4 +1,4 @@
-//! Generate text with a llama2.c model on the GPU, streaming it to stdout.
+//! Generate text with a GGUF or llama2.c model on the GPU, streaming it to stdout.
 //!
 //! ```text
 //! cargo run --release --example generate -- --prompt "Once upon a time"
@@ -14,17 +14,18 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvgpu::cpu::CpuSession;
 use kvgpu::{generate, Gpu, GpuModel, Model, Sampler, Session, Tokenizer};
 
-/// Generate text with a llama2.c checkpoint, one GPU decode pass per token.
+/// Generate text with a GGUF or llama2.c model, one GPU decode pass per token.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// llama2.c checkpoint (.bin). Default: stories260K.bin (see --help above).
+    /// Model: a GGUF file (tokenizer inside) or a llama2.c checkpoint. Default: stories260K.bin.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// llama2.c tokenizer. Default: tok<vocab>.bin or tokenizer.bin beside the model.
+    /// llama2.c tokenizer, for a llama2.c checkpoint. Default: tok<vocab>.bin or tokenizer.bin beside the model.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Text to start from.
@@ -75,13 +76,17 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             (dir.join(DEFAULT_FILES[0]), Some(dir.join(DEFAULT_FILES[1])))
         }
     };
-    let model = Model::load_llama2c(&model_path)?;
-    let tokenizer_path = match (&args.tokenizer, default_tokenizer) {
-        (Some(t), _) => t.clone(),
-        (None, Some(t)) => t,
-        (None, None) => find_tokenizer(&model_path, model.config.vocab_size)?,
+    let loading = Instant::now();
+    let (model, gguf_tokenizer) = Model::load(&model_path)?;
+    let tokenizer = match (&args.tokenizer, gguf_tokenizer, default_tokenizer) {
+        (Some(t), _, _) => Tokenizer::load(t, model.config.vocab_size)?,
+        (None, Some(t), _) => t,
+        (None, None, Some(t)) => Tokenizer::load(t, model.config.vocab_size)?,
+        (None, None, None) => Tokenizer::load(
+            find_tokenizer(&model_path, model.config.vocab_size)?,
+            model.config.vocab_size,
+        )?,
     };
-    let tokenizer = Tokenizer::load(&tokenizer_path, model.config.vocab_size)?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -90,7 +95,17 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let sampler = Sampler::new(args.temperature, args.top_p, seed)?;
 
     let gpu = Gpu::new(args.adapter.as_deref())?;
-    let gpu_model = GpuModel::new(&gpu, &model)?;
+    let bar = ProgressBar::new(model.weights.bytes()).with_style(
+        ProgressStyle::with_template("uploading weights {bar:40} {bytes}/{total_bytes} ({eta})")
+            .expect("valid template"),
+    );
+    // Only worth a bar for big models.
+    if model.weights.bytes() < 64 << 20 {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let gpu_model = GpuModel::with_progress(&gpu, &model, |done, _| bar.set_position(done))?;
+    bar.finish_and_clear();
+    let load_time = loading.elapsed();
     let mut session = Session::new(&gpu_model, args.capacity)?;
 
     let mut stdout = std::io::stdout();
@@ -109,8 +124,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let wall = started.elapsed();
     println!();
     eprintln!(
-        "adapter: {} | prompt tokens: {} | generated tokens: {} | {:.1} tok/s ({} positions in {:.2} s) | {} dispatches/token | KV cache: {} bytes ({} positions x {} bytes)",
+        "adapter: {} | load {:.2} s | weights: {} bytes | prompt tokens: {} | generated tokens: {} | {:.1} tok/s ({} positions in {:.2} s) | {} dispatches/token | KV cache: {} bytes ({} positions x {} bytes)",
         gpu.describe(),
+        load_time.as_secs_f64(),
+        model.weights.bytes(),
         run.prompt_tokens,
         run.generated_tokens,
         run.tokens_per_second,

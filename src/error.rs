@@ -52,6 +52,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A GGUF file is malformed or describes a model kvgpu cannot run.
+    #[error("{path}: GGUF error at byte {offset}: {kind}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset in the file where the problem was found.
+        offset: u64,
+        /// What is wrong.
+        kind: crate::gguf::GgufError,
+    },
+
     /// A tokenizer cannot encode the text (e.g. its vocabulary lacks a piece it needs).
     #[error("tokenizer: {0}")]
     Tokenizer(String),

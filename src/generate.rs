@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::cpu::CpuSession;
 use crate::sampler::Sampler;
-use crate::tokenizer::{TextStream, Tokenizer, BOS};
+use crate::tokenizer::{TextStream, Tokenizer};
 use crate::{Error, Result, Session};
 
 /// Something that decodes one token per call at the next position: the GPU
@@ -84,7 +84,10 @@ pub fn generate<D: Decoder>(
     steps: usize,
     mut emit: impl FnMut(&str),
 ) -> Result<Generation> {
-    let prompt_tokens = tokenizer.encode(prompt, true, false)?;
+    let mut prompt_tokens = tokenizer.encode_special(prompt, tokenizer.add_bos(), false)?;
+    if prompt_tokens.is_empty() {
+        prompt_tokens.push(tokenizer.bos()); // something to start from
+    }
     let room = decoder.capacity() - decoder.len();
     if prompt_tokens.len() > room {
         return Err(Error::PromptTooLong {
@@ -114,7 +117,7 @@ pub fn generate<D: Decoder>(
             decoder.next_token(token, sampler)?
         };
         positions += 1;
-        if next == BOS {
+        if next == tokenizer.bos() {
             generated -= 1; // BOS ends the text; it is not part of it
             break;
         }

@@ -22,6 +22,7 @@
 pub mod cpu;
 mod error;
 pub mod generate;
+pub mod gguf;
 mod gpu;
 pub mod model;
 pub mod ops;

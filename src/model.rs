@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::gguf::{Gguf, GgufError};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -277,10 +278,13 @@ impl Weights {
         self.tensors().iter().map(|t| t.bytes().len() as u64).sum()
     }
 
-    /// Converts every matrix to `dtype` (norm vectors stay f32); rows whose
-    /// length is not a whole number of `dtype` blocks stay F16.
+    /// Converts every matrix to `dtype` (norm vectors stay as they are);
+    /// rows whose length is not a whole number of `dtype` blocks stay F16.
     pub fn convert(&self, dtype: DType) -> Weights {
         let conv = |t: &Tensor| {
+            if t.dtype == dtype {
+                return t.clone();
+            }
             t.convert(dtype)
                 .or_else(|| t.convert(DType::F16))
                 .expect("F16 takes any row length")
@@ -415,6 +419,130 @@ impl Model {
                 wcls,
             },
         })
+    }
+
+    /// Reads a model file by its contents: GGUF (with the tokenizer inside) or
+    /// a llama2.c checkpoint (no tokenizer: it is a separate file).
+    pub fn load(path: impl AsRef<Path>) -> Result<(Model, Option<crate::Tokenizer>)> {
+        let path = path.as_ref();
+        let mut magic = [0u8; 4];
+        let is_gguf = std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+            && &magic == b"GGUF";
+        if is_gguf {
+            let g = Gguf::open(path)?;
+            let model = Model::from_gguf(&g)?;
+            let tokenizer = crate::Tokenizer::from_gguf(&g)?;
+            if tokenizer.vocab_size() != model.config.vocab_size {
+                return Err(g.error(GgufError::BadValue {
+                    key: "tokenizer.ggml.tokens".into(),
+                    reason: format!(
+                        "{} tokens for a {}-row embedding",
+                        tokenizer.vocab_size(),
+                        model.config.vocab_size
+                    ),
+                }));
+            }
+            Ok((model, Some(tokenizer)))
+        } else {
+            Ok((Model::load_llama2c(path)?, None))
+        }
+    }
+
+    /// Reads a Llama-architecture model from a GGUF file's metadata and
+    /// tensors (which stay in the file's mapping; quantized ones stay quantized).
+    pub fn from_gguf(g: &Gguf) -> Result<Model> {
+        let arch = g.string("general.architecture")?.unwrap_or("");
+        if arch != "llama" {
+            return Err(g.error(GgufError::UnsupportedArchitecture(arch.into())));
+        }
+        let bad = |key: &str, reason: String| {
+            g.error(GgufError::BadValue {
+                key: key.into(),
+                reason,
+            })
+        };
+        let size = |key: &str, default: Option<u64>| -> Result<usize> {
+            let v = g.uint(key, default)?;
+            if v == 0 || v > i32::MAX as u64 {
+                return Err(bad(key, format!("{v} is not between 1 and 2^31-1")));
+            }
+            Ok(v as usize)
+        };
+        let n_heads = size("llama.attention.head_count", None)?;
+        let dim = size("llama.embedding_length", None)?;
+        let vocab_size = match g.strings("tokenizer.ggml.tokens")? {
+            Some(tokens) => tokens.len(),
+            None => size("llama.vocab_size", None)?,
+        };
+        let info = |name: &str| g.tensor_info(name);
+        let mut config = Config {
+            dim,
+            hidden_dim: size("llama.feed_forward_length", None)?,
+            n_layers: size("llama.block_count", None)?,
+            n_heads,
+            n_kv_heads: size("llama.attention.head_count_kv", Some(n_heads as u64))?,
+            vocab_size,
+            seq_len: size("llama.context_length", None)?,
+            shared_classifier: info("output.weight").is_none(),
+            norm_eps: g.float("llama.attention.layer_norm_rms_epsilon", Some(1e-5))? as f32,
+            rope_theta: g.float("llama.rope.freq_base", Some(10000.0))? as f32,
+            rope_dim: 0,
+            rope_freq_factors: None,
+        };
+        if !dim.is_multiple_of(n_heads) {
+            return Err(bad(
+                "llama.attention.head_count",
+                format!("{n_heads} does not divide {dim}"),
+            ));
+        }
+        config.rope_dim = size(
+            "llama.rope.dimension_count",
+            Some(config.head_size() as u64),
+        )?;
+        if info("rope_freqs.weight").is_some() {
+            let t = g
+                .tensor("rope_freqs.weight", &[config.rope_dim as u64 / 2])
+                .map_err(|k| g.error(k))?;
+            config.rope_freq_factors = Some(t.to_f32());
+        }
+        config.validate()?;
+        let c = &config;
+        let (d, h, kv, v) = (
+            c.dim as u64,
+            c.hidden_dim as u64,
+            c.kv_dim() as u64,
+            c.vocab_size as u64,
+        );
+        let q = (c.n_heads * c.head_size()) as u64;
+        let t = |name: String, shape: &[u64]| g.tensor(&name, shape).map_err(|k| g.error(k));
+        let layers = (0..c.n_layers)
+            .map(|i| {
+                let b = |s: &str| format!("blk.{i}.{s}.weight");
+                Ok(LayerWeights {
+                    rms_att: t(b("attn_norm"), &[d])?,
+                    wq: t(b("attn_q"), &[d, q])?,
+                    wk: t(b("attn_k"), &[d, kv])?,
+                    wv: t(b("attn_v"), &[d, kv])?,
+                    wo: t(b("attn_output"), &[q, d])?,
+                    rms_ffn: t(b("ffn_norm"), &[d])?,
+                    w1: t(b("ffn_gate"), &[d, h])?,
+                    w2: t(b("ffn_down"), &[h, d])?,
+                    w3: t(b("ffn_up"), &[d, h])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let weights = Weights {
+            token_embedding: t("token_embd.weight".into(), &[d, v])?,
+            layers,
+            rms_final: t("output_norm.weight".into(), &[d])?,
+            wcls: match c.shared_classifier {
+                true => None,
+                false => Some(t("output.weight".into(), &[d, v])?),
+            },
+        };
+        Ok(Model { config, weights })
     }
 
     /// Writes the model as a llama2.c checkpoint (f32; the legacy RoPE table

@@ -53,6 +53,16 @@ impl GpuModel {
     /// into row-chunks where a tensor exceeds one storage binding, and
     /// compiles the kernels. Checks the device's limits first.
     pub fn new(gpu: &Gpu, model: &Model) -> Result<Self> {
+        Self::with_progress(gpu, model, |_, _| {})
+    }
+
+    /// [`GpuModel::new`], calling `progress(bytes uploaded, total bytes)` as
+    /// each tensor goes up (for a progress bar on big models).
+    pub fn with_progress(
+        gpu: &Gpu,
+        model: &Model,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Self> {
         let c = &model.config;
         c.validate()?;
         let w = &model.weights;
@@ -87,7 +97,14 @@ impl GpuModel {
                     usage: wgpu::BufferUsages::STORAGE,
                 })
             };
-            let matrix = |what: &str, t| GpuTensor::upload(device, t, limit, what);
+            let total = w.bytes();
+            let mut done = 0u64;
+            let mut matrix = |what: &str, t: &crate::tensor::Tensor| {
+                let g = GpuTensor::upload(device, t, limit, what);
+                done += t.bytes().len() as u64;
+                progress(done, total);
+                g
+            };
             let layers = w
                 .layers
                 .iter()
