@@ -675,9 +675,11 @@ impl Gguf {
         spans.sort_unstable();
         for w in spans.windows(2) {
             if w[1].0 < w[0].1 {
+                // Name them in file order.
+                let (a, b) = (w[0].2.min(w[1].2), w[0].2.max(w[1].2));
                 return Err((
                     data_offset + w[1].0,
-                    GgufError::Overlap(tensors[w[0].2].name.clone(), tensors[w[1].2].name.clone()),
+                    GgufError::Overlap(tensors[a].name.clone(), tensors[b].name.clone()),
                 ));
             }
         }

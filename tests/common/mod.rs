@@ -90,9 +90,11 @@ pub fn random(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
 }
 
-/// A fresh scratch folder for one test.
+/// A fresh scratch folder for one test (unique per call).
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kvgpu-test-{}-{name}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("kvgpu-test-{}-{name}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
@@ -105,4 +107,33 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// A llama2.c tokenizer file for [`tiny_model`]'s 300 tokens: `<unk>`,
+/// `<s>`, `</s>`, the 256 byte tokens, then 41 pieces (space, letters,
+/// digits, punctuation) with made-up merge scores.
+pub fn tiny_tokenizer_file(dir: &std::path::Path) -> PathBuf {
+    let mut pieces: Vec<String> = vec!["<unk>".into(), "\n<s>\n".into(), "\n</s>\n".into()];
+    pieces.extend((0..256).map(|b| format!("<0x{b:02X}>")));
+    pieces.extend([" "].iter().map(|s| s.to_string()));
+    pieces.extend(('a'..='z').map(String::from));
+    pieces.extend(('0'..='9').map(String::from));
+    pieces.extend([".", ",", "!", "?"].iter().map(|s| s.to_string()));
+    assert_eq!(pieces.len(), 300);
+    let mut bytes = 8i32.to_le_bytes().to_vec();
+    for (i, p) in pieces.iter().enumerate() {
+        bytes.extend((-(i as f32) / 10.0).to_le_bytes());
+        bytes.extend((p.len() as i32).to_le_bytes());
+        bytes.extend(p.as_bytes());
+    }
+    let path = dir.join("tiny_tok.bin");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// [`tiny_model`] and its tokenizer as GGUF bytes with `dtype` matrices.
+pub fn tiny_gguf(dtype: kvgpu::DType) -> Vec<u8> {
+    let dir = scratch(&format!("tiny_gguf_{dtype:?}"));
+    let tok = Tokenizer::load(tiny_tokenizer_file(&dir), 300).unwrap();
+    kvgpu::gguf::write_model(&tiny_model(16), &tok, dtype).unwrap()
 }
