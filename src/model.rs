@@ -219,6 +219,22 @@ impl Config {
     }
 }
 
+/// The config in a llama2.c header (28 bytes) and the exact file size it implies.
+fn llama2c_layout(header: &[u8]) -> Result<(Config, u64)> {
+    let header: [i32; 7] = std::array::from_fn(|i| {
+        i32::from_le_bytes(header[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+    });
+    let config = Config::from_llama2c_header(header)?;
+    let expected = config
+        .llama2c_file_size()
+        .ok_or_else(|| Error::InvalidConfig {
+            field: "dim",
+            value: config.dim as i64,
+            reason: "tensor sizes overflow".into(),
+        })?;
+    Ok((config, expected))
+}
+
 /// One transformer block's weights. Matrices are (out, in): `y = W x`.
 #[derive(Clone, Debug)]
 pub struct LayerWeights {
@@ -341,17 +357,7 @@ impl Model {
         }
         let mut header = [0u8; 28];
         file.read_exact(&mut header).map_err(io)?;
-        let header: [i32; 7] = std::array::from_fn(|i| {
-            i32::from_le_bytes(header[4 * i..4 * i + 4].try_into().unwrap())
-        });
-        let config = Config::from_llama2c_header(header)?;
-        let expected = config
-            .llama2c_file_size()
-            .ok_or_else(|| Error::InvalidConfig {
-                field: "dim",
-                value: config.dim as i64,
-                reason: "tensor sizes overflow".into(),
-            })?;
+        let (_, expected) = llama2c_layout(&header)?;
         if found != expected {
             return Err(Error::CheckpointSize {
                 path: path.to_path_buf(),
@@ -360,14 +366,33 @@ impl Model {
             });
         }
         let mut bytes = Vec::with_capacity(found as usize);
-        bytes.extend_from_slice(&[0u8; 28]);
+        bytes.extend_from_slice(&header);
         file.read_to_end(&mut bytes).map_err(io)?;
-        if bytes.len() as u64 != expected {
-            return Err(Error::CheckpointSize {
+        Self::from_llama2c_bytes(bytes).map_err(|e| match e {
+            Error::CheckpointSize {
+                expected, found, ..
+            } => Error::CheckpointSize {
                 path: path.to_path_buf(),
                 expected,
-                found: bytes.len() as u64,
-            });
+                found,
+            },
+            e => e,
+        })
+    }
+
+    /// Parses a llama2.c checkpoint held in memory (see [`Model::load_llama2c`]).
+    pub fn from_llama2c_bytes(bytes: Vec<u8>) -> Result<Model> {
+        let size_error = |expected, found| Error::CheckpointSize {
+            path: "<memory>".into(),
+            expected,
+            found,
+        };
+        if bytes.len() < 28 {
+            return Err(size_error(28, bytes.len() as u64));
+        }
+        let (config, expected) = llama2c_layout(&bytes[..28])?;
+        if bytes.len() as u64 != expected {
+            return Err(size_error(expected, bytes.len() as u64));
         }
         let bytes: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bytes);
         let c = &config;

@@ -161,13 +161,24 @@ impl Tokenizer {
             path: path.to_path_buf(),
             source,
         })?;
-        let (pieces, scores) = read_llama2c(&bytes, vocab_size).map_err(|(offset, reason)| {
-            Error::TokenizerFormat {
+        Self::from_llama2c_bytes(&bytes, vocab_size).map_err(|e| match e {
+            Error::TokenizerFormat { offset, reason, .. } => Error::TokenizerFormat {
                 path: path.to_path_buf(),
+                offset,
+                reason,
+            },
+            e => e,
+        })
+    }
+
+    /// Parses a llama2.c tokenizer held in memory (see [`Tokenizer::load`]).
+    pub fn from_llama2c_bytes(bytes: &[u8], vocab_size: usize) -> Result<Self> {
+        let (pieces, scores) =
+            read_llama2c(bytes, vocab_size).map_err(|(offset, reason)| Error::TokenizerFormat {
+                path: "<memory>".into(),
                 offset: offset as u64,
                 reason,
-            }
-        })?;
+            })?;
         Ok(Self::score_bpe(
             pieces,
             scores,

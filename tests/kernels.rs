@@ -483,3 +483,64 @@ fn every_kernel_has_a_test_here() {
         );
     }
 }
+
+/// `tests/fixtures/ggml_blocks.dat`: random Q4_K, Q6_K, Q8_0 and Q4_0 blocks
+/// and their values as dequantized by llama.cpp's gguf-py (`gguf.dequantize`),
+/// an independent reference for the block layouts. Records: u32 GGML type id,
+/// u32 block count, the blocks, then f32 values.
+#[test]
+fn dequantize_matches_llama_cpp_gguf_py() {
+    let data = include_bytes!("fixtures/ggml_blocks.dat");
+    let mut at = 0;
+    let mut seen = Vec::new();
+    while at < data.len() {
+        let word = |i: usize| u32::from_le_bytes(data[i..i + 4].try_into().unwrap());
+        let (id, n) = (word(at), word(at + 4) as usize);
+        let dtype = match id {
+            12 => DType::Q4_K,
+            14 => DType::Q6_K,
+            8 => DType::Q8_0,
+            2 => DType::Q4_0,
+            other => panic!("type {other}"),
+        };
+        at += 8;
+        let blocks = &data[at..at + n * dtype.block_bytes()];
+        at += blocks.len();
+        let values: Vec<f32> = data[at..at + n * dtype.block_len() * 4]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        at += values.len() * 4;
+        let mut ours = vec![0.0; values.len()];
+        kvgpu::tensor::dequantize(dtype, blocks, &mut ours);
+        assert_eq!(ours, values, "{dtype:?}");
+        // And the GPU decodes the same blocks to the same values.
+        if let Some(b) = Bench::new() {
+            let t = Tensor::from_shared(
+                dtype,
+                n,
+                dtype.block_len(),
+                std::sync::Arc::new(blocks.to_vec()),
+                0..blocks.len(),
+            );
+            let gt = upload(&b, &t, 128 << 20);
+            for token in 0..n as u32 {
+                let (out, step) = (
+                    b.buffer(&vec![f32::NAN; dtype.block_len()]),
+                    b.step_token(0, token),
+                );
+                b.run(&embed::dispatch(
+                    &b.gpu.device,
+                    &b.kernels.embed,
+                    &out,
+                    &gt,
+                    &step,
+                ));
+                let row = &values[token as usize * dtype.block_len()..][..dtype.block_len()];
+                assert_eq!(b.read(&out), row, "{dtype:?} block {token} on the GPU");
+            }
+        }
+        seen.push(dtype);
+    }
+    assert_eq!(seen, [DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_0]);
+}
