@@ -6,7 +6,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(g) = kvgpu::gguf::Gguf::from_vec(data.to_vec()) else { return };
+    let Ok(g) = kvgpu::gguf::Gguf::from_vec(data.to_vec()) else {
+        return;
+    };
     for t in &g.tensors {
         let _ = g.tensor(&t.name, &t.dims);
     }

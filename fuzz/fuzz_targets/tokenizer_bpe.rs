@@ -13,7 +13,9 @@ fn spm() -> Tokenizer {
     // <unk>, <s>, </s>, 256 byte tokens, then pieces that merge.
     let mut pieces: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
     pieces.extend((0..256).map(|b| format!("<0x{b:02X}>")));
-    for p in [" ", "a", "b", "c", "ab", "bc", " a", "abc", "é", "日", "本", "日本", "1", "11"] {
+    for p in [
+        " ", "a", "b", "c", "ab", "bc", " a", "abc", "é", "日", "本", "日本", "1", "11",
+    ] {
         pieces.push(p.to_string());
     }
     let mut bytes = 8i32.to_le_bytes().to_vec();
@@ -30,12 +32,28 @@ fn bpe(pre: &str) -> Tokenizer {
     let mut tokens: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
     let g = chars[b' ' as usize];
     let mut merges = Vec::new();
-    for (l, r) in [(g.to_string(), "t".to_string()), ("h".into(), "e".into()), (format!("{g}t"), "he".into()), ("1".into(), "2".into()), ("a".into(), "a".into())] {
+    for (l, r) in [
+        (g.to_string(), "t".to_string()),
+        ("h".into(), "e".into()),
+        (format!("{g}t"), "he".into()),
+        ("1".into(), "2".into()),
+        ("a".into(), "a".into()),
+    ] {
         merges.push(format!("{l} {r}"));
         tokens.push(format!("{l}{r}"));
     }
     let types = vec![1; tokens.len()];
-    Tokenizer::byte_bpe(&tokens, &types, &merges, PreTokenizer::named(pre).unwrap(), 0, 0, None, false).unwrap()
+    Tokenizer::byte_bpe(
+        &tokens,
+        &types,
+        &merges,
+        PreTokenizer::named(pre).unwrap(),
+        0,
+        0,
+        None,
+        false,
+    )
+    .unwrap()
 }
 
 fn round_trip(tok: &Tokenizer, text: &str, spm: bool) {
@@ -54,7 +72,12 @@ fn round_trip(tok: &Tokenizer, text: &str, spm: bool) {
 fuzz_target!(|data: &[u8]| {
     static TOKS: OnceLock<Vec<(Tokenizer, bool)>> = OnceLock::new();
     let toks = TOKS.get_or_init(|| {
-        vec![(spm(), true), (bpe("gpt2"), false), (bpe("llama-bpe"), false), (bpe("smollm"), false)]
+        vec![
+            (spm(), true),
+            (bpe("gpt2"), false),
+            (bpe("llama-bpe"), false),
+            (bpe("smollm"), false),
+        ]
     });
     let text = String::from_utf8_lossy(data);
     for (tok, spm) in toks {

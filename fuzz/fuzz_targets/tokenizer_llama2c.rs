@@ -9,7 +9,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let vocab = u16::from_le_bytes([data[0], data[1]]) as usize;
-    let Ok(tok) = kvgpu::Tokenizer::from_llama2c_bytes(&data[2..], vocab) else { return };
+    let Ok(tok) = kvgpu::Tokenizer::from_llama2c_bytes(&data[2..], vocab) else {
+        return;
+    };
     let text = String::from_utf8_lossy(&data[2..data.len().min(66)]);
     if let Ok(ids) = tok.encode(&text, true, true) {
         for w in ids.windows(2) {
