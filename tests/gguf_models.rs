@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::max_abs_diff;
+use common::{max_abs_diff, varied_strings};
 use kvgpu::cpu::CpuSession;
 use kvgpu::gguf::{Gguf, Value};
 use kvgpu::sampler::{argmax, XorShift};
@@ -100,63 +100,6 @@ fn f16_gguf_gives_the_greedy_reference_texts() {
         SAMPLED.starts_with(&gpu_text[..200]),
         "same text for the first positions"
     );
-}
-
-/// Varied strings: ASCII words, punctuation, emoji, CJK, and random Unicode
-/// scalar values (which the vocabulary mostly lacks: byte fallback).
-fn varied_strings(n: usize, seed: u64) -> Vec<String> {
-    const POOL: &[&str] = &[
-        "a",
-        "the",
-        " ",
-        "  ",
-        "Lily",
-        "Once upon a time",
-        ",",
-        ".",
-        "!",
-        "\"",
-        "'",
-        "\n",
-        "\t",
-        "0",
-        "42",
-        "é",
-        "ñ",
-        "ß",
-        "Ω",
-        "ж",
-        "日本語",
-        "한",
-        "🦀",
-        "😀",
-        "👍🏽",
-        "\u{200d}",
-        "\u{fffd}",
-        "\u{7f}",
-        "\u{1}",
-        "<0x41>",
-        "<s>",
-        "don't",
-        "I'm",
-        "  \n ",
-    ];
-    let mut rng = XorShift::new(seed);
-    (0..n)
-        .map(|i| {
-            if i % 3 == 0 {
-                let len = 1 + rng.next_u32() % 8;
-                (0..len)
-                    .filter_map(|_| char::from_u32(rng.next_u32() % 0x3_0000))
-                    .collect()
-            } else {
-                let len = 1 + rng.next_u32() % 10;
-                (0..len)
-                    .map(|_| POOL[rng.next_u32() as usize % POOL.len()])
-                    .collect()
-            }
-        })
-        .collect()
 }
 
 #[test]

@@ -3,7 +3,6 @@
 
 mod common;
 
-use kvgpu::sampler::XorShift;
 use kvgpu::tokenizer::{TextStream, BOS};
 
 /// Decodes tokens (after BOS) the way generation does.
@@ -16,66 +15,10 @@ fn decode_all(tok: &kvgpu::Tokenizer, tokens: &[u32]) -> String {
     out + &stream.finish()
 }
 
-fn random_text(rng: &mut XorShift) -> String {
-    const POOL: &[&str] = &[
-        "a",
-        "b",
-        "e",
-        "t",
-        "the",
-        " ",
-        "  ",
-        "Lily",
-        "Once upon a time",
-        ",",
-        ".",
-        "!",
-        "\"",
-        "'",
-        "\n",
-        "\t",
-        "0",
-        "9",
-        "é",
-        "ñ",
-        "ß",
-        "Ω",
-        "ж",
-        "日",
-        "本",
-        "語",
-        "한",
-        "🦀",
-        "😀",
-        "👍🏽",
-        "\u{200d}",
-        "\u{fffd}",
-        "\u{7f}",
-        "\u{1}",
-        "<0x41>",
-        "<s>",
-        "</s>",
-    ];
-    let n = 1 + (rng.next_u32() % 12) as usize;
-    (0..n)
-        .map(|_| POOL[(rng.next_u32() as usize) % POOL.len()])
-        .collect()
-}
-
 #[test]
 fn encode_decode_round_trips_varied_text() {
     let (_, tok) = require!(common::stories());
-    let mut rng = XorShift::new(2024);
-    for i in 0..3000 {
-        let text = if i % 3 == 0 {
-            // Random Unicode scalar values.
-            let n = 1 + rng.next_u32() % 6;
-            (0..n)
-                .filter_map(|_| char::from_u32(rng.next_u32() % 0x2_0000))
-                .collect()
-        } else {
-            random_text(&mut rng)
-        };
+    for text in common::varied_strings(3000, 2024) {
         let tokens = tok.encode(&text, true, false).unwrap();
         assert_eq!(tokens[0], BOS);
         assert!(tokens.iter().all(|&t| (t as usize) < tok.vocab_size()));

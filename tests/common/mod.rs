@@ -137,3 +137,60 @@ pub fn tiny_gguf(dtype: kvgpu::DType) -> Vec<u8> {
     let tok = Tokenizer::load(tiny_tokenizer_file(&dir), 300).unwrap();
     kvgpu::gguf::write_model(&tiny_model(16), &tok, dtype).unwrap()
 }
+
+/// Varied strings: ASCII words, punctuation, emoji, CJK, and random Unicode
+/// scalar values (which the vocabulary mostly lacks: byte fallback).
+pub fn varied_strings(n: usize, seed: u64) -> Vec<String> {
+    const POOL: &[&str] = &[
+        "a",
+        "the",
+        " ",
+        "  ",
+        "Lily",
+        "Once upon a time",
+        ",",
+        ".",
+        "!",
+        "\"",
+        "'",
+        "\n",
+        "\t",
+        "0",
+        "42",
+        "é",
+        "ñ",
+        "ß",
+        "Ω",
+        "ж",
+        "日本語",
+        "한",
+        "🦀",
+        "😀",
+        "👍🏽",
+        "\u{200d}",
+        "\u{fffd}",
+        "\u{7f}",
+        "\u{1}",
+        "<0x41>",
+        "<s>",
+        "don't",
+        "I'm",
+        "  \n ",
+    ];
+    let mut rng = kvgpu::sampler::XorShift::new(seed);
+    (0..n)
+        .map(|i| {
+            if i % 3 == 0 {
+                let len = 1 + rng.next_u32() % 8;
+                (0..len)
+                    .filter_map(|_| char::from_u32(rng.next_u32() % 0x3_0000))
+                    .collect()
+            } else {
+                let len = 1 + rng.next_u32() % 10;
+                (0..len)
+                    .map(|_| POOL[rng.next_u32() as usize % POOL.len()])
+                    .collect()
+            }
+        })
+        .collect()
+}
