@@ -16,7 +16,7 @@ use std::time::Instant;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvgpu::cpu::CpuSession;
-use kvgpu::{generate, Gpu, GpuModel, Model, Sampler, Session, Tokenizer};
+use kvgpu::{generate, Gpu, GpuModel, KvDtype, Model, Sampler, Session, SessionOptions, Tokenizer};
 
 /// Generate text with a GGUF or llama2.c model, one GPU decode pass per token.
 #[derive(Parser, Debug)]
@@ -49,6 +49,9 @@ struct Args {
     /// KV cache capacity in positions (default: the model's context length).
     #[arg(long)]
     capacity: Option<usize>,
+    /// Store the KV cache as f16 (half the memory; values rounded to f16).
+    #[arg(long)]
+    kv_f16: bool,
     /// Also run the CPU reference on the same input and report its speed.
     #[arg(long)]
     compare_cpu: bool,
@@ -106,7 +109,15 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let gpu_model = GpuModel::with_progress(&gpu, &model, |done, _| bar.set_position(done))?;
     bar.finish_and_clear();
     let load_time = loading.elapsed();
-    let mut session = Session::new(&gpu_model, args.capacity)?;
+    let options = SessionOptions {
+        capacity: args.capacity,
+        kv_dtype: if args.kv_f16 {
+            KvDtype::F16
+        } else {
+            KvDtype::F32
+        },
+    };
+    let mut session = Session::with_options(&gpu_model, options)?;
 
     let mut stdout = std::io::stdout();
     let started = Instant::now();
@@ -124,7 +135,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let wall = started.elapsed();
     println!();
     eprintln!(
-        "adapter: {} | load {:.2} s | weights: {} bytes | prompt tokens: {} | generated tokens: {} | {:.1} tok/s ({} positions in {:.2} s) | {} dispatches/token | KV cache: {} bytes ({} positions x {} bytes)",
+        "adapter: {} | load {:.2} s | weights: {} bytes | prompt tokens: {} | generated tokens: {} | {:.1} tok/s ({} positions in {:.2} s) | {} dispatches/token | KV cache: {} bytes ({} positions x {} bytes, {:?})",
         gpu.describe(),
         load_time.as_secs_f64(),
         model.weights.bytes(),
@@ -137,9 +148,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         session.cache().bytes(),
         session.cache().capacity(),
         session.cache().bytes_per_position(),
+        session.cache().dtype(),
     );
     if args.compare_cpu {
-        let mut cpu = CpuSession::new(&model, args.capacity)?;
+        let mut cpu = CpuSession::with_options(&model, options)?;
         let reference = generate(
             &mut cpu,
             &tokenizer,

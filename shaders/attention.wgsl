@@ -5,12 +5,14 @@
 //   score[t] = q_h . k_cache[t, kv_head] / sqrt(head_size)
 //   out_h    = sum_t softmax(score)[t] * v_cache[t, kv_head]
 //
+// The cache holds f32 bits or packed f16 pairs (see kv_append.wgsl).
+//
 // Bindings (group 0):
-//   0 params:  Params (uniform)      { n_heads, n_kv_heads, head_size, capacity }
+//   0 params:  Params (uniform)      { n_heads, n_kv_heads, head_size, capacity, f16 }
 //   1 step:    Step (uniform)        { pos }
 //   2 q:       array<f32> (storage)  (n_heads, head_size)
-//   3 k_cache: array<f32> (storage)  (capacity, n_kv_heads * head_size)
-//   4 v_cache: array<f32> (storage)  (capacity, n_kv_heads * head_size)
+//   3 k_cache: array<u32> (storage)  (capacity, n_kv_heads * head_size) values, f32 or f16 pairs
+//   4 v_cache: array<u32> (storage)  as k_cache
 //   5 scores:  array<f32> (storage)  (n_heads, capacity) scratch
 //   6 out:     array<f32> (storage)  (n_heads, head_size)
 //
@@ -21,6 +23,7 @@ struct Params {
     n_kv_heads: u32,
     head_size: u32,
     capacity: u32,
+    f16: u32,
 }
 
 struct Step {
@@ -30,8 +33,23 @@ struct Step {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(4) var<storage, read> v_cache: array<u32>;
+
+// Value `i` of a cache, decoded.
+fn cached_k(i: u32) -> f32 {
+    if params.f16 == 0u {
+        return bitcast<f32>(k_cache[i]);
+    }
+    return unpack2x16float(k_cache[i / 2u])[i % 2u];
+}
+
+fn cached_v(i: u32) -> f32 {
+    if params.f16 == 0u {
+        return bitcast<f32>(v_cache[i]);
+    }
+    return unpack2x16float(v_cache[i / 2u])[i % 2u];
+}
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
@@ -76,7 +94,7 @@ fn main(
     for (var t = lid; t < n; t += WG) {
         var dot = 0.0;
         for (var i = 0u; i < hs; i++) {
-            dot += q[q_off + i] * k_cache[t * kv_dim + kv_off + i];
+            dot += q[q_off + i] * cached_k(t * kv_dim + kv_off + i);
         }
         let s = dot / scale;
         scores[s_off + t] = s;
@@ -100,7 +118,7 @@ fn main(
     for (var i = lid; i < hs; i += WG) {
         var acc = 0.0;
         for (var t = 0u; t < n; t++) {
-            acc += scores[s_off + t] * v_cache[t * kv_dim + kv_off + i];
+            acc += scores[s_off + t] * cached_v(t * kv_dim + kv_off + i);
         }
         out[q_off + i] = acc / sum;
     }

@@ -4,7 +4,7 @@
 
 use crate::model::Model;
 use crate::ops::{add, attention, embed, kv_append, matvec, rmsnorm, rope, swiglu};
-use crate::{Error, Result};
+use crate::{Error, KvDtype, Result, SessionOptions};
 
 /// A decoding state on the CPU: activations and a KV cache.
 #[derive(Clone, Debug)]
@@ -14,6 +14,8 @@ pub struct CpuSession<'m> {
     len: usize,
     /// Positions the cache holds.
     capacity: usize,
+    /// How cached values are rounded.
+    kv_dtype: KvDtype,
     /// (dim,) residual stream.
     x: Vec<f32>,
     /// (dim,) normalised input of a block.
@@ -38,8 +40,20 @@ impl<'m> CpuSession<'m> {
     /// A session with room for `capacity` positions (the model's context
     /// length when `None`).
     pub fn new(model: &'m Model, capacity: Option<usize>) -> Result<Self> {
+        Self::with_options(
+            model,
+            SessionOptions {
+                capacity,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A session with the given cache capacity and value type (an f16 cache
+    /// rounds values to f16 as they are appended).
+    pub fn with_options(model: &'m Model, options: SessionOptions) -> Result<Self> {
         let c = &model.config;
-        let capacity = capacity.unwrap_or(c.seq_len);
+        let capacity = options.capacity.unwrap_or(c.seq_len);
         if capacity == 0 || capacity > c.seq_len {
             return Err(Error::InvalidCapacity {
                 requested: capacity,
@@ -51,6 +65,7 @@ impl<'m> CpuSession<'m> {
             model,
             len: 0,
             capacity,
+            kv_dtype: options.kv_dtype,
             x: vec![0.0; c.dim],
             xb: vec![0.0; c.dim],
             xb2: vec![0.0; c.dim],
@@ -115,6 +130,7 @@ impl<'m> CpuSession<'m> {
             n_kv_heads: c.n_kv_heads,
             head_size: c.head_size(),
             capacity: self.capacity,
+            kv_dtype: self.kv_dtype,
         };
         let rope = c.rope();
         // Norm weights as f32 once per call: they are tiny.
@@ -135,6 +151,7 @@ impl<'m> CpuSession<'m> {
                 &self.k,
                 &self.v,
                 pos,
+                self.kv_dtype,
             );
             attention::cpu(
                 &mut self.xb2,

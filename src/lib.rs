@@ -36,6 +36,6 @@ pub use generate::{generate, Decoder, Generation};
 pub use gpu::Gpu;
 pub use model::{Config, LayerWeights, Model, Weights};
 pub use sampler::Sampler;
-pub use session::{GpuModel, KvCache, Session};
+pub use session::{GpuModel, KvCache, KvDtype, Session, SessionOptions};
 pub use tensor::{DType, Tensor};
 pub use tokenizer::Tokenizer;

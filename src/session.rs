@@ -156,12 +156,42 @@ impl GpuModel {
     }
 }
 
+/// How the KV cache stores values. F16 halves the cache's memory; values are
+/// rounded to f16 when appended and attention accumulates in f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    /// 4 bytes per value.
+    #[default]
+    F32,
+    /// 2 bytes per value (packed in pairs; SHADER_F16 not needed).
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes per stored value.
+    pub fn bytes(self) -> u64 {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+}
+
+/// Session settings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SessionOptions {
+    /// KV cache capacity in positions; the model's context length when `None`.
+    pub capacity: Option<usize>,
+    /// How the KV cache stores values.
+    pub kv_dtype: KvDtype,
+}
+
 /// One layer's K and V cache on the GPU.
 #[derive(Debug)]
 struct LayerCache {
-    /// (capacity, kv_dim) keys, position-major.
+    /// (capacity, kv_dim) keys, position-major, as [`KvDtype`].
     k: wgpu::Buffer,
-    /// (capacity, kv_dim) values, position-major.
+    /// (capacity, kv_dim) values, position-major, as [`KvDtype`].
     v: wgpu::Buffer,
 }
 
@@ -175,10 +205,16 @@ pub struct KvCache {
     len: usize,
     capacity: usize,
     kv_dim: usize,
+    dtype: KvDtype,
 }
 
 impl KvCache {
-    fn new(device: &wgpu::Device, config: &Config, capacity: usize) -> Result<Self> {
+    fn new(
+        device: &wgpu::Device,
+        config: &Config,
+        capacity: usize,
+        dtype: KvDtype,
+    ) -> Result<Self> {
         if capacity == 0 || capacity > config.seq_len {
             return Err(Error::InvalidCapacity {
                 requested: capacity,
@@ -186,7 +222,7 @@ impl KvCache {
             });
         }
         let kv_dim = config.kv_dim();
-        let size = capacity as u64 * kv_dim as u64 * F32;
+        let size = capacity as u64 * kv_dim as u64 * dtype.bytes();
         let limits = device.limits();
         let limit = limits
             .max_storage_buffer_binding_size
@@ -218,6 +254,7 @@ impl KvCache {
             len: 0,
             capacity,
             kv_dim,
+            dtype,
         })
     }
 
@@ -236,14 +273,19 @@ impl KvCache {
         self.capacity
     }
 
-    /// Bytes allocated: `2 x n_layers x capacity x kv_dim x 4`.
+    /// How values are stored.
+    pub fn dtype(&self) -> KvDtype {
+        self.dtype
+    }
+
+    /// Bytes allocated: `2 x n_layers x capacity x kv_dim x (4 for f32, 2 for f16)`.
     pub fn bytes(&self) -> u64 {
-        2 * self.layers.len() as u64 * self.capacity as u64 * self.kv_dim as u64 * F32
+        self.capacity as u64 * self.bytes_per_position()
     }
 
     /// Bytes one position takes across all layers (K and V).
     pub fn bytes_per_position(&self) -> u64 {
-        2 * self.layers.len() as u64 * self.kv_dim as u64 * F32
+        2 * self.layers.len() as u64 * self.kv_dim as u64 * self.dtype.bytes()
     }
 
     /// Empties the cache (no GPU work: slots are overwritten as they refill).
@@ -336,8 +378,19 @@ impl Session {
     /// A session whose KV cache holds `capacity` positions (the model's
     /// context length when `None`; a smaller one saves memory).
     pub fn new(model: &GpuModel, capacity: Option<usize>) -> Result<Self> {
+        Self::with_options(
+            model,
+            SessionOptions {
+                capacity,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A session with the given cache capacity and value type.
+    pub fn with_options(model: &GpuModel, options: SessionOptions) -> Result<Self> {
         let c = model.config.clone();
-        let capacity = capacity.unwrap_or(c.seq_len);
+        let capacity = options.capacity.unwrap_or(c.seq_len);
         let gpu = model.gpu.clone();
         let device = &gpu.device;
         // Checked outside the scope: a bad capacity is the caller's error, not the GPU's.
@@ -348,7 +401,7 @@ impl Session {
             });
         }
         gpu.scoped("creating a session", || {
-            let cache = KvCache::new(device, &c, capacity)?;
+            let cache = KvCache::new(device, &c, capacity, options.kv_dtype)?;
             let buffer = |label, len: usize, usage: wgpu::BufferUsages| {
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
@@ -382,6 +435,7 @@ impl Session {
                 n_kv_heads: c.n_kv_heads,
                 head_size: c.head_size(),
                 capacity,
+                kv_dtype: options.kv_dtype,
             };
             let layers = model
                 .layers
@@ -421,6 +475,7 @@ impl Session {
                         &step,
                         kv,
                         capacity,
+                        options.kv_dtype,
                     ),
                     attention: attention::dispatch(
                         device,
@@ -602,13 +657,22 @@ impl Session {
             value: layer as i64,
             reason: format!("model has {} layers", self.cache.layers.len()),
         })?;
-        let bytes = (self.cache.len * self.cache.kv_dim) as u64 * F32;
+        let values = self.cache.len * self.cache.kv_dim;
+        let bytes = values as u64 * self.cache.dtype.bytes();
         if bytes == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
         let gpu = &self.model.gpu;
+        let dtype = self.cache.dtype;
         let read = |b| -> Result<Vec<f32>> {
-            Ok(bytemuck::pod_collect_to_vec(&gpu.read_buffer(b, bytes)?))
+            let raw = gpu.read_buffer(b, bytes)?;
+            Ok(match dtype {
+                KvDtype::F32 => bytemuck::pod_collect_to_vec(&raw),
+                KvDtype::F16 => raw
+                    .chunks_exact(2)
+                    .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32())
+                    .collect(),
+            })
         };
         Ok((read(&lc.k)?, read(&lc.v)?))
     }

@@ -74,6 +74,7 @@ fn example_prints_the_reference_text() {
     assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{ZOO}\n"));
     assert!(stderr.contains("KV cache: 655360 bytes"), "{stderr}");
+    assert!(stderr.contains("F32)"), "{stderr}");
 }
 
 /// Tolerance for GPU vs CPU logits: both f32; the GPU sums in another order.
@@ -308,4 +309,34 @@ fn decodes_on_a_device_the_caller_owns() {
         1,
         "the app's handler still receives its errors"
     );
+}
+
+#[test]
+fn f16_kv_cache_matches_cpu_and_keeps_the_greedy_text() {
+    let (model, tok) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let options = kvgpu::SessionOptions {
+        capacity: None,
+        kv_dtype: kvgpu::KvDtype::F16,
+    };
+    let mut s = Session::with_options(&GpuModel::new(&gpu, &model).unwrap(), options).unwrap();
+    assert_eq!(s.cache().bytes(), 655360 / 2, "half the f32 cache");
+    // Against the f32 reference: f16 keeps 11 significant bits, so cached
+    // values move by up to 2^-12 relative; through 5 layers the logits
+    // (magnitudes up to ~20) moved by at most 0.023 when this was written.
+    const F16_CACHE_TOLERANCE: f32 = 5e-2;
+    let mut cpu = CpuSession::new(&model, None).unwrap();
+    let mut token = kvgpu::tokenizer::BOS;
+    let mut worst = 0f32;
+    for pos in 0..256 {
+        let expect = cpu.forward(token).unwrap().to_vec();
+        let diff = max_abs_diff(s.forward(token).unwrap(), &expect);
+        assert!(diff <= F16_CACHE_TOLERANCE, "position {pos}: {diff}");
+        worst = worst.max(diff);
+        token = kvgpu::sampler::argmax(&expect);
+    }
+    eprintln!("f16 KV cache: max |gpu - cpu| logit over 256 positions: {worst}");
+    s.reset();
+    let run = generate(&mut s, &tok, &mut Sampler::greedy(), "", 256, |_| {}).unwrap();
+    assert_eq!(run.text.trim_end(), GREEDY);
 }

@@ -17,6 +17,7 @@ use kvgpu::ops::{
 };
 use kvgpu::tensor::{quantize, DType, Tensor};
 use kvgpu::Gpu;
+use kvgpu::KvDtype;
 use wgpu::util::DeviceExt;
 
 struct Bench {
@@ -305,51 +306,110 @@ fn rope_matches_cpu_at_first_and_last_position() {
     }
 }
 
+/// Host values as a cache buffer's contents: f32 bits, or f16 pairs.
+fn cache_bytes(values: &[f32], dtype: KvDtype) -> Vec<u8> {
+    match dtype {
+        KvDtype::F32 => bytemuck::cast_slice(values).to_vec(),
+        KvDtype::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// A cache buffer's contents as host values.
+fn cache_values(bytes: &[u8], dtype: KvDtype) -> Vec<f32> {
+    match dtype {
+        KvDtype::F32 => bytemuck::pod_collect_to_vec(bytes),
+        KvDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32())
+            .collect(),
+    }
+}
+
+impl Bench {
+    fn cache(&self, values: &[f32], dtype: KvDtype) -> wgpu::Buffer {
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: &cache_bytes(values, dtype),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
+    }
+
+    fn read_cache(&self, b: &wgpu::Buffer, dtype: KvDtype) -> Vec<f32> {
+        cache_values(&self.gpu.read_buffer(b, b.size()).unwrap(), dtype)
+    }
+}
+
+/// Values as an f16 cache holds them.
+fn rounded(values: &[f32], dtype: KvDtype) -> Vec<f32> {
+    cache_values(&cache_bytes(values, dtype), dtype)
+}
+
 #[test]
 fn kv_append_writes_exactly_one_slot() {
     let b = require!(Bench::new());
-    let (kv_dim, capacity) = (77, 41);
-    for pos in [0, 13, capacity - 1] {
-        let kc0 = random(capacity * kv_dim, 1);
-        let vc0 = random(capacity * kv_dim, 2);
-        let (k, v) = (
-            random(kv_dim, 3 + pos as u64),
-            random(kv_dim, 4 + pos as u64),
-        );
-        let (kcb, vcb, kb, vb) = (b.buffer(&kc0), b.buffer(&vc0), b.buffer(&k), b.buffer(&v));
-        let step = b.step(pos as u32);
+    let (kv_dim, capacity) = (78, 41);
+    for dtype in [KvDtype::F32, KvDtype::F16] {
+        for pos in [0, 13, capacity - 1] {
+            let kc0 = rounded(&random(capacity * kv_dim, 1), dtype);
+            let vc0 = rounded(&random(capacity * kv_dim, 2), dtype);
+            let (k, v) = (
+                random(kv_dim, 3 + pos as u64),
+                random(kv_dim, 4 + pos as u64),
+            );
+            let (kcb, vcb) = (b.cache(&kc0, dtype), b.cache(&vc0, dtype));
+            let (kb, vb, step) = (b.buffer(&k), b.buffer(&v), b.step(pos as u32));
+            b.run(&kv_append::dispatch(
+                &b.gpu.device,
+                &b.kernels.kv_append,
+                &kcb,
+                &vcb,
+                &kb,
+                &vb,
+                &step,
+                kv_dim,
+                capacity,
+                dtype,
+            ));
+            let (mut ek, mut ev) = (kc0.clone(), vc0.clone());
+            kv_append::cpu(&mut ek, &mut ev, &k, &v, pos, dtype);
+            assert_eq!(
+                b.read_cache(&kcb, dtype),
+                ek,
+                "{dtype:?} k cache at pos {pos}"
+            );
+            assert_eq!(
+                b.read_cache(&vcb, dtype),
+                ev,
+                "{dtype:?} v cache at pos {pos}"
+            );
+        }
+        // A position past capacity writes nothing (the host never asks for one).
+        let kc0 = rounded(&random(capacity * kv_dim, 5), dtype);
+        let (kcb, vcb) = (b.cache(&kc0, dtype), b.cache(&kc0, dtype));
+        let (kb, step) = (b.buffer(&random(kv_dim, 6)), b.step(capacity as u32));
         b.run(&kv_append::dispatch(
             &b.gpu.device,
             &b.kernels.kv_append,
             &kcb,
             &vcb,
             &kb,
-            &vb,
+            &kb,
             &step,
             kv_dim,
             capacity,
+            dtype,
         ));
-        let (mut ek, mut ev) = (kc0.clone(), vc0.clone());
-        kv_append::cpu(&mut ek, &mut ev, &k, &v, pos);
-        assert_eq!(b.read(&kcb), ek, "k cache at pos {pos}");
-        assert_eq!(b.read(&vcb), ev, "v cache at pos {pos}");
+        assert_eq!(
+            b.read_cache(&kcb, dtype),
+            kc0,
+            "write past capacity must be dropped"
+        );
     }
-    // A position past capacity writes nothing (the host never asks for one).
-    let kc0 = random(capacity * kv_dim, 5);
-    let (kcb, vcb) = (b.buffer(&kc0), b.buffer(&kc0));
-    let (kb, step) = (b.buffer(&random(kv_dim, 6)), b.step(capacity as u32));
-    b.run(&kv_append::dispatch(
-        &b.gpu.device,
-        &b.kernels.kv_append,
-        &kcb,
-        &vcb,
-        &kb,
-        &kb,
-        &step,
-        kv_dim,
-        capacity,
-    ));
-    assert_eq!(b.read(&kcb), kc0, "write past capacity must be dropped");
 }
 
 #[test]
@@ -363,51 +423,57 @@ fn attention_matches_cpu_with_grouped_query_heads() {
         (3, 1, 70, 9),
         (1, 1, 2, 1),
     ];
-    for (i, &(n_heads, n_kv_heads, head_size, capacity)) in shapes.iter().enumerate() {
-        let shape = attention::Shape {
-            n_heads,
-            n_kv_heads,
-            head_size,
-            capacity,
-        };
-        let kv_dim = n_kv_heads * head_size;
-        let seed = 10 * i as u64;
-        // Large keys make large scores: the softmax must subtract the max.
-        let kc: Vec<f32> = random(capacity * kv_dim, seed)
-            .iter()
-            .map(|v| v * 8.0)
-            .collect();
-        let vc = random(capacity * kv_dim, seed + 1);
-        let (kcb, vcb) = (b.buffer(&kc), b.buffer(&vc));
-        let scores = b.buffer(&vec![0.0; n_heads * capacity]);
-        for pos in [0, capacity / 2, capacity - 1] {
-            let q: Vec<f32> = random(n_heads * head_size, seed + pos as u64)
+    for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+        for (i, &(n_heads, n_kv_heads, head_size, capacity)) in shapes.iter().enumerate() {
+            let shape = attention::Shape {
+                n_heads,
+                n_kv_heads,
+                head_size,
+                capacity,
+                kv_dtype,
+            };
+            let kv_dim = n_kv_heads * head_size;
+            let seed = 10 * i as u64;
+            // Large keys make large scores: the softmax must subtract the max.
+            let kc: Vec<f32> = random(capacity * kv_dim, seed)
                 .iter()
                 .map(|v| v * 8.0)
                 .collect();
-            let (qb, ob, step) = (
-                b.buffer(&q),
-                b.buffer(&vec![0.0; n_heads * head_size]),
-                b.step(pos as u32),
+            let (kc, vc) = (
+                rounded(&kc, kv_dtype),
+                rounded(&random(capacity * kv_dim, seed + 1), kv_dtype),
             );
-            b.run(&attention::dispatch(
-                &b.gpu.device,
-                &b.kernels.attention,
-                &ob,
-                &qb,
-                &kcb,
-                &vcb,
-                &scores,
-                &step,
-                shape,
-            ));
-            let mut expect = vec![0.0; n_heads * head_size];
-            attention::cpu(&mut expect, &q, &kc, &vc, pos, shape);
-            assert_close(
-                &b.read(&ob),
-                &expect,
-                &format!("attention {shape:?} at pos {pos}"),
-            );
+            let (kcb, vcb) = (b.cache(&kc, kv_dtype), b.cache(&vc, kv_dtype));
+            let scores = b.buffer(&vec![0.0; n_heads * capacity]);
+            for pos in [0, capacity / 2, capacity - 1] {
+                let q: Vec<f32> = random(n_heads * head_size, seed + pos as u64)
+                    .iter()
+                    .map(|v| v * 8.0)
+                    .collect();
+                let (qb, ob, step) = (
+                    b.buffer(&q),
+                    b.buffer(&vec![0.0; n_heads * head_size]),
+                    b.step(pos as u32),
+                );
+                b.run(&attention::dispatch(
+                    &b.gpu.device,
+                    &b.kernels.attention,
+                    &ob,
+                    &qb,
+                    &kcb,
+                    &vcb,
+                    &scores,
+                    &step,
+                    shape,
+                ));
+                let mut expect = vec![0.0; n_heads * head_size];
+                attention::cpu(&mut expect, &q, &kc, &vc, pos, shape);
+                assert_close(
+                    &b.read(&ob),
+                    &expect,
+                    &format!("attention {shape:?} at pos {pos}"),
+                );
+            }
         }
     }
 }

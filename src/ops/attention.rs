@@ -1,6 +1,7 @@
 //! Causal grouped-query attention over the KV cache. See `shaders/attention.wgsl`.
 
 use super::{Dispatch, Shader};
+use crate::KvDtype;
 
 /// `shaders/attention.wgsl`.
 pub const SHADER: Shader = Shader {
@@ -20,6 +21,8 @@ pub struct Params {
     pub head_size: u32,
     /// Rows in the cache (and the stride of `scores`).
     pub capacity: u32,
+    /// 1 when the cache stores packed f16 pairs, 0 for f32.
+    pub f16: u32,
 }
 
 /// Shape of an attention call.
@@ -33,6 +36,8 @@ pub struct Shape {
     pub head_size: usize,
     /// Rows in the cache.
     pub capacity: usize,
+    /// How the cache stores values.
+    pub kv_dtype: KvDtype,
 }
 
 /// Binds `out (n_heads, head_size) = attention(q (n_heads, head_size),
@@ -55,6 +60,7 @@ pub fn dispatch(
         n_kv_heads: shape.n_kv_heads as u32,
         head_size: shape.head_size as u32,
         capacity: shape.capacity as u32,
+        f16: (shape.kv_dtype == KvDtype::F16) as u32,
     };
     Dispatch::new(
         device,
