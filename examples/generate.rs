@@ -16,7 +16,9 @@ use std::time::Instant;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvgpu::cpu::CpuSession;
-use kvgpu::{generate, Gpu, GpuModel, KvDtype, Model, Sampler, Session, SessionOptions, Tokenizer};
+use kvgpu::{
+    generate, Gpu, GpuModel, KvDtype, Model, NoCache, Sampler, Session, SessionOptions, Tokenizer,
+};
 
 /// Generate text with a GGUF or llama2.c model, one GPU decode pass per token.
 #[derive(Parser, Debug)]
@@ -52,6 +54,9 @@ struct Args {
     /// Store the KV cache as f16 (half the memory; values rounded to f16).
     #[arg(long)]
     kv_f16: bool,
+    /// Decode without the KV cache: every token recomputes the whole prefix (for comparison).
+    #[arg(long)]
+    no_cache: bool,
     /// Also run the CPU reference on the same input and report its speed.
     #[arg(long)]
     compare_cpu: bool,
@@ -117,12 +122,28 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             KvDtype::F32
         },
     };
-    let mut session = Session::with_options(&gpu_model, options)?;
+    let session = Session::with_options(&gpu_model, options)?;
+    let (dispatches, kv_bytes, capacity, per_position, kv_dtype) = (
+        session.dispatches_per_token(),
+        session.cache().bytes(),
+        session.cache().capacity(),
+        session.cache().bytes_per_position(),
+        session.cache().dtype(),
+    );
+    let mut cached;
+    let mut uncached;
+    let decoder: &mut dyn kvgpu::Decoder = if args.no_cache {
+        uncached = NoCache::new(session);
+        &mut uncached
+    } else {
+        cached = session;
+        &mut cached
+    };
 
     let mut stdout = std::io::stdout();
     let started = Instant::now();
     let run = generate(
-        &mut session,
+        decoder,
         &tokenizer,
         &mut sampler.clone(),
         &args.prompt,
@@ -134,6 +155,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let wall = started.elapsed();
     println!();
+    if args.no_cache {
+        eprintln!("no KV cache: every token recomputed its whole prefix");
+    }
     eprintln!(
         "adapter: {} | load {:.2} s | weights: {} bytes | prompt tokens: {} | generated tokens: {} | {:.1} tok/s ({} positions in {:.2} s) | {} dispatches/token | KV cache: {} bytes ({} positions x {} bytes, {:?})",
         gpu.describe(),
@@ -144,11 +168,11 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         run.tokens_per_second,
         run.positions,
         wall.as_secs_f64(),
-        session.dispatches_per_token(),
-        session.cache().bytes(),
-        session.cache().capacity(),
-        session.cache().bytes_per_position(),
-        session.cache().dtype(),
+        dispatches,
+        kv_bytes,
+        capacity,
+        per_position,
+        kv_dtype,
     );
     if args.compare_cpu {
         let mut cpu = CpuSession::with_options(&model, options)?;

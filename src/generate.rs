@@ -57,6 +57,64 @@ impl Decoder for CpuSession<'_> {
     }
 }
 
+/// Decoding without a KV cache, for comparison: each new token re-runs the
+/// whole prefix from position 0, recomputing every K and V the cache would
+/// have kept (work grows with the square of the length).
+#[derive(Debug)]
+pub struct NoCache {
+    session: Session,
+    /// The prefix so far.
+    tokens: Vec<u32>,
+}
+
+impl NoCache {
+    /// Wraps a session; its cache is used only as scratch within one step.
+    pub fn new(mut session: Session) -> Self {
+        session.reset();
+        Self {
+            session,
+            tokens: Vec::new(),
+        }
+    }
+
+    /// Forward passes run so far (one per position per recomputation).
+    pub fn passes(&self) -> u64 {
+        self.session.submissions()
+    }
+}
+
+impl Decoder for NoCache {
+    fn len(&self) -> usize {
+        self.tokens.len()
+    }
+    fn capacity(&self) -> usize {
+        self.session.cache().capacity()
+    }
+    fn feed(&mut self, token: u32) -> Result<()> {
+        // Nothing to keep: the next token recomputes the prefix anyway.
+        if self.tokens.len() == self.capacity() {
+            return Err(Error::ContextFull {
+                capacity: self.capacity(),
+            });
+        }
+        self.tokens.push(token);
+        Ok(())
+    }
+    fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32> {
+        self.feed(token)?;
+        self.session.reset();
+        let (last, prefix) = self.tokens.split_last().expect("just pushed");
+        let result = prefix
+            .iter()
+            .try_for_each(|&t| self.session.feed(t))
+            .and_then(|()| self.session.next_token(*last, sampler));
+        if result.is_err() {
+            self.tokens.pop(); // leave the state as it was
+        }
+        result
+    }
+}
+
 /// What a generation produced and how fast.
 #[derive(Clone, Debug)]
 pub struct Generation {
@@ -76,7 +134,7 @@ pub struct Generation {
 /// Runs `steps` positions from the decoder's current length (clamped to its
 /// capacity; 0 means up to capacity), starting with `prompt`. Each piece of
 /// text is passed to `emit` as soon as it forms whole UTF-8 characters.
-pub fn generate<D: Decoder>(
+pub fn generate<D: Decoder + ?Sized>(
     decoder: &mut D,
     tokenizer: &Tokenizer,
     sampler: &mut Sampler,

@@ -32,7 +32,7 @@ pub mod tensor;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
-pub use generate::{generate, Decoder, Generation};
+pub use generate::{generate, Decoder, Generation, NoCache};
 pub use gpu::Gpu;
 pub use model::{Config, LayerWeights, Model, Weights};
 pub use sampler::Sampler;

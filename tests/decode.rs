@@ -340,3 +340,30 @@ fn f16_kv_cache_matches_cpu_and_keeps_the_greedy_text() {
     let run = generate(&mut s, &tok, &mut Sampler::greedy(), "", 256, |_| {}).unwrap();
     assert_eq!(run.text.trim_end(), GREEDY);
 }
+
+#[test]
+fn no_cache_mode_gives_the_same_text_with_quadratic_work() {
+    let (model, tok) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let mut no_cache = kvgpu::NoCache::new(Session::new(&gm, Some(64)).unwrap());
+    let run = generate(
+        &mut no_cache,
+        &tok,
+        &mut Sampler::greedy(),
+        "Zoo",
+        40,
+        |_| {},
+    )
+    .unwrap();
+    assert!(ZOO.starts_with(run.text.as_str()), "{}", run.text);
+    // Position t re-runs t + 1 passes: 1 + 2 + ... + 40, less the prompt
+    // tokens that were only queued.
+    let prompt = run.prompt_tokens as u64;
+    let expected: u64 = (prompt..=40).sum();
+    assert_eq!(no_cache.passes(), expected);
+    // A bad token changes nothing.
+    let len = kvgpu::Decoder::len(&no_cache);
+    assert!(kvgpu::Decoder::next_token(&mut no_cache, 9999, &mut Sampler::greedy()).is_err());
+    assert_eq!(kvgpu::Decoder::len(&no_cache), len);
+}
