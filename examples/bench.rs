@@ -1,0 +1,306 @@
+//! Decode benchmark: tok/s, host time, dispatches and bytes per token, the
+//! achieved bandwidth against the adapter's own copy bandwidth, KV cache
+//! memory, and decoding with vs without the KV cache.
+//!
+//! ```text
+//! cargo run --release --example bench -- --models stories260K,15M,110M
+//! ```
+//!
+//! Models: `stories260K` (from `$KVGPU_MODELS`), synthetic Llama shapes from a
+//! seeded RNG (`15M`: dim 288, 6 layers, F32; `110M`: dim 768, 12 layers,
+//! F16), or `--shape name:dim,hidden,layers,heads,kv_heads,vocab,context,dtype`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use kvgpu::{Config, DType, Decoder, Gpu, GpuModel, Model, NoCache, Sampler, Session};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Comma-separated models: stories260K, 15M, 110M, or names from --shape.
+    #[arg(long, default_value = "stories260K,15M,110M")]
+    models: String,
+    /// Extra synthetic shape: name:dim,hidden,layers,heads,kv_heads,vocab,context,dtype (f32|f16|q8_0|q4_0).
+    #[arg(long)]
+    shape: Vec<String>,
+    /// Tokens decoded per timed run.
+    #[arg(long, default_value_t = 32)]
+    tokens: usize,
+    /// Timed runs per model (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Generation lengths for the cache vs no-cache comparison (stories260K and 15M only; empty to skip).
+    #[arg(long, default_value = "32,128,256")]
+    no_cache_lengths: String,
+    /// Print JSON rows instead of markdown tables.
+    #[arg(long)]
+    json: bool,
+}
+
+fn synthetic(name: &str, spec: &str) -> Result<(Config, DType), String> {
+    let f: Vec<&str> = spec.split(',').collect();
+    if f.len() != 8 {
+        return Err(format!("--shape {name}: need 8 fields, got {}", f.len()));
+    }
+    let n = |i: usize| {
+        f[i].parse::<usize>()
+            .map_err(|e| format!("--shape {name}: field {i}: {e}"))
+    };
+    let dtype = match f[7].to_ascii_lowercase().as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "q8_0" => DType::Q8_0,
+        "q4_0" => DType::Q4_0,
+        other => return Err(format!("--shape {name}: unknown dtype {other}")),
+    };
+    let (dim, heads) = (n(0)?, n(3)?);
+    let config = Config {
+        dim,
+        hidden_dim: n(1)?,
+        n_layers: n(2)?,
+        n_heads: heads,
+        n_kv_heads: n(4)?,
+        vocab_size: n(5)?,
+        seq_len: n(6)?,
+        shared_classifier: true,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_dim: dim / heads.max(1),
+        rope_freq_factors: None,
+    };
+    Ok((config, dtype))
+}
+
+fn load(name: &str, shapes: &[(String, String)]) -> Result<Model, Box<dyn std::error::Error>> {
+    let spec = match name {
+        "stories260K" => {
+            let dir = std::env::var_os("KVGPU_MODELS")
+                .map(PathBuf::from)
+                .ok_or("set KVGPU_MODELS for stories260K")?;
+            return Ok(Model::load_llama2c(dir.join("stories260K.bin"))?);
+        }
+        "15M" => "288,768,6,6,6,32000,256,f32".to_string(),
+        "110M" => "768,2048,12,12,12,32000,1024,f16".to_string(),
+        other => shapes
+            .iter()
+            .find(|(n, _)| n == other)
+            .map(|(_, s)| s.clone())
+            .ok_or_else(|| format!("unknown model {other}"))?,
+    };
+    let (config, dtype) = synthetic(name, &spec)?;
+    let model = Model::random(config, 2024)?;
+    Ok(Model {
+        weights: model.weights.convert(dtype),
+        config: model.config,
+    })
+}
+
+/// Seconds to decode `t` greedy tokens from token 1 at position 0.
+fn greedy_seconds(d: &mut dyn Decoder, t: usize) -> kvgpu::Result<f64> {
+    let started = Instant::now();
+    let mut token = 1;
+    for _ in 0..t {
+        token = d.next_token(token, &mut Sampler::greedy())?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Bytes per second of a buffer-to-buffer copy on the device (median of 5).
+fn copy_bandwidth(gpu: &Gpu) -> f64 {
+    let size = 64u64 << 20;
+    let make = |usage| {
+        gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bench copy"),
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let src = make(wgpu::BufferUsages::COPY_SRC);
+    let dst = make(wgpu::BufferUsages::COPY_DST);
+    let times: Vec<f64> = (0..6)
+        .map(|_| {
+            let t = Instant::now();
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            for _ in 0..4 {
+                enc.copy_buffer_to_buffer(&src, 0, &dst, 0, size);
+            }
+            gpu.queue.submit([enc.finish()]);
+            gpu.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .expect("poll");
+            t.elapsed().as_secs_f64()
+        })
+        .skip(1) // first touch of the pages
+        .collect();
+    4.0 * size as f64 / median(times)
+}
+
+struct Row {
+    model: String,
+    weight_dtype: String,
+    weight_bytes: u64,
+    decode_tok_s: f64,
+    host_ms: f64,
+    dispatches: usize,
+    bytes_per_token: f64,
+    gb_s: f64,
+    copy_fraction: f64,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let shapes: Vec<(String, String)> = args
+        .shape
+        .iter()
+        .map(|s| {
+            s.split_once(':')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or(format!("--shape {s}: expected name:fields"))
+        })
+        .collect::<Result<_, _>>()?;
+    let gpu = Gpu::new(None)?;
+    let copy = copy_bandwidth(&gpu);
+    let mut rows = Vec::new();
+    let mut kv_rows = Vec::new();
+    let mut cache_rows = Vec::new();
+    let lengths: Vec<usize> = args
+        .no_cache_lengths
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    for name in args.models.split(',') {
+        let model = load(name, &shapes)?;
+        let c = model.config.clone();
+        let gm = GpuModel::new(&gpu, &model)?;
+        let mut s = Session::new(&gm, Some(c.seq_len.min(args.tokens + 2).max(2)))?;
+        s.forward_greedy(1)?; // pipelines and first touch
+        let mut decode = Vec::new();
+        let mut host = Vec::new();
+        for _ in 0..args.runs {
+            s.reset();
+            let t = Instant::now();
+            let mut token = 1;
+            for _ in 0..args.tokens {
+                token = s.forward_greedy(token)?;
+            }
+            decode.push(args.tokens as f64 / t.elapsed().as_secs_f64());
+            // Encode + submit only: feed() does not wait for the GPU.
+            s.reset();
+            let t = Instant::now();
+            for _ in 0..args.tokens {
+                s.feed(token)?;
+            }
+            host.push(t.elapsed().as_secs_f64() * 1e3 / args.tokens as f64);
+            gpu.device.poll(wgpu::PollType::wait_indefinitely())?;
+        }
+        let tok_s = median(decode);
+        // Each token reads every weight once plus the cache prefix (mean position tokens/2).
+        let kv_read = s.cache().bytes_per_position() as f64 * args.tokens as f64 / 2.0;
+        let bytes = model.weights.bytes() as f64 + kv_read;
+        let dtype = model.weights.layers[0].wq.dtype.name().to_string();
+        rows.push(Row {
+            model: name.to_string(),
+            weight_dtype: dtype,
+            weight_bytes: model.weights.bytes(),
+            decode_tok_s: tok_s,
+            host_ms: median(host),
+            dispatches: s.dispatches_per_token(),
+            bytes_per_token: bytes,
+            gb_s: bytes * tok_s / 1e9,
+            copy_fraction: bytes * tok_s / copy,
+        });
+        let per_layer_pos = 2 * c.kv_dim() as u64;
+        kv_rows.push((
+            name.to_string(),
+            c.n_layers,
+            c.seq_len,
+            per_layer_pos * c.n_layers as u64,
+            per_layer_pos * c.seq_len as u64,
+            per_layer_pos * c.n_layers as u64 * c.seq_len as u64,
+        ));
+        if name == "stories260K" || name == "15M" {
+            for &t in lengths.iter().filter(|&&t| t <= c.seq_len) {
+                let with = greedy_seconds(&mut Session::new(&gm, Some(t))?, t)?;
+                let without = greedy_seconds(&mut NoCache::new(Session::new(&gm, Some(t))?), t)?;
+                // Predicted from bytes read: pass at position p reads W + p * kv bytes.
+                let (w, kv) = (
+                    model.weights.bytes() as f64,
+                    s.cache().bytes_per_position() as f64,
+                );
+                let pass = |p: usize| w + p as f64 * kv;
+                let cached_bytes: f64 = (0..t).map(pass).sum();
+                let uncached_bytes: f64 = (0..t).map(|p| (0..=p).map(pass).sum::<f64>()).sum();
+                cache_rows.push((
+                    name.to_string(),
+                    t,
+                    with,
+                    without,
+                    without / with,
+                    uncached_bytes / cached_bytes,
+                ));
+            }
+        }
+    }
+    if args.json {
+        for r in &rows {
+            println!(
+                "{{\"model\":\"{}\",\"weights\":\"{}\",\"weight_bytes\":{},\"decode_tok_s\":{:.2},\"host_ms_per_token\":{:.3},\"dispatches_per_token\":{},\"bytes_per_token\":{:.0},\"gb_s\":{:.3},\"copy_gb_s\":{:.3},\"fraction_of_copy\":{:.4}}}",
+                r.model, r.weight_dtype, r.weight_bytes, r.decode_tok_s, r.host_ms, r.dispatches, r.bytes_per_token, r.gb_s, copy / 1e9, r.copy_fraction
+            );
+        }
+        for (m, t, with, without, measured, predicted) in &cache_rows {
+            println!("{{\"model\":\"{m}\",\"tokens\":{t},\"cache_s\":{with:.3},\"no_cache_s\":{without:.3},\"speedup\":{measured:.2},\"predicted_speedup\":{predicted:.2}}}");
+        }
+        return Ok(());
+    }
+    println!(
+        "adapter: {} | copy bandwidth {:.2} GB/s (64 MiB buffer-to-buffer, median of 5)\n",
+        gpu.describe(),
+        copy / 1e9
+    );
+    println!("| model | weights | weight bytes | decode tok/s | host ms/token | dispatches/token | bytes/token | GB/s | of copy BW |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {:.1} | {:.3} | {} | {:.0} | {:.3} | {:.1}% |",
+            r.model,
+            r.weight_dtype,
+            r.weight_bytes,
+            r.decode_tok_s,
+            r.host_ms,
+            r.dispatches,
+            r.bytes_per_token,
+            r.gb_s,
+            100.0 * r.copy_fraction
+        );
+    }
+    println!("\nKV cache memory (F16 is half of F32):\n");
+    println!("| model | layers | context | F32 bytes/token | F32 bytes/layer (full context) | F32 total | F16 total |");
+    println!("|---|---|---|---|---|---|---|");
+    for (m, l, ctx, per_token, per_layer, total) in &kv_rows {
+        println!(
+            "| {m} | {l} | {ctx} | {} | {} | {} | {} |",
+            per_token * 4,
+            per_layer * 4,
+            total * 4,
+            total * 2
+        );
+    }
+    if !cache_rows.is_empty() {
+        println!("\nGenerating T tokens with vs without the KV cache (greedy):\n");
+        println!("| model | T | with cache s | without s | speedup | predicted (bytes read) |");
+        println!("|---|---|---|---|---|---|");
+        for (m, t, with, without, measured, predicted) in &cache_rows {
+            println!("| {m} | {t} | {with:.2} | {without:.2} | {measured:.1}x | {predicted:.1}x |");
+        }
+    }
+    Ok(())
+}
