@@ -28,39 +28,51 @@ impl Gpu {
     }
 
     async fn new_async(adapter_name: Option<&str>) -> Result<Self> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let wanted = adapter_name
             .map(str::to_string)
             .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
             .filter(|s| !s.is_empty());
-        let describe = |a: &wgpu::Adapter| {
-            let i = a.get_info();
-            format!("{} ({:?})", i.name, i.backend)
+        // Without WGPU_BACKEND: the native APIs first, GL only when none has
+        // an adapter (probing EGL is slow and noisy on headless machines).
+        let tiers = match std::env::var_os("WGPU_BACKEND") {
+            Some(_) => vec![wgpu::Backends::all().with_env()],
+            None => vec![wgpu::Backends::PRIMARY, wgpu::Backends::SECONDARY],
         };
-        let adapter = match &wanted {
-            Some(name) => {
-                let lower = name.to_lowercase();
-                let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
-                adapters
-                    .into_iter()
-                    .find(|a| a.get_info().name.to_lowercase().contains(&lower))
-            }
-            None => instance
-                .request_adapter(&wgpu::RequestAdapterOptions {
-                    power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
-                    ..Default::default()
-                })
-                .await
-                .ok(),
-        };
-        let Some(adapter) = adapter else {
-            let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
-            return Err(Error::NoAdapter {
-                wanted,
-                available: adapters.iter().map(describe).collect(),
+        let mut available = Vec::new();
+        for backends in tiers {
+            let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+                backends,
+                ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
             });
-        };
+            let adapters = instance.enumerate_adapters(backends).await;
+            available.extend(adapters.iter().map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.backend)
+            }));
+            let adapter = match &wanted {
+                Some(name) => {
+                    let lower = name.to_lowercase();
+                    adapters
+                        .into_iter()
+                        .find(|a| a.get_info().name.to_lowercase().contains(&lower))
+                }
+                None => instance
+                    .request_adapter(&wgpu::RequestAdapterOptions {
+                        power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok(),
+            };
+            if let Some(adapter) = adapter {
+                return Self::open(adapter).await;
+            }
+        }
+        Err(Error::NoAdapter { wanted, available })
+    }
+
+    /// A device on `adapter` with the adapter's own storage-buffer limits.
+    async fn open(adapter: wgpu::Adapter) -> Result<Self> {
         let have = adapter.limits();
         let limits = wgpu::Limits {
             max_storage_buffer_binding_size: have.max_storage_buffer_binding_size,
