@@ -1,10 +1,13 @@
 // Weight decoding, prepended to matvec.wgsl and embed.wgsl (not a kernel on
-// its own). Weights are the model file's raw little-endian bytes in a u32
-// array: F32, F16, BF16, or GGML blocks (Q8_0, Q4_0, Q4_K, Q6_K), read at any
-// byte alignment, decoded to f32.
+// its own). Weights are the model file's raw little-endian bytes: F32, F16,
+// BF16, or GGML blocks (Q8_0, Q4_0, Q4_K, Q6_K), read at any byte alignment,
+// decoded to f32. The bytes live in an rgba32uint texture used as linear
+// memory, 16 bytes a texel and TEXELS_PER_ROW texels a texture row: software
+// adapters (lavapipe) fetch texels several times faster than they load
+// storage buffers, and GPUs read either at full speed.
 //
 // Bindings (group 0):
-//   1 w: array<u32> (storage)   (rows, row_bytes) raw bytes, zero-padded to 4
+//   1 w: texture_2d<u32>   (ceil(bytes / 16 / TEXELS_PER_ROW), TEXELS_PER_ROW) texels of raw bytes, zero-padded
 
 const DTYPE_F32: u32 = 0u;
 const DTYPE_F16: u32 = 1u;
@@ -14,10 +17,23 @@ const DTYPE_Q4_0: u32 = 4u;
 const DTYPE_Q4_K: u32 = 5u;
 const DTYPE_Q6_K: u32 = 6u;
 
-@group(0) @binding(1) var<storage, read> w: array<u32>;
+// Matches `TEXELS_PER_ROW` in src/ops/matvec.rs.
+const TEXELS_PER_ROW: u32 = 4096u;
+
+@group(0) @binding(1) var w: texture_2d<u32>;
+
+// Texel t: bytes 16 t .. 16 t + 16.
+fn texel(t: u32) -> vec4<u32> {
+    return textureLoad(w, vec2<u32>(t % TEXELS_PER_ROW, t / TEXELS_PER_ROW), 0);
+}
+
+// 32-bit word i: bytes 4 i .. 4 i + 4.
+fn word(i: u32) -> u32 {
+    return texel(i >> 2u)[i & 3u];
+}
 
 fn byte_at(i: u32) -> u32 {
-    return (w[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
+    return (word(i >> 2u) >> ((i & 3u) * 8u)) & 0xffu;
 }
 
 fn i8_at(i: u32) -> f32 {
@@ -26,7 +42,7 @@ fn i8_at(i: u32) -> f32 {
 
 fn f16_at(i: u32) -> f32 {
     if (i & 1u) == 0u {
-        return unpack2x16float(w[i >> 2u] >> ((i & 2u) * 8u)).x;
+        return unpack2x16float(word(i >> 2u) >> ((i & 2u) * 8u)).x;
     }
     return unpack2x16float(byte_at(i) | (byte_at(i + 1u) << 8u)).x;
 }
@@ -46,7 +62,7 @@ fn q4k_scale_min(scales: u32, j: u32) -> vec2<f32> {
 fn weight(dtype: u32, row: u32, c: u32) -> f32 {
     switch dtype {
         case DTYPE_F32: {
-            return bitcast<f32>(w[(row >> 2u) + c]);
+            return bitcast<f32>(word((row >> 2u) + c));
         }
         case DTYPE_F16: {
             return f16_at(row + 2u * c);

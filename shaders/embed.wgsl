@@ -4,7 +4,7 @@
 //
 // Bindings (group 0):
 //   0 params: Params (uniform)       { rows, cols, dtype, row_bytes, row_start }
-//   1 w:      array<u32> (storage)   (rows, row_bytes) raw bytes (dequant.wgsl)
+//   1 w:      texture_2d<u32>        (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 step:   Step (uniform)         { pos, token }
 //   3 out:    array<f32> (storage)   (cols,)
 //

@@ -18,11 +18,11 @@ pub struct Gpu {
 
 impl Gpu {
     /// Creates a device on the adapter chosen by the environment: backends from
-    /// `WGPU_BACKEND` (e.g. `vulkan`, `gl`), then the first adapter whose name
-    /// contains `adapter_name` (case-insensitive), else `WGPU_ADAPTER_NAME`,
-    /// else the default adapter (`WGPU_POWER_PREF`). The device gets the
-    /// adapter's own storage-buffer limits, since model weights outgrow
-    /// WebGPU's defaults.
+    /// `WGPU_BACKEND` (e.g. `vulkan`, `gl`; else the native APIs, then GL),
+    /// then the first adapter whose name contains `adapter_name`
+    /// (case-insensitive), else `WGPU_ADAPTER_NAME`, else the default adapter
+    /// (`WGPU_POWER_PREF`). The device gets the adapter's own buffer and
+    /// texture size limits, since model weights outgrow WebGPU's defaults.
     pub fn new(adapter_name: Option<&str>) -> Result<Self> {
         pollster::block_on(Self::new_async(adapter_name))
     }
@@ -71,12 +71,14 @@ impl Gpu {
         Err(Error::NoAdapter { wanted, available })
     }
 
-    /// A device on `adapter` with the adapter's own storage-buffer limits.
+    /// A device on `adapter` with the adapter's own buffer and texture size limits.
     async fn open(adapter: wgpu::Adapter) -> Result<Self> {
         let have = adapter.limits();
         let limits = wgpu::Limits {
             max_storage_buffer_binding_size: have.max_storage_buffer_binding_size,
             max_buffer_size: have.max_buffer_size,
+            // Weights live in textures used as linear memory: bigger ones split less.
+            max_texture_dimension_2d: have.max_texture_dimension_2d,
             ..wgpu::Limits::default()
         };
         let (device, queue) = adapter

@@ -70,13 +70,24 @@ impl GpuModel {
         let limit = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
+        let chunk_limit = GpuTensor::chunk_limit(&gpu.device);
         for t in w.tensors() {
             let row = t.row_bytes() as u64;
-            if row > limit {
+            if row > chunk_limit {
                 return Err(Error::ModelTooLarge {
                     what: format!("one row of a {:?}", t),
                     needed: row,
-                    limit,
+                    limit: chunk_limit,
+                });
+            }
+        }
+        // Projection inputs bind as 64 KiB uniform buffers.
+        for (what, cols) in [("dim", c.dim), ("hidden_dim", c.hidden_dim)] {
+            if cols > matvec::MAX_COLS {
+                return Err(Error::ModelTooLarge {
+                    what: format!("a projection input ({what} {cols} values)"),
+                    needed: cols as u64 * F32,
+                    limit: matvec::INPUT_BYTES,
                 });
             }
         }
@@ -100,7 +111,7 @@ impl GpuModel {
             let total = w.bytes();
             let mut done = 0u64;
             let mut matrix = |what: &str, t: &crate::tensor::Tensor| {
-                let g = GpuTensor::upload(device, t, limit, what);
+                let g = GpuTensor::upload(device, &gpu.queue, t, chunk_limit, what);
                 done += t.bytes().len() as u64;
                 progress(done, total);
                 g
@@ -412,12 +423,14 @@ impl Session {
             };
             use wgpu::BufferUsages as U;
             let act = |label, len| buffer(label, len, U::STORAGE);
+            // Projection inputs: also bound as matvec's 64 KiB uniform `x`.
+            let input = |label| buffer(label, matvec::MAX_COLS, U::STORAGE | U::UNIFORM);
             let (d, h, kv) = (c.dim, c.hidden_dim, c.kv_dim());
             let step = buffer("step", 4, U::UNIFORM | U::COPY_DST);
             let x = act("x", d);
-            let xb = act("xb", d);
-            let xb2 = act("xb2", d);
-            let hb = act("hb", h);
+            let xb = input("xb");
+            let xb2 = input("xb2");
+            let hb = input("hb");
             let hb2 = act("hb2", h);
             let q = act("q", d);
             let k = act("k", kv);

@@ -332,12 +332,13 @@ fn bad_capacity() {
 fn model_too_large_for_the_device() {
     // (A model whose rows do not fit one binding; larger tensors are split, see tests/kernels.rs.)
     require!(common::gpu());
-    // A device whose storage bindings are smaller than one row of the tiny model (48 f32 = 192 bytes).
+    // A device whose weight textures (2 x 2 texels of 16 bytes) are smaller than
+    // one row of the tiny model (48 f32 = 192 bytes).
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
     let limits = wgpu::Limits {
-        max_storage_buffer_binding_size: 128,
+        max_texture_dimension_2d: 2,
         ..Default::default()
     };
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -352,7 +353,7 @@ fn model_too_large_for_the_device() {
             err,
             Error::ModelTooLarge {
                 needed: 192,
-                limit: 128,
+                limit: 64,
                 ..
             }
         ),

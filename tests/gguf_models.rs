@@ -230,9 +230,10 @@ fn embedding_of_128k_tokens_splits_across_bindings() {
     assert!(model.config.shared_classifier);
     let gm = GpuModel::new(&gpu, &model).unwrap();
     let mut s = Session::new(&gm, None).unwrap();
+    let binding = gpu.device.limits().max_storage_buffer_binding_size;
     assert!(
-        s.dispatches_per_token() > 15 + 5,
-        "embedding and classifier split into chunks"
+        model.weights.token_embedding.bytes().len() as u64 > binding,
+        "the table is larger than one storage binding"
     );
     let mut cpu = CpuSession::new(&model, None).unwrap();
     // Tokens in the first, a middle and the last chunk.

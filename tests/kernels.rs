@@ -44,6 +44,19 @@ impl Bench {
             })
     }
 
+    /// A projection input: uniform, zero-padded to matvec's 16384 values.
+    fn input(&self, data: &[f32]) -> wgpu::Buffer {
+        let mut padded = data.to_vec();
+        padded.resize(matvec::MAX_COLS, 0.0);
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&padded),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
     fn step(&self, pos: u32) -> wgpu::Buffer {
         self.step_token(pos, 0)
     }
@@ -117,7 +130,7 @@ fn random_tensor(dtype: DType, rows: usize, cols: usize, seed: u64) -> Tensor {
 fn upload(b: &Bench, t: &Tensor, limit: u64) -> GpuTensor {
     b.gpu
         .scoped("upload", || {
-            GpuTensor::upload(&b.gpu.device, t, limit, "test")
+            GpuTensor::upload(&b.gpu.device, &b.gpu.queue, t, limit, "test")
         })
         .unwrap()
         .unwrap()
@@ -143,7 +156,7 @@ fn matvec_matches_cpu_for_every_dtype() {
             if limit < big {
                 assert!(gw.chunks.len() > 1, "{dtype:?} should be split");
             }
-            let (xb, ob) = (b.buffer(&x), b.buffer(&vec![f32::NAN; rows]));
+            let (xb, ob) = (b.input(&x), b.buffer(&vec![f32::NAN; rows]));
             b.run(&matvec::dispatch(dev, &b.kernels.matvec, &ob, &gw, &xb));
             let mut expect = vec![0.0; rows];
             matvec::cpu(&mut expect, &w, &x);
@@ -158,7 +171,7 @@ fn matvec_matches_cpu_for_every_dtype() {
     for (rows, cols) in [(1757, 65), (4_200_001, 1)] {
         let w = random_tensor(DType::F32, rows, cols, 3);
         let x = random(cols, 4);
-        let (xb, ob) = (b.buffer(&x), b.buffer(&vec![f32::NAN; rows]));
+        let (xb, ob) = (b.input(&x), b.buffer(&vec![f32::NAN; rows]));
         b.run(&matvec::dispatch(
             dev,
             &b.kernels.matvec,

@@ -32,8 +32,19 @@ pub struct Params {
     pub row_start: u32,
 }
 
+/// Texels (16 bytes) per texture row of a weight texture; matches
+/// `TEXELS_PER_ROW` in shaders/dequant.wgsl.
+pub const TEXELS_PER_ROW: u64 = 4096;
+
+/// Largest projection input: `x` is a 64 KiB uniform buffer of f32.
+pub const MAX_COLS: usize = 16384;
+
+/// Bytes a matvec input buffer must have (`x` binds as `array<vec4<f32>, 4096>`).
+pub const INPUT_BYTES: u64 = MAX_COLS as u64 * 4;
+
 /// A weight matrix on the GPU, raw bytes as in the file, in row-chunks that
-/// each fit one storage binding.
+/// each fit one rgba32uint texture used as linear memory (see
+/// shaders/dequant.wgsl).
 #[derive(Clone, Debug)]
 pub struct GpuTensor {
     /// Storage type.
@@ -42,18 +53,31 @@ pub struct GpuTensor {
     pub rows: usize,
     /// Values per row.
     pub cols: usize,
-    /// (first row, buffer of its rows).
-    pub chunks: Vec<(usize, wgpu::Buffer)>,
+    /// (first row, texture view of its rows).
+    pub chunks: Vec<(usize, wgpu::TextureView)>,
+    bytes: u64,
 }
 
 impl GpuTensor {
-    /// Uploads `t`, splitting it into chunks of at most `limit` bytes.
-    /// `what` names the tensor in errors. Call inside an error scope.
-    pub fn upload(device: &wgpu::Device, t: &Tensor, limit: u64, what: &str) -> Result<Self> {
+    /// Bytes one texture can hold on `device`.
+    pub fn chunk_limit(device: &wgpu::Device) -> u64 {
+        let height = device.limits().max_texture_dimension_2d as u64;
+        TEXELS_PER_ROW.min(height) * height * 16
+    }
+
+    /// Uploads `t`, splitting it into row-chunks of at most `limit` bytes
+    /// (and at most [`GpuTensor::chunk_limit`]). `what` names the tensor in
+    /// errors. Call inside an error scope.
+    pub fn upload(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        t: &Tensor,
+        limit: u64,
+        what: &str,
+    ) -> Result<Self> {
+        let limit = limit.min(Self::chunk_limit(device));
         let row_bytes = t.row_bytes() as u64;
-        // Each chunk's byte length is padded to 4 on upload.
-        let rows_per_chunk =
-            (limit.saturating_sub(3) / row_bytes.max(1)).min(t.rows as u64) as usize;
+        let rows_per_chunk = (limit / row_bytes.max(1)).min(t.rows as u64) as usize;
         if rows_per_chunk == 0 || row_bytes > u32::MAX as u64 {
             return Err(Error::ModelTooLarge {
                 what: format!("one row of {what}"),
@@ -61,16 +85,39 @@ impl GpuTensor {
                 limit,
             });
         }
+        let max_width = TEXELS_PER_ROW.min(device.limits().max_texture_dimension_2d as u64);
         let mut chunks = Vec::new();
+        let mut bytes = 0;
         let mut start = 0;
         while start < t.rows {
             let end = (start + rows_per_chunk).min(t.rows);
-            let buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(what),
-                contents: t.slice_rows(start..end).bytes(),
-                usage: wgpu::BufferUsages::STORAGE,
-            });
-            chunks.push((start, buffer));
+            let data = t.slice_rows(start..end);
+            let texels = (data.bytes().len() as u64).div_ceil(16).max(1);
+            let width = texels.min(max_width);
+            let height = texels.div_ceil(width);
+            let mut padded = data.bytes().to_vec();
+            padded.resize((width * height * 16) as usize, 0);
+            let texture = device.create_texture_with_data(
+                queue,
+                &wgpu::TextureDescriptor {
+                    label: Some(what),
+                    size: wgpu::Extent3d {
+                        width: width as u32,
+                        height: height as u32,
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::Rgba32Uint,
+                    usage: wgpu::TextureUsages::TEXTURE_BINDING,
+                    view_formats: &[],
+                },
+                wgpu::util::TextureDataOrder::LayerMajor,
+                &padded,
+            );
+            bytes += padded.len() as u64;
+            chunks.push((start, texture.create_view(&Default::default())));
             start = end;
         }
         Ok(Self {
@@ -78,17 +125,18 @@ impl GpuTensor {
             rows: t.rows,
             cols: t.cols,
             chunks,
+            bytes,
         })
     }
 
-    /// Bytes on the GPU.
+    /// Bytes on the GPU (with padding).
     pub fn bytes(&self) -> u64 {
-        self.chunks.iter().map(|(_, b)| b.size()).sum()
+        self.bytes
     }
 
-    /// `Params` for each chunk, with the chunk's buffer.
-    pub(crate) fn chunk_params(&self) -> impl Iterator<Item = (Params, &wgpu::Buffer)> {
-        self.chunks.iter().enumerate().map(|(i, (start, buf))| {
+    /// `Params` for each chunk, with the chunk's texture.
+    pub(crate) fn chunk_params(&self) -> impl Iterator<Item = (Params, &wgpu::TextureView)> {
+        self.chunks.iter().enumerate().map(|(i, (start, view))| {
             let end = self.chunks.get(i + 1).map_or(self.rows, |(s, _)| *s);
             let params = Params {
                 rows: (end - start) as u32,
@@ -97,12 +145,12 @@ impl GpuTensor {
                 row_bytes: self.dtype.row_bytes(self.cols).expect("whole blocks") as u32,
                 row_start: *start as u32,
             };
-            (params, buf)
+            (params, view)
         })
     }
 }
 
-/// Binds `pipeline` once per chunk of `w`: the chunk's params and buffer,
+/// Binds `pipeline` once per chunk of `w`: the chunk's params and texture,
 /// then `rest`; `groups` gives the grid for a chunk of that many rows.
 pub(crate) fn bind_chunks(
     device: &wgpu::Device,
@@ -111,21 +159,23 @@ pub(crate) fn bind_chunks(
     rest: &[&wgpu::Buffer],
     groups: impl Fn(u32) -> [u32; 3],
 ) -> Dispatch {
-    let mut dispatch: Option<Dispatch> = None;
-    for (params, buf) in w.chunk_params() {
-        let buffers: Vec<&wgpu::Buffer> =
-            std::iter::once(buf).chain(rest.iter().copied()).collect();
-        let bytes = bytemuck::bytes_of(&params);
-        let grid = groups(params.rows);
-        match &mut dispatch {
-            None => dispatch = Some(Dispatch::new(device, pipeline, bytes, &buffers, grid)),
-            Some(d) => d.push(device, bytes, &buffers, grid),
-        }
+    let mut dispatch = Dispatch::empty(pipeline);
+    for (params, view) in w.chunk_params() {
+        let resources = std::iter::once(wgpu::BindingResource::TextureView(view))
+            .chain(rest.iter().map(|b| b.as_entire_binding()))
+            .collect();
+        dispatch.push_resources(
+            device,
+            bytemuck::bytes_of(&params),
+            resources,
+            groups(params.rows),
+        );
     }
-    dispatch.expect("a tensor has at least one chunk")
+    dispatch
 }
 
-/// Binds `out (rows,) = w (rows, cols) @ x (cols,)`, one launch per chunk of `w`.
+/// Binds `out (rows,) = w (rows, cols) @ x (cols,)`, one launch per chunk of
+/// `w`; `x` must be a UNIFORM buffer of [`INPUT_BYTES`].
 pub fn dispatch(
     device: &wgpu::Device,
     pipeline: &wgpu::ComputePipeline,

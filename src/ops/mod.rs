@@ -112,12 +112,17 @@ impl Dispatch {
         buffers: &[&wgpu::Buffer],
         workgroups: [u32; 3],
     ) -> Self {
-        let mut d = Self {
-            pipeline: pipeline.clone(),
-            launches: Vec::new(),
-        };
+        let mut d = Self::empty(pipeline);
         d.push(device, params, buffers, workgroups);
         d
+    }
+
+    /// A dispatch of `pipeline` with no launches yet.
+    pub fn empty(pipeline: &wgpu::ComputePipeline) -> Self {
+        Self {
+            pipeline: pipeline.clone(),
+            launches: Vec::new(),
+        }
     }
 
     /// Adds another launch of the same pipeline with its own params and buffers.
@@ -128,17 +133,30 @@ impl Dispatch {
         buffers: &[&wgpu::Buffer],
         workgroups: [u32; 3],
     ) {
+        let resources: Vec<wgpu::BindingResource> =
+            buffers.iter().map(|b| b.as_entire_binding()).collect();
+        self.push_resources(device, params, resources, workgroups);
+    }
+
+    /// Adds a launch whose bindings 1.. are `resources` (buffers or textures).
+    pub fn push_resources(
+        &mut self,
+        device: &wgpu::Device,
+        params: &[u8],
+        resources: Vec<wgpu::BindingResource>,
+        workgroups: [u32; 3],
+    ) {
         let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("kvgpu params"),
             contents: params,
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let entries: Vec<wgpu::BindGroupEntry> = std::iter::once(&params)
-            .chain(buffers.iter().copied())
+        let entries: Vec<wgpu::BindGroupEntry> = std::iter::once(params.as_entire_binding())
+            .chain(resources)
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
+            .map(|(i, resource)| wgpu::BindGroupEntry {
                 binding: i as u32,
-                resource: b.as_entire_binding(),
+                resource,
             })
             .collect();
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
