@@ -32,6 +32,33 @@ fn word(i: u32) -> u32 {
     return texel(i >> 2u)[i & 3u];
 }
 
+// 16 bytes from byte i (any alignment) as 4 words: at most 2 texel fetches.
+fn words_at(i: u32) -> vec4<u32> {
+    let a = texel(i / 16u);
+    let s = i % 16u;
+    if s == 0u {
+        return a;
+    }
+    let b = texel(i / 16u + 1u);
+    let all = array<u32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+    let first = s / 4u;
+    let shift = (s % 4u) * 8u;
+    var out = vec4<u32>(0u);
+    for (var k = 0u; k < 4u; k++) {
+        let lo = all[first + k];
+        let hi = select(0u, all[min(first + k + 1u, 7u)], first + k + 1u < 8u);
+        // A shift of 32 would wrap to 0 in WGSL: aligned words take lo alone.
+        out[k] = select((lo >> shift) | (hi << (32u - shift)), lo, shift == 0u);
+    }
+    return out;
+}
+
+// The 4 signed bytes of a word, as f32, lowest byte first.
+fn i8x4(q: u32) -> vec4<f32> {
+    let v = bitcast<vec4<i32>>(vec4(q << 24u, q << 16u, q << 8u, q));
+    return vec4<f32>(v >> vec4(24u));
+}
+
 fn byte_at(i: u32) -> u32 {
     return (word(i >> 2u) >> ((i & 3u) * 8u)) & 0xffu;
 }

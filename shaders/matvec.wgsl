@@ -10,9 +10,10 @@
 //
 // One thread per row, 64 rows per workgroup, f32 accumulation, no barriers.
 // x is a uniform buffer: every thread reads the same x[c], which software
-// adapters broadcast instead of loading per thread. F32 and F16 rows that
-// start on a texel read whole texels (4 or 8 values); other layouts decode
-// value by value. Grids of more than 65535 workgroups spill into y.
+// adapters broadcast instead of loading per thread. F32, F16, Q8_0 and Q4_0
+// read 16 bytes at a time at any alignment (4 or 8 values, half a block or a
+// block); K-quants and row tails decode value by value. Grids of more than
+// 65535 workgroups spill into y.
 
 struct Params {
     rows: u32,
@@ -37,24 +38,59 @@ fn main(
         return;
     }
     let row = r * params.row_bytes;
-    let aligned = row % 16u == 0u;
     var acc = vec4<f32>(0.0);
-    if params.dtype == DTYPE_F32 && aligned && params.cols % 4u == 0u {
-        let t0 = row / 16u;
-        for (var k = 0u; k < params.cols / 4u; k++) {
-            acc += bitcast<vec4<f32>>(texel(t0 + k)) * x[k];
+    var done = 0u; // values handled 16 bytes at a time
+    switch params.dtype {
+        case DTYPE_F32: {
+            for (var k = 0u; k < params.cols / 4u; k++) {
+                acc += bitcast<vec4<f32>>(words_at(row + 16u * k)) * x[k];
+            }
+            done = params.cols / 4u * 4u;
         }
-    } else if params.dtype == DTYPE_F16 && aligned && params.cols % 8u == 0u {
-        let t0 = row / 16u;
-        for (var k = 0u; k < params.cols / 8u; k++) {
-            let v = texel(t0 + k);
-            acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x[2u * k];
-            acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x[2u * k + 1u];
+        case DTYPE_F16: {
+            for (var k = 0u; k < params.cols / 8u; k++) {
+                let v = words_at(row + 16u * k);
+                acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x[2u * k];
+                acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x[2u * k + 1u];
+            }
+            done = params.cols / 8u * 8u;
         }
-    } else {
-        for (var c = 0u; c < params.cols; c++) {
-            acc.x += weight(params.dtype, row, c) * x[c / 4u][c % 4u];
+        case DTYPE_Q8_0: {
+            // Blocks of 34 bytes: f16 scale, 32 x i8.
+            for (var b = 0u; b < params.cols / 32u; b++) {
+                let at = row + 34u * b;
+                var block = vec4<f32>(0.0);
+                for (var h = 0u; h < 2u; h++) {
+                    let q = words_at(at + 2u + 16u * h);
+                    let x0 = 8u * b + 4u * h;
+                    block += i8x4(q.x) * x[x0] + i8x4(q.y) * x[x0 + 1u];
+                    block += i8x4(q.z) * x[x0 + 2u] + i8x4(q.w) * x[x0 + 3u];
+                }
+                acc += f16_at(at) * block;
+            }
+            done = params.cols;
         }
+        case DTYPE_Q4_0: {
+            // Blocks of 18 bytes: f16 scale, 16 bytes of nibbles (low: values 0..16, high: 16..32).
+            for (var b = 0u; b < params.cols / 32u; b++) {
+                let at = row + 18u * b;
+                let q = words_at(at + 2u);
+                var block = vec4<f32>(0.0);
+                for (var k = 0u; k < 4u; k++) {
+                    let w = q[k];
+                    let lo = vec4<f32>(vec4(w, w >> 8u, w >> 16u, w >> 24u) & vec4(15u)) - 8.0;
+                    let hi = vec4<f32>(vec4(w >> 4u, w >> 12u, w >> 20u, w >> 28u) & vec4(15u)) - 8.0;
+                    block += lo * x[8u * b + k] + hi * x[8u * b + 4u + k];
+                }
+                acc += f16_at(at) * block;
+            }
+            done = params.cols;
+        }
+        default: {}
+    }
+    // Whatever is left (other types, row tails) value by value.
+    for (var c = done; c < params.cols; c++) {
+        acc.x += weight(params.dtype, row, c) * x[c / 4u][c % 4u];
     }
     out[params.out_offset + r] = acc.x + acc.y + acc.z + acc.w;
 }

@@ -167,6 +167,28 @@ fn matvec_matches_cpu_for_every_dtype() {
             );
         }
     }
+    // Float rows of odd length: rows start at any byte alignment and end in a tail.
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for (rows, cols) in [(29, 37), (7, 13), (3, 1)] {
+            let w = random_tensor(dtype, rows, cols, 5);
+            let x = random(cols, 6);
+            let (xb, ob) = (b.input(&x), b.buffer(&vec![f32::NAN; rows]));
+            b.run(&matvec::dispatch(
+                dev,
+                &b.kernels.matvec,
+                &ob,
+                &upload(&b, &w, big),
+                &xb,
+            ));
+            let mut expect = vec![0.0; rows];
+            matvec::cpu(&mut expect, &w, &x);
+            assert_close(
+                &b.read(&ob),
+                &expect,
+                &format!("matvec {dtype:?} {rows}x{cols}"),
+            );
+        }
+    }
     // Odd F32 shapes; 4200001 rows (65627 workgroups) spill the grid into its y dimension.
     for (rows, cols) in [(1757, 65), (4_200_001, 1)] {
         let w = random_tensor(DType::F32, rows, cols, 3);
