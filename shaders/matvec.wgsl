@@ -42,16 +42,31 @@ fn main(
     var done = 0u; // values handled 16 bytes at a time
     switch params.dtype {
         case DTYPE_F32: {
-            for (var k = 0u; k < params.cols / 4u; k++) {
-                acc += bitcast<vec4<f32>>(words_at(row + 16u * k)) * x[k];
+            // Rows on a texel boundary fetch texels directly (the common case).
+            if row % 16u == 0u {
+                for (var k = 0u; k < params.cols / 4u; k++) {
+                    acc += bitcast<vec4<f32>>(texel(row / 16u + k)) * x[k];
+                }
+            } else {
+                for (var k = 0u; k < params.cols / 4u; k++) {
+                    acc += bitcast<vec4<f32>>(words_at(row + 16u * k)) * x[k];
+                }
             }
             done = params.cols / 4u * 4u;
         }
         case DTYPE_F16: {
-            for (var k = 0u; k < params.cols / 8u; k++) {
-                let v = words_at(row + 16u * k);
-                acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x[2u * k];
-                acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x[2u * k + 1u];
+            if row % 16u == 0u {
+                for (var k = 0u; k < params.cols / 8u; k++) {
+                    let v = texel(row / 16u + k);
+                    acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x[2u * k];
+                    acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x[2u * k + 1u];
+                }
+            } else {
+                for (var k = 0u; k < params.cols / 8u; k++) {
+                    let v = words_at(row + 16u * k);
+                    acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x[2u * k];
+                    acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x[2u * k + 1u];
+                }
             }
             done = params.cols / 8u * 8u;
         }
