@@ -16,6 +16,10 @@ pub struct CpuSession<'m> {
     capacity: usize,
     /// How cached values are rounded.
     kv_dtype: KvDtype,
+    /// Per layer, the (dim,) attention and feed-forward RMSNorm weights as f32.
+    norms: Vec<(Vec<f32>, Vec<f32>)>,
+    /// (dim,) final RMSNorm weights as f32.
+    final_norm: Vec<f32>,
     /// (dim,) residual stream.
     x: Vec<f32>,
     /// (dim,) normalised input of a block.
@@ -66,6 +70,13 @@ impl<'m> CpuSession<'m> {
             len: 0,
             capacity,
             kv_dtype: options.kv_dtype,
+            norms: model
+                .weights
+                .layers
+                .iter()
+                .map(|l| (l.rms_att.to_f32(), l.rms_ffn.to_f32()))
+                .collect(),
+            final_norm: model.weights.rms_final.to_f32(),
             x: vec![0.0; c.dim],
             xb: vec![0.0; c.dim],
             xb2: vec![0.0; c.dim],
@@ -133,14 +144,12 @@ impl<'m> CpuSession<'m> {
             kv_dtype: self.kv_dtype,
         };
         let rope = c.rope();
-        // Norm weights as f32 once per call: they are tiny.
-        let norm = |t: &crate::tensor::Tensor| t.to_f32();
         // Token embedding.
         embed::cpu(&mut self.x, &w.token_embedding, token);
         for (l, lw) in w.layers.iter().enumerate() {
             let cache = l * self.capacity * kv..(l + 1) * self.capacity * kv;
             // Attention: rmsnorm, q/k/v projections, RoPE, append, attend, output projection.
-            rmsnorm::cpu(&mut self.xb, &self.x, &norm(&lw.rms_att), c.norm_eps);
+            rmsnorm::cpu(&mut self.xb, &self.x, &self.norms[l].0, c.norm_eps);
             matvec::cpu(&mut self.q, &lw.wq, &self.xb);
             matvec::cpu(&mut self.k, &lw.wk, &self.xb);
             matvec::cpu(&mut self.v, &lw.wv, &self.xb);
@@ -164,7 +173,7 @@ impl<'m> CpuSession<'m> {
             matvec::cpu(&mut self.xb, &lw.wo, &self.xb2);
             add::cpu(&mut self.x, &self.xb);
             // Feed-forward: rmsnorm, gate and up projections, SwiGLU, down projection.
-            rmsnorm::cpu(&mut self.xb, &self.x, &norm(&lw.rms_ffn), c.norm_eps);
+            rmsnorm::cpu(&mut self.xb, &self.x, &self.norms[l].1, c.norm_eps);
             matvec::cpu(&mut self.hb, &lw.w1, &self.xb);
             matvec::cpu(&mut self.hb2, &lw.w3, &self.xb);
             swiglu::cpu(&mut self.hb, &self.hb2);
@@ -172,7 +181,7 @@ impl<'m> CpuSession<'m> {
             add::cpu(&mut self.x, &self.xb);
         }
         // Final norm and classifier.
-        rmsnorm::cpu(&mut self.xb, &self.x, &norm(&w.rms_final), c.norm_eps);
+        rmsnorm::cpu(&mut self.xb, &self.x, &self.final_norm, c.norm_eps);
         matvec::cpu(&mut self.logits, w.classifier(), &self.xb);
         self.len += 1;
         Ok(&self.logits)
