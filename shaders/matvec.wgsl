@@ -1,9 +1,10 @@
-// Matrix-vector product (projection): out[out_offset + r] = W[r] . x, for a
+// Matrix-vector product (projection): out[out_offset + r] = W[r] . x, or
+// += when `accumulate` is 1 (a residual add folded into the projection), for a
 // weight matrix (or one row-chunk of it) stored as any dtype of dequant.wgsl,
 // whose source is prepended to this file.
 //
 // Bindings (group 0):
-//   0 params: Params (uniform)                  { rows, cols, dtype, row_bytes, out_offset }
+//   0 params: Params (uniform)                  { rows, cols, dtype, row_bytes, out_offset, accumulate }
 //   1 w:      texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 x:      array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values
 //   3 out:    array<f32> (storage)              (out_offset + rows,)
@@ -21,6 +22,7 @@ struct Params {
     dtype: u32,
     row_bytes: u32,
     out_offset: u32,
+    accumulate: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -107,5 +109,8 @@ fn main(
     for (var c = done; c < params.cols; c++) {
         acc.x += weight(params.dtype, row, c) * x[c / 4u][c % 4u];
     }
-    out[params.out_offset + r] = acc.x + acc.y + acc.z + acc.w;
+    let sum = acc.x + acc.y + acc.z + acc.w;
+    let o = params.out_offset + r;
+    // Each thread reads and writes only its own out[o]: in place is safe.
+    out[o] = select(sum, out[o] + sum, params.accumulate == 1u);
 }

@@ -3,7 +3,7 @@
 //! against it at every position.
 
 use crate::model::Model;
-use crate::ops::{add, attention, embed, kv_append, matvec, rmsnorm, rope, swiglu};
+use crate::ops::{attention, embed, kv_append, matvec, rmsnorm, rope, swiglu};
 use crate::{Error, KvDtype, Result, SessionOptions};
 
 /// A decoding state on the CPU: activations and a KV cache.
@@ -170,15 +170,13 @@ impl<'m> CpuSession<'m> {
                 pos,
                 shape,
             );
-            matvec::cpu(&mut self.xb, &lw.wo, &self.xb2);
-            add::cpu(&mut self.x, &self.xb);
+            matvec::cpu_add(&mut self.x, &lw.wo, &self.xb2);
             // Feed-forward: rmsnorm, gate and up projections, SwiGLU, down projection.
             rmsnorm::cpu(&mut self.xb, &self.x, &self.norms[l].1, c.norm_eps);
             matvec::cpu(&mut self.hb, &lw.w1, &self.xb);
             matvec::cpu(&mut self.hb2, &lw.w3, &self.xb);
             swiglu::cpu(&mut self.hb, &self.hb2);
-            matvec::cpu(&mut self.xb, &lw.w2, &self.hb);
-            add::cpu(&mut self.x, &self.xb);
+            matvec::cpu_add(&mut self.x, &lw.w2, &self.hb);
         }
         // Final norm and classifier.
         rmsnorm::cpu(&mut self.xb, &self.x, &self.final_norm, c.norm_eps);

@@ -6,7 +6,7 @@ use wgpu::util::DeviceExt;
 
 use crate::model::{Config, Model};
 use crate::ops::matvec::GpuTensor;
-use crate::ops::{add, argmax, attention, embed, kv_append, matvec, rmsnorm, rope, swiglu};
+use crate::ops::{argmax, attention, embed, kv_append, matvec, rmsnorm, rope, swiglu};
 use crate::ops::{Dispatch, Kernels};
 use crate::sampler::Sampler;
 use crate::{Error, Gpu, Result};
@@ -337,14 +337,14 @@ struct LayerDispatches {
     rope: Dispatch,
     kv_append: Dispatch,
     attention: Dispatch,
-    wo: Dispatch,
-    att_residual: Dispatch,
+    /// x += Wo attention
+    wo_residual: Dispatch,
     ffn_norm: Dispatch,
     gate: Dispatch,
     up: Dispatch,
     swiglu: Dispatch,
-    down: Dispatch,
-    ffn_residual: Dispatch,
+    /// x += W2 swiglu
+    down_residual: Dispatch,
 }
 
 /// What a step reads back.
@@ -501,8 +501,7 @@ impl Session {
                         &step,
                         shape,
                     ),
-                    wo: matvec::dispatch(device, &kn.matvec, &xb, &w.wo, &xb2),
-                    att_residual: add::dispatch(device, &kn.add, &x, &xb, d),
+                    wo_residual: matvec::dispatch_add(device, &kn.matvec, &x, &w.wo, &xb2),
                     ffn_norm: rmsnorm::dispatch(
                         device,
                         &kn.rmsnorm,
@@ -515,8 +514,7 @@ impl Session {
                     gate: matvec::dispatch(device, &kn.matvec, &hb, &w.w1, &xb),
                     up: matvec::dispatch(device, &kn.matvec, &hb2, &w.w3, &xb),
                     swiglu: swiglu::dispatch(device, &kn.swiglu, &hb, &hb2, h),
-                    down: matvec::dispatch(device, &kn.matvec, &xb, &w.w2, &hb),
-                    ffn_residual: add::dispatch(device, &kn.add, &x, &xb, d),
+                    down_residual: matvec::dispatch_add(device, &kn.matvec, &x, &w.w2, &hb),
                 })
                 .collect();
             let cls = model.wcls.as_ref().unwrap_or(&model.token_embedding);
@@ -583,8 +581,9 @@ impl Session {
         self.submissions
     }
 
-    /// Kernel launches recorded per greedy token: the embedding, 15 per
-    /// layer, then the final norm, the classifier and the argmax (a step
+    /// Kernel launches recorded per greedy token: the embedding, 13 per
+    /// layer (the residual adds ride in the Wo and W2 projections), then the
+    /// final norm, the classifier and the argmax (a step
     /// that reads the logits back skips the argmax); more where a weight is
     /// split into row-chunks.
     pub fn dispatches_per_token(&self) -> usize {
@@ -600,14 +599,12 @@ impl Session {
                     &l.rope,
                     &l.kv_append,
                     &l.attention,
-                    &l.wo,
-                    &l.att_residual,
+                    &l.wo_residual,
                     &l.ffn_norm,
                     &l.gate,
                     &l.up,
                     &l.swiglu,
-                    &l.down,
-                    &l.ffn_residual,
+                    &l.down_residual,
                 ]
                 .iter()
                 .map(|d| d.launches())
@@ -738,15 +735,13 @@ impl Session {
                     l.rope.record(&mut pass);
                     l.kv_append.record(&mut pass);
                     l.attention.record(&mut pass);
-                    l.wo.record(&mut pass);
-                    l.att_residual.record(&mut pass);
+                    l.wo_residual.record(&mut pass);
                     // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
                     l.ffn_norm.record(&mut pass);
                     l.gate.record(&mut pass);
                     l.up.record(&mut pass);
                     l.swiglu.record(&mut pass);
-                    l.down.record(&mut pass);
-                    l.ffn_residual.record(&mut pass);
+                    l.down_residual.record(&mut pass);
                 }
                 // Logits = classifier(rmsnorm(x)).
                 self.final_norm.record(&mut pass);

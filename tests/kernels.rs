@@ -12,8 +12,7 @@ use common::{max_abs_diff, random};
 use kvgpu::ops::matvec::GpuTensor;
 use kvgpu::ops::rope::Rope;
 use kvgpu::ops::{
-    self, add, argmax, attention, embed, kv_append, matvec, rmsnorm, rope, swiglu, Dispatch,
-    Kernels,
+    self, argmax, attention, embed, kv_append, matvec, rmsnorm, rope, swiglu, Dispatch, Kernels,
 };
 use kvgpu::tensor::{quantize, DType, Tensor};
 use kvgpu::Gpu;
@@ -167,6 +166,20 @@ fn matvec_matches_cpu_for_every_dtype() {
             );
         }
     }
+    // The residual form, out += W x, in place.
+    let w = random_tensor(DType::F16, 301, 96, 8);
+    let (x, base) = (random(96, 9), random(301, 10));
+    let (xb, ob) = (b.input(&x), b.buffer(&base));
+    b.run(&matvec::dispatch_add(
+        dev,
+        &b.kernels.matvec,
+        &ob,
+        &upload(&b, &w, big),
+        &xb,
+    ));
+    let mut expect = base.clone();
+    matvec::cpu_add(&mut expect, &w, &x);
+    assert_close(&b.read(&ob), &expect, "matvec += (residual)");
     // Float rows of odd length: rows start at any byte alignment and end in a tail.
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         for (rows, cols) in [(29, 37), (7, 13), (3, 1)] {
@@ -530,18 +543,6 @@ fn swiglu_matches_cpu() {
     let mut expect = gate.clone();
     swiglu::cpu(&mut expect, &up);
     assert_close(&b.read(&gb), &expect, "swiglu");
-}
-
-#[test]
-fn add_matches_cpu() {
-    let b = require!(Bench::new());
-    let n = 1001;
-    let (x, y) = (random(n, 1), random(n, 2));
-    let (xb, yb) = (b.buffer(&x), b.buffer(&y));
-    b.run(&add::dispatch(&b.gpu.device, &b.kernels.add, &xb, &yb, n));
-    let mut expect = x.clone();
-    add::cpu(&mut expect, &y);
-    assert_close(&b.read(&xb), &expect, "add");
 }
 
 #[test]

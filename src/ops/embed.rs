@@ -24,7 +24,7 @@ pub fn dispatch(
     step: &wgpu::Buffer,
 ) -> Dispatch {
     let groups = grid_64(table.cols as u32);
-    bind_chunks(device, pipeline, table, &[step, out], |_| groups)
+    bind_chunks(device, pipeline, table, &[step, out], false, |_| groups)
 }
 
 /// Host reference: row `token` of `table`.

@@ -30,6 +30,8 @@ pub struct Params {
     pub row_bytes: u32,
     /// Index of this chunk's first row in the whole matrix.
     pub row_start: u32,
+    /// 1: add to `out` instead of overwriting it (matvec only).
+    pub accumulate: u32,
 }
 
 /// Texels (16 bytes) per texture row of a weight texture; matches
@@ -144,6 +146,7 @@ impl GpuTensor {
                 dtype: self.dtype.gpu_id(),
                 row_bytes: self.dtype.row_bytes(self.cols).expect("whole blocks") as u32,
                 row_start: *start as u32,
+                accumulate: 0,
             };
             (params, view)
         })
@@ -157,10 +160,12 @@ pub(crate) fn bind_chunks(
     pipeline: &wgpu::ComputePipeline,
     w: &GpuTensor,
     rest: &[&wgpu::Buffer],
+    accumulate: bool,
     groups: impl Fn(u32) -> [u32; 3],
 ) -> Dispatch {
     let mut dispatch = Dispatch::empty(pipeline);
-    for (params, view) in w.chunk_params() {
+    for (mut params, view) in w.chunk_params() {
+        params.accumulate = accumulate as u32;
         let resources = std::iter::once(wgpu::BindingResource::TextureView(view))
             .chain(rest.iter().map(|b| b.as_entire_binding()))
             .collect();
@@ -183,9 +188,30 @@ pub fn dispatch(
     w: &GpuTensor,
     x: &wgpu::Buffer,
 ) -> Dispatch {
-    bind_chunks(device, pipeline, w, &[x, out], |rows| {
+    bind_chunks(device, pipeline, w, &[x, out], false, |rows| {
         grid(rows.div_ceil(64))
     })
+}
+
+/// Binds `out (rows,) += w (rows, cols) @ x (cols,)`: a projection with the
+/// residual add in its epilogue (one dispatch and one pass over `out` fewer).
+pub fn dispatch_add(
+    device: &wgpu::Device,
+    pipeline: &wgpu::ComputePipeline,
+    out: &wgpu::Buffer,
+    w: &GpuTensor,
+    x: &wgpu::Buffer,
+) -> Dispatch {
+    bind_chunks(device, pipeline, w, &[x, out], true, |rows| {
+        grid(rows.div_ceil(64))
+    })
+}
+
+/// Host reference of [`dispatch_add`]: `out += w x`.
+pub fn cpu_add(out: &mut [f32], w: &Tensor, x: &[f32]) {
+    let mut y = vec![0.0; out.len()];
+    w.matvec(x, &mut y);
+    out.iter_mut().zip(y).for_each(|(o, y)| *o += y);
 }
 
 /// Host reference: dequantize each row of `w`, then dot it with `x`.

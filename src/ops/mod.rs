@@ -4,7 +4,6 @@
 
 use wgpu::util::DeviceExt;
 
-pub mod add;
 pub mod argmax;
 pub mod attention;
 pub mod embed;
@@ -24,8 +23,7 @@ pub struct Shader {
 }
 
 /// Every kernel kvgpu uses (a test checks this against `shaders/`).
-pub const SHADERS: [Shader; 9] = [
-    add::SHADER,
+pub const SHADERS: [Shader; 8] = [
     argmax::SHADER,
     attention::SHADER,
     embed::SHADER,
@@ -42,8 +40,6 @@ pub const LIBRARIES: [&str; 1] = ["dequant"];
 /// The compute pipelines, built once per device and model.
 #[derive(Clone, Debug)]
 pub struct Kernels {
-    /// [`add`]
-    pub add: wgpu::ComputePipeline,
     /// [`argmax`]
     pub argmax: wgpu::ComputePipeline,
     /// [`attention`]
@@ -80,7 +76,6 @@ impl Kernels {
             })
         };
         Self {
-            add: build(add::SHADER),
             argmax: build(argmax::SHADER),
             attention: build(attention::SHADER),
             embed: build(embed::SHADER),
