@@ -138,8 +138,26 @@ fn upload(b: &Bench, t: &Tensor, limit: u64) -> GpuTensor {
 #[test]
 fn matvec_matches_cpu_for_every_dtype() {
     let b = require!(Bench::new());
-    let dev = &b.gpu.device;
     let big = 128 << 20;
+    // GPU `W x` against the host's dequantize-then-multiply, `W` in chunks of at most `limit` bytes.
+    let check = |w: &Tensor, limit: u64, what: String| {
+        let x = random(w.cols, 7);
+        let gw = upload(&b, w, limit);
+        if limit < big {
+            assert!(gw.chunks.len() > 1, "{what}: should be split");
+        }
+        let (xb, ob) = (b.input(&x), b.buffer(&vec![f32::NAN; w.rows]));
+        b.run(&matvec::dispatch(
+            &b.gpu.device,
+            &b.kernels.matvec,
+            &ob,
+            &gw,
+            &xb,
+        ));
+        let mut expect = vec![0.0; w.rows];
+        matvec::cpu(&mut expect, w, &x);
+        assert_close(&b.read(&ob), &expect, &what);
+    };
     for dtype in DType::ALL {
         let n = dtype.block_len().max(32);
         // Odd row counts; columns a whole number of blocks; a limit that splits into chunks.
@@ -150,28 +168,37 @@ fn matvec_matches_cpu_for_every_dtype() {
             (67, 2 * n, 999),
         ] {
             let w = random_tensor(dtype, rows, cols, rows as u64);
-            let x = random(cols, 7);
-            let gw = upload(&b, &w, limit);
-            if limit < big {
-                assert!(gw.chunks.len() > 1, "{dtype:?} should be split");
-            }
-            let (xb, ob) = (b.input(&x), b.buffer(&vec![f32::NAN; rows]));
-            b.run(&matvec::dispatch(dev, &b.kernels.matvec, &ob, &gw, &xb));
-            let mut expect = vec![0.0; rows];
-            matvec::cpu(&mut expect, &w, &x);
-            assert_close(
-                &b.read(&ob),
-                &expect,
-                &format!("matvec {dtype:?} {rows}x{cols} limit {limit}"),
+            check(
+                &w,
+                limit,
+                format!("matvec {dtype:?} {rows}x{cols} limit {limit}"),
             );
         }
+    }
+    // Float rows of odd length: rows start at any byte alignment and end in a tail.
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for (rows, cols) in [(29, 37), (7, 13), (3, 1)] {
+            check(
+                &random_tensor(dtype, rows, cols, 5),
+                big,
+                format!("matvec {dtype:?} {rows}x{cols}"),
+            );
+        }
+    }
+    // Odd F32 shapes; 4200001 rows (65627 workgroups) spill the grid into its y dimension.
+    for (rows, cols) in [(1757, 65), (4_200_001, 1)] {
+        check(
+            &random_tensor(DType::F32, rows, cols, 3),
+            big,
+            format!("matvec f32 {rows}x{cols}"),
+        );
     }
     // The residual form, out += W x, in place.
     let w = random_tensor(DType::F16, 301, 96, 8);
     let (x, base) = (random(96, 9), random(301, 10));
     let (xb, ob) = (b.input(&x), b.buffer(&base));
     b.run(&matvec::dispatch_add(
-        dev,
+        &b.gpu.device,
         &b.kernels.matvec,
         &ob,
         &upload(&b, &w, big),
@@ -180,44 +207,6 @@ fn matvec_matches_cpu_for_every_dtype() {
     let mut expect = base.clone();
     matvec::cpu_add(&mut expect, &w, &x);
     assert_close(&b.read(&ob), &expect, "matvec += (residual)");
-    // Float rows of odd length: rows start at any byte alignment and end in a tail.
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        for (rows, cols) in [(29, 37), (7, 13), (3, 1)] {
-            let w = random_tensor(dtype, rows, cols, 5);
-            let x = random(cols, 6);
-            let (xb, ob) = (b.input(&x), b.buffer(&vec![f32::NAN; rows]));
-            b.run(&matvec::dispatch(
-                dev,
-                &b.kernels.matvec,
-                &ob,
-                &upload(&b, &w, big),
-                &xb,
-            ));
-            let mut expect = vec![0.0; rows];
-            matvec::cpu(&mut expect, &w, &x);
-            assert_close(
-                &b.read(&ob),
-                &expect,
-                &format!("matvec {dtype:?} {rows}x{cols}"),
-            );
-        }
-    }
-    // Odd F32 shapes; 4200001 rows (65627 workgroups) spill the grid into its y dimension.
-    for (rows, cols) in [(1757, 65), (4_200_001, 1)] {
-        let w = random_tensor(DType::F32, rows, cols, 3);
-        let x = random(cols, 4);
-        let (xb, ob) = (b.input(&x), b.buffer(&vec![f32::NAN; rows]));
-        b.run(&matvec::dispatch(
-            dev,
-            &b.kernels.matvec,
-            &ob,
-            &upload(&b, &w, big),
-            &xb,
-        ));
-        let mut expect = vec![0.0; rows];
-        matvec::cpu(&mut expect, &w, &x);
-        assert_close(&b.read(&ob), &expect, &format!("matvec f32 {rows}x{cols}"));
-    }
 }
 
 #[test]
