@@ -1,7 +1,7 @@
 //! Real and synthetic GGUF models: the llama2.c reference texts from the GGUF
 //! files with their own tokenizer, tokenizer agreement with tok512.bin,
-//! quantized models against F32, a 128k-token F16 embedding split across
-//! storage bindings, and the byte-level BPE tokenizer against Hugging Face's
+//! quantized models against F32, a 128k-token F16 embedding larger than a
+//! storage binding, and the byte-level BPE tokenizer against Hugging Face's
 //! `tokenizers`.
 
 mod common;
@@ -152,7 +152,7 @@ fn q4_0_agrees_with_f32_at_least_80_percent() {
 }
 
 #[test]
-fn embedding_of_128k_tokens_splits_across_bindings() {
+fn embedding_of_128k_tokens_larger_than_a_storage_binding() {
     let gpu = require!(common::gpu());
     let (vocab, dim, hidden) = (128_256usize, 2048usize, 64usize);
     // F16 bits with random sign and mantissa, magnitude in [1/64, 1/32).
