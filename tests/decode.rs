@@ -166,27 +166,15 @@ fn reset_then_fresh_run_gives_the_same_text() {
     let (model, tok) = require!(common::stories());
     let gpu = require!(common::gpu());
     let mut s = session(&gpu, &model);
-    let a = generate(
-        &mut s,
-        &tok,
-        &mut Sampler::new(1.0, 0.9, 42).unwrap(),
-        "Lily",
-        80,
-        |_| {},
-    )
-    .unwrap();
+    let seeded = |s: &mut Session| {
+        let mut sampler = Sampler::new(1.0, 0.9, 42).unwrap();
+        generate(s, &tok, &mut sampler, "Lily", 80, |_| {}).unwrap()
+    };
+    let a = seeded(&mut s);
     assert_eq!(s.len(), a.positions);
     s.reset();
     assert!(s.is_empty());
-    let b = generate(
-        &mut s,
-        &tok,
-        &mut Sampler::new(1.0, 0.9, 42).unwrap(),
-        "Lily",
-        80,
-        |_| {},
-    )
-    .unwrap();
+    let b = seeded(&mut s);
     assert_eq!(a.text, b.text);
     assert!(!a.text.is_empty());
 }
