@@ -30,9 +30,13 @@ struct Args {
     /// Timed runs per model (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Generation lengths for the cache vs no-cache comparison (stories260K and 15M only; empty to skip).
+    /// Generation lengths for the cache vs no-cache comparison (empty to skip).
     #[arg(long, default_value = "32,128,256")]
     no_cache_lengths: String,
+    /// Models to run the no-cache comparison on: without a batched prefill
+    /// it re-runs T(T+1)/2 decode passes, minutes for bigger shapes.
+    #[arg(long, default_value = "stories260K")]
+    no_cache_models: String,
     /// Print JSON rows instead of markdown tables.
     #[arg(long)]
     json: bool,
@@ -226,7 +230,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             per_layer_pos * c.seq_len as u64,
             per_layer_pos * c.n_layers as u64 * c.seq_len as u64,
         ));
-        if name == "stories260K" || name == "15M" {
+        if args.no_cache_models.split(',').any(|m| m == name) {
             for &t in lengths.iter().filter(|&&t| t <= c.seq_len) {
                 let with = greedy_seconds(&mut Session::new(&gm, Some(t))?, t)?;
                 let without = greedy_seconds(&mut NoCache::new(Session::new(&gm, Some(t))?), t)?;
