@@ -225,6 +225,7 @@ impl Tokenizer {
             add_bos,
             specials,
         };
+        // Longest first, so a special token's text is never split by a shorter one.
         t.specials.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         t
     }
@@ -275,14 +276,7 @@ impl Tokenizer {
         let bos = id("tokenizer.ggml.bos_token_id", Some(1.min(n as u64 - 1)))?.expect("default");
         let eos = id("tokenizer.ggml.eos_token_id", Some(2.min(n as u64 - 1)))?.expect("default");
         let unknown = id("tokenizer.ggml.unknown_token_id", None)?;
-        // Token types (llama.cpp): 3 control, 4 user-defined.
-        let specials: Vec<(String, u32)> = tokens
-            .iter()
-            .zip(&types)
-            .enumerate()
-            .filter(|(_, (t, ty))| matches!(ty, 3 | 4) && !t.is_empty())
-            .map(|(i, (t, _))| (t.clone(), i as u32))
-            .collect();
+        let specials = special_tokens(tokens, &types);
         match model {
             "llama" => {
                 let scores: Vec<f32> = match g.floats("tokenizer.ggml.scores")? {
@@ -405,14 +399,7 @@ impl Tokenizer {
                 .entry((id(l)?, id(r)?))
                 .or_insert((rank as u32, id(&merged)?));
         }
-        let specials = tokens
-            .iter()
-            .zip(types)
-            .enumerate()
-            .filter(|(_, (t, ty))| matches!(ty, 3 | 4) && !t.is_empty())
-            .map(|(i, (t, _))| (t.clone(), i as u32))
-            .collect();
-        let mut t = Self {
+        Ok(Self {
             byte_of: vec![None; tokens.len()],
             pieces,
             lookup,
@@ -426,10 +413,8 @@ impl Tokenizer {
             eos,
             unknown,
             add_bos,
-            specials,
-        };
-        t.specials.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        Ok(t)
+            specials: special_tokens(tokens, types),
+        })
     }
 
     /// The metadata a GGUF file needs to hold this tokenizer (SentencePiece
@@ -685,6 +670,20 @@ impl Tokenizer {
             (_, p) => p,
         })
     }
+}
+
+/// Control (type 3) and user-defined (type 4) tokens as (text, id), longest
+/// first, so a special token's text is never split by a shorter one.
+fn special_tokens(tokens: &[String], types: &[i64]) -> Vec<(String, u32)> {
+    let mut specials: Vec<(String, u32)> = tokens
+        .iter()
+        .zip(types)
+        .enumerate()
+        .filter(|(_, (t, ty))| matches!(ty, 3 | 4) && !t.is_empty())
+        .map(|(i, (t, _))| (t.clone(), i as u32))
+        .collect();
+    specials.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    specials
 }
 
 /// Pieces and scores of a llama2.c tokenizer file.

@@ -56,6 +56,22 @@ impl Bench {
             })
     }
 
+    /// Row `token` of `table`, decoded by the embed kernel.
+    fn embed(&self, table: &GpuTensor, token: u32) -> Vec<f32> {
+        let (out, step) = (
+            self.buffer(&vec![f32::NAN; table.cols]),
+            self.step_token(0, token),
+        );
+        self.run(&embed::dispatch(
+            &self.gpu.device,
+            &self.kernels.embed,
+            &out,
+            table,
+            &step,
+        ));
+        self.read(&out)
+    }
+
     fn step(&self, pos: u32) -> wgpu::Buffer {
         self.step_token(pos, 0)
     }
@@ -219,17 +235,10 @@ fn embed_reads_the_token_row_of_a_split_table() {
         let gt = upload(&b, &table, 5 * dtype.row_bytes(cols).unwrap() as u64 + 3);
         assert!(gt.chunks.len() > 5);
         for token in [0, 4, 5, 31, 52] {
-            let (out, step) = (b.buffer(&vec![f32::NAN; cols]), b.step_token(0, token));
-            b.run(&embed::dispatch(
-                &b.gpu.device,
-                &b.kernels.embed,
-                &out,
-                &gt,
-                &step,
-            ));
+            let got = b.embed(&gt, token);
             let mut expect = vec![0.0; cols];
             embed::cpu(&mut expect, &table, token);
-            assert_eq!(b.read(&out), expect, "{dtype:?} token {token}");
+            assert_eq!(got, expect, "{dtype:?} token {token}");
         }
     }
 }
@@ -616,19 +625,9 @@ fn dequantize_matches_llama_cpp_gguf_py() {
             );
             let gt = upload(&b, &t, 128 << 20);
             for token in 0..n as u32 {
-                let (out, step) = (
-                    b.buffer(&vec![f32::NAN; dtype.block_len()]),
-                    b.step_token(0, token),
-                );
-                b.run(&embed::dispatch(
-                    &b.gpu.device,
-                    &b.kernels.embed,
-                    &out,
-                    &gt,
-                    &step,
-                ));
+                let got = b.embed(&gt, token);
                 let row = &values[token as usize * dtype.block_len()..][..dtype.block_len()];
-                assert_eq!(b.read(&out), row, "{dtype:?} block {token} on the GPU");
+                assert_eq!(got, row, "{dtype:?} block {token} on the GPU");
             }
         }
         seen.push(dtype);

@@ -188,9 +188,7 @@ pub fn dispatch(
     w: &GpuTensor,
     x: &wgpu::Buffer,
 ) -> Dispatch {
-    bind_chunks(device, pipeline, w, &[x, out], false, |rows| {
-        grid(rows.div_ceil(64))
-    })
+    bind(device, pipeline, out, w, x, false)
 }
 
 /// Binds `out (rows,) += w (rows, cols) @ x (cols,)`: a projection with the
@@ -202,7 +200,19 @@ pub fn dispatch_add(
     w: &GpuTensor,
     x: &wgpu::Buffer,
 ) -> Dispatch {
-    bind_chunks(device, pipeline, w, &[x, out], true, |rows| {
+    bind(device, pipeline, out, w, x, true)
+}
+
+/// One thread per row of each chunk of `w`, overwriting or adding to `out`.
+fn bind(
+    device: &wgpu::Device,
+    pipeline: &wgpu::ComputePipeline,
+    out: &wgpu::Buffer,
+    w: &GpuTensor,
+    x: &wgpu::Buffer,
+    accumulate: bool,
+) -> Dispatch {
+    bind_chunks(device, pipeline, w, &[x, out], accumulate, |rows| {
         grid(rows.div_ceil(64))
     })
 }
