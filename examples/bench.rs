@@ -200,7 +200,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             s.reset();
             let t = Instant::now();
             for _ in 0..args.tokens {
-                s.feed(token)?;
+                s.feed(&[token])?;
             }
             host.push(t.elapsed().as_secs_f64() * 1e3 / args.tokens as f64);
             gpu.device.poll(wgpu::PollType::wait_indefinitely())?;

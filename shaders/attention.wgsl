@@ -1,5 +1,6 @@
-// Attention over the KV cache for the token at `pos` (causal: positions
-// 0..=pos), one query head per workgroup. Grouped-query: query head h reads
+// Attention over the KV cache for each token t of the pass, at position
+// pos = step.pos + t (causal: positions 0..=pos; the pass's own K/V are
+// already in the cache), one (query head, token) per workgroup. Grouped-query: query head h reads
 // K/V head h / (n_heads / n_kv_heads).
 //
 //   score[t] = q_h . k_cache[t, kv_head] / sqrt(head_size)
@@ -9,12 +10,12 @@
 //
 // Bindings (group 0):
 //   0 params:  Params (uniform)      { n_heads, n_kv_heads, head_size, capacity, f16 }
-//   1 step:    Step (uniform)        { pos }
-//   2 q:       array<f32> (storage)  (n_heads, head_size)
+//   1 step:    Step (uniform)        { pos, n }
+//   2 q:       array<f32> (storage)  (n, n_heads, head_size)
 //   3 k_cache: array<u32> (storage)  (capacity, n_kv_heads * head_size) values, f32 or f16 pairs
 //   4 v_cache: array<u32> (storage)  as k_cache
-//   5 scores:  array<f32> (storage)  (n_heads, capacity) scratch
-//   6 out:     array<f32> (storage)  (n_heads, head_size)
+//   5 scores:  array<f32> (storage)  (n, n_heads, capacity) scratch
+//   6 out:     array<f32> (storage)  (n, n_heads, head_size)
 //
 // The softmax subtracts the maximum score first, so large scores cannot overflow.
 
@@ -28,6 +29,7 @@ struct Params {
 
 struct Step {
     pos: u32,
+    n: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -78,15 +80,17 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let h = wg.x;
-    if h >= params.n_heads || step.pos >= params.capacity {
+    let token = wg.z;
+    let pos = step.pos + token;
+    if h >= params.n_heads || token >= step.n || pos >= params.capacity {
         return;
     }
     let hs = params.head_size;
     let kv_dim = params.n_kv_heads * hs;
     let kv_off = (h / (params.n_heads / params.n_kv_heads)) * hs;
-    let q_off = h * hs;
-    let s_off = h * params.capacity;
-    let n = step.pos + 1u;
+    let q_off = (token * params.n_heads + h) * hs;
+    let s_off = (token * params.n_heads + h) * params.capacity;
+    let n = pos + 1u;
     let scale = sqrt(f32(hs));
 
     // Scores and their maximum.

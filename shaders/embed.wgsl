@@ -1,14 +1,15 @@
-// Token embedding: out = row `step.token` of the embedding table, decoded to
-// f32. For a table split into row-chunks, each chunk's dispatch writes only if
-// the token falls in its rows. dequant.wgsl is prepended to this file.
+// Token embedding: out[t] = row tokens[t] of the embedding table, decoded to
+// f32, for each token of the pass. For a table split into row-chunks, each
+// chunk's dispatch writes only the tokens that fall in its rows.
+// dequant.wgsl is prepended to this file.
 //
 // Bindings (group 0):
 //   0 params: Params (uniform)       { rows, cols, dtype, row_bytes, row_start }
 //   1 w:      texture_2d<u32>        (rows, row_bytes) raw bytes (dequant.wgsl)
-//   2 step:   Step (uniform)         { pos, token }
-//   3 out:    array<f32> (storage)   (cols,)
+//   2 tokens: array<u32> (storage)   (n,)
+//   3 out:    array<f32> (storage)   (n, cols)
 //
-// One thread per column.
+// One thread per column; grid z = token.
 
 struct Params {
     rows: u32,
@@ -18,20 +19,17 @@ struct Params {
     row_start: u32,
 }
 
-struct Step {
-    pos: u32,
-    token: u32,
-}
-
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(2) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
-    if c >= params.cols || step.token < params.row_start || step.token - params.row_start >= params.rows {
+    let t = gid.z;
+    let token = tokens[t];
+    if c >= params.cols || token < params.row_start || token - params.row_start >= params.rows {
         return;
     }
-    out[c] = weight(params.dtype, (step.token - params.row_start) * params.row_bytes, c);
+    out[t * params.cols + c] = weight(w, params.dtype, (token - params.row_start) * params.row_bytes, c);
 }

@@ -1,13 +1,16 @@
-// Matrix-vector product (projection): out[out_offset + r] = W[r] . x, or
-// += when `accumulate` is 1 (a residual add folded into the projection), for a
+// Matrix-vector product (projection) for one token: for each row r of a
 // weight matrix (or one row-chunk of it) stored as any dtype of dequant.wgsl,
-// whose source is prepended to this file.
+// whose source is prepended to this file, by `mode`:
+//   MODE_SET     out[out_offset + r]  = W[r] . x
+//   MODE_ADD     out[out_offset + r] += W[r] . x      (residual add in the epilogue)
+//   MODE_SWIGLU  out[out_offset + r]  = silu(W[r] . x) * (W_up[r] . x)  (gate, up and SiLU in one pass)
 //
 // Bindings (group 0):
-//   0 params: Params (uniform)                  { rows, cols, dtype, row_bytes, out_offset, accumulate }
+//   0 params: Params (uniform)                  { rows, cols, dtype, row_bytes, out_offset, mode, up_dtype, up_row_bytes, out_stride }
 //   1 w:      texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 x:      array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values
 //   3 out:    array<f32> (storage)              (out_offset + rows,)
+//   4 w_up:   texture_2d<u32>                   (rows, up_row_bytes) raw bytes; MODE_SWIGLU only (else w again)
 //
 // One thread per row, 64 rows per workgroup, f32 accumulation, no barriers.
 // x is a uniform buffer: every thread reads the same x[c], which software
@@ -22,12 +25,94 @@ struct Params {
     dtype: u32,
     row_bytes: u32,
     out_offset: u32,
-    accumulate: u32,
+    mode: u32,
+    up_dtype: u32,
+    up_row_bytes: u32,
+    out_stride: u32,
 }
+
+const MODE_SET: u32 = 0u;
+const MODE_ADD: u32 = 1u;
+const MODE_SWIGLU: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var w_up: texture_2d<u32>;
+
+// W[row] . x for the row whose bytes start at `row` of `tex`.
+fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, cols: u32) -> f32 {
+    var acc = vec4<f32>(0.0);
+    var done = 0u; // values handled 16 bytes at a time
+    switch dtype {
+        case DTYPE_F32: {
+            // Rows on a texel boundary fetch texels directly (the common case).
+            if row % 16u == 0u {
+                for (var k = 0u; k < cols / 4u; k++) {
+                    acc += bitcast<vec4<f32>>(texel(tex, row / 16u + k)) * x[k];
+                }
+            } else {
+                for (var k = 0u; k < cols / 4u; k++) {
+                    acc += bitcast<vec4<f32>>(words_at(tex, row + 16u * k)) * x[k];
+                }
+            }
+            done = cols / 4u * 4u;
+        }
+        case DTYPE_F16: {
+            if row % 16u == 0u {
+                for (var k = 0u; k < cols / 8u; k++) {
+                    let v = texel(tex, row / 16u + k);
+                    acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x[2u * k];
+                    acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x[2u * k + 1u];
+                }
+            } else {
+                for (var k = 0u; k < cols / 8u; k++) {
+                    let v = words_at(tex, row + 16u * k);
+                    acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x[2u * k];
+                    acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x[2u * k + 1u];
+                }
+            }
+            done = cols / 8u * 8u;
+        }
+        case DTYPE_Q8_0: {
+            // Blocks of 34 bytes: f16 scale, 32 x i8.
+            for (var b = 0u; b < cols / 32u; b++) {
+                let at = row + 34u * b;
+                var block = vec4<f32>(0.0);
+                for (var h = 0u; h < 2u; h++) {
+                    let q = words_at(tex, at + 2u + 16u * h);
+                    let x0 = 8u * b + 4u * h;
+                    block += i8x4(q.x) * x[x0] + i8x4(q.y) * x[x0 + 1u];
+                    block += i8x4(q.z) * x[x0 + 2u] + i8x4(q.w) * x[x0 + 3u];
+                }
+                acc += f16_at(tex, at) * block;
+            }
+            done = cols;
+        }
+        case DTYPE_Q4_0: {
+            // Blocks of 18 bytes: f16 scale, 16 bytes of nibbles (low: values 0..16, high: 16..32).
+            for (var b = 0u; b < cols / 32u; b++) {
+                let at = row + 18u * b;
+                let q = words_at(tex, at + 2u);
+                var block = vec4<f32>(0.0);
+                for (var k = 0u; k < 4u; k++) {
+                    let w = q[k];
+                    let lo = vec4<f32>(vec4(w, w >> 8u, w >> 16u, w >> 24u) & vec4(15u)) - 8.0;
+                    let hi = vec4<f32>(vec4(w >> 4u, w >> 12u, w >> 20u, w >> 28u) & vec4(15u)) - 8.0;
+                    block += lo * x[8u * b + k] + hi * x[8u * b + 4u + k];
+                }
+                acc += f16_at(tex, at) * block;
+            }
+            done = cols;
+        }
+        default: {}
+    }
+    // Whatever is left (other types, row tails) value by value.
+    for (var c = done; c < cols; c++) {
+        acc.x += weight(tex, dtype, row, c) * x[c / 4u][c % 4u];
+    }
+    return acc.x + acc.y + acc.z + acc.w;
+}
 
 @compute @workgroup_size(64)
 fn main(
@@ -39,78 +124,19 @@ fn main(
     if r >= params.rows {
         return;
     }
-    let row = r * params.row_bytes;
-    var acc = vec4<f32>(0.0);
-    var done = 0u; // values handled 16 bytes at a time
-    switch params.dtype {
-        case DTYPE_F32: {
-            // Rows on a texel boundary fetch texels directly (the common case).
-            if row % 16u == 0u {
-                for (var k = 0u; k < params.cols / 4u; k++) {
-                    acc += bitcast<vec4<f32>>(texel(row / 16u + k)) * x[k];
-                }
-            } else {
-                for (var k = 0u; k < params.cols / 4u; k++) {
-                    acc += bitcast<vec4<f32>>(words_at(row + 16u * k)) * x[k];
-                }
-            }
-            done = params.cols / 4u * 4u;
-        }
-        case DTYPE_F16: {
-            if row % 16u == 0u {
-                for (var k = 0u; k < params.cols / 8u; k++) {
-                    let v = texel(row / 16u + k);
-                    acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x[2u * k];
-                    acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x[2u * k + 1u];
-                }
-            } else {
-                for (var k = 0u; k < params.cols / 8u; k++) {
-                    let v = words_at(row + 16u * k);
-                    acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x[2u * k];
-                    acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x[2u * k + 1u];
-                }
-            }
-            done = params.cols / 8u * 8u;
-        }
-        case DTYPE_Q8_0: {
-            // Blocks of 34 bytes: f16 scale, 32 x i8.
-            for (var b = 0u; b < params.cols / 32u; b++) {
-                let at = row + 34u * b;
-                var block = vec4<f32>(0.0);
-                for (var h = 0u; h < 2u; h++) {
-                    let q = words_at(at + 2u + 16u * h);
-                    let x0 = 8u * b + 4u * h;
-                    block += i8x4(q.x) * x[x0] + i8x4(q.y) * x[x0 + 1u];
-                    block += i8x4(q.z) * x[x0 + 2u] + i8x4(q.w) * x[x0 + 3u];
-                }
-                acc += f16_at(at) * block;
-            }
-            done = params.cols;
-        }
-        case DTYPE_Q4_0: {
-            // Blocks of 18 bytes: f16 scale, 16 bytes of nibbles (low: values 0..16, high: 16..32).
-            for (var b = 0u; b < params.cols / 32u; b++) {
-                let at = row + 18u * b;
-                let q = words_at(at + 2u);
-                var block = vec4<f32>(0.0);
-                for (var k = 0u; k < 4u; k++) {
-                    let w = q[k];
-                    let lo = vec4<f32>(vec4(w, w >> 8u, w >> 16u, w >> 24u) & vec4(15u)) - 8.0;
-                    let hi = vec4<f32>(vec4(w >> 4u, w >> 12u, w >> 20u, w >> 28u) & vec4(15u)) - 8.0;
-                    block += lo * x[8u * b + k] + hi * x[8u * b + 4u + k];
-                }
-                acc += f16_at(at) * block;
-            }
-            done = params.cols;
-        }
-        default: {}
-    }
-    // Whatever is left (other types, row tails) value by value.
-    for (var c = done; c < params.cols; c++) {
-        acc.x += weight(params.dtype, row, c) * x[c / 4u][c % 4u];
-    }
-    let sum = acc.x + acc.y + acc.z + acc.w;
+    let a = row_dot(w, params.dtype, r * params.row_bytes, params.cols);
     let o = params.out_offset + r;
     // Each thread reads and writes only its own out[o]: in place is safe.
-    out[o] = select(sum, out[o] + sum, params.accumulate == 1u);
+    switch params.mode {
+        case MODE_ADD: {
+            out[o] += a;
+        }
+        case MODE_SWIGLU: {
+            let b = row_dot(w_up, params.up_dtype, r * params.up_row_bytes, params.cols);
+            out[o] = a * (1.0 / (1.0 + exp(-a))) * b;
+        }
+        default: {
+            out[o] = a;
+        }
+    }
 }

@@ -1,31 +1,44 @@
-// RMSNorm: out[i] = weight[i] * x[i] / sqrt(mean(x^2) + eps).
+// RMSNorm of each token's row: out[t, i] = weight[i] * x[t, i] / sqrt(mean(x[t]^2) + eps).
+// With `last` set, only the pass's last token: out[0] = rmsnorm(x[step.n - 1])
+// (the classifier's input after a prompt).
 //
 // Bindings (group 0):
-//   0 params: Params (uniform)       { n, eps }
-//   1 x:      array<f32> (storage)   (n,)
+//   0 params: Params (uniform)       { n, eps, last }
+//   1 x:      array<f32> (storage)   (tokens, n)
 //   2 weight: array<f32> (storage)   (n,)
-//   3 out:    array<f32> (storage)   (n,)
+//   3 out:    array<f32> (storage)   (tokens, n)
+//   4 step:   Step (uniform)         { pos, n }
 //
-// A single workgroup of 256 threads: strided sum of squares, tree reduction.
+// One workgroup of 256 threads per token (grid z): strided sum of squares,
+// tree reduction.
 
 struct Params {
     n: u32,
     eps: f32,
+    last: u32,
+}
+
+struct Step {
+    pos: u32,
+    n: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<uniform> step: Step;
 
 const WG: u32 = 256u;
 var<workgroup> partial: array<f32, WG>;
 
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let src = select(wg.z, step.n - 1u, params.last == 1u) * params.n;
+    let dst = select(wg.z * params.n, 0u, params.last == 1u);
     var ss = 0.0;
     for (var i = lid; i < params.n; i += WG) {
-        ss += x[i] * x[i];
+        ss += x[src + i] * x[src + i];
     }
     partial[lid] = ss;
     workgroupBarrier();
@@ -37,6 +50,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     let scale = 1.0 / sqrt(partial[0] / f32(params.n) + params.eps);
     for (var i = lid; i < params.n; i += WG) {
-        out[i] = weight[i] * (scale * x[i]);
+        out[dst + i] = weight[i] * (scale * x[src + i]);
     }
 }

@@ -3,7 +3,8 @@
 //! against it at every position.
 
 use crate::model::Model;
-use crate::ops::{attention, embed, kv_append, matvec, rmsnorm, rope, swiglu};
+use crate::ops::matvec::{self, CpuMode};
+use crate::ops::{attention, embed, rmsnorm, rope_append};
 use crate::{Error, KvDtype, Result, SessionOptions};
 
 /// A decoding state on the CPU: activations and a KV cache.
@@ -150,11 +151,11 @@ impl<'m> CpuSession<'m> {
             let cache = l * self.capacity * kv..(l + 1) * self.capacity * kv;
             // Attention: rmsnorm, q/k/v projections, RoPE, append, attend, output projection.
             rmsnorm::cpu(&mut self.xb, &self.x, &self.norms[l].0, c.norm_eps);
-            matvec::cpu(&mut self.q, &lw.wq, &self.xb);
-            matvec::cpu(&mut self.k, &lw.wk, &self.xb);
-            matvec::cpu(&mut self.v, &lw.wv, &self.xb);
-            rope::cpu(&mut self.q, &mut self.k, pos, &rope);
-            kv_append::cpu(
+            lw.wq.matvec(&self.xb, &mut self.q);
+            lw.wk.matvec(&self.xb, &mut self.k);
+            lw.wv.matvec(&self.xb, &mut self.v);
+            rope_append::rotate(&mut self.q, &mut self.k, pos, &rope);
+            rope_append::append(
                 &mut self.key_cache[cache.clone()],
                 &mut self.value_cache[cache.clone()],
                 &self.k,
@@ -170,17 +171,19 @@ impl<'m> CpuSession<'m> {
                 pos,
                 shape,
             );
-            matvec::cpu_add(&mut self.x, &lw.wo, &self.xb2);
+            matvec::cpu(&mut self.x, &lw.wo, &self.xb2, CpuMode::Add);
             // Feed-forward: rmsnorm, gate and up projections, SwiGLU, down projection.
             rmsnorm::cpu(&mut self.xb, &self.x, &self.norms[l].1, c.norm_eps);
-            matvec::cpu(&mut self.hb, &lw.w1, &self.xb);
-            matvec::cpu(&mut self.hb2, &lw.w3, &self.xb);
-            swiglu::cpu(&mut self.hb, &self.hb2);
-            matvec::cpu_add(&mut self.x, &lw.w2, &self.hb);
+            lw.w1.matvec(&self.xb, &mut self.hb);
+            lw.w3.matvec(&self.xb, &mut self.hb2);
+            for (g, u) in self.hb.iter_mut().zip(&self.hb2) {
+                *g = matvec::silu(*g) * u;
+            }
+            matvec::cpu(&mut self.x, &lw.w2, &self.hb, CpuMode::Add);
         }
         // Final norm and classifier.
         rmsnorm::cpu(&mut self.xb, &self.x, &self.final_norm, c.norm_eps);
-        matvec::cpu(&mut self.logits, w.classifier(), &self.xb);
+        w.classifier().matvec(&self.xb, &mut self.logits);
         self.len += 1;
         Ok(&self.logits)
     }

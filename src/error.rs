@@ -111,6 +111,10 @@ pub enum Error {
         len: usize,
     },
 
+    /// A call that needs at least one token got none.
+    #[error("no tokens given")]
+    EmptyInput,
+
     /// Sampler settings out of range.
     #[error("invalid sampler setting: {0}")]
     InvalidSampler(String),
@@ -148,6 +152,10 @@ pub enum Error {
         /// wgpu's message.
         message: String,
     },
+
+    /// The device lacks a feature the call needs.
+    #[error("not supported on this device: {0}")]
+    Unsupported(&'static str),
 
     /// Reading a buffer back from the GPU failed.
     #[error("GPU readback failed: {0}")]

@@ -1,6 +1,6 @@
 //! The generation loop, with llama2.c `run.c` semantics: the prompt (BOS,
-//! dummy-prefix space, text) is fed position by position, then tokens are
-//! sampled until `steps` positions are done or the model emits BOS.
+//! dummy-prefix space, text) is fed (on the GPU, in prefill passes), then
+//! tokens are sampled until `steps` positions are done or the model emits BOS.
 
 use std::time::Instant;
 
@@ -20,8 +20,8 @@ pub trait Decoder {
     }
     /// Positions the KV cache holds.
     fn capacity(&self) -> usize;
-    /// Decodes a token whose logits are not needed.
-    fn feed(&mut self, token: u32) -> Result<()>;
+    /// Runs tokens whose logits are not needed (a prompt).
+    fn feed(&mut self, tokens: &[u32]) -> Result<()>;
     /// Decodes a token and picks the next one.
     fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32>;
 }
@@ -33,8 +33,8 @@ impl Decoder for Session {
     fn capacity(&self) -> usize {
         self.cache().capacity()
     }
-    fn feed(&mut self, token: u32) -> Result<()> {
-        Session::feed(self, token)
+    fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        Session::feed(self, tokens)
     }
     fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32> {
         Session::next_token(self, token, sampler)
@@ -48,8 +48,19 @@ impl Decoder for CpuSession<'_> {
     fn capacity(&self) -> usize {
         CpuSession::capacity(self)
     }
-    fn feed(&mut self, token: u32) -> Result<()> {
-        self.forward(token).map(|_| ())
+    fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        if tokens.len() > self.capacity() - self.len() {
+            return Err(Error::PromptTooLong {
+                tokens: tokens.len(),
+                capacity: self.capacity() - self.len(),
+            });
+        }
+        let start = self.len();
+        let result = tokens.iter().try_for_each(|&t| self.forward(t).map(|_| ()));
+        if result.is_err() {
+            self.truncate(start)?; // leave the state as it was
+        }
+        result
     }
     fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32> {
         let logits = self.forward(token)?;
@@ -58,13 +69,16 @@ impl Decoder for CpuSession<'_> {
 }
 
 /// Decoding without a KV cache, for comparison: each new token re-runs the
-/// whole prefix from position 0, recomputing every K and V the cache would
+/// whole prefix from position 0 (in prefill passes, as a cacheless
+/// Transformer runs the sequence), recomputing every K and V the cache would
 /// have kept (work grows with the square of the length).
 #[derive(Debug)]
 pub struct NoCache {
     session: Session,
     /// The prefix so far.
     tokens: Vec<u32>,
+    /// Token positions computed so far, recomputations included.
+    positions_run: u64,
 }
 
 impl NoCache {
@@ -74,10 +88,18 @@ impl NoCache {
         Self {
             session,
             tokens: Vec::new(),
+            positions_run: 0,
         }
     }
 
-    /// Forward passes run so far (one per position per recomputation).
+    /// Token positions computed so far, recomputations included: the new
+    /// token at length L costs L (with a cache it would cost 1).
+    pub fn positions_run(&self) -> u64 {
+        self.positions_run
+    }
+
+    /// GPU passes submitted so far: per new token, the prefix's prefill
+    /// passes and the token's own.
     pub fn passes(&self) -> u64 {
         self.session.submissions()
     }
@@ -90,26 +112,35 @@ impl Decoder for NoCache {
     fn capacity(&self) -> usize {
         self.session.cache().capacity()
     }
-    fn feed(&mut self, token: u32) -> Result<()> {
+    fn feed(&mut self, tokens: &[u32]) -> Result<()> {
         // Nothing to keep: the next token recomputes the prefix anyway.
-        if self.tokens.len() == self.capacity() {
-            return Err(Error::ContextFull {
-                capacity: self.capacity(),
+        let room = self.capacity() - self.tokens.len();
+        if tokens.len() > room {
+            return Err(Error::PromptTooLong {
+                tokens: tokens.len(),
+                capacity: room,
             });
         }
-        self.tokens.push(token);
+        let vocab_size = self.session.model().config().vocab_size;
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(Error::TokenOutOfRange { token, vocab_size });
+        }
+        self.tokens.extend_from_slice(tokens);
         Ok(())
     }
     fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32> {
-        self.feed(token)?;
+        self.feed(&[token])?;
         self.session.reset();
         let (last, prefix) = self.tokens.split_last().expect("just pushed");
-        let result = prefix
-            .iter()
-            .try_for_each(|&t| self.session.feed(t))
+        let result = self
+            .session
+            .feed(prefix)
             .and_then(|()| self.session.next_token(*last, sampler));
-        if result.is_err() {
-            self.tokens.pop(); // leave the state as it was
+        match result {
+            Ok(_) => self.positions_run += self.tokens.len() as u64,
+            Err(_) => {
+                self.tokens.pop(); // leave the state as it was
+            }
         }
         result
     }
@@ -124,10 +155,13 @@ pub struct Generation {
     pub prompt_tokens: usize,
     /// Tokens sampled (the final BOS, if any, not counted).
     pub generated_tokens: usize,
-    /// Positions decoded (forward passes run).
+    /// Positions decoded (prompt included).
     pub positions: usize,
-    /// Decode rate in positions per second, timed from the end of the first
-    /// position (as run.c), so pipeline warm-up is excluded; 0 if only one.
+    /// Seconds spent feeding the prompt (all but its last token).
+    pub prefill_seconds: f64,
+    /// Decode rate of the sampled tokens, positions per second, timed from
+    /// the end of the first one (as run.c), so pipeline warm-up is
+    /// excluded; 0 if only one.
     pub tokens_per_second: f64,
 }
 
@@ -162,18 +196,22 @@ pub fn generate<D: Decoder + ?Sized>(
             text.push_str(s);
         }
     };
-    let mut token = prompt_tokens[0];
+    // The prompt but its last token in one call (prefill passes on the GPU),
+    // its text streamed after; then one position per call.
+    let fed = (prompt_tokens.len() - 1).min(steps);
+    let start = Instant::now();
+    decoder.feed(&prompt_tokens[..fed])?;
+    for pair in prompt_tokens[..=fed].windows(2) {
+        out(&stream.push(tokenizer.decode(pair[0], pair[1])?), &mut text);
+    }
+    let prefill_seconds = start.elapsed().as_secs_f64();
+    let mut token = prompt_tokens[fed];
     let mut generated = 0;
-    let mut positions = 0;
+    let mut positions = fed;
     let mut start = None;
     while positions < steps {
-        let next = if positions + 1 < prompt_tokens.len() {
-            decoder.feed(token)?;
-            prompt_tokens[positions + 1]
-        } else {
-            generated += 1;
-            decoder.next_token(token, sampler)?
-        };
+        generated += 1;
+        let next = decoder.next_token(token, sampler)?;
         positions += 1;
         if next == tokenizer.bos() {
             generated -= 1; // BOS ends the text; it is not part of it
@@ -182,11 +220,13 @@ pub fn generate<D: Decoder + ?Sized>(
         let piece = tokenizer.decode(token, next)?;
         out(&stream.push(piece), &mut text);
         token = next;
-        start.get_or_insert_with(Instant::now);
+        start.get_or_insert_with(|| (Instant::now(), positions));
     }
     out(&stream.finish(), &mut text);
     let tokens_per_second = match start {
-        Some(t) if positions > 1 => (positions - 1) as f64 / t.elapsed().as_secs_f64(),
+        Some((t, first)) if positions > first => {
+            (positions - first) as f64 / t.elapsed().as_secs_f64()
+        }
         _ => 0.0,
     };
     Ok(Generation {
@@ -194,6 +234,7 @@ pub fn generate<D: Decoder + ?Sized>(
         prompt_tokens: prompt_tokens.len(),
         generated_tokens: generated,
         positions,
+        prefill_seconds,
         tokens_per_second,
     })
 }

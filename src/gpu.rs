@@ -85,6 +85,8 @@ impl Gpu {
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("kvgpu"),
                 required_limits: limits,
+                // GPU time per kernel (Session::profile), where the adapter has it.
+                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
                 ..Default::default()
             })
             .await?;

@@ -174,8 +174,8 @@ impl Config {
     }
 
     /// The RoPE settings of this model.
-    pub fn rope(&self) -> crate::ops::rope::Rope {
-        crate::ops::rope::Rope {
+    pub fn rope(&self) -> crate::ops::rope_append::Rope {
+        crate::ops::rope_append::Rope {
             head_size: self.head_size(),
             rope_dim: self.rope_dim,
             theta: self.rope_theta,

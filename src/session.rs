@@ -5,8 +5,9 @@
 use wgpu::util::DeviceExt;
 
 use crate::model::{Config, Model};
-use crate::ops::matvec::GpuTensor;
-use crate::ops::{argmax, attention, embed, kv_append, matvec, rmsnorm, rope, swiglu};
+use crate::ops::matvec::{GpuTensor, Mode};
+use crate::ops::rmsnorm::Rows;
+use crate::ops::{argmax, attention, embed, matmul, matvec, rmsnorm, rope_append};
 use crate::ops::{Dispatch, Kernels};
 use crate::sampler::Sampler;
 use crate::{Error, Gpu, Result};
@@ -18,15 +19,15 @@ const F32: u64 = 4;
 struct LayerWeights {
     /// (dim,) f32
     rms_att: wgpu::Buffer,
-    wq: GpuTensor,
-    wk: GpuTensor,
-    wv: GpuTensor,
+    /// (dim + 2 kv_dim, dim): wq, wk and wv stacked, one projection.
+    wqkv: GpuTensor,
     wo: GpuTensor,
     /// (dim,) f32
     rms_ffn: wgpu::Buffer,
+    /// w1 (gate) and w3 (up), chunked alike for the fused SwiGLU projection.
     w1: GpuTensor,
-    w2: GpuTensor,
     w3: GpuTensor,
+    w2: GpuTensor,
 }
 
 /// A model's weights and kernels on one device, uploaded once. Cheap to
@@ -43,7 +44,7 @@ pub struct GpuModel {
     rms_final: wgpu::Buffer,
     /// (vocab_size, dim) when not shared with the embedding.
     wcls: Option<GpuTensor>,
-    /// (seq_len, head_size / 2, 2) RoPE cos/sin, see [`rope::Rope::table`].
+    /// (seq_len, head_size / 2, 2) RoPE cos/sin, see [`rope_append::Rope::table`].
     rope_table: wgpu::Buffer,
     weight_bytes: u64,
 }
@@ -110,29 +111,44 @@ impl GpuModel {
             };
             let total = w.bytes();
             let mut done = 0u64;
-            let mut matrix = |what: &str, t: &crate::tensor::Tensor| {
-                let g = GpuTensor::upload(device, &gpu.queue, t, chunk_limit, what);
-                done += t.bytes().len() as u64;
+            let queue = &gpu.queue;
+            let mut uploaded = |parts: &[&crate::tensor::Tensor]| {
+                done += parts.iter().map(|t| t.bytes().len() as u64).sum::<u64>();
                 progress(done, total);
-                g
             };
             let layers = w
                 .layers
                 .iter()
                 .map(|l| {
+                    let wqkv = GpuTensor::upload_stacked(
+                        device,
+                        queue,
+                        &[&l.wq, &l.wk, &l.wv],
+                        chunk_limit,
+                        "wqkv",
+                    )?;
+                    uploaded(&[&l.wq, &l.wk, &l.wv]);
+                    let wo = GpuTensor::upload(device, queue, &l.wo, chunk_limit, "wo")?;
+                    let (w1, w3) =
+                        GpuTensor::upload_pair(device, queue, &l.w1, &l.w3, chunk_limit, "w1/w3")?;
+                    let w2 = GpuTensor::upload(device, queue, &l.w2, chunk_limit, "w2")?;
+                    uploaded(&[&l.wo, &l.w1, &l.w3, &l.w2]);
                     Ok(LayerWeights {
                         rms_att: vector("rms_att", &l.rms_att),
-                        wq: matrix("wq", &l.wq)?,
-                        wk: matrix("wk", &l.wk)?,
-                        wv: matrix("wv", &l.wv)?,
-                        wo: matrix("wo", &l.wo)?,
+                        wqkv,
+                        wo,
                         rms_ffn: vector("rms_ffn", &l.rms_ffn),
-                        w1: matrix("w1", &l.w1)?,
-                        w2: matrix("w2", &l.w2)?,
-                        w3: matrix("w3", &l.w3)?,
+                        w1,
+                        w3,
+                        w2,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let mut matrix = |what: &str, t: &crate::tensor::Tensor| {
+                let g = GpuTensor::upload(device, queue, t, chunk_limit, what);
+                uploaded(&[t]);
+                g
+            };
             Ok(Self {
                 gpu: gpu.clone(),
                 config: c.clone(),
@@ -317,40 +333,54 @@ impl KvCache {
     }
 }
 
-/// Matches WGSL `Step` in embed.wgsl (rope, kv_append and attention read
-/// only `pos`), padded to 16 bytes.
+/// Matches WGSL `Step` in the per-token kernels: the pass's first position
+/// and its number of tokens, padded to 16 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Step {
     pos: u32,
-    token: u32,
+    n: u32,
     _pad: [u32; 2],
+}
+
+/// Most tokens one prefill pass runs (longer prompts take several passes).
+pub const PREFILL_TOKENS: usize = 64;
+
+/// Largest attention scratch a session allocates for prefill: passes are
+/// shortened so that (tokens, n_heads, capacity) f32 scores fit.
+const SCORES_BUDGET: u64 = 16 << 20;
+
+/// The projections of one layer, bound either for one token (matvec) or for
+/// a pass of several (matmul).
+#[derive(Debug)]
+struct Projections {
+    /// qkv = Wqkv n
+    qkv: Dispatch,
+    /// x += Wo attention
+    wo_residual: Dispatch,
+    /// hb = silu(W1 n) * (W3 n)
+    gate_up_swiglu: Dispatch,
+    /// x += W2 hb
+    down_residual: Dispatch,
 }
 
 /// Every dispatch of one layer, bound once.
 #[derive(Debug)]
 struct LayerDispatches {
     att_norm: Dispatch,
-    q: Dispatch,
-    k: Dispatch,
-    v: Dispatch,
-    rope: Dispatch,
-    kv_append: Dispatch,
+    rope_append: Dispatch,
     attention: Dispatch,
-    /// x += Wo attention
-    wo_residual: Dispatch,
     ffn_norm: Dispatch,
-    gate: Dispatch,
-    up: Dispatch,
-    swiglu: Dispatch,
-    /// x += W2 swiglu
-    down_residual: Dispatch,
+    /// For a pass of one token.
+    decode: Projections,
+    /// For a pass of several.
+    prefill: Projections,
 }
 
 /// What a step reads back.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Readback {
-    /// Nothing (a prompt token whose logits are not needed).
+    /// Nothing (prompt tokens: only their K/V are needed; no classifier runs).
     Nothing,
     /// The argmax token, 4 bytes.
     Argmax,
@@ -358,15 +388,51 @@ enum Readback {
     Logits,
 }
 
+/// GPU time of each kernel of one decode step, from timestamp queries.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// (kernel, seconds) in the order they ran; one entry per launch.
+    pub kernels: Vec<(&'static str, f64)>,
+}
+
+impl Profile {
+    /// Sum of the kernels' times.
+    pub fn total(&self) -> f64 {
+        self.kernels.iter().map(|(_, t)| t).sum()
+    }
+
+    /// Total time per kernel name, largest first.
+    pub fn by_kernel(&self) -> Vec<(&'static str, f64, usize)> {
+        let mut out: Vec<(&'static str, f64, usize)> = Vec::new();
+        for &(name, t) in &self.kernels {
+            match out.iter_mut().find(|(n, _, _)| *n == name) {
+                Some(e) => {
+                    e.1 += t;
+                    e.2 += 1;
+                }
+                None => out.push((name, t, 1)),
+            }
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+}
+
 /// A decoding session: KV cache, activations and bound dispatches, all made
-/// once at creation. Each step writes the position into a 16-byte uniform,
-/// records every dispatch of the token into one encoder and submits once.
+/// once at creation. Each step writes its position and tokens into small
+/// buffers, records every dispatch into one encoder and submits once. One
+/// token runs the matrix-vector kernels; a prompt runs in passes of up to
+/// [`Session::prefill_tokens`] tokens with the matrix-matrix ones.
 #[derive(Debug)]
 pub struct Session {
     model: GpuModel,
     cache: KvCache,
-    /// Step uniform: the position and token being decoded.
+    /// Tokens per prefill pass.
+    batch: usize,
+    /// Step uniform: the pass's first position and token count.
     step: wgpu::Buffer,
+    /// (batch,) u32 tokens of the pass.
+    tokens: wgpu::Buffer,
     /// (vocab_size,) logits.
     logits: wgpu::Buffer,
     /// (1,) u32 argmax of the logits.
@@ -411,6 +477,9 @@ impl Session {
                 max: c.seq_len,
             });
         }
+        let scores_per_token = (c.n_heads * capacity) as u64 * F32;
+        let batch = (SCORES_BUDGET / scores_per_token).clamp(1, PREFILL_TOKENS as u64) as usize;
+        let batch = batch.min(capacity);
         gpu.scoped("creating a session", || {
             let cache = KvCache::new(device, &c, capacity, options.kv_dtype)?;
             let buffer = |label, len: usize, usage: wgpu::BufferUsages| {
@@ -422,19 +491,25 @@ impl Session {
                 })
             };
             use wgpu::BufferUsages as U;
-            let act = |label, len| buffer(label, len, U::STORAGE);
+            let act = |label, len| buffer(label, batch * len, U::STORAGE);
             // Projection inputs: also bound as matvec's 64 KiB uniform `x`.
-            let input = |label| buffer(label, matvec::MAX_COLS, U::STORAGE | U::UNIFORM);
+            let input = |label, len: usize| {
+                let values = (batch * len).max(matvec::MAX_COLS);
+                buffer(label, values, U::STORAGE | U::UNIFORM)
+            };
             let (d, h, kv) = (c.dim, c.hidden_dim, c.kv_dim());
             let step = buffer("step", 4, U::UNIFORM | U::COPY_DST);
+            let tokens = buffer("tokens", batch, U::STORAGE | U::COPY_DST);
+            // (batch, dim) residual stream; (batch, dim) normed input of a block.
             let x = act("x", d);
-            let xb = input("xb");
-            let xb2 = input("xb2");
-            let hb = input("hb");
-            let hb2 = act("hb2", h);
+            let xb = input("xb", d);
+            // (batch, dim + 2 kv_dim) q, k, v projections; (batch, dim) rotated q.
+            let qkv = act("qkv", d + 2 * kv);
             let q = act("q", d);
-            let k = act("k", kv);
-            let v = act("v", kv);
+            // (batch, dim) attention output; (batch, hidden_dim) SwiGLU output.
+            let att = input("att", d);
+            let hb = input("hb", h);
+            // (batch, n_heads, capacity) attention scores.
             let scores = act("scores", c.n_heads * capacity);
             let logits = buffer("logits", c.vocab_size, U::STORAGE | U::COPY_SRC);
             let next = buffer("next", 1, U::STORAGE | U::COPY_SRC);
@@ -443,78 +518,82 @@ impl Session {
             let next_readback = buffer("next_readback", 2, U::MAP_READ | U::COPY_DST);
 
             let kn = &model.kernels;
-            let shape = attention::Shape {
+            let attention_shape = attention::Shape {
                 n_heads: c.n_heads,
                 n_kv_heads: c.n_kv_heads,
                 head_size: c.head_size(),
                 capacity,
                 kv_dtype: options.kv_dtype,
             };
+            let rope_shape = rope_append::Shape {
+                q_dim: d,
+                kv_dim: kv,
+                head_size: c.head_size(),
+                capacity,
+                kv_dtype: options.kv_dtype,
+            };
+            let norm = |out, weight| {
+                rmsnorm::dispatch(
+                    device,
+                    &kn.rmsnorm,
+                    out,
+                    &x,
+                    weight,
+                    &step,
+                    d,
+                    c.norm_eps,
+                    Rows::All,
+                )
+            };
             let layers = model
                 .layers
                 .iter()
                 .zip(&cache.layers)
-                .map(|(w, kc)| LayerDispatches {
-                    att_norm: rmsnorm::dispatch(
-                        device,
-                        &kn.rmsnorm,
-                        &xb,
-                        &x,
-                        &w.rms_att,
-                        d,
-                        c.norm_eps,
-                    ),
-                    q: matvec::dispatch(device, &kn.matvec, &q, &w.wq, &xb),
-                    k: matvec::dispatch(device, &kn.matvec, &k, &w.wk, &xb),
-                    v: matvec::dispatch(device, &kn.matvec, &v, &w.wv, &xb),
-                    rope: rope::dispatch(
-                        device,
-                        &kn.rope,
-                        &q,
-                        &k,
-                        &step,
-                        &model.rope_table,
-                        d,
-                        kv,
-                        c.head_size(),
-                    ),
-                    kv_append: kv_append::dispatch(
-                        device,
-                        &kn.kv_append,
-                        &kc.k,
-                        &kc.v,
-                        &k,
-                        &v,
-                        &step,
-                        kv,
-                        capacity,
-                        options.kv_dtype,
-                    ),
-                    attention: attention::dispatch(
-                        device,
-                        &kn.attention,
-                        &xb2,
-                        &q,
-                        &kc.k,
-                        &kc.v,
-                        &scores,
-                        &step,
-                        shape,
-                    ),
-                    wo_residual: matvec::dispatch_add(device, &kn.matvec, &x, &w.wo, &xb2),
-                    ffn_norm: rmsnorm::dispatch(
-                        device,
-                        &kn.rmsnorm,
-                        &xb,
-                        &x,
-                        &w.rms_ffn,
-                        d,
-                        c.norm_eps,
-                    ),
-                    gate: matvec::dispatch(device, &kn.matvec, &hb, &w.w1, &xb),
-                    up: matvec::dispatch(device, &kn.matvec, &hb2, &w.w3, &xb),
-                    swiglu: swiglu::dispatch(device, &kn.swiglu, &hb, &hb2, h),
-                    down_residual: matvec::dispatch_add(device, &kn.matvec, &x, &w.w2, &hb),
+                .map(|(w, kc)| {
+                    let swiglu = Mode::SwiGlu { up: &w.w3 };
+                    let one =
+                        |out, w, x, mode| matvec::dispatch(device, &kn.matvec, out, w, x, mode);
+                    let many = |out, w, x, mode| {
+                        matmul::dispatch(device, &kn.matmul, out, w, x, &step, mode)
+                    };
+                    LayerDispatches {
+                        att_norm: norm(&xb, &w.rms_att),
+                        rope_append: rope_append::dispatch(
+                            device,
+                            &kn.rope_append,
+                            &q,
+                            &kc.k,
+                            &kc.v,
+                            &qkv,
+                            &step,
+                            &model.rope_table,
+                            rope_shape,
+                        ),
+                        attention: attention::dispatch(
+                            device,
+                            &kn.attention,
+                            &att,
+                            &q,
+                            &kc.k,
+                            &kc.v,
+                            &scores,
+                            &step,
+                            attention_shape,
+                        ),
+                        ffn_norm: norm(&xb, &w.rms_ffn),
+                        decode: Projections {
+                            qkv: one(&qkv, &w.wqkv, &xb, Mode::Set),
+                            wo_residual: one(&x, &w.wo, &att, Mode::Add),
+                            gate_up_swiglu: one(&hb, &w.w1, &xb, swiglu),
+                            down_residual: one(&x, &w.w2, &hb, Mode::Add),
+                        },
+                        prefill: Projections {
+                            qkv: many(&qkv, &w.wqkv, &xb, Mode::Set),
+                            wo_residual: many(&x, &w.wo, &att, Mode::Add),
+                            gate_up_swiglu: many(&hb, &w.w1, &xb, swiglu),
+                            down_residual: many(&x, &w.w2, &hb, Mode::Add),
+                        },
+                    }
                 })
                 .collect();
             let cls = model.wcls.as_ref().unwrap_or(&model.token_embedding);
@@ -525,15 +604,19 @@ impl Session {
                     &xb,
                     &x,
                     &model.rms_final,
+                    &step,
                     d,
                     c.norm_eps,
+                    Rows::Last,
                 ),
-                classifier: matvec::dispatch(device, &kn.matvec, &logits, cls, &xb),
-                embed: embed::dispatch(device, &kn.embed, &x, &model.token_embedding, &step),
+                classifier: matvec::dispatch(device, &kn.matvec, &logits, cls, &xb, Mode::Set),
+                embed: embed::dispatch(device, &kn.embed, &x, &model.token_embedding, &tokens),
                 argmax: argmax::dispatch(device, &kn.argmax, &next, &logits, c.vocab_size),
                 model: model.clone(),
                 cache,
+                batch,
                 step,
+                tokens,
                 logits,
                 next,
                 logits_readback,
@@ -576,65 +659,73 @@ impl Session {
         self.cache.truncate(len)
     }
 
-    /// Number of `queue.submit` calls this session has made (one per step).
+    /// Number of `queue.submit` calls this session has made (one per pass).
     pub fn submissions(&self) -> u64 {
         self.submissions
     }
 
-    /// Kernel launches recorded per greedy token: the embedding, 13 per
-    /// layer (the residual adds ride in the Wo and W2 projections), then the
-    /// final norm, the classifier and the argmax (a step
-    /// that reads the logits back skips the argmax); more where a weight is
-    /// split into row-chunks.
+    /// Most tokens one prefill pass runs: [`PREFILL_TOKENS`], fewer where the
+    /// attention scratch for that many would exceed 16 MiB.
+    pub fn prefill_tokens(&self) -> usize {
+        self.batch
+    }
+
+    /// Kernel launches recorded per greedy token: the embedding, 8 per layer
+    /// (norm, QKV projection, RoPE + append, attention, Wo + residual, norm,
+    /// gate/up/SiLU projection, W2 + residual), the final norm, the
+    /// classifier and the argmax; more where a weight is split into
+    /// row-chunks or a stacked one mixes storage types.
     pub fn dispatches_per_token(&self) -> usize {
-        let per_layer: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                [
-                    &l.att_norm,
-                    &l.q,
-                    &l.k,
-                    &l.v,
-                    &l.rope,
-                    &l.kv_append,
-                    &l.attention,
-                    &l.wo_residual,
-                    &l.ffn_norm,
-                    &l.gate,
-                    &l.up,
-                    &l.swiglu,
-                    &l.down_residual,
-                ]
-                .iter()
-                .map(|d| d.launches())
-                .sum::<usize>()
-            })
-            .sum();
-        self.embed.launches()
-            + per_layer
-            + self.final_norm.launches()
-            + self.classifier.launches()
-            + self.argmax.launches()
+        let mut n = 0;
+        self.each_dispatch(1, Readback::Argmax, |_, d| n += d.launches());
+        n
+    }
+
+    /// Calls `f` with each dispatch of a pass of `n` tokens, in order, and its name.
+    fn each_dispatch(
+        &self,
+        n: usize,
+        readback: Readback,
+        mut f: impl FnMut(&'static str, &Dispatch),
+    ) {
+        // Token embedding: each token's row becomes its residual stream x.
+        f("embed", &self.embed);
+        for l in &self.layers {
+            let p = if n == 1 { &l.decode } else { &l.prefill };
+            // Attention block: x += Wo attention(rope(q), cache ∪ rope(k), cache ∪ v),
+            // (q, k, v) = Wqkv rmsnorm(x).
+            f("attention_norm", &l.att_norm);
+            f("qkv", &p.qkv);
+            f("rope_append", &l.rope_append);
+            f("attention", &l.attention);
+            f("wo_residual", &p.wo_residual);
+            // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
+            f("ffn_norm", &l.ffn_norm);
+            f("gate_up_swiglu", &p.gate_up_swiglu);
+            f("down_residual", &p.down_residual);
+        }
+        // Logits of the pass's last token = classifier(rmsnorm(x)).
+        if readback != Readback::Nothing {
+            f("final_norm", &self.final_norm);
+            f("classifier", &self.classifier);
+        }
+        if readback == Readback::Argmax {
+            f("argmax", &self.argmax);
+        }
     }
 
     /// Decodes `token` at the next position and returns the logits (vocab_size,).
     pub fn forward(&mut self, token: u32) -> Result<&[f32]> {
-        self.step(token, Readback::Logits)?;
-        let mut bytes = std::mem::take(&mut self.logits_host);
-        let r = self
-            .model
-            .gpu
-            .map_read(&self.logits_readback, bytemuck::cast_slice_mut(&mut bytes));
-        self.logits_host = bytes;
-        r?;
-        Ok(&self.logits_host)
+        self.check(&[token])?;
+        self.step(&[token], Readback::Logits)?;
+        self.read_logits()
     }
 
     /// Decodes `token` and returns the argmax of the logits, computed on the
     /// GPU (4 bytes read back).
     pub fn forward_greedy(&mut self, token: u32) -> Result<u32> {
-        self.step(token, Readback::Argmax)?;
+        self.check(&[token])?;
+        self.step(&[token], Readback::Argmax)?;
         let mut next = [0u32; 2];
         self.model
             .gpu
@@ -642,10 +733,32 @@ impl Session {
         Ok(next[0])
     }
 
-    /// Decodes `token` without reading anything back (a prompt token: only
-    /// its K/V are needed). Does not wait for the GPU.
-    pub fn feed(&mut self, token: u32) -> Result<()> {
-        self.step(token, Readback::Nothing)
+    /// Runs `tokens` at the next positions without reading anything back
+    /// (prompt tokens: only their K/V are needed), in prefill passes of up
+    /// to [`Session::prefill_tokens`]; a single token runs as a decode step.
+    /// Does not wait for the GPU.
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        self.check(tokens)?;
+        for pass in tokens.chunks(self.batch) {
+            self.step(pass, Readback::Nothing)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` (a prompt) at the next positions in prefill passes and
+    /// returns the logits after the last one (vocab_size,). Equal, within
+    /// float rounding, to calling [`Session::forward`] on each token.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        self.check(tokens)?;
+        if tokens.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        let last = (tokens.len() - 1) / self.batch * self.batch;
+        for pass in tokens[..last].chunks(self.batch) {
+            self.step(pass, Readback::Nothing)?;
+        }
+        self.step(&tokens[last..], Readback::Logits)?;
+        self.read_logits()
     }
 
     /// Decodes `token` and picks the next one with `sampler`: on the GPU when
@@ -657,6 +770,76 @@ impl Session {
             let logits = self.forward(token)?;
             Ok(sampler.sample(logits))
         }
+    }
+
+    /// Decodes `token` as [`Session::forward_greedy`] does, but with each
+    /// kernel in its own compute pass between two timestamp queries, and
+    /// returns each kernel's GPU time. Needs the device feature
+    /// `TIMESTAMP_QUERY` ([`Gpu::new`] asks for it where the adapter has it).
+    /// Allocates its query buffers each call: for measurement, not decoding.
+    pub fn profile(&mut self, token: u32) -> Result<Profile> {
+        let gpu = self.model.gpu.clone();
+        if !gpu
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Err(Error::Unsupported(
+                "profiling needs the TIMESTAMP_QUERY device feature",
+            ));
+        }
+        self.check(&[token])?;
+        let mut names = Vec::new();
+        self.each_dispatch(1, Readback::Argmax, |name, d| {
+            names.extend(std::iter::repeat_n(name, d.launches()))
+        });
+        let count = 2 * names.len() as u32;
+        let ticks = gpu.scoped("profiling a token", || {
+            let queries = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kvgpu profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            });
+            let size = count as u64 * 8;
+            let resolved = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kvgpu profile resolve"),
+                size,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            self.write_step(&[token]);
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            let mut i = 0;
+            self.each_dispatch(1, Readback::Argmax, |name, d| {
+                for launch in 0..d.launches() {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(name),
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &queries,
+                            beginning_of_pass_write_index: Some(2 * i),
+                            end_of_pass_write_index: Some(2 * i + 1),
+                        }),
+                    });
+                    d.record_launch(&mut pass, launch, 1);
+                    i += 1;
+                }
+            });
+            encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
+            gpu.queue.submit([encoder.finish()]);
+            resolved
+        })?;
+        self.submissions += 1;
+        self.cache.len += 1;
+        let raw = gpu.read_buffer(&ticks, count as u64 * 8)?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
+        let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+        Ok(Profile {
+            kernels: names
+                .into_iter()
+                .zip(ticks.chunks_exact(2))
+                .map(|(name, t)| (name, t[1].saturating_sub(t[0]) as f64 * period))
+                .collect(),
+        })
     }
 
     /// Copies one layer's K and V cache rows `0..len` back to the host,
@@ -687,33 +870,61 @@ impl Session {
         Ok((read(&lc.k)?, read(&lc.v)?))
     }
 
-    /// One decode pass: checks, then every dispatch of the token in one
-    /// encoder and one submit. On error nothing changes.
-    fn step(&mut self, token: u32, readback: Readback) -> Result<()> {
-        let c = &self.model.config;
-        if token as usize >= c.vocab_size {
-            return Err(Error::TokenOutOfRange {
-                token,
-                vocab_size: c.vocab_size,
-            });
+    /// Checks that `tokens` can run next: each in the vocabulary, all within
+    /// the cache's room. Nothing changes on error.
+    fn check(&self, tokens: &[u32]) -> Result<()> {
+        let vocab_size = self.model.config.vocab_size;
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(Error::TokenOutOfRange { token, vocab_size });
         }
-        let pos = self.cache.len;
-        if pos >= self.cache.capacity {
+        let room = self.cache.capacity - self.cache.len;
+        if room == 0 && !tokens.is_empty() {
             return Err(Error::ContextFull {
                 capacity: self.cache.capacity,
             });
         }
+        if tokens.len() > room {
+            return Err(Error::PromptTooLong {
+                tokens: tokens.len(),
+                capacity: room,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the logits copied back by the last step.
+    fn read_logits(&mut self) -> Result<&[f32]> {
+        let mut bytes = std::mem::take(&mut self.logits_host);
+        let r = self
+            .model
+            .gpu
+            .map_read(&self.logits_readback, bytemuck::cast_slice_mut(&mut bytes));
+        self.logits_host = bytes;
+        r?;
+        Ok(&self.logits_host)
+    }
+
+    /// Writes the pass's position, token count and tokens.
+    fn write_step(&self, tokens: &[u32]) {
+        let queue = &self.model.gpu.queue;
+        let step = Step {
+            pos: self.cache.len as u32,
+            n: tokens.len() as u32,
+            _pad: [0; 2],
+        };
+        queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+        queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+    }
+
+    /// One pass over `tokens` (checked, 1..=batch of them): every dispatch
+    /// in one encoder and one submit. On error nothing changes.
+    fn step(&mut self, tokens: &[u32], readback: Readback) -> Result<()> {
+        let n = tokens.len();
+        debug_assert!((1..=self.batch).contains(&n));
+        let vocab_bytes = self.model.config.vocab_size as u64 * F32;
         let gpu = &self.model.gpu;
-        gpu.scoped("decoding a token", || {
-            gpu.queue.write_buffer(
-                &self.step,
-                0,
-                bytemuck::bytes_of(&Step {
-                    pos: pos as u32,
-                    token,
-                    _pad: [0; 2],
-                }),
-            );
+        gpu.scoped("decoding", || {
+            self.write_step(tokens);
             let mut encoder = gpu
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -724,31 +935,7 @@ impl Session {
                     label: Some("kvgpu forward"),
                     timestamp_writes: None,
                 });
-                // Token embedding: the token's row becomes the residual stream x.
-                self.embed.record(&mut pass);
-                for l in &self.layers {
-                    // Attention block: x += Wo attention(rope(Wq n), cache ∪ rope(Wk n), cache ∪ Wv n), n = rmsnorm(x).
-                    l.att_norm.record(&mut pass);
-                    l.q.record(&mut pass);
-                    l.k.record(&mut pass);
-                    l.v.record(&mut pass);
-                    l.rope.record(&mut pass);
-                    l.kv_append.record(&mut pass);
-                    l.attention.record(&mut pass);
-                    l.wo_residual.record(&mut pass);
-                    // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
-                    l.ffn_norm.record(&mut pass);
-                    l.gate.record(&mut pass);
-                    l.up.record(&mut pass);
-                    l.swiglu.record(&mut pass);
-                    l.down_residual.record(&mut pass);
-                }
-                // Logits = classifier(rmsnorm(x)).
-                self.final_norm.record(&mut pass);
-                self.classifier.record(&mut pass);
-                if readback == Readback::Argmax {
-                    self.argmax.record(&mut pass);
-                }
+                self.each_dispatch(n, readback, |_, d| d.record(&mut pass, n as u32));
             }
             match readback {
                 Readback::Nothing => {}
@@ -760,13 +947,13 @@ impl Session {
                     0,
                     &self.logits_readback,
                     0,
-                    c.vocab_size as u64 * F32,
+                    vocab_bytes,
                 ),
             }
             gpu.queue.submit([encoder.finish()]);
         })?;
         self.submissions += 1;
-        self.cache.len += 1;
+        self.cache.len += n;
         Ok(())
     }
 }

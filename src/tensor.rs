@@ -178,6 +178,28 @@ impl Tensor {
         }
     }
 
+    /// `parts` (same columns and storage type) as one tensor of all their
+    /// rows, in order (a copy); `None` if the types or widths differ.
+    pub fn stack_rows(parts: &[&Tensor]) -> Option<Tensor> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|t| t.dtype != first.dtype || t.cols != first.cols)
+        {
+            return None;
+        }
+        let bytes: Vec<u8> = parts.iter().flat_map(|t| t.bytes()).copied().collect();
+        let rows = parts.iter().map(|t| t.rows).sum();
+        let n = bytes.len();
+        Some(Self::from_shared(
+            first.dtype,
+            rows,
+            first.cols,
+            Arc::new(bytes),
+            0..n,
+        ))
+    }
+
     /// Row `r` as f32 values written into `out` (cols,).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let rb = self.row_bytes();

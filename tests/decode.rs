@@ -1,6 +1,7 @@
 //! End-to-end decoding of stories260K: the llama2.c reference texts byte for
-//! byte, GPU logits against the CPU reference at every position, cache
-//! rollback, no allocation per token, and a device shared with the caller.
+//! byte, GPU logits against the CPU reference at every position, prefill
+//! against token-by-token decoding, cache rollback, no allocation per token,
+//! and a device shared with the caller.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 use common::max_abs_diff;
 use kvgpu::cpu::CpuSession;
-use kvgpu::{generate, Gpu, GpuModel, Sampler, Session};
+use kvgpu::{generate, Gpu, GpuModel, KvDtype, Sampler, Session, SessionOptions};
 
 /// `run stories260K.bin -z tok512.bin -t 0.0` (../shared/models/README.md).
 const GREEDY: &str = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.
@@ -109,23 +110,72 @@ fn gpu_logits_match_cpu_reference_at_every_position() {
     );
 }
 
+/// Tolerance for cache values written by a prefill pass vs one token at a
+/// time: the same math, summed in another order by another kernel.
+const CACHE_TOLERANCE: f32 = 1e-4;
+
 #[test]
-fn gpu_kv_cache_matches_cpu_reference() {
+fn prefill_equals_feeding_token_by_token() {
     let (model, _) = require!(common::stories());
     let gpu = require!(common::gpu());
-    let mut s = session(&gpu, &model);
+    let gm = GpuModel::new(&gpu, &model).unwrap();
     let mut cpu = CpuSession::new(&model, None).unwrap();
-    // A prompt fed without readback, then one step that reads.
-    let tokens = [1u32, 400, 37, 88, 5, 301, 260];
-    for &t in &tokens {
-        s.feed(t).unwrap();
-        cpu.forward(t).unwrap();
+    // 150 tokens: two full passes of 64 and a partial one, after 3 decoded positions.
+    let mut rng = kvgpu::sampler::XorShift::new(5);
+    let tokens: Vec<u32> = (0..153).map(|_| rng.next_u32() % 512).collect();
+    for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+        let options = SessionOptions {
+            capacity: None,
+            kv_dtype,
+        };
+        let mut batched = Session::with_options(&gm, options).unwrap();
+        let mut single = Session::with_options(&gm, options).unwrap();
+        assert_eq!(batched.prefill_tokens(), 64);
+        for &t in &tokens[..3] {
+            batched.forward(t).unwrap();
+        }
+        let got = batched.prefill(&tokens[3..]).unwrap().to_vec();
+        assert_eq!(batched.len(), tokens.len());
+        assert_eq!(batched.submissions(), 3 + 3, "three prefill passes");
+        let mut expect = Vec::new();
+        for &t in &tokens {
+            expect = single.forward(t).unwrap().to_vec();
+        }
+        let diff = max_abs_diff(&got, &expect);
+        eprintln!("{kv_dtype:?} cache: max |prefill - token by token| logit {diff}");
+        assert!(
+            diff <= LOGIT_TOLERANCE,
+            "{kv_dtype:?}: logits differ by {diff}"
+        );
+        if kv_dtype == KvDtype::F32 {
+            let mut reference = Vec::new();
+            for &t in &tokens {
+                reference = cpu.forward(t).unwrap().to_vec();
+            }
+            assert!(max_abs_diff(&got, &reference) <= LOGIT_TOLERANCE);
+        }
+        for layer in 0..model.config.n_layers {
+            let (k, v) = batched.read_cache(layer).unwrap();
+            let (k1, v1) = single.read_cache(layer).unwrap();
+            assert_eq!(k.len(), tokens.len() * model.config.kv_dim());
+            // f16 values round at 1e-3 relative: a difference in the last f32 bits may flip one.
+            let tolerance = match kv_dtype {
+                KvDtype::F32 => CACHE_TOLERANCE,
+                KvDtype::F16 => 4e-3,
+            };
+            for (what, a, b) in [("k", &k, &k1), ("v", &v, &v1)] {
+                let diff = max_abs_diff(a, b);
+                assert!(
+                    diff <= tolerance,
+                    "{kv_dtype:?} layer {layer} {what} cache differs by {diff}"
+                );
+            }
+        }
+        // The next token decodes the same after either.
+        let a = batched.forward(7).unwrap().to_vec();
+        let b = single.forward(7).unwrap().to_vec();
+        assert!(max_abs_diff(&a, &b) <= LOGIT_TOLERANCE);
     }
-    let logits = s.forward(9).unwrap().to_vec();
-    assert!(max_abs_diff(&logits, cpu.forward(9).unwrap()) <= LOGIT_TOLERANCE);
-    let (k, v) = s.read_cache(model.config.n_layers - 1).unwrap();
-    assert_eq!(k.len(), 8 * model.config.kv_dim());
-    assert_eq!(v.len(), k.len());
 }
 
 #[test]
@@ -201,7 +251,7 @@ fn decode_allocates_nothing_and_submits_once_per_token() {
         token = match i % 3 {
             0 => s.forward_greedy(token).unwrap(),
             1 => s.next_token(token, &mut sampler).unwrap(),
-            _ => s.feed(token).map(|_| token).unwrap(),
+            _ => s.feed(&[token]).map(|_| token).unwrap(),
         };
         gpu.device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -209,6 +259,11 @@ fn decode_allocates_nothing_and_submits_once_per_token() {
         assert_eq!(counters(&gpu), before, "GPU objects changed at step {i}");
     }
     assert_eq!(s.submissions() - submits, 100, "one submit per token");
+    // A prompt: prefill passes of 64 tokens, one submit each, nothing allocated.
+    let prompt: Vec<u32> = (0..100).map(|t| t * 5 % 512).collect();
+    s.prefill(&prompt).unwrap();
+    assert_eq!(counters(&gpu), before, "GPU objects changed by prefill");
+    assert_eq!(s.submissions() - submits, 102);
     assert_ne!(before.0, 0, "counters are live (wgpu `counters` feature)");
 }
 
@@ -345,11 +400,13 @@ fn no_cache_mode_gives_the_same_text_with_quadratic_work() {
     )
     .unwrap();
     assert!(ZOO.starts_with(run.text.as_str()), "{}", run.text);
-    // Position t re-runs t + 1 passes: 1 + 2 + ... + 40, less the prompt
-    // tokens that were only queued.
+    // The token at length L recomputes all L positions: prompt + ... + 40 in
+    // all (the prompt tokens are only queued), in one prefill pass of the
+    // prefix (up to 64 tokens) and one decode pass each.
     let prompt = run.prompt_tokens as u64;
-    let expected: u64 = (prompt..=40).sum();
-    assert_eq!(no_cache.passes(), expected);
+    assert_eq!(no_cache.positions_run(), (prompt..=40).sum::<u64>());
+    let passes: u64 = (prompt..=40).map(|l| 1 + (l > 1) as u64).sum();
+    assert_eq!(no_cache.passes(), passes);
     // A bad token changes nothing.
     let len = kvgpu::Decoder::len(&no_cache);
     assert!(kvgpu::Decoder::next_token(&mut no_cache, 9999, &mut Sampler::greedy()).is_err());

@@ -257,7 +257,15 @@ fn token_id_out_of_range() {
         s.forward_greedy(u32::MAX),
         Err(Error::TokenOutOfRange { .. })
     ));
-    assert!(matches!(s.feed(1000), Err(Error::TokenOutOfRange { .. })));
+    assert!(matches!(
+        s.feed(&[4, 1000]),
+        Err(Error::TokenOutOfRange { token: 1000, .. })
+    ));
+    assert!(matches!(
+        s.prefill(&[4, 5, 300]),
+        Err(Error::TokenOutOfRange { token: 300, .. })
+    ));
+    assert!(matches!(s.prefill(&[]), Err(Error::EmptyInput)));
     assert_eq!(s.len(), 1, "failed steps must not advance the cache");
     // Still usable: the next step is position 1, same as if the errors never happened.
     let a = s.forward(7).unwrap().to_vec();
@@ -284,12 +292,24 @@ fn prompt_longer_than_capacity() {
 #[test]
 fn step_past_capacity_is_context_full() {
     let mut s = require!(tiny_session());
-    for t in 0..16 {
-        s.feed(t).unwrap();
-    }
+    s.feed(&[0, 1, 2, 3]).unwrap();
+    // A prompt longer than the room left is refused whole.
+    let err = s.prefill(&[5; 13]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PromptTooLong {
+                tokens: 13,
+                capacity: 12
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(s.len(), 4);
+    s.feed(&(4..16).collect::<Vec<u32>>()).unwrap();
     let err = s.forward(3).unwrap_err();
     assert!(matches!(err, Error::ContextFull { capacity: 16 }), "{err}");
-    assert!(matches!(s.feed(3), Err(Error::ContextFull { .. })));
+    assert!(matches!(s.feed(&[3]), Err(Error::ContextFull { .. })));
     assert_eq!(s.len(), 16, "no wrap-around");
     // Rolling back makes room again; the last slot decodes as before.
     s.truncate(15).unwrap();

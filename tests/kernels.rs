@@ -1,6 +1,6 @@
 //! Each kernel against its CPU reference on seeded random inputs of odd
-//! sizes, including position 0, the last position of the cache and
-//! grouped-query heads.
+//! sizes, including position 0, the last position of the cache,
+//! grouped-query heads, and passes of several tokens.
 //!
 //! Tolerance: 1e-4 absolute + 1e-4 relative (f32 sums in another order);
 //! data movement kernels (append, embed, argmax) must be exact. Quantized
@@ -9,11 +9,10 @@
 mod common;
 
 use common::{max_abs_diff, random};
-use kvgpu::ops::matvec::GpuTensor;
-use kvgpu::ops::rope::Rope;
-use kvgpu::ops::{
-    self, argmax, attention, embed, kv_append, matvec, rmsnorm, rope, swiglu, Dispatch, Kernels,
-};
+use kvgpu::ops::matvec::{CpuMode, GpuTensor, Mode};
+use kvgpu::ops::rmsnorm::Rows;
+use kvgpu::ops::rope_append::{self, Rope};
+use kvgpu::ops::{self, argmax, attention, embed, matmul, matvec, rmsnorm, Dispatch, Kernels};
 use kvgpu::tensor::{quantize, DType, Tensor};
 use kvgpu::Gpu;
 use kvgpu::KvDtype;
@@ -56,43 +55,44 @@ impl Bench {
             })
     }
 
-    /// Row `token` of `table`, decoded by the embed kernel.
-    fn embed(&self, table: &GpuTensor, token: u32) -> Vec<f32> {
-        let (out, step) = (
-            self.buffer(&vec![f32::NAN; table.cols]),
-            self.step_token(0, token),
-        );
-        self.run(&embed::dispatch(
-            &self.gpu.device,
-            &self.kernels.embed,
-            &out,
-            table,
-            &step,
-        ));
+    /// Rows `tokens` of `table`, decoded by the embed kernel in one pass.
+    fn embed(&self, table: &GpuTensor, tokens: &[u32]) -> Vec<f32> {
+        let out = self.buffer(&vec![f32::NAN; tokens.len() * table.cols]);
+        let tb = self.u32s(tokens);
+        let d = embed::dispatch(&self.gpu.device, &self.kernels.embed, &out, table, &tb);
+        self.run(&d, tokens.len());
         self.read(&out)
     }
 
-    fn step(&self, pos: u32) -> wgpu::Buffer {
-        self.step_token(pos, 0)
-    }
-
-    fn step_token(&self, pos: u32, token: u32) -> wgpu::Buffer {
+    fn u32s(&self, data: &[u32]) -> wgpu::Buffer {
         self.gpu
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: None,
-                contents: bytemuck::cast_slice(&[pos, token, 0, 0]),
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    /// The step uniform of a pass of `n` tokens from position `pos`.
+    fn step(&self, pos: usize, n: usize) -> wgpu::Buffer {
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&[pos as u32, n as u32, 0, 0]),
                 usage: wgpu::BufferUsages::UNIFORM,
             })
     }
 
-    fn run(&self, d: &Dispatch) {
+    /// Runs `d` for a pass of `n` tokens.
+    fn run(&self, d: &Dispatch, n: usize) {
         self.gpu
             .scoped("test dispatch", || {
                 let mut enc = self.gpu.device.create_command_encoder(&Default::default());
                 {
                     let mut pass = enc.begin_compute_pass(&Default::default());
-                    d.record(&mut pass);
+                    d.record(&mut pass, n as u32);
                 }
                 self.gpu.queue.submit([enc.finish()]);
             })
@@ -151,78 +151,229 @@ fn upload(b: &Bench, t: &Tensor, limit: u64) -> GpuTensor {
         .unwrap()
 }
 
-#[test]
-fn matvec_matches_cpu_for_every_dtype() {
-    let b = require!(Bench::new());
+/// Weights for a projection test: `w` and, for SwiGLU, `up` (same shape).
+struct Projection {
+    w: Tensor,
+    up: Option<Tensor>,
+    /// Upload as several parts of these row counts stacked (mixed types).
+    what: String,
+}
+
+/// Every projection shape and type the kernels must handle: each dtype on
+/// odd row counts, in chunks; float rows at any byte alignment with tails;
+/// a grid that spills into y; SwiGLU pairs; and a stacked matrix mixing types.
+fn projections() -> Vec<(Projection, u64)> {
     let big = 128 << 20;
-    // GPU `W x` against the host's dequantize-then-multiply, `W` in chunks of at most `limit` bytes.
-    let check = |w: &Tensor, limit: u64, what: String| {
-        let x = random(w.cols, 7);
-        let gw = upload(&b, w, limit);
-        if limit < big {
-            assert!(gw.chunks.len() > 1, "{what}: should be split");
-        }
-        let (xb, ob) = (b.input(&x), b.buffer(&vec![f32::NAN; w.rows]));
-        b.run(&matvec::dispatch(
-            &b.gpu.device,
-            &b.kernels.matvec,
-            &ob,
-            &gw,
-            &xb,
-        ));
-        let mut expect = vec![0.0; w.rows];
-        matvec::cpu(&mut expect, w, &x);
-        assert_close(&b.read(&ob), &expect, &what);
+    let mut out = Vec::new();
+    let mut add = |w: Tensor, up: Option<Tensor>, limit: u64| {
+        let what = format!(
+            "{:?} {}x{} limit {limit}{}",
+            w.dtype,
+            w.rows,
+            w.cols,
+            if up.is_some() { " swiglu" } else { "" }
+        );
+        out.push((Projection { w, up, what }, limit));
     };
     for dtype in DType::ALL {
         let n = dtype.block_len().max(32);
-        // Odd row counts; columns a whole number of blocks; a limit that splits into chunks.
         for (rows, cols, limit) in [
             (1, n, big),
             (37, 3 * n, big),
             (301, 5 * n, big),
             (67, 2 * n, 999),
         ] {
-            let w = random_tensor(dtype, rows, cols, rows as u64);
-            check(
-                &w,
-                limit,
-                format!("matvec {dtype:?} {rows}x{cols} limit {limit}"),
-            );
+            add(random_tensor(dtype, rows, cols, rows as u64), None, limit);
         }
-    }
-    // Float rows of odd length: rows start at any byte alignment and end in a tail.
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        for (rows, cols) in [(29, 37), (7, 13), (3, 1)] {
-            check(
-                &random_tensor(dtype, rows, cols, 5),
-                big,
-                format!("matvec {dtype:?} {rows}x{cols}"),
-            );
-        }
-    }
-    // Odd F32 shapes; 4200001 rows (65627 workgroups) spill the grid into its y dimension.
-    for (rows, cols) in [(1757, 65), (4_200_001, 1)] {
-        check(
-            &random_tensor(DType::F32, rows, cols, 3),
-            big,
-            format!("matvec f32 {rows}x{cols}"),
+        // SwiGLU: gate of this type, up of another, chunked alike.
+        let up_type = if dtype == DType::F16 {
+            DType::Q8_0
+        } else {
+            DType::F16
+        };
+        let (gate, up) = (
+            random_tensor(dtype, 45, 2 * n, 3),
+            random_tensor(up_type, 45, 2 * n, 4),
         );
+        let limit = 7 * gate.row_bytes().max(up.row_bytes()) as u64 + 5;
+        add(gate, Some(up), limit);
     }
-    // The residual form, out += W x, in place.
-    let w = random_tensor(DType::F16, 301, 96, 8);
-    let (x, base) = (random(96, 9), random(301, 10));
-    let (xb, ob) = (b.input(&x), b.buffer(&base));
-    b.run(&matvec::dispatch_add(
-        &b.gpu.device,
-        &b.kernels.matvec,
-        &ob,
-        &upload(&b, &w, big),
-        &xb,
-    ));
-    let mut expect = base.clone();
-    matvec::cpu_add(&mut expect, &w, &x);
-    assert_close(&b.read(&ob), &expect, "matvec += (residual)");
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for (rows, cols) in [(29, 37), (7, 13), (3, 1), (70, 131)] {
+            add(random_tensor(dtype, rows, cols, 5), None, big);
+        }
+    }
+    add(random_tensor(DType::F32, 1757, 65, 3), None, big);
+    out
+}
+
+/// GPU result of `p` for `n` tokens of `x` (n, cols) over `base` (n, rows):
+/// matvec (n = 1) or matmul.
+fn project(
+    b: &Bench,
+    p: &Projection,
+    gw: &GpuTensor,
+    gup: Option<&GpuTensor>,
+    x: &[f32],
+    base: &[f32],
+    add: bool,
+) -> Vec<f32> {
+    let n = x.len() / p.w.cols;
+    let ob = b.buffer(base);
+    let mode = match (gup, add) {
+        (Some(up), _) => Mode::SwiGlu { up },
+        (None, true) => Mode::Add,
+        (None, false) => Mode::Set,
+    };
+    let d = if n == 1 {
+        matvec::dispatch(&b.gpu.device, &b.kernels.matvec, &ob, gw, &b.input(x), mode)
+    } else {
+        let (xb, step) = (b.buffer(x), b.step(0, n));
+        matmul::dispatch(&b.gpu.device, &b.kernels.matmul, &ob, gw, &xb, &step, mode)
+    };
+    b.run(&d, n);
+    b.read(&ob)
+}
+
+/// Checks matvec (1 token) and matmul (`tokens`) against the host
+/// reference for every projection: `out = W x`, `out += W x`, SwiGLU.
+fn check_projections(tokens: &[usize]) {
+    let b = require!(Bench::new());
+    for (p, limit) in projections() {
+        let (gw, gup) = match &p.up {
+            Some(up) => {
+                let (g, u) = b
+                    .gpu
+                    .scoped("upload", || {
+                        GpuTensor::upload_pair(&b.gpu.device, &b.gpu.queue, &p.w, up, limit, "t")
+                    })
+                    .unwrap()
+                    .unwrap();
+                (g, Some(u))
+            }
+            None => (upload(&b, &p.w, limit), None),
+        };
+        if limit < 1 << 20 {
+            assert!(gw.chunks.len() > 1, "{}: should be split", p.what);
+        }
+        for &n in tokens {
+            let x = random(n * p.w.cols, 7 + n as u64);
+            let base = random(n * p.w.rows, 8);
+            for add in [false, true] {
+                if add && p.up.is_some() {
+                    continue;
+                }
+                let got = project(&b, &p, &gw, gup.as_ref(), &x, &base, add);
+                let mut expect = base.clone();
+                let mode = match (&p.up, add) {
+                    (Some(up), _) => CpuMode::SwiGlu { up },
+                    (None, true) => CpuMode::Add,
+                    (None, false) => CpuMode::Set,
+                };
+                matmul::cpu(&mut expect, &p.w, &x, mode);
+                let what = format!("{} tokens {n}{}", p.what, if add { " +=" } else { "" });
+                // f32 sums in another order: error relative to the sum of |terms|.
+                let mut bound = magnitude(&p.w, &x);
+                if let Some(up) = &p.up {
+                    let a = &mut vec![0.0; base.len()];
+                    let b = &mut vec![0.0; base.len()];
+                    matmul::cpu(a, &p.w, &x, CpuMode::Set);
+                    matmul::cpu(b, up, &x, CpuMode::Set);
+                    let mb = magnitude(up, &x);
+                    for i in 0..bound.len() {
+                        bound[i] = (1.0 + bound[i] + a[i].abs()) * (1.0 + mb[i] + b[i].abs());
+                    }
+                }
+                for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+                    let tolerance = 1e-5 * (1.0 + bound[i] + base[i].abs());
+                    assert!(
+                        (g - e).abs() <= tolerance,
+                        "{what}: element {i}: gpu {g} vs cpu {e} (tolerance {tolerance})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Per output (n, rows): the sum of |w x| terms of its dot product.
+fn magnitude(w: &Tensor, x: &[f32]) -> Vec<f32> {
+    let abs: Vec<f32> = w.to_f32().iter().map(|v| v.abs()).collect();
+    let abs = Tensor::from_f32(w.rows, w.cols, &abs);
+    let xs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    let mut out = vec![0.0; x.len() / w.cols * w.rows];
+    matmul::cpu(&mut out, &abs, &xs, CpuMode::Set);
+    out
+}
+
+#[test]
+fn matvec_matches_cpu_for_every_dtype() {
+    check_projections(&[1]);
+    // 4200001 rows (65627 workgroups) spill the grid into its y dimension.
+    let b = require!(Bench::new());
+    let w = random_tensor(DType::F32, 4_200_001, 1, 3);
+    let p = Projection {
+        w,
+        up: None,
+        what: "f32 4200001x1".into(),
+    };
+    let gw = upload(&b, &p.w, 128 << 20);
+    let x = random(1, 4);
+    let got = project(&b, &p, &gw, None, &x, &vec![f32::NAN; p.w.rows], false);
+    let mut expect = vec![0.0; p.w.rows];
+    matvec::cpu(&mut expect, &p.w, &x, CpuMode::Set);
+    assert_close(&got, &expect, &p.what);
+}
+
+#[test]
+fn matmul_matches_cpu_for_every_dtype() {
+    // Partial and whole tiles of 8 tokens.
+    check_projections(&[2, 8, 13]);
+}
+
+#[test]
+fn stacked_projection_mixes_storage_types() {
+    let b = require!(Bench::new());
+    // Q, K, V as one matrix where each part has its own type (as in
+    // llama.cpp's Q4_K_M files): each part keeps its chunk(s).
+    let parts = [
+        random_tensor(DType::Q4_K, 37, 256, 1),
+        random_tensor(DType::Q8_0, 11, 256, 2),
+        random_tensor(DType::F16, 11, 256, 3),
+    ];
+    let refs: Vec<&Tensor> = parts.iter().collect();
+    let gw = b
+        .gpu
+        .scoped("upload", || {
+            GpuTensor::upload_stacked(&b.gpu.device, &b.gpu.queue, &refs, 128 << 20, "qkv")
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!((gw.rows, gw.chunks.len()), (59, 3));
+    // Same types stack into one texture.
+    let same = [&parts[1], &parts[1]];
+    let one = b
+        .gpu
+        .scoped("upload", || {
+            GpuTensor::upload_stacked(&b.gpu.device, &b.gpu.queue, &same, 128 << 20, "qkv")
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!((one.rows, one.chunks.len()), (22, 1));
+    let whole: Vec<f32> = parts.iter().flat_map(|t| t.to_f32()).collect();
+    let whole = Tensor::from_f32(59, 256, &whole);
+    let p = Projection {
+        w: whole,
+        up: None,
+        what: "stacked q4_k/q8_0/f16".into(),
+    };
+    for n in [1, 9] {
+        let x = random(n * 256, 5);
+        let got = project(&b, &p, &gw, None, &x, &vec![f32::NAN; n * 59], false);
+        let mut expect = vec![0.0; n * 59];
+        matmul::cpu(&mut expect, &p.w, &x, CpuMode::Set);
+        assert_close(&got, &expect, &format!("{} tokens {n}", p.what));
+    }
 }
 
 #[test]
@@ -234,11 +385,17 @@ fn embed_reads_the_token_row_of_a_split_table() {
         let table = random_tensor(dtype, rows, cols, 11);
         let gt = upload(&b, &table, 5 * dtype.row_bytes(cols).unwrap() as u64 + 3);
         assert!(gt.chunks.len() > 5);
-        for token in [0, 4, 5, 31, 52] {
-            let got = b.embed(&gt, token);
+        // One pass of several tokens, from different chunks, one repeated.
+        let tokens = [0, 4, 5, 31, 52, 4];
+        let got = b.embed(&gt, &tokens);
+        for (i, &token) in tokens.iter().enumerate() {
             let mut expect = vec![0.0; cols];
             embed::cpu(&mut expect, &table, token);
-            assert_eq!(got, expect, "{dtype:?} token {token}");
+            assert_eq!(
+                got[i * cols..(i + 1) * cols],
+                expect,
+                "{dtype:?} token {token}"
+            );
         }
     }
 }
@@ -281,73 +438,38 @@ fn dequantize_matches_known_values() {
 #[test]
 fn rmsnorm_matches_cpu() {
     let b = require!(Bench::new());
-    for (n, seed) in [(1, 1), (255, 2), (1001, 3)] {
-        let x: Vec<f32> = random(n, seed).iter().map(|v| v * 30.0).collect();
+    for (n, tokens, seed) in [(1, 1, 1), (255, 3, 2), (1001, 2, 3)] {
+        let x: Vec<f32> = random(n * tokens, seed).iter().map(|v| v * 30.0).collect();
         let w = random(n, seed + 1);
-        let (xb, wb, ob) = (b.buffer(&x), b.buffer(&w), b.buffer(&vec![0.0; n]));
-        b.run(&rmsnorm::dispatch(
-            &b.gpu.device,
-            &b.kernels.rmsnorm,
-            &ob,
-            &xb,
-            &wb,
-            n,
-            1e-5,
-        ));
-        let mut expect = vec![0.0; n];
-        rmsnorm::cpu(&mut expect, &x, &w, 1e-5);
-        assert_close(&b.read(&ob), &expect, &format!("rmsnorm {n}"));
-    }
-}
-
-#[test]
-fn rope_matches_cpu_at_first_and_last_position() {
-    let b = require!(Bench::new());
-    // Grouped-query: 6 query heads over 2 KV heads of size 10; full, partial
-    // (first 6 dimensions) and Llama-3-style scaled rotations.
-    let (head_size, n_heads, n_kv_heads, capacity) = (10, 6, 2, 37);
-    let (q_dim, kv_dim) = (n_heads * head_size, n_kv_heads * head_size);
-    let ropes = [
-        Rope {
-            head_size,
-            rope_dim: 10,
-            theta: 10000.0,
-            freq_factors: None,
-        },
-        Rope {
-            head_size,
-            rope_dim: 6,
-            theta: 500000.0,
-            freq_factors: None,
-        },
-        Rope {
-            head_size,
-            rope_dim: 10,
-            theta: 500000.0,
-            freq_factors: Some(vec![1.0, 1.5, 2.0, 8.0, 32.0]),
-        },
-    ];
-    for rope in ropes {
-        let table = b.buffer(&rope.table(capacity));
-        for pos in [0, 1, 17, capacity - 1] {
-            let q = random(q_dim, pos as u64);
-            let k = random(kv_dim, pos as u64 + 50);
-            let (qb, kb, step) = (b.buffer(&q), b.buffer(&k), b.step(pos as u32));
-            b.run(&rope::dispatch(
+        let mut expect = vec![0.0; n * tokens];
+        for (o, x) in expect.chunks_mut(n).zip(x.chunks(n)) {
+            rmsnorm::cpu(o, x, &w, 1e-5);
+        }
+        let (xb, wb, step) = (b.buffer(&x), b.buffer(&w), b.step(0, tokens));
+        for rows in [Rows::All, Rows::Last] {
+            let ob = b.buffer(&vec![f32::NAN; n * tokens]);
+            let d = rmsnorm::dispatch(
                 &b.gpu.device,
-                &b.kernels.rope,
-                &qb,
-                &kb,
+                &b.kernels.rmsnorm,
+                &ob,
+                &xb,
+                &wb,
                 &step,
-                &table,
-                q_dim,
-                kv_dim,
-                head_size,
-            ));
-            let (mut eq, mut ek) = (q.clone(), k.clone());
-            rope::cpu(&mut eq, &mut ek, pos, &rope);
-            assert_close(&b.read(&qb), &eq, &format!("rope q at pos {pos} {rope:?}"));
-            assert_close(&b.read(&kb), &ek, &format!("rope k at pos {pos} {rope:?}"));
+                n,
+                1e-5,
+                rows,
+            );
+            b.run(&d, tokens);
+            let got = b.read(&ob);
+            match rows {
+                Rows::All => assert_close(&got, &expect, &format!("rmsnorm {n} x {tokens}")),
+                Rows::Last => {
+                    // Only the last token's row, into row 0.
+                    let last = &expect[(tokens - 1) * n..];
+                    assert_close(&got[..n], last, &format!("rmsnorm last of {tokens}"));
+                    assert!(got[n..].iter().all(|v| v.is_nan()), "rows past 0 untouched");
+                }
+            }
         }
     }
 }
@@ -396,65 +518,89 @@ fn rounded(values: &[f32], dtype: KvDtype) -> Vec<f32> {
 }
 
 #[test]
-fn kv_append_writes_exactly_one_slot() {
+fn rope_append_matches_cpu_and_writes_only_its_slots() {
     let b = require!(Bench::new());
-    let (kv_dim, capacity) = (78, 41);
-    for dtype in [KvDtype::F32, KvDtype::F16] {
-        for pos in [0, 13, capacity - 1] {
-            let kc0 = rounded(&random(capacity * kv_dim, 1), dtype);
-            let vc0 = rounded(&random(capacity * kv_dim, 2), dtype);
-            let (k, v) = (
-                random(kv_dim, 3 + pos as u64),
-                random(kv_dim, 4 + pos as u64),
-            );
-            let (kcb, vcb) = (b.cache(&kc0, dtype), b.cache(&vc0, dtype));
-            let (kb, vb, step) = (b.buffer(&k), b.buffer(&v), b.step(pos as u32));
-            b.run(&kv_append::dispatch(
-                &b.gpu.device,
-                &b.kernels.kv_append,
-                &kcb,
-                &vcb,
-                &kb,
-                &vb,
-                &step,
+    // Grouped-query: 6 query heads over 2 KV heads of size 10; full, partial
+    // (first 6 dimensions) and Llama-3-style scaled rotations.
+    let (head_size, n_heads, n_kv_heads, capacity) = (10, 6, 2, 37);
+    let (q_dim, kv_dim) = (n_heads * head_size, n_kv_heads * head_size);
+    let width = q_dim + 2 * kv_dim;
+    let rope = |rope_dim, theta, freq_factors| Rope {
+        head_size,
+        rope_dim,
+        theta,
+        freq_factors,
+    };
+    let ropes = [
+        rope(10, 10000.0, None),
+        rope(6, 500000.0, None),
+        rope(10, 500000.0, Some(vec![1.0, 1.5, 2.0, 8.0, 32.0])),
+    ];
+    for rope in ropes {
+        let table = b.buffer(&rope.table(capacity));
+        for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+            let shape = rope_append::Shape {
+                q_dim,
                 kv_dim,
+                head_size,
                 capacity,
-                dtype,
-            ));
-            let (mut ek, mut ev) = (kc0.clone(), vc0.clone());
-            kv_append::cpu(&mut ek, &mut ev, &k, &v, pos, dtype);
-            assert_eq!(
-                b.read_cache(&kcb, dtype),
-                ek,
-                "{dtype:?} k cache at pos {pos}"
-            );
-            assert_eq!(
-                b.read_cache(&vcb, dtype),
-                ev,
-                "{dtype:?} v cache at pos {pos}"
-            );
+                kv_dtype,
+            };
+            let run = |qkv: &[f32], kc: &[f32], vc: &[f32], pos: usize, n: usize| {
+                let (kcb, vcb) = (b.cache(kc, kv_dtype), b.cache(vc, kv_dtype));
+                let (qkvb, qb) = (b.buffer(qkv), b.buffer(&vec![f32::NAN; n * q_dim]));
+                let d = rope_append::dispatch(
+                    &b.gpu.device,
+                    &b.kernels.rope_append,
+                    &qb,
+                    &kcb,
+                    &vcb,
+                    &qkvb,
+                    &b.step(pos, n),
+                    &table,
+                    shape,
+                );
+                b.run(&d, n);
+                (
+                    b.read(&qb),
+                    b.read_cache(&kcb, kv_dtype),
+                    b.read_cache(&vcb, kv_dtype),
+                )
+            };
+            // (first position, tokens): one token at the first and last slots, passes of several.
+            for (pos, n) in [(0, 1), (capacity - 1, 1), (0, 5), (17, 11)] {
+                let qkv = random(n * width, pos as u64 + 50);
+                let kc0 = rounded(&random(capacity * kv_dim, 1), kv_dtype);
+                let vc0 = rounded(&random(capacity * kv_dim, 2), kv_dtype);
+                let (q, k, v) = run(&qkv, &kc0, &vc0, pos, n);
+                let (mut eq, mut ek, mut ev) = (vec![0.0; n * q_dim], kc0.clone(), vc0.clone());
+                for (t, row) in qkv.chunks(width).enumerate() {
+                    let q = &mut eq[t * q_dim..(t + 1) * q_dim];
+                    rope_append::cpu(q, &mut ek, &mut ev, row, pos + t, &rope, kv_dtype);
+                }
+                let what = format!("{kv_dtype:?} pos {pos} tokens {n} {rope:?}");
+                assert_close(&q, &eq, &format!("q {what}"));
+                // The pass's slots within f32 rounding (f16: one f16 step); the others untouched.
+                let step = if kv_dtype == KvDtype::F16 { 2e-3 } else { 0.0 };
+                for (name, got, expect, before) in [("k", k, &ek, &kc0), ("v", v, &ev, &vc0)] {
+                    for (i, (g, e)) in got.iter().zip(expect).enumerate() {
+                        let slot = i / kv_dim;
+                        if (pos..pos + n).contains(&slot) {
+                            assert!(
+                                (g - e).abs() <= 1e-4 + step * e.abs(),
+                                "{name} {what}: element {i}: {g} vs {e}"
+                            );
+                        } else {
+                            assert_eq!(g, &before[i], "{name} {what}: slot {slot} touched");
+                        }
+                    }
+                }
+            }
+            // Positions past capacity write nothing (the host never asks for them).
+            let kc0 = rounded(&random(capacity * kv_dim, 5), kv_dtype);
+            let (_, k, v) = run(&random(3 * width, 6), &kc0, &kc0, capacity, 3);
+            assert!(k == kc0 && v == kc0, "write past capacity must be dropped");
         }
-        // A position past capacity writes nothing (the host never asks for one).
-        let kc0 = rounded(&random(capacity * kv_dim, 5), dtype);
-        let (kcb, vcb) = (b.cache(&kc0, dtype), b.cache(&kc0, dtype));
-        let (kb, step) = (b.buffer(&random(kv_dim, 6)), b.step(capacity as u32));
-        b.run(&kv_append::dispatch(
-            &b.gpu.device,
-            &b.kernels.kv_append,
-            &kcb,
-            &vcb,
-            &kb,
-            &kb,
-            &step,
-            kv_dim,
-            capacity,
-            dtype,
-        ));
-        assert_eq!(
-            b.read_cache(&kcb, dtype),
-            kc0,
-            "write past capacity must be dropped"
-        );
     }
 }
 
@@ -490,18 +636,22 @@ fn attention_matches_cpu_with_grouped_query_heads() {
                 rounded(&random(capacity * kv_dim, seed + 1), kv_dtype),
             );
             let (kcb, vcb) = (b.cache(&kc, kv_dtype), b.cache(&vc, kv_dtype));
-            let scores = b.buffer(&vec![0.0; n_heads * capacity]);
-            for pos in [0, capacity / 2, capacity - 1] {
-                let q: Vec<f32> = random(n_heads * head_size, seed + pos as u64)
+            // (first position, tokens): single queries at the first, middle and
+            // last positions; a pass of several causal queries.
+            let passes = [
+                (0, 1),
+                (capacity / 2, 1),
+                (capacity - 1, 1),
+                (capacity / 3, capacity - capacity / 3),
+            ];
+            for (pos, n) in passes {
+                let q: Vec<f32> = random(n * n_heads * head_size, seed + pos as u64)
                     .iter()
                     .map(|v| v * 8.0)
                     .collect();
-                let (qb, ob, step) = (
-                    b.buffer(&q),
-                    b.buffer(&vec![0.0; n_heads * head_size]),
-                    b.step(pos as u32),
-                );
-                b.run(&attention::dispatch(
+                let (qb, ob) = (b.buffer(&q), b.buffer(&vec![0.0; n * n_heads * head_size]));
+                let scores = b.buffer(&vec![0.0; n * n_heads * capacity]);
+                let d = attention::dispatch(
                     &b.gpu.device,
                     &b.kernels.attention,
                     &ob,
@@ -509,38 +659,27 @@ fn attention_matches_cpu_with_grouped_query_heads() {
                     &kcb,
                     &vcb,
                     &scores,
-                    &step,
+                    &b.step(pos, n),
                     shape,
-                ));
-                let mut expect = vec![0.0; n_heads * head_size];
-                attention::cpu(&mut expect, &q, &kc, &vc, pos, shape);
+                );
+                b.run(&d, n);
+                let q_dim = n_heads * head_size;
+                let mut expect = vec![0.0; n * q_dim];
+                for t in 0..n {
+                    let (o, q) = (
+                        &mut expect[t * q_dim..(t + 1) * q_dim],
+                        &q[t * q_dim..(t + 1) * q_dim],
+                    );
+                    attention::cpu(o, q, &kc, &vc, pos + t, shape);
+                }
                 assert_close(
                     &b.read(&ob),
                     &expect,
-                    &format!("attention {shape:?} at pos {pos}"),
+                    &format!("attention {shape:?} at pos {pos}, {n} tokens"),
                 );
             }
         }
     }
-}
-
-#[test]
-fn swiglu_matches_cpu() {
-    let b = require!(Bench::new());
-    let n = 1001;
-    let gate: Vec<f32> = random(n, 1).iter().map(|v| v * 10.0).collect();
-    let up = random(n, 2);
-    let (gb, ub) = (b.buffer(&gate), b.buffer(&up));
-    b.run(&swiglu::dispatch(
-        &b.gpu.device,
-        &b.kernels.swiglu,
-        &gb,
-        &ub,
-        n,
-    ));
-    let mut expect = gate.clone();
-    swiglu::cpu(&mut expect, &up);
-    assert_close(&b.read(&gb), &expect, "swiglu");
 }
 
 #[test]
@@ -560,13 +699,10 @@ fn argmax_matches_cpu_and_takes_the_first_of_ties() {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        b.run(&argmax::dispatch(
-            &b.gpu.device,
-            &b.kernels.argmax,
-            &out,
-            &xb,
-            n,
-        ));
+        b.run(
+            &argmax::dispatch(&b.gpu.device, &b.kernels.argmax, &out, &xb, n),
+            1,
+        );
         let got: Vec<u32> = bytemuck::pod_collect_to_vec(&b.gpu.read_buffer(&out, 4).unwrap());
         assert_eq!(got[0], argmax::cpu(&x), "argmax of {n}");
     }
@@ -625,7 +761,7 @@ fn dequantize_matches_llama_cpp_gguf_py() {
             );
             let gt = upload(&b, &t, 128 << 20);
             for token in 0..n as u32 {
-                let got = b.embed(&gt, token);
+                let got = b.embed(&gt, &[token]);
                 let row = &values[token as usize * dtype.block_len()..][..dtype.block_len()];
                 assert_eq!(got, row, "{dtype:?} block {token} on the GPU");
             }

@@ -40,9 +40,10 @@ pub struct Shape {
     pub kv_dtype: KvDtype,
 }
 
-/// Binds `out (n_heads, head_size) = attention(q (n_heads, head_size),
-/// k_cache[0..=pos], v_cache[0..=pos])` with `scores (n_heads, capacity)` as
-/// scratch and the position from `step`.
+/// Binds, for each token t of the pass in `step` (position `pos = step.pos +
+/// t`), `out[t] (n_heads, head_size) = attention(q[t] (n_heads, head_size),
+/// k_cache[0..=pos], v_cache[0..=pos])` with `scores (n, n_heads, capacity)`
+/// as scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     device: &wgpu::Device,
@@ -69,6 +70,7 @@ pub fn dispatch(
         &[step, q, k_cache, v_cache, scores, out],
         [shape.n_heads as u32, 1, 1],
     )
+    .batched(1)
 }
 
 /// Host reference (llama2.c's multi-head attention loop) for the token at

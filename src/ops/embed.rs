@@ -1,7 +1,7 @@
-//! Token embedding: the row of the current token, decoded to f32. See
+//! Token embedding: each token's row of the table, decoded to f32. See
 //! `shaders/embed.wgsl`.
 
-use super::matvec::{bind_chunks, GpuTensor};
+use super::matvec::{bind_chunks, GpuTensor, Mode};
 use super::{grid_64, Dispatch, Shader};
 use crate::tensor::Tensor;
 
@@ -14,17 +14,26 @@ pub const SHADER: Shader = Shader {
     ),
 };
 
-/// Binds `out (cols,) = table[step.token]`, one launch per chunk of `table`
-/// (only the chunk holding the token writes).
+/// Binds `out (n, cols) = table[tokens (n,)]`, one launch per chunk of
+/// `table` (only the chunk holding a token writes its row).
 pub fn dispatch(
     device: &wgpu::Device,
     pipeline: &wgpu::ComputePipeline,
     out: &wgpu::Buffer,
     table: &GpuTensor,
-    step: &wgpu::Buffer,
+    tokens: &wgpu::Buffer,
 ) -> Dispatch {
     let groups = grid_64(table.cols as u32);
-    bind_chunks(device, pipeline, table, &[step, out], false, |_| groups)
+    bind_chunks(
+        device,
+        pipeline,
+        table,
+        &[tokens.as_entire_binding(), out.as_entire_binding()],
+        Mode::Set,
+        false,
+        |_| groups,
+    )
+    .batched(1)
 }
 
 /// Host reference: row `token` of `table`.

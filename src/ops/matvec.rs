@@ -1,5 +1,7 @@
-//! Projection: `out = W x`, W (rows, cols) in any [`DType`], split into
-//! row-chunks when larger than one storage binding. See `shaders/matvec.wgsl`.
+//! Projection of one token: `out = W x` (or `+=`, or SwiGLU of two
+//! matrices), W (rows, cols) in any [`DType`], split into row-chunks when
+//! larger than one texture. See `shaders/matvec.wgsl`. [`GpuTensor`], the
+//! weights on the GPU, is shared with `matmul` and `embed`.
 
 use wgpu::util::DeviceExt;
 
@@ -16,7 +18,8 @@ pub const SHADER: Shader = Shader {
     ),
 };
 
-/// Matches WGSL `Params` in matvec.wgsl (and embed.wgsl, whose last field is `row_start`).
+/// Matches WGSL `Params` in matvec.wgsl and matmul.wgsl (and embed.wgsl,
+/// which reads the first five fields, `out_offset` as `row_start`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -28,10 +31,32 @@ pub struct Params {
     pub dtype: u32,
     /// Bytes per row.
     pub row_bytes: u32,
-    /// Index of this chunk's first row in the whole matrix.
-    pub row_start: u32,
-    /// 1: add to `out` instead of overwriting it (matvec only).
-    pub accumulate: u32,
+    /// Index of this chunk's first row in the whole (stacked) matrix: where
+    /// its outputs go in each token's output row.
+    pub out_offset: u32,
+    /// 0 set, 1 add, 2 SwiGLU (see [`Mode`]).
+    pub mode: u32,
+    /// [`DType::gpu_id`] of the up projection (SwiGLU).
+    pub up_dtype: u32,
+    /// Bytes per row of the up projection (SwiGLU).
+    pub up_row_bytes: u32,
+    /// Values per token in `out` (the whole matrix's rows).
+    pub out_stride: u32,
+}
+
+/// What a projection does with `W x`.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode<'a> {
+    /// `out = W x`.
+    Set,
+    /// `out += W x`: the residual add in the epilogue (one pass over `out` fewer).
+    Add,
+    /// `out = silu(W x) * (up x)`: gate, up and SiLU in one pass. `up` has
+    /// the same shape and row-chunks as `W` (see [`GpuTensor::upload_pair`]).
+    SwiGlu {
+        /// The up projection.
+        up: &'a GpuTensor,
+    },
 }
 
 /// Texels (16 bytes) per texture row of a weight texture; matches
@@ -44,19 +69,31 @@ pub const MAX_COLS: usize = 16384;
 /// Bytes a matvec input buffer must have (`x` binds as `array<vec4<f32>, 4096>`).
 pub const INPUT_BYTES: u64 = MAX_COLS as u64 * 4;
 
+/// Rows `start..start + rows` of a weight matrix in one texture.
+#[derive(Clone, Debug)]
+pub struct Chunk {
+    /// First row in the whole matrix.
+    pub start: usize,
+    /// Rows held.
+    pub rows: usize,
+    /// Storage type of these rows.
+    pub dtype: DType,
+    /// The rows' raw bytes as texels of an rgba32uint texture (dequant.wgsl).
+    pub view: wgpu::TextureView,
+}
+
 /// A weight matrix on the GPU, raw bytes as in the file, in row-chunks that
 /// each fit one rgba32uint texture used as linear memory (see
-/// shaders/dequant.wgsl).
+/// shaders/dequant.wgsl). A stacked matrix (Q, K and V as one projection)
+/// may mix storage types, one per chunk.
 #[derive(Clone, Debug)]
 pub struct GpuTensor {
-    /// Storage type.
-    pub dtype: DType,
     /// Rows of the whole matrix.
     pub rows: usize,
     /// Values per row.
     pub cols: usize,
-    /// (first row, texture view of its rows).
-    pub chunks: Vec<(usize, wgpu::TextureView)>,
+    /// Row-chunks in order.
+    pub chunks: Vec<Chunk>,
     bytes: u64,
 }
 
@@ -65,6 +102,22 @@ impl GpuTensor {
     pub fn chunk_limit(device: &wgpu::Device) -> u64 {
         let height = device.limits().max_texture_dimension_2d as u64;
         TEXELS_PER_ROW.min(height) * height * 16
+    }
+
+    /// Rows of `t` per chunk of at most `limit` bytes (and at most
+    /// [`GpuTensor::chunk_limit`]); `what` names the tensor in errors.
+    fn rows_per_chunk(device: &wgpu::Device, t: &Tensor, limit: u64, what: &str) -> Result<usize> {
+        let limit = limit.min(Self::chunk_limit(device));
+        let row_bytes = t.row_bytes() as u64;
+        let rows = (limit / row_bytes.max(1)).min(t.rows as u64) as usize;
+        if rows == 0 || row_bytes > u32::MAX as u64 {
+            return Err(Error::ModelTooLarge {
+                what: format!("one row of {what}"),
+                needed: row_bytes,
+                limit,
+            });
+        }
+        Ok(rows)
     }
 
     /// Uploads `t`, splitting it into row-chunks of at most `limit` bytes
@@ -77,58 +130,105 @@ impl GpuTensor {
         limit: u64,
         what: &str,
     ) -> Result<Self> {
-        let limit = limit.min(Self::chunk_limit(device));
-        let row_bytes = t.row_bytes() as u64;
-        let rows_per_chunk = (limit / row_bytes.max(1)).min(t.rows as u64) as usize;
-        if rows_per_chunk == 0 || row_bytes > u32::MAX as u64 {
-            return Err(Error::ModelTooLarge {
-                what: format!("one row of {what}"),
-                needed: row_bytes,
-                limit,
-            });
+        let rows = Self::rows_per_chunk(device, t, limit, what)?;
+        Ok(Self::upload_parts(device, queue, &[(t, rows)], what))
+    }
+
+    /// Uploads `parts` (same columns) stacked into one matrix of all their
+    /// rows, so one launch projects onto all of them (Q, K and V). Parts of
+    /// one storage type share textures; mixed types keep a chunk each.
+    pub fn upload_stacked(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        parts: &[&Tensor],
+        limit: u64,
+        what: &str,
+    ) -> Result<Self> {
+        if let Some(whole) = Tensor::stack_rows(parts) {
+            return Self::upload(device, queue, &whole, limit, what);
         }
+        let parts = parts
+            .iter()
+            .map(|&t| Ok((t, Self::rows_per_chunk(device, t, limit, what)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::upload_parts(device, queue, &parts, what))
+    }
+
+    /// Uploads `gate` and `up` (same shape) with the same row-chunks, for
+    /// [`Mode::SwiGlu`].
+    pub fn upload_pair(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        gate: &Tensor,
+        up: &Tensor,
+        limit: u64,
+        what: &str,
+    ) -> Result<(Self, Self)> {
+        let rows = Self::rows_per_chunk(device, gate, limit, what)?
+            .min(Self::rows_per_chunk(device, up, limit, what)?);
+        Ok((
+            Self::upload_parts(device, queue, &[(gate, rows)], what),
+            Self::upload_parts(device, queue, &[(up, rows)], what),
+        ))
+    }
+
+    /// Uploads each (part, rows per chunk) in chunks, one after another.
+    fn upload_parts(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        parts: &[(&Tensor, usize)],
+        what: &str,
+    ) -> Self {
         let max_width = TEXELS_PER_ROW.min(device.limits().max_texture_dimension_2d as u64);
         let mut chunks = Vec::new();
         let mut bytes = 0;
-        let mut start = 0;
-        while start < t.rows {
-            let end = (start + rows_per_chunk).min(t.rows);
-            let data = t.slice_rows(start..end);
-            let texels = (data.bytes().len() as u64).div_ceil(16).max(1);
-            let width = texels.min(max_width);
-            let height = texels.div_ceil(width);
-            let mut padded = data.bytes().to_vec();
-            padded.resize((width * height * 16) as usize, 0);
-            let texture = device.create_texture_with_data(
-                queue,
-                &wgpu::TextureDescriptor {
-                    label: Some(what),
-                    size: wgpu::Extent3d {
-                        width: width as u32,
-                        height: height as u32,
-                        depth_or_array_layers: 1,
+        let mut offset = 0;
+        for &(t, rows_per_chunk) in parts {
+            let mut start = 0;
+            while start < t.rows {
+                let end = (start + rows_per_chunk).min(t.rows);
+                let data = t.slice_rows(start..end);
+                let texels = (data.bytes().len() as u64).div_ceil(16).max(1);
+                let width = texels.min(max_width);
+                let height = texels.div_ceil(width);
+                let mut padded = data.bytes().to_vec();
+                padded.resize((width * height * 16) as usize, 0);
+                let texture = device.create_texture_with_data(
+                    queue,
+                    &wgpu::TextureDescriptor {
+                        label: Some(what),
+                        size: wgpu::Extent3d {
+                            width: width as u32,
+                            height: height as u32,
+                            depth_or_array_layers: 1,
+                        },
+                        mip_level_count: 1,
+                        sample_count: 1,
+                        dimension: wgpu::TextureDimension::D2,
+                        format: wgpu::TextureFormat::Rgba32Uint,
+                        usage: wgpu::TextureUsages::TEXTURE_BINDING,
+                        view_formats: &[],
                     },
-                    mip_level_count: 1,
-                    sample_count: 1,
-                    dimension: wgpu::TextureDimension::D2,
-                    format: wgpu::TextureFormat::Rgba32Uint,
-                    usage: wgpu::TextureUsages::TEXTURE_BINDING,
-                    view_formats: &[],
-                },
-                wgpu::util::TextureDataOrder::LayerMajor,
-                &padded,
-            );
-            bytes += padded.len() as u64;
-            chunks.push((start, texture.create_view(&Default::default())));
-            start = end;
+                    wgpu::util::TextureDataOrder::LayerMajor,
+                    &padded,
+                );
+                bytes += padded.len() as u64;
+                chunks.push(Chunk {
+                    start: offset + start,
+                    rows: end - start,
+                    dtype: t.dtype,
+                    view: texture.create_view(&Default::default()),
+                });
+                start = end;
+            }
+            offset += t.rows;
         }
-        Ok(Self {
-            dtype: t.dtype,
-            rows: t.rows,
-            cols: t.cols,
+        Self {
+            rows: offset,
+            cols: parts.first().map_or(0, |(t, _)| t.cols),
             chunks,
             bytes,
-        })
+        }
     }
 
     /// Bytes on the GPU (with padding).
@@ -136,38 +236,58 @@ impl GpuTensor {
         self.bytes
     }
 
-    /// `Params` for each chunk, with the chunk's texture.
-    pub(crate) fn chunk_params(&self) -> impl Iterator<Item = (Params, &wgpu::TextureView)> {
-        self.chunks.iter().enumerate().map(|(i, (start, view))| {
-            let end = self.chunks.get(i + 1).map_or(self.rows, |(s, _)| *s);
+    /// `Params` of each chunk for `mode`, with the chunk's texture and the
+    /// up projection's (the same texture unless SwiGLU).
+    fn chunk_params<'a>(
+        &'a self,
+        mode: Mode<'a>,
+    ) -> impl Iterator<Item = (Params, &'a wgpu::TextureView, &'a wgpu::TextureView)> {
+        let row_bytes = |c: &Chunk| c.dtype.row_bytes(self.cols).expect("whole blocks") as u32;
+        let up = match mode {
+            Mode::SwiGlu { up } => Some(up),
+            _ => None,
+        };
+        self.chunks.iter().enumerate().map(move |(i, c)| {
+            let u = up.map_or(c, |up| &up.chunks[i]);
+            debug_assert_eq!((u.start, u.rows), (c.start, c.rows), "paired chunks");
             let params = Params {
-                rows: (end - start) as u32,
+                rows: c.rows as u32,
                 cols: self.cols as u32,
-                dtype: self.dtype.gpu_id(),
-                row_bytes: self.dtype.row_bytes(self.cols).expect("whole blocks") as u32,
-                row_start: *start as u32,
-                accumulate: 0,
+                dtype: c.dtype.gpu_id(),
+                row_bytes: row_bytes(c),
+                out_offset: c.start as u32,
+                mode: match mode {
+                    Mode::Set => 0,
+                    Mode::Add => 1,
+                    Mode::SwiGlu { .. } => 2,
+                },
+                up_dtype: u.dtype.gpu_id(),
+                up_row_bytes: row_bytes(u),
+                out_stride: self.rows as u32,
             };
-            (params, view)
+            (params, &c.view, &u.view)
         })
     }
 }
 
-/// Binds `pipeline` once per chunk of `w`: the chunk's params and texture,
-/// then `rest`; `groups` gives the grid for a chunk of that many rows.
+/// Binds `pipeline` once per chunk of `w` for `mode`: the chunk's params and
+/// texture (binding 1), `rest` (bindings 2..), then the up projection's
+/// texture when `up_binding` (last); `groups` gives the grid for a chunk of
+/// that many rows.
 pub(crate) fn bind_chunks(
     device: &wgpu::Device,
     pipeline: &wgpu::ComputePipeline,
     w: &GpuTensor,
-    rest: &[&wgpu::Buffer],
-    accumulate: bool,
+    rest: &[wgpu::BindingResource],
+    mode: Mode,
+    up_binding: bool,
     groups: impl Fn(u32) -> [u32; 3],
 ) -> Dispatch {
     let mut dispatch = Dispatch::empty(pipeline);
-    for (mut params, view) in w.chunk_params() {
-        params.accumulate = accumulate as u32;
+    for (params, view, up) in w.chunk_params(mode) {
         let resources = std::iter::once(wgpu::BindingResource::TextureView(view))
-            .chain(rest.iter().map(|b| b.as_entire_binding()))
+            .chain(rest.iter().cloned())
+            .chain(up_binding.then_some(wgpu::BindingResource::TextureView(up)))
             .collect();
         dispatch.push_resources(
             device,
@@ -179,52 +299,66 @@ pub(crate) fn bind_chunks(
     dispatch
 }
 
-/// Binds `out (rows,) = w (rows, cols) @ x (cols,)`, one launch per chunk of
-/// `w`; `x` must be a UNIFORM buffer of [`INPUT_BYTES`].
+/// Binds the projection of one token, `out (rows,) = w (rows, cols) @ x
+/// (cols,)` as `mode` says, one launch per chunk of `w`; `x` must be a
+/// UNIFORM buffer of at least [`INPUT_BYTES`].
 pub fn dispatch(
     device: &wgpu::Device,
     pipeline: &wgpu::ComputePipeline,
     out: &wgpu::Buffer,
     w: &GpuTensor,
     x: &wgpu::Buffer,
+    mode: Mode,
 ) -> Dispatch {
-    bind(device, pipeline, out, w, x, false)
+    let x = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: x,
+        offset: 0,
+        size: std::num::NonZeroU64::new(INPUT_BYTES),
+    });
+    bind_chunks(
+        device,
+        pipeline,
+        w,
+        &[x, out.as_entire_binding()],
+        mode,
+        true,
+        |rows| grid(rows.div_ceil(64)),
+    )
 }
 
-/// Binds `out (rows,) += w (rows, cols) @ x (cols,)`: a projection with the
-/// residual add in its epilogue (one dispatch and one pass over `out` fewer).
-pub fn dispatch_add(
-    device: &wgpu::Device,
-    pipeline: &wgpu::ComputePipeline,
-    out: &wgpu::Buffer,
-    w: &GpuTensor,
-    x: &wgpu::Buffer,
-) -> Dispatch {
-    bind(device, pipeline, out, w, x, true)
-}
-
-/// One thread per row of each chunk of `w`, overwriting or adding to `out`.
-fn bind(
-    device: &wgpu::Device,
-    pipeline: &wgpu::ComputePipeline,
-    out: &wgpu::Buffer,
-    w: &GpuTensor,
-    x: &wgpu::Buffer,
-    accumulate: bool,
-) -> Dispatch {
-    bind_chunks(device, pipeline, w, &[x, out], accumulate, |rows| {
-        grid(rows.div_ceil(64))
-    })
-}
-
-/// Host reference of [`dispatch_add`]: `out += w x`.
-pub fn cpu_add(out: &mut [f32], w: &Tensor, x: &[f32]) {
+/// Host reference: `out = w x`, `out += w x` or `out = silu(w x) * (up x)`
+/// by dequantizing each row and taking its dot product with `x`.
+pub fn cpu(out: &mut [f32], w: &Tensor, x: &[f32], mode: CpuMode) {
     let mut y = vec![0.0; out.len()];
     w.matvec(x, &mut y);
-    out.iter_mut().zip(y).for_each(|(o, y)| *o += y);
+    match mode {
+        CpuMode::Set => out.copy_from_slice(&y),
+        CpuMode::Add => out.iter_mut().zip(y).for_each(|(o, y)| *o += y),
+        CpuMode::SwiGlu { up } => {
+            let mut u = vec![0.0; out.len()];
+            up.matvec(x, &mut u);
+            for ((o, g), u) in out.iter_mut().zip(y).zip(u) {
+                *o = silu(g) * u;
+            }
+        }
+    }
 }
 
-/// Host reference: dequantize each row of `w`, then dot it with `x`.
-pub fn cpu(out: &mut [f32], w: &Tensor, x: &[f32]) {
-    w.matvec(x, out);
+/// [`Mode`] for the host reference.
+#[derive(Clone, Copy, Debug)]
+pub enum CpuMode<'a> {
+    /// `out = W x`.
+    Set,
+    /// `out += W x`.
+    Add,
+    /// `out = silu(W x) * (up x)`.
+    SwiGlu {
+        /// The up projection.
+        up: &'a Tensor,
+    },
+}
+
+/// llama2.c's SiLU: `x * sigmoid(x)`.
+pub fn silu(x: f32) -> f32 {
+    x * (1.0 / (1.0 + (-x).exp()))
 }

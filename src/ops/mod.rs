@@ -7,11 +7,10 @@ use wgpu::util::DeviceExt;
 pub mod argmax;
 pub mod attention;
 pub mod embed;
-pub mod kv_append;
+pub mod matmul;
 pub mod matvec;
 pub mod rmsnorm;
-pub mod rope;
-pub mod swiglu;
+pub mod rope_append;
 
 /// A kernel's WGSL source and the file it came from.
 #[derive(Clone, Copy, Debug)]
@@ -23,15 +22,14 @@ pub struct Shader {
 }
 
 /// Every kernel kvgpu uses (a test checks this against `shaders/`).
-pub const SHADERS: [Shader; 8] = [
+pub const SHADERS: [Shader; 7] = [
     argmax::SHADER,
     attention::SHADER,
     embed::SHADER,
-    kv_append::SHADER,
+    matmul::SHADER,
     matvec::SHADER,
     rmsnorm::SHADER,
-    rope::SHADER,
-    swiglu::SHADER,
+    rope_append::SHADER,
 ];
 
 /// WGSL files that are not kernels but are prepended to kernels' source.
@@ -46,16 +44,14 @@ pub struct Kernels {
     pub attention: wgpu::ComputePipeline,
     /// [`embed`]
     pub embed: wgpu::ComputePipeline,
-    /// [`kv_append`]
-    pub kv_append: wgpu::ComputePipeline,
+    /// [`matmul`]
+    pub matmul: wgpu::ComputePipeline,
     /// [`matvec`]
     pub matvec: wgpu::ComputePipeline,
     /// [`rmsnorm`]
     pub rmsnorm: wgpu::ComputePipeline,
-    /// [`rope`]
-    pub rope: wgpu::ComputePipeline,
-    /// [`swiglu`]
-    pub swiglu: wgpu::ComputePipeline,
+    /// [`rope_append`]
+    pub rope_append: wgpu::ComputePipeline,
 }
 
 impl Kernels {
@@ -79,22 +75,25 @@ impl Kernels {
             argmax: build(argmax::SHADER),
             attention: build(attention::SHADER),
             embed: build(embed::SHADER),
-            kv_append: build(kv_append::SHADER),
+            matmul: build(matmul::SHADER),
             matvec: build(matvec::SHADER),
             rmsnorm: build(rmsnorm::SHADER),
-            rope: build(rope::SHADER),
-            swiglu: build(swiglu::SHADER),
+            rope_append: build(rope_append::SHADER),
         }
     }
 }
 
 /// One kernel launch (or several, for a weight split into row-chunks), bound
 /// once and recorded every step: the pipeline, a bind group per launch
-/// (binding 0 = its params uniform, then the buffers in order) and the grid.
+/// (binding 0 = its params uniform, then the buffers in order) and the grid,
+/// whose z, for a kernel that handles the tokens of a pass, is set from the
+/// token count when recorded.
 #[derive(Debug)]
 pub struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     launches: Vec<(wgpu::BindGroup, [u32; 3])>,
+    /// Tokens per workgroup along z; 0: not per token (z as bound).
+    tokens_per_z: u32,
 }
 
 impl Dispatch {
@@ -117,7 +116,14 @@ impl Dispatch {
         Self {
             pipeline: pipeline.clone(),
             launches: Vec::new(),
+            tokens_per_z: 0,
         }
+    }
+
+    /// Makes the grid's z `ceil(n / tokens)` for a pass of `n` tokens.
+    pub fn batched(mut self, tokens: u32) -> Self {
+        self.tokens_per_z = tokens;
+        self
     }
 
     /// Adds another launch of the same pipeline with its own params and buffers.
@@ -167,13 +173,23 @@ impl Dispatch {
         self.launches.len()
     }
 
-    /// Records the launch(es) into `pass`.
-    pub fn record(&self, pass: &mut wgpu::ComputePass) {
-        pass.set_pipeline(&self.pipeline);
-        for (bind_group, [x, y, z]) in &self.launches {
-            pass.set_bind_group(0, bind_group, &[]);
-            pass.dispatch_workgroups(*x, *y, *z);
+    /// Records the launch(es) into `pass` for a pass of `n` tokens.
+    pub fn record(&self, pass: &mut wgpu::ComputePass, n: u32) {
+        for launch in 0..self.launches.len() {
+            self.record_launch(pass, launch, n);
         }
+    }
+
+    /// Records launch `i` alone (to time it in a pass of its own).
+    pub fn record_launch(&self, pass: &mut wgpu::ComputePass, i: usize, n: u32) {
+        let (bind_group, [x, y, z]) = &self.launches[i];
+        let z = match self.tokens_per_z {
+            0 => *z,
+            t => n.div_ceil(t),
+        };
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(*x, *y, z);
     }
 }
 

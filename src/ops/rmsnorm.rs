@@ -16,26 +16,49 @@ pub struct Params {
     pub n: u32,
     /// Added to the mean square before the square root.
     pub eps: f32,
+    /// 1: only the pass's last token, into row 0 of `out`.
+    pub last: u32,
 }
 
-/// Binds `out (n,) = rmsnorm(x (n,)) * weight (n,)`.
+/// Which rows a norm reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// Every token's row, each into its own row of `out`.
+    All,
+    /// The pass's last token's row, into row 0 of `out` (the classifier's input).
+    Last,
+}
+
+/// Binds `out (tokens, n) = rmsnorm(x (tokens, n)) * weight (n,)` row by
+/// row for the tokens of the pass in `step`, or only the last (`rows`).
+#[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     device: &wgpu::Device,
     pipeline: &wgpu::ComputePipeline,
     out: &wgpu::Buffer,
     x: &wgpu::Buffer,
     weight: &wgpu::Buffer,
+    step: &wgpu::Buffer,
     n: usize,
     eps: f32,
+    rows: Rows,
 ) -> Dispatch {
-    let params = Params { n: n as u32, eps };
-    Dispatch::new(
+    let params = Params {
+        n: n as u32,
+        eps,
+        last: (rows == Rows::Last) as u32,
+    };
+    let d = Dispatch::new(
         device,
         pipeline,
         bytemuck::bytes_of(&params),
-        &[x, weight, out],
+        &[x, weight, out, step],
         [1, 1, 1],
-    )
+    );
+    match rows {
+        Rows::All => d.batched(1),
+        Rows::Last => d,
+    }
 }
 
 /// Host reference (llama2.c's `rmsnorm`).
