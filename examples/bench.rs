@@ -1,9 +1,11 @@
-//! Decode benchmark: tok/s, host time, dispatches and bytes per token, the
-//! achieved bandwidth against the adapter's own copy bandwidth, KV cache
-//! memory, and decoding with vs without the KV cache.
+//! Decode benchmark: decode and prefill tok/s, GPU time per token (timestamp
+//! queries), host time, dispatches and bytes per token, the achieved
+//! bandwidth against the adapter's own copy bandwidth, KV cache memory,
+//! decoding with vs without the KV cache, and (`--profile`) where one decode
+//! step's GPU time goes, kernel by kernel.
 //!
 //! ```text
-//! cargo run --release --example bench -- --models stories260K,15M,110M
+//! cargo run --release --example bench -- --models stories260K,15M,110M --profile
 //! ```
 //!
 //! Models: `stories260K` (from `$KVGPU_MODELS`), synthetic Llama shapes from a
@@ -33,10 +35,16 @@ struct Args {
     /// Generation lengths for the cache vs no-cache comparison (empty to skip).
     #[arg(long, default_value = "32,128,256")]
     no_cache_lengths: String,
-    /// Models to run the no-cache comparison on: without a batched prefill
-    /// it re-runs T(T+1)/2 decode passes, minutes for bigger shapes.
-    #[arg(long, default_value = "stories260K")]
+    /// Models to run the no-cache comparison on (it recomputes T(T+1)/2
+    /// positions: minutes for bigger shapes).
+    #[arg(long, default_value = "stories260K,15M")]
     no_cache_models: String,
+    /// Prompt length for the prefill rate.
+    #[arg(long, default_value_t = 64)]
+    prompt: usize,
+    /// Print each model's per-kernel GPU time of one decode step.
+    #[arg(long)]
+    profile: bool,
     /// Print JSON rows instead of markdown tables.
     #[arg(long)]
     json: bool,
@@ -100,7 +108,8 @@ fn load(name: &str, shapes: &[(String, String)]) -> Result<Model, Box<dyn std::e
     })
 }
 
-/// Seconds to decode `t` greedy tokens from token 1 at position 0.
+/// Seconds to decode `t` greedy tokens from token 1 at position 0 (the
+/// pipelines are built before timing starts).
 fn greedy_seconds(d: &mut dyn Decoder, t: usize) -> kvgpu::Result<f64> {
     let started = Instant::now();
     let mut token = 1;
@@ -146,11 +155,48 @@ fn copy_bandwidth(gpu: &Gpu) -> f64 {
     4.0 * size as f64 / median(times)
 }
 
+/// Work of one pass: bytes read and floating-point operations.
+#[derive(Clone, Copy, Default)]
+struct Work {
+    bytes: f64,
+    flops: f64,
+}
+
+/// Work of a pass over `n` tokens from position `pos` (decode when n = 1,
+/// with the classifier when `logits`): weights are read once per pass of
+/// one token and once per 8-token tile in a prefill pass; each token reads
+/// its cache prefix; 2 FLOPs per weight per token, 4 per cached value.
+fn pass_work(model: &Model, kv_per_pos: f64, pos: usize, n: usize, logits: bool) -> Work {
+    let c = &model.config;
+    let cls = (c.vocab_size * c.dim) as f64;
+    let projections = model
+        .weights
+        .layers
+        .iter()
+        .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3]);
+    let layer_bytes: f64 = projections.clone().map(|t| t.bytes().len() as f64).sum();
+    let layer_params: f64 = projections.map(|t| (t.rows * t.cols) as f64).sum();
+    let cls_bytes = model.weights.classifier().bytes().len() as f64;
+    let reads = if n == 1 { 1.0 } else { n.div_ceil(8) as f64 };
+    let prefix: f64 = (pos..pos + n).map(|p| (p + 1) as f64).sum();
+    let mut w = Work {
+        bytes: layer_bytes * reads + prefix * kv_per_pos,
+        flops: 2.0 * layer_params * n as f64 + prefix * 4.0 * (c.n_layers * c.dim) as f64,
+    };
+    if logits {
+        w.bytes += cls_bytes;
+        w.flops += 2.0 * cls;
+    }
+    w
+}
+
 struct Row {
     model: String,
     weight_dtype: String,
     weight_bytes: u64,
     decode_tok_s: f64,
+    prefill_tok_s: f64,
+    gpu_ms: Option<f64>,
     host_ms: f64,
     dispatches: usize,
     bytes_per_token: f64,
@@ -174,6 +220,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     let mut kv_rows = Vec::new();
     let mut cache_rows = Vec::new();
+    let mut profiles = Vec::new();
     let lengths: Vec<usize> = args
         .no_cache_lengths
         .split(',')
@@ -184,10 +231,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let model = load(name, &shapes)?;
         let c = model.config.clone();
         let gm = GpuModel::new(&gpu, &model)?;
-        let mut s = Session::new(&gm, Some(c.seq_len.min(args.tokens + 2).max(2)))?;
+        let capacity = c.seq_len.min((args.tokens + 2).max(args.prompt + 1));
+        let mut s = Session::new(&gm, Some(capacity))?;
         s.forward_greedy(1)?; // pipelines and first touch
+        s.reset();
+        let prompt: Vec<u32> = (0..args.prompt.min(capacity - 1) as u32)
+            .map(|i| (i * 7919 + 1) % c.vocab_size as u32)
+            .collect();
+        s.prefill(&prompt)?; // the prefill pipelines
         let mut decode = Vec::new();
+        let mut prefill = Vec::new();
         let mut host = Vec::new();
+        let mut gpu_time = Vec::new();
+        let mut profile = None;
+        let mut prefill_profile = None;
         for _ in 0..args.runs {
             s.reset();
             let t = Instant::now();
@@ -204,17 +261,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             host.push(t.elapsed().as_secs_f64() * 1e3 / args.tokens as f64);
             gpu.device.poll(wgpu::PollType::wait_indefinitely())?;
+            // GPU time of one decode step at the middle of the run's positions.
+            s.truncate(args.tokens / 2)?;
+            match s.profile(&[token]) {
+                Ok(p) => {
+                    gpu_time.push(p.total() * 1e3);
+                    profile = Some(p);
+                }
+                Err(kvgpu::Error::Unsupported(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if args.profile && prefill_profile.is_none() {
+                s.reset();
+                let pass = &prompt[..prompt.len().min(s.prefill_tokens())];
+                prefill_profile = Some(s.profile(pass)?);
+            }
+            // The prompt in prefill passes, logits of its last token read back.
+            s.reset();
+            let t = Instant::now();
+            s.prefill(&prompt)?;
+            prefill.push(prompt.len() as f64 / t.elapsed().as_secs_f64());
         }
         let tok_s = median(decode);
+        let prefill_tok_s = median(prefill);
+        let kv_per_pos = s.cache().bytes_per_position() as f64;
         // Each token reads every weight once plus the cache prefix (mean position tokens/2).
-        let kv_read = s.cache().bytes_per_position() as f64 * args.tokens as f64 / 2.0;
-        let bytes = model.weights.bytes() as f64 + kv_read;
+        let bytes = pass_work(&model, kv_per_pos, args.tokens / 2, 1, true).bytes;
         let dtype = model.weights.layers[0].wq.dtype.name().to_string();
+        // Achieved rates, for the cache vs no-cache prediction below.
+        let decode_bw = bytes * tok_s;
+        let prefill_flops = pass_work(&model, kv_per_pos, 0, prompt.len(), true).flops
+            * prefill_tok_s
+            / prompt.len() as f64;
+        if let (true, Some(p)) = (args.profile, &profile) {
+            profiles.push((format!("one decode step of {name}"), p.clone()));
+        }
+        if let Some(p) = prefill_profile {
+            let what = format!("a {}-token prefill pass of {name}", prompt.len());
+            profiles.push((what, p));
+        }
         rows.push(Row {
             model: name.to_string(),
             weight_dtype: dtype,
             weight_bytes: model.weights.bytes(),
             decode_tok_s: tok_s,
+            prefill_tok_s,
+            gpu_ms: (!gpu_time.is_empty()).then(|| median(gpu_time)),
             host_ms: median(host),
             dispatches: s.dispatches_per_token(),
             bytes_per_token: bytes,
@@ -232,23 +324,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ));
         if args.no_cache_models.split(',').any(|m| m == name) {
             for &t in lengths.iter().filter(|&&t| t <= c.seq_len) {
-                let with = greedy_seconds(&mut Session::new(&gm, Some(t))?, t)?;
+                let mut cached = Session::new(&gm, Some(t))?;
+                cached.forward_greedy(1)?;
+                cached.reset();
+                let with = greedy_seconds(&mut cached, t)?;
                 let without = greedy_seconds(&mut NoCache::new(Session::new(&gm, Some(t))?), t)?;
-                // Predicted from bytes read: pass at position p reads W + p * kv bytes.
-                let (w, kv) = (
-                    model.weights.bytes() as f64,
-                    s.cache().bytes_per_position() as f64,
-                );
-                let pass = |p: usize| w + p as f64 * kv;
-                let cached_bytes: f64 = (0..t).map(pass).sum();
-                let uncached_bytes: f64 = (0..t).map(|p| (0..=p).map(pass).sum::<f64>()).sum();
+                // Predicted from the work of each pass at this adapter's achieved
+                // rates: bytes at the decode bandwidth plus FLOPs at the prefill rate.
+                let time = |w: Work| w.bytes / decode_bw + w.flops / prefill_flops;
+                let cache_s: f64 = (0..t)
+                    .map(|p| time(pass_work(&model, kv_per_pos, p, 1, true)))
+                    .sum();
+                // Length L: a prefill pass over the L - 1 earlier tokens, then the new one.
+                let no_cache_s: f64 = (0..t)
+                    .map(|p| {
+                        let prefix = match p {
+                            0 => Work::default(),
+                            _ => pass_work(&model, kv_per_pos, 0, p, false),
+                        };
+                        time(prefix) + time(pass_work(&model, kv_per_pos, p, 1, true))
+                    })
+                    .sum();
                 cache_rows.push((
                     name.to_string(),
                     t,
                     with,
                     without,
                     without / with,
-                    uncached_bytes / cached_bytes,
+                    no_cache_s / cache_s,
                 ));
             }
         }
@@ -256,8 +359,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         for r in &rows {
             println!(
-                "{{\"model\":\"{}\",\"weights\":\"{}\",\"weight_bytes\":{},\"decode_tok_s\":{:.2},\"host_ms_per_token\":{:.3},\"dispatches_per_token\":{},\"bytes_per_token\":{:.0},\"gb_s\":{:.3},\"copy_gb_s\":{:.3},\"fraction_of_copy\":{:.4}}}",
-                r.model, r.weight_dtype, r.weight_bytes, r.decode_tok_s, r.host_ms, r.dispatches, r.bytes_per_token, r.gb_s, copy / 1e9, r.copy_fraction
+                "{{\"model\":\"{}\",\"weights\":\"{}\",\"weight_bytes\":{},\"decode_tok_s\":{:.2},\"prefill_tok_s\":{:.2},\"gpu_ms_per_token\":{},\"host_ms_per_token\":{:.3},\"dispatches_per_token\":{},\"bytes_per_token\":{:.0},\"gb_s\":{:.3},\"copy_gb_s\":{:.3},\"fraction_of_copy\":{:.4}}}",
+                r.model, r.weight_dtype, r.weight_bytes, r.decode_tok_s, r.prefill_tok_s, r.gpu_ms.map_or("null".to_string(), |g| format!("{g:.3}")), r.host_ms, r.dispatches, r.bytes_per_token, r.gb_s, copy / 1e9, r.copy_fraction
             );
         }
         for (m, t, with, without, measured, predicted) in &cache_rows {
@@ -270,15 +373,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         gpu.describe(),
         copy / 1e9
     );
-    println!("| model | weights | weight bytes | decode tok/s | host ms/token | dispatches/token | bytes/token | GB/s | of copy BW |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| model | weights | weight bytes | decode tok/s | prefill tok/s ({} tokens) | GPU ms/token | host ms/token | dispatches/token | bytes/token | GB/s | of copy BW |", args.prompt);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.1} | {:.3} | {} | {:.0} | {:.3} | {:.1}% |",
+            "| {} | {} | {} | {:.1} | {:.1} | {} | {:.3} | {} | {:.0} | {:.3} | {:.1}% |",
             r.model,
             r.weight_dtype,
             r.weight_bytes,
             r.decode_tok_s,
+            r.prefill_tok_s,
+            r.gpu_ms.map_or("n/a".to_string(), |g| format!("{g:.3}")),
             r.host_ms,
             r.dispatches,
             r.bytes_per_token,
@@ -300,11 +405,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if !cache_rows.is_empty() {
         println!("\nGenerating T tokens with vs without the KV cache (greedy):\n");
-        println!("| model | T | with cache s | without s | speedup | predicted (bytes read) |");
+        println!("| model | T | with cache s | without s | speedup | predicted (work at measured rates) |");
         println!("|---|---|---|---|---|---|");
         for (m, t, with, without, measured, predicted) in &cache_rows {
             println!("| {m} | {t} | {with:.2} | {without:.2} | {measured:.1}x | {predicted:.1}x |");
         }
+    }
+    for (m, p) in &profiles {
+        println!("\nGPU time of {m} by kernel (each kernel in its own timed pass):\n");
+        println!("| kernel | launches | ms | share |");
+        println!("|---|---|---|---|");
+        for (k, t, n) in p.by_kernel() {
+            println!(
+                "| {k} | {n} | {:.3} | {:.1}% |",
+                t * 1e3,
+                100.0 * t / p.total()
+            );
+        }
+        println!("| total | {} | {:.3} | |", p.kernels.len(), p.total() * 1e3);
     }
     Ok(())
 }

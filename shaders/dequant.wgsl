@@ -34,6 +34,8 @@ fn word(tex: texture_2d<u32>, i: u32) -> u32 {
 }
 
 // 16 bytes from byte i (any alignment) as 4 words: at most 2 texel fetches.
+// Selects and shifts only: an array indexed at run time would become
+// per-lane memory traffic on SIMD adapters.
 fn words_at(tex: texture_2d<u32>, i: u32) -> vec4<u32> {
     let a = texel(tex, i / 16u);
     let s = i % 16u;
@@ -41,17 +43,16 @@ fn words_at(tex: texture_2d<u32>, i: u32) -> vec4<u32> {
         return a;
     }
     let b = texel(tex, i / 16u + 1u);
-    let all = array<u32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+    // The 4 words from word `first` of a then b (lo), and the 4 after each (hi).
     let first = s / 4u;
-    let shift = (s % 4u) * 8u;
-    var out = vec4<u32>(0u);
-    for (var k = 0u; k < 4u; k++) {
-        let lo = all[first + k];
-        let hi = select(0u, all[min(first + k + 1u, 7u)], first + k + 1u < 8u);
-        // A shift of 32 would wrap to 0 in WGSL: aligned words take lo alone.
-        out[k] = select((lo >> shift) | (hi << (32u - shift)), lo, shift == 0u);
-    }
-    return out;
+    let l1 = vec4(a.yzw, b.x);
+    let l2 = vec4(a.zw, b.xy);
+    let l3 = vec4(a.w, b.xyz);
+    let lo = select(select(select(a, l1, first == 1u), l2, first == 2u), l3, first == 3u);
+    let hi = select(select(select(l1, l2, first == 1u), l3, first == 2u), b, first == 3u);
+    let shift = vec4((s % 4u) * 8u);
+    // Word-aligned starts take lo alone (a shift by 32 would wrap to 0).
+    return select((lo >> shift) | (hi << (vec4(32u) - shift)), lo, shift == vec4(0u));
 }
 
 // The 4 signed bytes of a word, as f32, lowest byte first.
@@ -138,55 +139,57 @@ fn weight(tex: texture_2d<u32>, dtype: u32, row: u32, c: u32) -> f32 {
 }
 
 // Values c .. c + 8 of a row (columns 0 and 1 hold 4 each), for kernels that
-// reuse each weight for several tokens. Past `cols` the values are 0; the
-// 16-byte paths serve whole groups, K-quants and tails go value by value.
-fn weights8(tex: texture_2d<u32>, dtype: u32, row: u32, c: u32, cols: u32) -> mat2x4<f32> {
-    if c + 8u <= cols {
-        switch dtype {
-            case DTYPE_F32: {
-                let a = words_at(tex, row + 4u * c);
-                let b = words_at(tex, row + 4u * c + 16u);
-                return mat2x4(bitcast<vec4<f32>>(a), bitcast<vec4<f32>>(b));
-            }
-            case DTYPE_F16: {
-                let v = words_at(tex, row + 2u * c);
-                return mat2x4(
-                    vec4(unpack2x16float(v.x), unpack2x16float(v.y)),
-                    vec4(unpack2x16float(v.z), unpack2x16float(v.w)),
-                );
-            }
-            case DTYPE_BF16: {
-                let v = words_at(tex, row + 2u * c);
-                let lo = bitcast<vec4<f32>>(v << vec4(16u));
-                let hi = bitcast<vec4<f32>>(v & vec4(0xffff0000u));
-                return mat2x4(vec4(lo.x, hi.x, lo.y, hi.y), vec4(lo.z, hi.z, lo.w, hi.w));
-            }
-            case DTYPE_Q8_0: {
-                // c is a multiple of 8: 8 of the block's 32 bytes.
-                let block = row + (c / 32u) * 34u;
-                let q = words_at(tex, block + 2u + c % 32u);
-                let d = f16_at(tex, block);
-                return mat2x4(d * i8x4(q.x), d * i8x4(q.y));
-            }
-            case DTYPE_Q4_0: {
-                // Values 0..16 of a block are the low nibbles of its 16 bytes, 16..32 the high ones.
-                let block = row + (c / 32u) * 18u;
-                let j = c % 32u;
-                let q = words_at(tex, block + 2u + j % 16u);
-                let s = (j / 16u) * 4u;
-                let d = f16_at(tex, block);
-                let a = vec4<f32>((vec4(q.x, q.x >> 8u, q.x >> 16u, q.x >> 24u) >> vec4(s)) & vec4(15u)) - 8.0;
-                let b = vec4<f32>((vec4(q.y, q.y >> 8u, q.y >> 16u, q.y >> 24u) >> vec4(s)) & vec4(15u)) - 8.0;
-                return mat2x4(d * a, d * b);
-            }
-            default: {}
-        }
-    }
-    var m = mat2x4<f32>();
+// reuse each weight for several tokens, one function per storage type so a
+// kernel can pick it outside its loops (SIMD adapters run every branch of a
+// switch inside a loop, masked). c + 8 <= cols; Q8_0 and Q4_0 need c % 8 == 0.
+fn f32x8(tex: texture_2d<u32>, row: u32, c: u32) -> mat2x4<f32> {
+    let a = words_at(tex, row + 4u * c);
+    let b = words_at(tex, row + 4u * c + 16u);
+    return mat2x4(bitcast<vec4<f32>>(a), bitcast<vec4<f32>>(b));
+}
+
+fn f16x8(tex: texture_2d<u32>, row: u32, c: u32) -> mat2x4<f32> {
+    let v = words_at(tex, row + 2u * c);
+    return mat2x4(
+        vec4(unpack2x16float(v.x), unpack2x16float(v.y)),
+        vec4(unpack2x16float(v.z), unpack2x16float(v.w)),
+    );
+}
+
+fn bf16x8(tex: texture_2d<u32>, row: u32, c: u32) -> mat2x4<f32> {
+    let v = words_at(tex, row + 2u * c);
+    let lo = bitcast<vec4<f32>>(v << vec4(16u));
+    let hi = bitcast<vec4<f32>>(v & vec4(0xffff0000u));
+    return mat2x4(vec4(lo.x, hi.x, lo.y, hi.y), vec4(lo.z, hi.z, lo.w, hi.w));
+}
+
+fn q8_0x8(tex: texture_2d<u32>, row: u32, c: u32) -> mat2x4<f32> {
+    // 8 of the block's 32 bytes.
+    let block = row + (c / 32u) * 34u;
+    let q = words_at(tex, block + 2u + c % 32u);
+    let d = f16_at(tex, block);
+    return mat2x4(d * i8x4(q.x), d * i8x4(q.y));
+}
+
+fn q4_0x8(tex: texture_2d<u32>, row: u32, c: u32) -> mat2x4<f32> {
+    // Values 0..16 of a block are the low nibbles of its 16 bytes, 16..32 the high ones.
+    let block = row + (c / 32u) * 18u;
+    let j = c % 32u;
+    let q = words_at(tex, block + 2u + j % 16u);
+    let s = vec4((j / 16u) * 4u);
+    let d = f16_at(tex, block);
+    let a = vec4<f32>((vec4(q.x, q.x >> 8u, q.x >> 16u, q.x >> 24u) >> s) & vec4(15u)) - 8.0;
+    let b = vec4<f32>((vec4(q.y, q.y >> 8u, q.y >> 16u, q.y >> 24u) >> s) & vec4(15u)) - 8.0;
+    return mat2x4(d * a, d * b);
+}
+
+// Any type, value by value; 0 past `cols`.
+fn anyx8(tex: texture_2d<u32>, dtype: u32, row: u32, c: u32, cols: u32) -> mat2x4<f32> {
+    var v = array<f32, 8>();
     for (var i = 0u; i < 8u; i++) {
         if c + i < cols {
-            m[i / 4u][i % 4u] = weight(tex, dtype, row, c + i);
+            v[i] = weight(tex, dtype, row, c + i);
         }
     }
-    return m;
+    return mat2x4(vec4(v[0], v[1], v[2], v[3]), vec4(v[4], v[5], v[6], v[7]));
 }

@@ -388,7 +388,7 @@ enum Readback {
     Logits,
 }
 
-/// GPU time of each kernel of one decode step, from timestamp queries.
+/// GPU time of each kernel of one pass, from timestamp queries.
 #[derive(Clone, Debug)]
 pub struct Profile {
     /// (kernel, seconds) in the order they ran; one entry per launch.
@@ -772,12 +772,14 @@ impl Session {
         }
     }
 
-    /// Decodes `token` as [`Session::forward_greedy`] does, but with each
-    /// kernel in its own compute pass between two timestamp queries, and
-    /// returns each kernel's GPU time. Needs the device feature
-    /// `TIMESTAMP_QUERY` ([`Gpu::new`] asks for it where the adapter has it).
-    /// Allocates its query buffers each call: for measurement, not decoding.
-    pub fn profile(&mut self, token: u32) -> Result<Profile> {
+    /// Runs one pass over `tokens` (one token: a decode step; up to
+    /// [`Session::prefill_tokens`]: a prefill pass) as
+    /// [`Session::forward_greedy`] does, but with each kernel in its own
+    /// compute pass between two timestamp queries, and returns each kernel's
+    /// GPU time. Needs the device feature `TIMESTAMP_QUERY` ([`Gpu::new`]
+    /// asks for it where the adapter has it). Allocates its query buffers
+    /// each call: for measurement, not decoding.
+    pub fn profile(&mut self, tokens: &[u32]) -> Result<Profile> {
         let gpu = self.model.gpu.clone();
         if !gpu
             .device
@@ -788,13 +790,23 @@ impl Session {
                 "profiling needs the TIMESTAMP_QUERY device feature",
             ));
         }
-        self.check(&[token])?;
+        self.check(tokens)?;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(Error::EmptyInput);
+        }
+        if n > self.batch {
+            return Err(Error::PromptTooLong {
+                tokens: n,
+                capacity: self.batch,
+            });
+        }
         let mut names = Vec::new();
-        self.each_dispatch(1, Readback::Argmax, |name, d| {
+        self.each_dispatch(n, Readback::Argmax, |name, d| {
             names.extend(std::iter::repeat_n(name, d.launches()))
         });
         let count = 2 * names.len() as u32;
-        let ticks = gpu.scoped("profiling a token", || {
+        let ticks = gpu.scoped("profiling a pass", || {
             let queries = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("kvgpu profile"),
                 ty: wgpu::QueryType::Timestamp,
@@ -807,10 +819,10 @@ impl Session {
                 usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             });
-            self.write_step(&[token]);
+            self.write_step(tokens);
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             let mut i = 0;
-            self.each_dispatch(1, Readback::Argmax, |name, d| {
+            self.each_dispatch(n, Readback::Argmax, |name, d| {
                 for launch in 0..d.launches() {
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some(name),
@@ -820,7 +832,7 @@ impl Session {
                             end_of_pass_write_index: Some(2 * i + 1),
                         }),
                     });
-                    d.record_launch(&mut pass, launch, 1);
+                    d.record_launch(&mut pass, launch, n as u32);
                     i += 1;
                 }
             });
@@ -829,7 +841,7 @@ impl Session {
             resolved
         })?;
         self.submissions += 1;
-        self.cache.len += 1;
+        self.cache.len += n;
         let raw = gpu.read_buffer(&ticks, count as u64 * 8)?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
         let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
