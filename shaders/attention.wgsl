@@ -9,13 +9,13 @@
 // The cache holds f32 bits or packed f16 pairs (see kv_append.wgsl).
 //
 // Bindings (group 0):
-//   0 params:  Params (uniform)      { n_heads, n_kv_heads, head_size, capacity, f16 }
+//   0 params:  Params (uniform)      { n_heads, n_kv_heads, head_size, capacity, f16, out_stride }
 //   1 step:    Step (uniform)        { pos, n }
 //   2 q:       array<f32> (storage)  (n, n_heads, head_size)
 //   3 k_cache: array<u32> (storage)  (capacity, n_kv_heads * head_size) values, f32 or f16 pairs
 //   4 v_cache: array<u32> (storage)  as k_cache
 //   5 scores:  array<f32> (storage)  (n, n_heads, capacity) scratch
-//   6 out:     array<f32> (storage)  (n, n_heads, head_size)
+//   6 out:     array<f32> (storage)  (n, out_stride), n_heads * head_size values used per row
 //
 // The softmax subtracts the maximum score first, so large scores cannot overflow.
 
@@ -25,6 +25,7 @@ struct Params {
     head_size: u32,
     capacity: u32,
     f16: u32,
+    out_stride: u32,
 }
 
 struct Step {
@@ -124,6 +125,6 @@ fn main(
         for (var t = 0u; t < n; t++) {
             acc += scores[s_off + t] * cached_v(t * kv_dim + kv_off + i);
         }
-        out[q_off + i] = acc / sum;
+        out[token * params.out_stride + h * hs + i] = acc / sum;
     }
 }

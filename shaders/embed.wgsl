@@ -4,10 +4,10 @@
 // dequant.wgsl is prepended to this file.
 //
 // Bindings (group 0):
-//   0 params: Params (uniform)       { rows, cols, dtype, row_bytes, row_start }
+//   0 params: Params (uniform)       { rows, cols, dtype, row_bytes, row_start, .., out_stride } (matvec's Params)
 //   1 w:      texture_2d<u32>        (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 tokens: array<u32> (storage)   (n,)
-//   3 out:    array<f32> (storage)   (n, cols)
+//   3 out:    array<f32> (storage)   (n, out_stride), cols values used per row
 //
 // One thread per column; grid z = token.
 
@@ -17,6 +17,10 @@ struct Params {
     dtype: u32,
     row_bytes: u32,
     row_start: u32,
+    mode: u32,
+    up_dtype: u32,
+    up_row_bytes: u32,
+    out_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -31,5 +35,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if c >= params.cols || token < params.row_start || token - params.row_start >= params.rows {
         return;
     }
-    out[t * params.cols + c] = weight(w, params.dtype, (token - params.row_start) * params.row_bytes, c);
+    out[t * params.out_stride + c] = weight(w, params.dtype, (token - params.row_start) * params.row_bytes, c);
 }

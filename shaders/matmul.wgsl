@@ -1,24 +1,27 @@
 // Matrix-matrix product (projection of a prompt's tokens in one pass): for
-// each token t < step.n and row r of a weight matrix (or one row-chunk of it)
-// stored as any dtype of dequant.wgsl, whose source is prepended to this
-// file, by `mode` (as matvec.wgsl):
+// each token t of a tile of up to 8 tokens of the pass and each row r of a
+// weight matrix (or one row-chunk of it) stored as any dtype of
+// dequant.wgsl, whose source is prepended to this file, by `mode` (as
+// matvec.wgsl):
 //   MODE_SET     out[t, out_offset + r]  = W[r] . x[t]
 //   MODE_ADD     out[t, out_offset + r] += W[r] . x[t]
 //   MODE_SWIGLU  out[t, out_offset + r]  = silu(W[r] . x[t]) * (W_up[r] . x[t])
 //
 // Bindings (group 0):
-//   0 params: Params (uniform)       { rows, cols, dtype, row_bytes, out_offset, mode, up_dtype, up_row_bytes, out_stride }
-//   1 w:      texture_2d<u32>        (rows, row_bytes) raw bytes (dequant.wgsl)
-//   2 step:   Step (uniform)         { pos, n }
-//   3 x:      array<f32> (storage)   (n, cols)
-//   4 out:    array<f32> (storage)   (n, out_stride)
-//   5 w_up:   texture_2d<u32>        (rows, up_row_bytes); MODE_SWIGLU only (else w again)
+//   0 params: Params (uniform)                  { rows, cols, dtype, row_bytes, out_offset, mode, up_dtype, up_row_bytes, out_stride, x_stride, first_token, tile }
+//   1 w:      texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
+//   2 step:   Step (uniform)                    { pos, n }
+//   3 x:      array<vec4<f32>, 4096> (uniform)  (tile, x_stride): the tile's input rows, 64 KiB from token first_token
+//   4 out:    array<f32> (storage)              (n, out_stride)
+//   5 w_up:   texture_2d<u32>                   (rows, up_row_bytes); MODE_SWIGLU only (else w again)
 //
-// Tiled: a workgroup computes 64 rows x 8 tokens. Per 64 columns it stages
-// the 8 tokens' inputs in workgroup memory, then each thread decodes 8
-// weights of its row at a time and uses each for all 8 tokens, so weights
-// are read once per 8 tokens instead of once per token. Grid: (rows / 64
-// workgroups, spilling into y; ceil(n / 8)) with z the token tile.
+// One thread per row, 64 rows per workgroup, one launch per tile of tokens;
+// each thread decodes 8 weights of its row at a time and uses them for
+// every token of the tile, so weights are read once per tile instead of
+// once per token. The inputs are a uniform buffer, which every thread reads
+// at the same address (software adapters broadcast it), and the kernel has
+// no barriers (software adapters switch coroutines at each). Grids of more
+// than 65535 workgroups spill into y.
 
 struct Params {
     rows: u32,
@@ -30,6 +33,9 @@ struct Params {
     up_dtype: u32,
     up_row_bytes: u32,
     out_stride: u32,
+    x_stride: u32,
+    first_token: u32,
+    tile: u32,
 }
 
 struct Step {
@@ -43,14 +49,9 @@ const MODE_SWIGLU: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(2) var<uniform> step: Step;
-@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<uniform> x: array<vec4<f32>, 4096>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var w_up: texture_2d<u32>;
-
-const TOKENS: u32 = 8u;
-const COLS: u32 = 64u;
-// (TOKENS, COLS / 4) inputs of the current column tile.
-var<workgroup> xs: array<vec4<f32>, 128>;
 
 // One accumulator per token (4 partial sums each), named rather than
 // indexed: a private array indexed in a loop becomes per-lane memory
@@ -69,23 +70,25 @@ fn dot8(m: mat2x4<f32>, a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return m[0] * a + m[1] * b;
 }
 
-// Adds 8 weights of the row times columns 8 g .. 8 g + 8 of the tile, for every token.
+// Adds 8 weights of the row (columns 8 g .. 8 g + 8) times each token's inputs.
 fn accumulate(m: mat2x4<f32>, g: u32) {
+    let s = params.x_stride / 4u; // vec4s per token row
     let j = 2u * g;
-    a0 += dot8(m, xs[j], xs[j + 1u]);
-    a1 += dot8(m, xs[16u + j], xs[17u + j]);
-    a2 += dot8(m, xs[32u + j], xs[33u + j]);
-    a3 += dot8(m, xs[48u + j], xs[49u + j]);
-    a4 += dot8(m, xs[64u + j], xs[65u + j]);
-    a5 += dot8(m, xs[80u + j], xs[81u + j]);
-    a6 += dot8(m, xs[96u + j], xs[97u + j]);
-    a7 += dot8(m, xs[112u + j], xs[113u + j]);
+    a0 += dot8(m, x[j], x[j + 1u]);
+    a1 += dot8(m, x[s + j], x[s + j + 1u]);
+    a2 += dot8(m, x[2u * s + j], x[2u * s + j + 1u]);
+    a3 += dot8(m, x[3u * s + j], x[3u * s + j + 1u]);
+    a4 += dot8(m, x[4u * s + j], x[4u * s + j + 1u]);
+    a5 += dot8(m, x[5u * s + j], x[5u * s + j + 1u]);
+    a6 += dot8(m, x[6u * s + j], x[6u * s + j + 1u]);
+    a7 += dot8(m, x[7u * s + j], x[7u * s + j + 1u]);
 }
 
-// The tile's columns k0 .. k0 + COLS of one row, stored as `dtype`: the
-// type is chosen once, outside the loop over the tile's 8-value groups.
-fn tile(tex: texture_2d<u32>, dtype: u32, row: u32, k0: u32, cols: u32) {
-    let whole = min(COLS, cols - k0) / 8u; // groups of 8 inside the row
+// All columns of one row, stored as `dtype`, for the tile's tokens: the
+// type is chosen once, outside the loop over 8-value groups.
+fn row_tile(tex: texture_2d<u32>, dtype: u32, row: u32, cols: u32) {
+    let k0 = 0u;
+    let whole = cols / 8u; // groups of 8 inside the row
     switch dtype {
         case DTYPE_F32: {
             for (var g = 0u; g < whole; g++) {
@@ -119,9 +122,8 @@ fn tile(tex: texture_2d<u32>, dtype: u32, row: u32, k0: u32, cols: u32) {
         }
     }
     // A row's last, partial group (float types of odd width).
-    let c = k0 + 8u * whole;
-    if c < min(k0 + COLS, cols) {
-        accumulate(anyx8(tex, dtype, row, c, cols), whole);
+    if 8u * whole < cols {
+        accumulate(anyx8(tex, dtype, row, 8u * whole, cols), whole);
     }
 }
 
@@ -132,51 +134,26 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let r = (wg.x + wg.y * num_wg.x) * 64u + lid;
-    let t0 = wg.z * TOKENS;
-    let live = r < params.rows;
-    let cols = params.cols;
-    let swiglu = params.mode == MODE_SWIGLU;
-    let row = r * params.row_bytes;
-    let up_row = r * params.up_row_bytes;
-    // The up projection's sums (SwiGLU), swapped with a0..a7 around its tiles.
-    var u = array<vec4<f32>, 8>();
-    for (var k0 = 0u; k0 < cols; k0 += COLS) {
-        // Stage x[t0 .. t0 + 8, k0 .. k0 + 64], zero outside: 2 vec4 per thread.
-        for (var i = 0u; i < 2u; i++) {
-            let v = i * 64u + lid;
-            let t = t0 + v / 16u;
-            let c = k0 + 4u * (v % 16u);
-            let at = t * cols + c;
-            let ok = t < step.n;
-            xs[v] = vec4(
-                select(0.0, x[at], ok && c < cols),
-                select(0.0, x[at + 1u], ok && c + 1u < cols),
-                select(0.0, x[at + 2u], ok && c + 2u < cols),
-                select(0.0, x[at + 3u], ok && c + 3u < cols),
-            );
-        }
-        workgroupBarrier();
-        if live {
-            tile(w, params.dtype, row, k0, cols);
-            if swiglu {
-                u = swap(u);
-                tile(w_up, params.up_dtype, up_row, k0, cols);
-                u = swap(u);
-            }
-        }
-        workgroupBarrier();
-    }
-    if !live {
+    if r >= params.rows {
         return;
     }
-    store(t0, r, a0, u[0]);
-    store(t0 + 1u, r, a1, u[1]);
-    store(t0 + 2u, r, a2, u[2]);
-    store(t0 + 3u, r, a3, u[3]);
-    store(t0 + 4u, r, a4, u[4]);
-    store(t0 + 5u, r, a5, u[5]);
-    store(t0 + 6u, r, a6, u[6]);
-    store(t0 + 7u, r, a7, u[7]);
+    row_tile(w, params.dtype, r * params.row_bytes, params.cols);
+    // The up projection's sums (SwiGLU), swapped with a0..a7 around its pass.
+    var u = array<vec4<f32>, 8>();
+    if params.mode == MODE_SWIGLU {
+        u = swap(u);
+        row_tile(w_up, params.up_dtype, r * params.up_row_bytes, params.cols);
+        u = swap(u);
+    }
+    let t0 = params.first_token;
+    store(t0, 0u, r, a0, u[0]);
+    store(t0, 1u, r, a1, u[1]);
+    store(t0, 2u, r, a2, u[2]);
+    store(t0, 3u, r, a3, u[3]);
+    store(t0, 4u, r, a4, u[4]);
+    store(t0, 5u, r, a5, u[5]);
+    store(t0, 6u, r, a6, u[6]);
+    store(t0, 7u, r, a7, u[7]);
 }
 
 // Exchanges `other` with the accumulators a0..a7.
@@ -193,9 +170,11 @@ fn swap(other: array<vec4<f32>, 8>) -> array<vec4<f32>, 8> {
     return mine;
 }
 
-// The epilogue for token t, row r: a and up hold 4 partial sums each.
-fn store(t: u32, r: u32, a: vec4<f32>, up: vec4<f32>) {
-    if t >= step.n {
+// The epilogue for token t0 + i (the tile's i-th), row r: a and up hold 4
+// partial sums each.
+fn store(t0: u32, i: u32, r: u32, a: vec4<f32>, up: vec4<f32>) {
+    let t = t0 + i;
+    if i >= params.tile || t >= step.n {
         return;
     }
     let s = a.x + a.y + a.z + a.w;

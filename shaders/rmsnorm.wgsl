@@ -3,10 +3,10 @@
 // (the classifier's input after a prompt).
 //
 // Bindings (group 0):
-//   0 params: Params (uniform)       { n, eps, last }
-//   1 x:      array<f32> (storage)   (tokens, n)
+//   0 params: Params (uniform)       { n, eps, last, stride }
+//   1 x:      array<f32> (storage)   (tokens, stride), n values used per row
 //   2 weight: array<f32> (storage)   (n,)
-//   3 out:    array<f32> (storage)   (tokens, n)
+//   3 out:    array<f32> (storage)   (tokens, stride), n values used per row
 //   4 step:   Step (uniform)         { pos, n }
 //
 // One workgroup of 256 threads per token (grid z): strided sum of squares,
@@ -16,6 +16,7 @@ struct Params {
     n: u32,
     eps: f32,
     last: u32,
+    stride: u32,
 }
 
 struct Step {
@@ -34,8 +35,8 @@ var<workgroup> partial: array<f32, WG>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let src = select(wg.z, step.n - 1u, params.last == 1u) * params.n;
-    let dst = select(wg.z * params.n, 0u, params.last == 1u);
+    let src = select(wg.z, step.n - 1u, params.last == 1u) * params.stride;
+    let dst = select(wg.z * params.stride, 0u, params.last == 1u);
     var ss = 0.0;
     for (var i = lid; i < params.n; i += WG) {
         ss += x[src + i] * x[src + i];

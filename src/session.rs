@@ -492,23 +492,25 @@ impl Session {
             };
             use wgpu::BufferUsages as U;
             let act = |label, len| buffer(label, batch * len, U::STORAGE);
-            // Projection inputs: also bound as matvec's 64 KiB uniform `x`.
-            let input = |label, len: usize| {
-                let values = (batch * len).max(matvec::MAX_COLS);
+            // Projection inputs, rows `input_stride` apart, bound as 64 KiB
+            // uniform buffers from any token's row (matvec: row 0).
+            let input = |label, stride: usize| {
+                let values = (batch - 1) * stride + matvec::MAX_COLS;
                 buffer(label, values, U::STORAGE | U::UNIFORM)
             };
             let (d, h, kv) = (c.dim, c.hidden_dim, c.kv_dim());
+            let (sd, sh) = (matvec::input_stride(d), matvec::input_stride(h));
             let step = buffer("step", 4, U::UNIFORM | U::COPY_DST);
             let tokens = buffer("tokens", batch, U::STORAGE | U::COPY_DST);
-            // (batch, dim) residual stream; (batch, dim) normed input of a block.
-            let x = act("x", d);
-            let xb = input("xb", d);
+            // (batch, sd) residual stream; (batch, sd) normed input of a block.
+            let x = act("x", sd);
+            let xb = input("xb", sd);
             // (batch, dim + 2 kv_dim) q, k, v projections; (batch, dim) rotated q.
             let qkv = act("qkv", d + 2 * kv);
             let q = act("q", d);
-            // (batch, dim) attention output; (batch, hidden_dim) SwiGLU output.
-            let att = input("att", d);
-            let hb = input("hb", h);
+            // (batch, sd) attention output; (batch, sh) SwiGLU output.
+            let att = input("att", sd);
+            let hb = input("hb", sh);
             // (batch, n_heads, capacity) attention scores.
             let scores = act("scores", c.n_heads * capacity);
             let logits = buffer("logits", c.vocab_size, U::STORAGE | U::COPY_SRC);
@@ -541,6 +543,7 @@ impl Session {
                     weight,
                     &step,
                     d,
+                    sd,
                     c.norm_eps,
                     Rows::All,
                 )
@@ -553,8 +556,11 @@ impl Session {
                     let swiglu = Mode::SwiGlu { up: &w.w3 };
                     let one =
                         |out, w, x, mode| matvec::dispatch(device, &kn.matvec, out, w, x, mode);
-                    let many = |out, w, x, mode| {
-                        matmul::dispatch(device, &kn.matmul, out, w, x, &step, mode)
+                    let many = |out, out_stride, w, x, x_stride, mode| {
+                        let (k, step) = (&kn.matmul, &step);
+                        matmul::dispatch(
+                            device, k, out, out_stride, w, x, x_stride, step, mode, batch,
+                        )
                     };
                     LayerDispatches {
                         att_norm: norm(&xb, &w.rms_att),
@@ -573,6 +579,7 @@ impl Session {
                             device,
                             &kn.attention,
                             &att,
+                            sd,
                             &q,
                             &kc.k,
                             &kc.v,
@@ -588,10 +595,10 @@ impl Session {
                             down_residual: one(&x, &w.w2, &hb, Mode::Add),
                         },
                         prefill: Projections {
-                            qkv: many(&qkv, &w.wqkv, &xb, Mode::Set),
-                            wo_residual: many(&x, &w.wo, &att, Mode::Add),
-                            gate_up_swiglu: many(&hb, &w.w1, &xb, swiglu),
-                            down_residual: many(&x, &w.w2, &hb, Mode::Add),
+                            qkv: many(&qkv, d + 2 * kv, &w.wqkv, &xb, sd, Mode::Set),
+                            wo_residual: many(&x, sd, &w.wo, &att, sd, Mode::Add),
+                            gate_up_swiglu: many(&hb, sh, &w.w1, &xb, sd, swiglu),
+                            down_residual: many(&x, sd, &w.w2, &hb, sh, Mode::Add),
                         },
                     }
                 })
@@ -606,11 +613,12 @@ impl Session {
                     &model.rms_final,
                     &step,
                     d,
+                    sd,
                     c.norm_eps,
                     Rows::Last,
                 ),
                 classifier: matvec::dispatch(device, &kn.matvec, &logits, cls, &xb, Mode::Set),
-                embed: embed::dispatch(device, &kn.embed, &x, &model.token_embedding, &tokens),
+                embed: embed::dispatch(device, &kn.embed, &x, sd, &model.token_embedding, &tokens),
                 argmax: argmax::dispatch(device, &kn.argmax, &next, &logits, c.vocab_size),
                 model: model.clone(),
                 cache,
@@ -677,7 +685,7 @@ impl Session {
     /// row-chunks or a stacked one mixes storage types.
     pub fn dispatches_per_token(&self) -> usize {
         let mut n = 0;
-        self.each_dispatch(1, Readback::Argmax, |_, d| n += d.launches());
+        self.each_dispatch(1, Readback::Argmax, |_, d| n += d.launches(1));
         n
     }
 
@@ -803,7 +811,7 @@ impl Session {
         }
         let mut names = Vec::new();
         self.each_dispatch(n, Readback::Argmax, |name, d| {
-            names.extend(std::iter::repeat_n(name, d.launches()))
+            names.extend(std::iter::repeat_n(name, d.launches(n as u32)))
         });
         let count = 2 * names.len() as u32;
         let ticks = gpu.scoped("profiling a pass", || {
@@ -823,7 +831,7 @@ impl Session {
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             let mut i = 0;
             self.each_dispatch(n, Readback::Argmax, |name, d| {
-                for launch in 0..d.launches() {
+                for launch in 0..d.launches(n as u32) {
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some(name),
                         timestamp_writes: Some(wgpu::ComputePassTimestampWrites {

@@ -42,10 +42,10 @@ impl Bench {
             })
     }
 
-    /// A projection input: uniform, zero-padded to matvec's 16384 values.
+    /// A projection input: uniform, zero-padded to at least matvec's 16384 values.
     fn input(&self, data: &[f32]) -> wgpu::Buffer {
         let mut padded = data.to_vec();
-        padded.resize(matvec::MAX_COLS, 0.0);
+        padded.resize(data.len().max(matvec::MAX_COLS), 0.0);
         self.gpu
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -55,13 +55,29 @@ impl Bench {
             })
     }
 
-    /// Rows `tokens` of `table`, decoded by the embed kernel in one pass.
+    /// Rows `tokens` of `table`, decoded by the embed kernel in one pass
+    /// into rows 3 values wider (the padding must stay untouched).
     fn embed(&self, table: &GpuTensor, tokens: &[u32]) -> Vec<f32> {
-        let out = self.buffer(&vec![f32::NAN; tokens.len() * table.cols]);
+        let stride = table.cols + 3;
+        let out = self.buffer(&vec![f32::NAN; tokens.len() * stride]);
         let tb = self.u32s(tokens);
-        let d = embed::dispatch(&self.gpu.device, &self.kernels.embed, &out, table, &tb);
+        let d = embed::dispatch(
+            &self.gpu.device,
+            &self.kernels.embed,
+            &out,
+            stride,
+            table,
+            &tb,
+        );
         self.run(&d, tokens.len());
-        self.read(&out)
+        let rows = self.read(&out);
+        assert!(rows
+            .chunks(stride)
+            .all(|r| r[table.cols..].iter().all(|v| v.is_nan())));
+        rows.chunks(stride)
+            .flat_map(|r| &r[..table.cols])
+            .copied()
+            .collect()
     }
 
     fn u32s(&self, data: &[u32]) -> wgpu::Buffer {
@@ -198,8 +214,10 @@ fn projections() -> Vec<(Projection, u64)> {
         let limit = 7 * gate.row_bytes().max(up.row_bytes()) as u64 + 5;
         add(gate, Some(up), limit);
     }
+    // Odd widths: rows start at any byte alignment and end in a tail; 3001
+    // columns leave room for only 5 tokens per 64 KiB matmul input tile.
     for dtype in [DType::F32, DType::F16, DType::BF16] {
-        for (rows, cols) in [(29, 37), (7, 13), (3, 1), (70, 131)] {
+        for (rows, cols) in [(29, 37), (7, 13), (3, 1), (70, 131), (9, 3001)] {
             add(random_tensor(dtype, rows, cols, 5), None, big);
         }
     }
@@ -225,14 +243,47 @@ fn project(
         (None, true) => Mode::Add,
         (None, false) => Mode::Set,
     };
-    let d = if n == 1 {
-        matvec::dispatch(&b.gpu.device, &b.kernels.matvec, &ob, gw, &b.input(x), mode)
-    } else {
-        let (xb, step) = (b.buffer(x), b.step(0, n));
-        matmul::dispatch(&b.gpu.device, &b.kernels.matmul, &ob, gw, &xb, &step, mode)
-    };
+    if n == 1 {
+        let d = matvec::dispatch(&b.gpu.device, &b.kernels.matvec, &ob, gw, &b.input(x), mode);
+        b.run(&d, n);
+        return b.read(&ob);
+    }
+    // matmul: input rows `input_stride` apart (padding zero), output rows
+    // 5 values wider than the matrix (padding untouched).
+    let (cols, rows) = (p.w.cols, p.w.rows);
+    let x_stride = matvec::input_stride(cols);
+    let mut padded = vec![0.0; (n - 1) * x_stride + matvec::MAX_COLS];
+    for (t, row) in x.chunks(cols).enumerate() {
+        padded[t * x_stride..][..cols].copy_from_slice(row);
+    }
+    let out_stride = rows + 5;
+    let mut out = vec![f32::NAN; n * out_stride];
+    for (t, row) in base.chunks(rows).enumerate() {
+        out[t * out_stride..][..rows].copy_from_slice(row);
+    }
+    let (xb, ob, step) = (b.input(&padded), b.buffer(&out), b.step(0, n));
+    let k = &b.kernels.matmul;
+    let d = matmul::dispatch(
+        &b.gpu.device,
+        k,
+        &ob,
+        out_stride,
+        gw,
+        &xb,
+        x_stride,
+        &step,
+        mode,
+        n,
+    );
     b.run(&d, n);
-    b.read(&ob)
+    let got = b.read(&ob);
+    assert!(got
+        .chunks(out_stride)
+        .all(|r| r[rows..].iter().all(|v| v.is_nan())));
+    got.chunks(out_stride)
+        .flat_map(|r| &r[..rows])
+        .copied()
+        .collect()
 }
 
 /// Checks matvec (1 token) and matmul (`tokens`) against the host
@@ -439,15 +490,20 @@ fn dequantize_matches_known_values() {
 fn rmsnorm_matches_cpu() {
     let b = require!(Bench::new());
     for (n, tokens, seed) in [(1, 1, 1), (255, 3, 2), (1001, 2, 3)] {
-        let x: Vec<f32> = random(n * tokens, seed).iter().map(|v| v * 30.0).collect();
+        // Rows 7 values wider than the vector: the padding is neither read nor written.
+        let stride = n + 7;
+        let x: Vec<f32> = random(tokens * stride, seed)
+            .iter()
+            .map(|v| v * 30.0)
+            .collect();
         let w = random(n, seed + 1);
-        let mut expect = vec![0.0; n * tokens];
-        for (o, x) in expect.chunks_mut(n).zip(x.chunks(n)) {
-            rmsnorm::cpu(o, x, &w, 1e-5);
+        let mut expect = vec![0.0; tokens * n];
+        for (o, x) in expect.chunks_mut(n).zip(x.chunks(stride)) {
+            rmsnorm::cpu(o, &x[..n], &w, 1e-5);
         }
         let (xb, wb, step) = (b.buffer(&x), b.buffer(&w), b.step(0, tokens));
         for rows in [Rows::All, Rows::Last] {
-            let ob = b.buffer(&vec![f32::NAN; n * tokens]);
+            let ob = b.buffer(&vec![f32::NAN; tokens * stride]);
             let d = rmsnorm::dispatch(
                 &b.gpu.device,
                 &b.kernels.rmsnorm,
@@ -456,20 +512,30 @@ fn rmsnorm_matches_cpu() {
                 &wb,
                 &step,
                 n,
+                stride,
                 1e-5,
                 rows,
             );
             b.run(&d, tokens);
             let got = b.read(&ob);
-            match rows {
-                Rows::All => assert_close(&got, &expect, &format!("rmsnorm {n} x {tokens}")),
-                Rows::Last => {
-                    // Only the last token's row, into row 0.
-                    let last = &expect[(tokens - 1) * n..];
-                    assert_close(&got[..n], last, &format!("rmsnorm last of {tokens}"));
-                    assert!(got[n..].iter().all(|v| v.is_nan()), "rows past 0 untouched");
-                }
-            }
+            let written = match rows {
+                Rows::All => tokens,
+                // Only the last token's row, into row 0.
+                Rows::Last => 1,
+            };
+            let values: Vec<f32> = got
+                .chunks(stride)
+                .take(written)
+                .flat_map(|r| &r[..n])
+                .copied()
+                .collect();
+            let want = &expect[(tokens - written) * n..];
+            assert_close(&values, want, &format!("rmsnorm {n} x {tokens} {rows:?}"));
+            let untouched = got.chunks(stride).enumerate().all(|(t, r)| {
+                let from = if t < written { n } else { 0 };
+                r[from..].iter().all(|v| v.is_nan())
+            });
+            assert!(untouched, "rmsnorm {n} {rows:?} wrote outside its rows");
         }
     }
 }
@@ -649,12 +715,16 @@ fn attention_matches_cpu_with_grouped_query_heads() {
                     .iter()
                     .map(|v| v * 8.0)
                     .collect();
-                let (qb, ob) = (b.buffer(&q), b.buffer(&vec![0.0; n * n_heads * head_size]));
+                // Output rows 3 values wider than the heads.
+                let q_dim = n_heads * head_size;
+                let out_stride = q_dim + 3;
+                let (qb, ob) = (b.buffer(&q), b.buffer(&vec![f32::NAN; n * out_stride]));
                 let scores = b.buffer(&vec![0.0; n * n_heads * capacity]);
                 let d = attention::dispatch(
                     &b.gpu.device,
                     &b.kernels.attention,
                     &ob,
+                    out_stride,
                     &qb,
                     &kcb,
                     &vcb,
@@ -663,7 +733,6 @@ fn attention_matches_cpu_with_grouped_query_heads() {
                     shape,
                 );
                 b.run(&d, n);
-                let q_dim = n_heads * head_size;
                 let mut expect = vec![0.0; n * q_dim];
                 for t in 0..n {
                     let (o, q) = (
@@ -672,8 +741,17 @@ fn attention_matches_cpu_with_grouped_query_heads() {
                     );
                     attention::cpu(o, q, &kc, &vc, pos + t, shape);
                 }
+                let got = b.read(&ob);
+                assert!(got
+                    .chunks(out_stride)
+                    .all(|r| r[q_dim..].iter().all(|v| v.is_nan())));
+                let got: Vec<f32> = got
+                    .chunks(out_stride)
+                    .flat_map(|r| &r[..q_dim])
+                    .copied()
+                    .collect();
                 assert_close(
-                    &b.read(&ob),
+                    &got,
                     &expect,
                     &format!("attention {shape:?} at pos {pos}, {n} tokens"),
                 );

@@ -23,6 +23,8 @@ pub struct Params {
     pub capacity: u32,
     /// 1 when the cache stores packed f16 pairs, 0 for f32.
     pub f16: u32,
+    /// Values from one token's row of `out` to the next.
+    pub out_stride: u32,
 }
 
 /// Shape of an attention call.
@@ -41,7 +43,7 @@ pub struct Shape {
 }
 
 /// Binds, for each token t of the pass in `step` (position `pos = step.pos +
-/// t`), `out[t] (n_heads, head_size) = attention(q[t] (n_heads, head_size),
+/// t`), `out[t] (n_heads, head_size; rows out_stride apart) = attention(q[t] (n_heads, head_size),
 /// k_cache[0..=pos], v_cache[0..=pos])` with `scores (n, n_heads, capacity)`
 /// as scratch.
 #[allow(clippy::too_many_arguments)]
@@ -49,6 +51,7 @@ pub fn dispatch(
     device: &wgpu::Device,
     pipeline: &wgpu::ComputePipeline,
     out: &wgpu::Buffer,
+    out_stride: usize,
     q: &wgpu::Buffer,
     k_cache: &wgpu::Buffer,
     v_cache: &wgpu::Buffer,
@@ -62,6 +65,7 @@ pub fn dispatch(
         head_size: shape.head_size as u32,
         capacity: shape.capacity as u32,
         f16: (shape.kv_dtype == KvDtype::F16) as u32,
+        out_stride: out_stride as u32,
     };
     Dispatch::new(
         device,

@@ -14,12 +14,13 @@ pub const SHADER: Shader = Shader {
     ),
 };
 
-/// Binds `out (n, cols) = table[tokens (n,)]`, one launch per chunk of
-/// `table` (only the chunk holding a token writes its row).
+/// Binds `out (n, stride)[.., ..cols] = table[tokens (n,)]`, one launch per
+/// chunk of `table` (only the chunk holding a token writes its row).
 pub fn dispatch(
     device: &wgpu::Device,
     pipeline: &wgpu::ComputePipeline,
     out: &wgpu::Buffer,
+    stride: usize,
     table: &GpuTensor,
     tokens: &wgpu::Buffer,
 ) -> Dispatch {
@@ -30,6 +31,7 @@ pub fn dispatch(
         table,
         &[tokens.as_entire_binding(), out.as_entire_binding()],
         Mode::Set,
+        stride,
         false,
         |_| groups,
     )

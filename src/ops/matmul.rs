@@ -3,7 +3,7 @@
 //! tokens. See `shaders/matmul.wgsl`; the weights are a
 //! [`GpuTensor`](super::matvec::GpuTensor) as for `matvec`.
 
-use super::matvec::{bind_chunks, CpuMode, GpuTensor, Mode};
+use super::matvec::{input_binding, CpuMode, GpuTensor, Mode, MAX_COLS};
 use super::{grid, Dispatch, Shader};
 use crate::tensor::Tensor;
 
@@ -16,35 +16,54 @@ pub const SHADER: Shader = Shader {
     ),
 };
 
-/// Tokens per workgroup; matches `TOKENS` in matmul.wgsl.
-pub const TOKENS: u32 = 8;
+/// Most tokens per launch; matches the accumulators in matmul.wgsl.
+pub const TILE: usize = 8;
 
-/// Binds `out (n, rows) = x (n, cols) @ w (rows, cols)^T` as `mode` says, for
-/// the `n` tokens of the pass (from `step`; the grid's z is set when
-/// recorded), one launch per chunk of `w`.
+/// Binds `out (n, out_stride)[.., ..rows] = x (n, x_stride)[.., ..cols] @ w
+/// (rows, cols)^T` as `mode` says, for up to `tokens` tokens of a pass (`n`
+/// from `step`): per chunk of `w`, one launch per tile of up to 8 tokens,
+/// each binding its tokens' rows of `x` as a 64 KiB uniform buffer (so
+/// `x_stride` must be [`input_stride`](super::matvec::input_stride)`(cols)`
+/// and `x` must hold [`INPUT_BYTES`](super::matvec::INPUT_BYTES) past the
+/// last tile's first row).
+#[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     device: &wgpu::Device,
     pipeline: &wgpu::ComputePipeline,
     out: &wgpu::Buffer,
+    out_stride: usize,
     w: &GpuTensor,
     x: &wgpu::Buffer,
+    x_stride: usize,
     step: &wgpu::Buffer,
     mode: Mode,
+    tokens: usize,
 ) -> Dispatch {
-    bind_chunks(
-        device,
-        pipeline,
-        w,
-        &[
-            step.as_entire_binding(),
-            x.as_entire_binding(),
-            out.as_entire_binding(),
-        ],
-        mode,
-        true,
-        |rows| grid(rows.div_ceil(64)),
-    )
-    .batched(TOKENS)
+    let tile = (MAX_COLS / x_stride).clamp(1, TILE);
+    let mut dispatch = Dispatch::empty(pipeline);
+    for first in (0..tokens).step_by(tile) {
+        for (mut params, view, up) in w.chunk_params(mode, out_stride) {
+            params.x_stride = x_stride as u32;
+            params.first_token = first as u32;
+            params.tile = tile as u32;
+            let resources = vec![
+                wgpu::BindingResource::TextureView(view),
+                step.as_entire_binding(),
+                input_binding(x, first, x_stride),
+                out.as_entire_binding(),
+                wgpu::BindingResource::TextureView(up),
+            ];
+            let groups = grid(params.rows.div_ceil(64));
+            dispatch.push_tile(
+                device,
+                bytemuck::bytes_of(&params),
+                resources,
+                groups,
+                first as u32,
+            );
+        }
+    }
+    dispatch
 }
 
 /// Host reference: [`super::matvec::cpu`] for each token's row of `x` (n,

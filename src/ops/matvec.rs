@@ -40,8 +40,14 @@ pub struct Params {
     pub up_dtype: u32,
     /// Bytes per row of the up projection (SwiGLU).
     pub up_row_bytes: u32,
-    /// Values per token in `out` (the whole matrix's rows).
+    /// Values per token row in `out`.
     pub out_stride: u32,
+    /// Values per token row in `x` (matmul).
+    pub x_stride: u32,
+    /// First token of the launch's tile (matmul).
+    pub first_token: u32,
+    /// Tokens in the launch's tile (matmul).
+    pub tile: u32,
 }
 
 /// What a projection does with `W x`.
@@ -68,6 +74,24 @@ pub const MAX_COLS: usize = 16384;
 
 /// Bytes a matvec input buffer must have (`x` binds as `array<vec4<f32>, 4096>`).
 pub const INPUT_BYTES: u64 = MAX_COLS as u64 * 4;
+
+/// Row stride, in values, of activations that feed projections: `n`
+/// rounded up to 64 values (256 bytes, the uniform binding offset
+/// alignment), so that matmul can bind any token's row as a uniform buffer.
+pub fn input_stride(n: usize) -> usize {
+    n.next_multiple_of(64)
+}
+
+/// Binds the rows of tokens `first..` of `x`, whose rows are `stride`
+/// values apart, as a projection's 64 KiB uniform input. `x` must hold
+/// [`INPUT_BYTES`] from there on.
+pub fn input_binding(x: &wgpu::Buffer, first: usize, stride: usize) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: x,
+        offset: (first * stride * 4) as u64,
+        size: std::num::NonZeroU64::new(INPUT_BYTES),
+    })
+}
 
 /// Rows `start..start + rows` of a weight matrix in one texture.
 #[derive(Clone, Debug)]
@@ -238,9 +262,10 @@ impl GpuTensor {
 
     /// `Params` of each chunk for `mode`, with the chunk's texture and the
     /// up projection's (the same texture unless SwiGLU).
-    fn chunk_params<'a>(
+    pub(crate) fn chunk_params<'a>(
         &'a self,
         mode: Mode<'a>,
+        out_stride: usize,
     ) -> impl Iterator<Item = (Params, &'a wgpu::TextureView, &'a wgpu::TextureView)> {
         let row_bytes = |c: &Chunk| c.dtype.row_bytes(self.cols).expect("whole blocks") as u32;
         let up = match mode {
@@ -263,28 +288,33 @@ impl GpuTensor {
                 },
                 up_dtype: u.dtype.gpu_id(),
                 up_row_bytes: row_bytes(u),
-                out_stride: self.rows as u32,
+                out_stride: out_stride as u32,
+                x_stride: 0,
+                first_token: 0,
+                tile: 1,
             };
             (params, &c.view, &u.view)
         })
     }
 }
 
-/// Binds `pipeline` once per chunk of `w` for `mode`: the chunk's params and
-/// texture (binding 1), `rest` (bindings 2..), then the up projection's
-/// texture when `up_binding` (last); `groups` gives the grid for a chunk of
-/// that many rows.
+/// Binds `pipeline` once per chunk of `w` for `mode`, output rows
+/// `out_stride` apart: the chunk's params and texture (binding 1), `rest`
+/// (bindings 2..), then the up projection's texture when `up_binding`
+/// (last); `groups` gives the grid for a chunk of that many rows.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn bind_chunks(
     device: &wgpu::Device,
     pipeline: &wgpu::ComputePipeline,
     w: &GpuTensor,
     rest: &[wgpu::BindingResource],
     mode: Mode,
+    out_stride: usize,
     up_binding: bool,
     groups: impl Fn(u32) -> [u32; 3],
 ) -> Dispatch {
     let mut dispatch = Dispatch::empty(pipeline);
-    for (params, view, up) in w.chunk_params(mode) {
+    for (params, view, up) in w.chunk_params(mode, out_stride) {
         let resources = std::iter::once(wgpu::BindingResource::TextureView(view))
             .chain(rest.iter().cloned())
             .chain(up_binding.then_some(wgpu::BindingResource::TextureView(up)))
@@ -310,17 +340,14 @@ pub fn dispatch(
     x: &wgpu::Buffer,
     mode: Mode,
 ) -> Dispatch {
-    let x = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer: x,
-        offset: 0,
-        size: std::num::NonZeroU64::new(INPUT_BYTES),
-    });
+    let x = input_binding(x, 0, 0);
     bind_chunks(
         device,
         pipeline,
         w,
         &[x, out.as_entire_binding()],
         mode,
+        w.rows,
         true,
         |rows| grid(rows.div_ceil(64)),
     )

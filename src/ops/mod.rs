@@ -91,7 +91,9 @@ impl Kernels {
 #[derive(Debug)]
 pub struct Dispatch {
     pipeline: wgpu::ComputePipeline,
-    launches: Vec<(wgpu::BindGroup, [u32; 3])>,
+    /// (bind group, grid, first token): a launch whose first token is not
+    /// in the pass is skipped (matmul binds one launch per tile of tokens).
+    launches: Vec<(wgpu::BindGroup, [u32; 3], u32)>,
     /// Tokens per workgroup along z; 0: not per token (z as bound).
     tokens_per_z: u32,
 }
@@ -147,6 +149,19 @@ impl Dispatch {
         resources: Vec<wgpu::BindingResource>,
         workgroups: [u32; 3],
     ) {
+        self.push_tile(device, params, resources, workgroups, 0);
+    }
+
+    /// [`Dispatch::push_resources`] for a launch that handles the tokens
+    /// from `first_token` on: recorded only for passes with more tokens.
+    pub fn push_tile(
+        &mut self,
+        device: &wgpu::Device,
+        params: &[u8],
+        resources: Vec<wgpu::BindingResource>,
+        workgroups: [u32; 3],
+        first_token: u32,
+    ) {
         let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("kvgpu params"),
             contents: params,
@@ -165,24 +180,30 @@ impl Dispatch {
             layout: &self.pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        self.launches.push((bind_group, workgroups));
+        self.launches.push((bind_group, workgroups, first_token));
     }
 
-    /// Number of kernel launches recorded per step.
-    pub fn launches(&self) -> usize {
-        self.launches.len()
+    /// Number of kernel launches recorded for a pass of `n` tokens.
+    pub fn launches(&self, n: u32) -> usize {
+        self.launches.iter().filter(|l| l.2 < n).count()
     }
 
     /// Records the launch(es) into `pass` for a pass of `n` tokens.
     pub fn record(&self, pass: &mut wgpu::ComputePass, n: u32) {
-        for launch in 0..self.launches.len() {
+        for launch in 0..self.launches(n) {
             self.record_launch(pass, launch, n);
         }
     }
 
-    /// Records launch `i` alone (to time it in a pass of its own).
+    /// Records the `i`-th launch of a pass of `n` tokens alone (to time it
+    /// in a pass of its own).
     pub fn record_launch(&self, pass: &mut wgpu::ComputePass, i: usize, n: u32) {
-        let (bind_group, [x, y, z]) = &self.launches[i];
+        let (bind_group, [x, y, z], _) = self
+            .launches
+            .iter()
+            .filter(|l| l.2 < n)
+            .nth(i)
+            .expect("launch index below launches(n)");
         let z = match self.tokens_per_z {
             0 => *z,
             t => n.div_ceil(t),

@@ -18,6 +18,8 @@ pub struct Params {
     pub eps: f32,
     /// 1: only the pass's last token, into row 0 of `out`.
     pub last: u32,
+    /// Values from one token's row to the next, in `x` and `out`.
+    pub stride: u32,
 }
 
 /// Which rows a norm reads.
@@ -29,8 +31,9 @@ pub enum Rows {
     Last,
 }
 
-/// Binds `out (tokens, n) = rmsnorm(x (tokens, n)) * weight (n,)` row by
-/// row for the tokens of the pass in `step`, or only the last (`rows`).
+/// Binds `out (tokens, stride)[.., ..n] = rmsnorm(x (tokens, stride)[.., ..n])
+/// * weight (n,)` row by row for the tokens of the pass in `step`, or only
+/// the last (`rows`).
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     device: &wgpu::Device,
@@ -40,6 +43,7 @@ pub fn dispatch(
     weight: &wgpu::Buffer,
     step: &wgpu::Buffer,
     n: usize,
+    stride: usize,
     eps: f32,
     rows: Rows,
 ) -> Dispatch {
@@ -47,6 +51,7 @@ pub fn dispatch(
         n: n as u32,
         eps,
         last: (rows == Rows::Last) as u32,
+        stride: stride as u32,
     };
     let d = Dispatch::new(
         device,
