@@ -53,21 +53,21 @@ const MODE_SWIGLU: u32 = 2u;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var w_up: texture_2d<u32>;
 
-// One accumulator per token (4 partial sums each), named rather than
+// One accumulator per token, named rather than
 // indexed: a private array indexed in a loop becomes per-lane memory
 // traffic on SIMD adapters.
-var<private> a0: vec4<f32>;
-var<private> a1: vec4<f32>;
-var<private> a2: vec4<f32>;
-var<private> a3: vec4<f32>;
-var<private> a4: vec4<f32>;
-var<private> a5: vec4<f32>;
-var<private> a6: vec4<f32>;
-var<private> a7: vec4<f32>;
+var<private> a0: f32;
+var<private> a1: f32;
+var<private> a2: f32;
+var<private> a3: f32;
+var<private> a4: f32;
+var<private> a5: f32;
+var<private> a6: f32;
+var<private> a7: f32;
 
-// Weights m (8 values) times inputs a, b (4 values each), as 4 partial sums.
-fn dot8(m: mat2x4<f32>, a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
-    return m[0] * a + m[1] * b;
+// Weights m (8 values) times inputs a, b (4 values each).
+fn dot8(m: mat2x4<f32>, a: vec4<f32>, b: vec4<f32>) -> f32 {
+    return dot(m[0], a) + dot(m[1], b);
 }
 
 // Adds 8 weights of the row (columns 8 g .. 8 g + 8) times each token's inputs.
@@ -86,38 +86,61 @@ fn accumulate(m: mat2x4<f32>, g: u32) {
 
 // All columns of one row, stored as `dtype`, for the tile's tokens: the
 // type is chosen once, outside the loop over 8-value groups.
-fn row_tile(tex: texture_2d<u32>, dtype: u32, row: u32, cols: u32) {
-    let k0 = 0u;
+fn row_tile(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32) {
     let whole = cols / 8u; // groups of 8 inside the row
+    // Rows on a texel boundary (the common case) fetch whole texels. Decided
+    // from the row size, the same for every thread: adapters then know the
+    // loops below and their input addresses are uniform (scalar loads
+    // instead of per-lane gathers).
+    let aligned = row_bytes % 16u == 0u;
     switch dtype {
         case DTYPE_F32: {
-            for (var g = 0u; g < whole; g++) {
-                accumulate(f32x8(tex, row, k0 + 8u * g), g);
+            if aligned {
+                for (var g = 0u; g < whole; g++) {
+                    let t = row / 16u + 2u * g;
+                    let m = mat2x4(bitcast<vec4<f32>>(texel(tex, t)), bitcast<vec4<f32>>(texel(tex, t + 1u)));
+                    accumulate(m, g);
+                }
+            } else {
+                for (var g = 0u; g < whole; g++) {
+                    accumulate(f32x8(tex, row, 8u * g), g);
+                }
             }
         }
         case DTYPE_F16: {
-            for (var g = 0u; g < whole; g++) {
-                accumulate(f16x8(tex, row, k0 + 8u * g), g);
+            if aligned {
+                for (var g = 0u; g < whole; g++) {
+                    let v = texel(tex, row / 16u + g);
+                    let m = mat2x4(
+                        vec4(unpack2x16float(v.x), unpack2x16float(v.y)),
+                        vec4(unpack2x16float(v.z), unpack2x16float(v.w)),
+                    );
+                    accumulate(m, g);
+                }
+            } else {
+                for (var g = 0u; g < whole; g++) {
+                    accumulate(f16x8(tex, row, 8u * g), g);
+                }
             }
         }
         case DTYPE_BF16: {
             for (var g = 0u; g < whole; g++) {
-                accumulate(bf16x8(tex, row, k0 + 8u * g), g);
+                accumulate(bf16x8(tex, row, 8u * g), g);
             }
         }
         case DTYPE_Q8_0: {
             for (var g = 0u; g < whole; g++) {
-                accumulate(q8_0x8(tex, row, k0 + 8u * g), g);
+                accumulate(q8_0x8(tex, row, 8u * g), g);
             }
         }
         case DTYPE_Q4_0: {
             for (var g = 0u; g < whole; g++) {
-                accumulate(q4_0x8(tex, row, k0 + 8u * g), g);
+                accumulate(q4_0x8(tex, row, 8u * g), g);
             }
         }
         default: {
             for (var g = 0u; g < whole; g++) {
-                accumulate(anyx8(tex, dtype, row, k0 + 8u * g, cols), g);
+                accumulate(anyx8(tex, dtype, row, 8u * g, cols), g);
             }
         }
     }
@@ -137,12 +160,12 @@ fn main(
     if r >= params.rows {
         return;
     }
-    row_tile(w, params.dtype, r * params.row_bytes, params.cols);
+    row_tile(w, params.dtype, r * params.row_bytes, params.row_bytes, params.cols);
     // The up projection's sums (SwiGLU), swapped with a0..a7 around its pass.
-    var u = array<vec4<f32>, 8>();
+    var u = array<f32, 8>();
     if params.mode == MODE_SWIGLU {
         u = swap(u);
-        row_tile(w_up, params.up_dtype, r * params.up_row_bytes, params.cols);
+        row_tile(w_up, params.up_dtype, r * params.up_row_bytes, params.up_row_bytes, params.cols);
         u = swap(u);
     }
     let t0 = params.first_token;
@@ -157,7 +180,7 @@ fn main(
 }
 
 // Exchanges `other` with the accumulators a0..a7.
-fn swap(other: array<vec4<f32>, 8>) -> array<vec4<f32>, 8> {
+fn swap(other: array<f32, 8>) -> array<f32, 8> {
     let mine = array(a0, a1, a2, a3, a4, a5, a6, a7);
     a0 = other[0];
     a1 = other[1];
@@ -170,21 +193,19 @@ fn swap(other: array<vec4<f32>, 8>) -> array<vec4<f32>, 8> {
     return mine;
 }
 
-// The epilogue for token t0 + i (the tile's i-th), row r: a and up hold 4
-// partial sums each.
-fn store(t0: u32, i: u32, r: u32, a: vec4<f32>, up: vec4<f32>) {
+// The epilogue for token t0 + i (the tile's i-th), row r: s = W[r] . x,
+// b = W_up[r] . x.
+fn store(t0: u32, i: u32, r: u32, s: f32, b: f32) {
     let t = t0 + i;
     if i >= params.tile || t >= step.n {
         return;
     }
-    let s = a.x + a.y + a.z + a.w;
     let o = t * params.out_stride + params.out_offset + r;
     switch params.mode {
         case MODE_ADD: {
             out[o] += s;
         }
         case MODE_SWIGLU: {
-            let b = up.x + up.y + up.z + up.w;
             out[o] = s * (1.0 / (1.0 + exp(-s))) * b;
         }
         default: {

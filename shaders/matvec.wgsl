@@ -40,14 +40,17 @@ const MODE_SWIGLU: u32 = 2u;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var w_up: texture_2d<u32>;
 
-// W[row] . x for the row whose bytes start at `row` of `tex`.
-fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, cols: u32) -> f32 {
+// W[row] . x for the row whose bytes start at `row` of `tex`. Rows on a
+// texel boundary (the common case) fetch whole texels: decided from the row
+// size, the same for every thread, so adapters know the loops and x's
+// addresses are uniform (scalar loads instead of per-lane gathers).
+fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32) -> f32 {
+    let aligned = row_bytes % 16u == 0u;
     var acc = vec4<f32>(0.0);
     var done = 0u; // values handled 16 bytes at a time
     switch dtype {
         case DTYPE_F32: {
-            // Rows on a texel boundary fetch texels directly (the common case).
-            if row % 16u == 0u {
+            if aligned {
                 for (var k = 0u; k < cols / 4u; k++) {
                     acc += bitcast<vec4<f32>>(texel(tex, row / 16u + k)) * x[k];
                 }
@@ -59,7 +62,7 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, cols: u32) -> f32 {
             done = cols / 4u * 4u;
         }
         case DTYPE_F16: {
-            if row % 16u == 0u {
+            if aligned {
                 for (var k = 0u; k < cols / 8u; k++) {
                     let v = texel(tex, row / 16u + k);
                     acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x[2u * k];
@@ -124,7 +127,7 @@ fn main(
     if r >= params.rows {
         return;
     }
-    let a = row_dot(w, params.dtype, r * params.row_bytes, params.cols);
+    let a = row_dot(w, params.dtype, r * params.row_bytes, params.row_bytes, params.cols);
     let o = params.out_offset + r;
     // Each thread reads and writes only its own out[o]: in place is safe.
     switch params.mode {
@@ -132,7 +135,7 @@ fn main(
             out[o] += a;
         }
         case MODE_SWIGLU: {
-            let b = row_dot(w_up, params.up_dtype, r * params.up_row_bytes, params.cols);
+            let b = row_dot(w_up, params.up_dtype, r * params.up_row_bytes, params.up_row_bytes, params.cols);
             out[o] = a * (1.0 / (1.0 + exp(-a))) * b;
         }
         default: {
