@@ -195,6 +195,7 @@ struct Row {
     weight_dtype: String,
     weight_bytes: u64,
     decode_tok_s: f64,
+    sampled_tok_s: f64,
     prefill_tok_s: f64,
     gpu_ms: Option<f64>,
     host_ms: f64,
@@ -240,6 +241,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         s.prefill(&prompt)?; // the prefill pipelines
         let mut decode = Vec::new();
+        let mut sampled = Vec::new();
         let mut prefill = Vec::new();
         let mut host = Vec::new();
         let mut gpu_time = Vec::new();
@@ -253,6 +255,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 token = s.forward_greedy(token)?;
             }
             decode.push(args.tokens as f64 / t.elapsed().as_secs_f64());
+            // Top-p sampling on the host: the logits are read back each token.
+            s.reset();
+            let mut sampler = Sampler::new(0.8, 0.9, 42)?;
+            let t = Instant::now();
+            let mut token = 1;
+            for _ in 0..args.tokens {
+                token = s.next_token(token, &mut sampler)?;
+            }
+            sampled.push(args.tokens as f64 / t.elapsed().as_secs_f64());
             // Encode + submit only: feed() does not wait for the GPU.
             s.reset();
             let t = Instant::now();
@@ -305,6 +316,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             weight_dtype: dtype,
             weight_bytes: model.weights.bytes(),
             decode_tok_s: tok_s,
+            sampled_tok_s: median(sampled),
             prefill_tok_s,
             gpu_ms: (!gpu_time.is_empty()).then(|| median(gpu_time)),
             host_ms: median(host),
@@ -359,8 +371,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         for r in &rows {
             println!(
-                "{{\"model\":\"{}\",\"weights\":\"{}\",\"weight_bytes\":{},\"decode_tok_s\":{:.2},\"prefill_tok_s\":{:.2},\"gpu_ms_per_token\":{},\"host_ms_per_token\":{:.3},\"dispatches_per_token\":{},\"bytes_per_token\":{:.0},\"gb_s\":{:.3},\"copy_gb_s\":{:.3},\"fraction_of_copy\":{:.4}}}",
-                r.model, r.weight_dtype, r.weight_bytes, r.decode_tok_s, r.prefill_tok_s, r.gpu_ms.map_or("null".to_string(), |g| format!("{g:.3}")), r.host_ms, r.dispatches, r.bytes_per_token, r.gb_s, copy / 1e9, r.copy_fraction
+                "{{\"model\":\"{}\",\"weights\":\"{}\",\"weight_bytes\":{},\"decode_tok_s\":{:.2},\"sampled_tok_s\":{:.2},\"prefill_tok_s\":{:.2},\"gpu_ms_per_token\":{},\"host_ms_per_token\":{:.3},\"dispatches_per_token\":{},\"bytes_per_token\":{:.0},\"gb_s\":{:.3},\"copy_gb_s\":{:.3},\"fraction_of_copy\":{:.4}}}",
+                r.model, r.weight_dtype, r.weight_bytes, r.decode_tok_s, r.sampled_tok_s, r.prefill_tok_s, r.gpu_ms.map_or("null".to_string(), |g| format!("{g:.3}")), r.host_ms, r.dispatches, r.bytes_per_token, r.gb_s, copy / 1e9, r.copy_fraction
             );
         }
         for (m, t, with, without, measured, predicted) in &cache_rows {
@@ -373,15 +385,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         gpu.describe(),
         copy / 1e9
     );
-    println!("| model | weights | weight bytes | decode tok/s | prefill tok/s ({} tokens) | GPU ms/token | host ms/token | dispatches/token | bytes/token | GB/s | of copy BW |", args.prompt);
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| model | weights | weight bytes | decode tok/s (greedy on GPU) | top-p tok/s (logits read back) | prefill tok/s ({} tokens) | GPU ms/token | host ms/token | dispatches/token | bytes/token | GB/s | of copy BW |", args.prompt);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {} | {:.3} | {} | {:.0} | {:.3} | {:.1}% |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.3} | {} | {:.0} | {:.3} | {:.1}% |",
             r.model,
             r.weight_dtype,
             r.weight_bytes,
             r.decode_tok_s,
+            r.sampled_tok_s,
             r.prefill_tok_s,
             r.gpu_ms.map_or("n/a".to_string(), |g| format!("{g:.3}")),
             r.host_ms,
