@@ -15,12 +15,13 @@
 //   4 out:    array<f32> (storage)              (n, out_stride)
 //   5 w_up:   texture_2d<u32>                   (rows, up_row_bytes); MODE_SWIGLU only (else w again)
 //
-// One thread per row, 64 rows per workgroup, one launch per tile of tokens;
-// each thread decodes 8 weights of its row at a time and uses them for
-// every token of the tile, so weights are read once per tile instead of
-// once per token. The inputs are a uniform buffer, which every thread reads
-// at the same address (software adapters broadcast it), and the kernel has
-// no barriers (software adapters switch coroutines at each). Grids of more
+// Two rows per thread (r and r + 64), 128 rows per workgroup, one launch
+// per tile of tokens; each thread decodes 8 weights of each row at a time
+// and uses them for every token of the tile, so weights are read once per
+// tile instead of once per token, and each input value read serves both
+// rows. The inputs are a uniform buffer, which every thread reads at the
+// same address (software adapters broadcast it), and the kernel has no
+// barriers (software adapters switch coroutines at each). Grids of more
 // than 65535 workgroups spill into y.
 
 struct Params {
@@ -53,9 +54,9 @@ const MODE_SWIGLU: u32 = 2u;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var w_up: texture_2d<u32>;
 
-// One accumulator per token, named rather than
-// indexed: a private array indexed in a loop becomes per-lane memory
-// traffic on SIMD adapters.
+// Per token of the tile, the sums of row r (a0..a7) and of row r + 64
+// (b0..b7): named rather than indexed, as a private array indexed in a loop
+// becomes per-lane memory traffic on SIMD adapters.
 var<private> a0: f32;
 var<private> a1: f32;
 var<private> a2: f32;
@@ -64,89 +65,130 @@ var<private> a4: f32;
 var<private> a5: f32;
 var<private> a6: f32;
 var<private> a7: f32;
+var<private> b0: f32;
+var<private> b1: f32;
+var<private> b2: f32;
+var<private> b3: f32;
+var<private> b4: f32;
+var<private> b5: f32;
+var<private> b6: f32;
+var<private> b7: f32;
 
-// Weights m (8 values) times inputs a, b (4 values each).
-fn dot8(m: mat2x4<f32>, a: vec4<f32>, b: vec4<f32>) -> f32 {
-    return dot(m[0], a) + dot(m[1], b);
+// Weights m (8 values) times inputs p, q (4 values each).
+fn dot8(m: mat2x4<f32>, p: vec4<f32>, q: vec4<f32>) -> f32 {
+    return dot(m[0], p) + dot(m[1], q);
 }
 
-// Adds 8 weights of the row (columns 8 g .. 8 g + 8) times each token's inputs.
-fn accumulate(m: mat2x4<f32>, g: u32) {
+// Adds columns 8 g .. 8 g + 8 of both rows (m: row r, n: row r + 64) times
+// each token's inputs.
+fn accumulate(m: mat2x4<f32>, n: mat2x4<f32>, g: u32) {
     let s = params.x_stride / 4u; // vec4s per token row
     let j = 2u * g;
-    a0 += dot8(m, x[j], x[j + 1u]);
-    a1 += dot8(m, x[s + j], x[s + j + 1u]);
-    a2 += dot8(m, x[2u * s + j], x[2u * s + j + 1u]);
-    a3 += dot8(m, x[3u * s + j], x[3u * s + j + 1u]);
-    a4 += dot8(m, x[4u * s + j], x[4u * s + j + 1u]);
-    a5 += dot8(m, x[5u * s + j], x[5u * s + j + 1u]);
-    a6 += dot8(m, x[6u * s + j], x[6u * s + j + 1u]);
-    a7 += dot8(m, x[7u * s + j], x[7u * s + j + 1u]);
+    var p = x[j];
+    var q = x[j + 1u];
+    a0 += dot8(m, p, q);
+    b0 += dot8(n, p, q);
+    p = x[s + j];
+    q = x[s + j + 1u];
+    a1 += dot8(m, p, q);
+    b1 += dot8(n, p, q);
+    p = x[2u * s + j];
+    q = x[2u * s + j + 1u];
+    a2 += dot8(m, p, q);
+    b2 += dot8(n, p, q);
+    p = x[3u * s + j];
+    q = x[3u * s + j + 1u];
+    a3 += dot8(m, p, q);
+    b3 += dot8(n, p, q);
+    p = x[4u * s + j];
+    q = x[4u * s + j + 1u];
+    a4 += dot8(m, p, q);
+    b4 += dot8(n, p, q);
+    p = x[5u * s + j];
+    q = x[5u * s + j + 1u];
+    a5 += dot8(m, p, q);
+    b5 += dot8(n, p, q);
+    p = x[6u * s + j];
+    q = x[6u * s + j + 1u];
+    a6 += dot8(m, p, q);
+    b6 += dot8(n, p, q);
+    p = x[7u * s + j];
+    q = x[7u * s + j + 1u];
+    a7 += dot8(m, p, q);
+    b7 += dot8(n, p, q);
 }
 
-// All columns of one row, stored as `dtype`, for the tile's tokens: the
-// type is chosen once, outside the loop over 8-value groups.
-fn row_tile(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32) {
+// Values 8 g .. 8 g + 8 of an F32 / F16 row starting on a texel boundary.
+fn f32_texels(tex: texture_2d<u32>, row: u32, g: u32) -> mat2x4<f32> {
+    let t = row / 16u + 2u * g;
+    return mat2x4(bitcast<vec4<f32>>(texel(tex, t)), bitcast<vec4<f32>>(texel(tex, t + 1u)));
+}
+
+fn f16_texel(tex: texture_2d<u32>, row: u32, g: u32) -> mat2x4<f32> {
+    let v = texel(tex, row / 16u + g);
+    return mat2x4(
+        vec4(unpack2x16float(v.x), unpack2x16float(v.y)),
+        vec4(unpack2x16float(v.z), unpack2x16float(v.w)),
+    );
+}
+
+// All columns of rows `r1` and `r2` (byte offsets), stored as `dtype`, for
+// the tile's tokens. The type is chosen once, outside the loop over 8-value
+// groups, and alignment from the row size, the same for every thread: the
+// loops and their input addresses are then uniform (scalar loads rather
+// than per-lane gathers on SIMD adapters).
+fn rows_tile(tex: texture_2d<u32>, dtype: u32, r1: u32, r2: u32, row_bytes: u32, cols: u32) {
     let whole = cols / 8u; // groups of 8 inside the row
-    // Rows on a texel boundary (the common case) fetch whole texels. Decided
-    // from the row size, the same for every thread: adapters then know the
-    // loops below and their input addresses are uniform (scalar loads
-    // instead of per-lane gathers).
     let aligned = row_bytes % 16u == 0u;
     switch dtype {
         case DTYPE_F32: {
             if aligned {
                 for (var g = 0u; g < whole; g++) {
-                    let t = row / 16u + 2u * g;
-                    let m = mat2x4(bitcast<vec4<f32>>(texel(tex, t)), bitcast<vec4<f32>>(texel(tex, t + 1u)));
-                    accumulate(m, g);
+                    accumulate(f32_texels(tex, r1, g), f32_texels(tex, r2, g), g);
                 }
             } else {
                 for (var g = 0u; g < whole; g++) {
-                    accumulate(f32x8(tex, row, 8u * g), g);
+                    accumulate(f32x8(tex, r1, 8u * g), f32x8(tex, r2, 8u * g), g);
                 }
             }
         }
         case DTYPE_F16: {
             if aligned {
                 for (var g = 0u; g < whole; g++) {
-                    let v = texel(tex, row / 16u + g);
-                    let m = mat2x4(
-                        vec4(unpack2x16float(v.x), unpack2x16float(v.y)),
-                        vec4(unpack2x16float(v.z), unpack2x16float(v.w)),
-                    );
-                    accumulate(m, g);
+                    accumulate(f16_texel(tex, r1, g), f16_texel(tex, r2, g), g);
                 }
             } else {
                 for (var g = 0u; g < whole; g++) {
-                    accumulate(f16x8(tex, row, 8u * g), g);
+                    accumulate(f16x8(tex, r1, 8u * g), f16x8(tex, r2, 8u * g), g);
                 }
             }
         }
         case DTYPE_BF16: {
             for (var g = 0u; g < whole; g++) {
-                accumulate(bf16x8(tex, row, 8u * g), g);
+                accumulate(bf16x8(tex, r1, 8u * g), bf16x8(tex, r2, 8u * g), g);
             }
         }
         case DTYPE_Q8_0: {
             for (var g = 0u; g < whole; g++) {
-                accumulate(q8_0x8(tex, row, 8u * g), g);
+                accumulate(q8_0x8(tex, r1, 8u * g), q8_0x8(tex, r2, 8u * g), g);
             }
         }
         case DTYPE_Q4_0: {
             for (var g = 0u; g < whole; g++) {
-                accumulate(q4_0x8(tex, row, 8u * g), g);
+                accumulate(q4_0x8(tex, r1, 8u * g), q4_0x8(tex, r2, 8u * g), g);
             }
         }
         default: {
             for (var g = 0u; g < whole; g++) {
-                accumulate(anyx8(tex, dtype, row, 8u * g, cols), g);
+                let c = 8u * g;
+                accumulate(anyx8(tex, dtype, r1, c, cols), anyx8(tex, dtype, r2, c, cols), g);
             }
         }
     }
-    // A row's last, partial group (float types of odd width).
+    // The rows' last, partial group (float types of odd width).
     if 8u * whole < cols {
-        accumulate(anyx8(tex, dtype, row, 8u * whole, cols), whole);
+        let c = 8u * whole;
+        accumulate(anyx8(tex, dtype, r1, c, cols), anyx8(tex, dtype, r2, c, cols), whole);
     }
 }
 
@@ -156,16 +198,19 @@ fn main(
     @builtin(num_workgroups) num_wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let r = (wg.x + wg.y * num_wg.x) * 64u + lid;
+    let r = (wg.x + wg.y * num_wg.x) * 128u + lid;
     if r >= params.rows {
         return;
     }
-    row_tile(w, params.dtype, r * params.row_bytes, params.row_bytes, params.cols);
-    // The up projection's sums (SwiGLU), swapped with a0..a7 around its pass.
-    var u = array<f32, 8>();
+    // Past the last row the second row repeats the first, and is not stored.
+    let r2 = select(r, r + 64u, r + 64u < params.rows);
+    rows_tile(w, params.dtype, r * params.row_bytes, r2 * params.row_bytes, params.row_bytes, params.cols);
+    // The up projection's sums (SwiGLU), swapped with the accumulators around its pass.
+    var u = array<f32, 16>();
     if params.mode == MODE_SWIGLU {
         u = swap(u);
-        row_tile(w_up, params.up_dtype, r * params.up_row_bytes, params.up_row_bytes, params.cols);
+        let b = params.up_row_bytes;
+        rows_tile(w_up, params.up_dtype, r * b, r2 * b, b, params.cols);
         u = swap(u);
     }
     let t0 = params.first_token;
@@ -177,11 +222,21 @@ fn main(
     store(t0, 5u, r, a5, u[5]);
     store(t0, 6u, r, a6, u[6]);
     store(t0, 7u, r, a7, u[7]);
+    if r2 != r {
+        store(t0, 0u, r2, b0, u[8]);
+        store(t0, 1u, r2, b1, u[9]);
+        store(t0, 2u, r2, b2, u[10]);
+        store(t0, 3u, r2, b3, u[11]);
+        store(t0, 4u, r2, b4, u[12]);
+        store(t0, 5u, r2, b5, u[13]);
+        store(t0, 6u, r2, b6, u[14]);
+        store(t0, 7u, r2, b7, u[15]);
+    }
 }
 
-// Exchanges `other` with the accumulators a0..a7.
-fn swap(other: array<f32, 8>) -> array<f32, 8> {
-    let mine = array(a0, a1, a2, a3, a4, a5, a6, a7);
+// Exchanges `other` with the accumulators a0..a7, b0..b7.
+fn swap(other: array<f32, 16>) -> array<f32, 16> {
+    let mine = array(a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7);
     a0 = other[0];
     a1 = other[1];
     a2 = other[2];
@@ -190,6 +245,14 @@ fn swap(other: array<f32, 8>) -> array<f32, 8> {
     a5 = other[5];
     a6 = other[6];
     a7 = other[7];
+    b0 = other[8];
+    b1 = other[9];
+    b2 = other[10];
+    b3 = other[11];
+    b4 = other[12];
+    b5 = other[13];
+    b6 = other[14];
+    b7 = other[15];
     return mine;
 }
 

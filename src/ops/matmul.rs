@@ -53,7 +53,8 @@ pub fn dispatch(
                 out.as_entire_binding(),
                 wgpu::BindingResource::TextureView(up),
             ];
-            let groups = grid(params.rows.div_ceil(64));
+            // Two rows per thread, 128 per workgroup.
+            let groups = grid(params.rows.div_ceil(128));
             dispatch.push_tile(
                 device,
                 bytemuck::bytes_of(&params),
