@@ -1,21 +1,29 @@
 // Attention over the KV cache for each token t of the pass, at position
 // pos = step.pos + t (causal: positions 0..=pos; the pass's own K/V are
-// already in the cache), one (query head, token) per workgroup. Grouped-query: query head h reads
-// K/V head h / (n_heads / n_kv_heads).
+// already in the cache). Grouped-query: query head h reads K/V head
+// h / (n_heads / n_kv_heads).
 //
 //   score[t] = q_h . k_cache[t, kv_head] / sqrt(head_size)
 //   out_h    = sum_t softmax(score)[t] * v_cache[t, kv_head]
 //
-// The cache holds f32 bits or packed f16 pairs (see kv_append.wgsl).
+// Split-K (flash-decoding): the positions are cut into splits of `split`,
+// one workgroup per (query head, split, token), so long contexts spread over
+// many workgroups. A token whose positions fit one split gets its output
+// here; otherwise each split writes its unnormalised partial result
+// (sum_t e^(s_t - m) v_t, m = its max score, l = sum_t e^(s_t - m)) and
+// attention_combine.wgsl merges them.
+//
+// The cache holds f32 bits or packed f16 pairs (see rope_append.wgsl).
 //
 // Bindings (group 0):
-//   0 params:  Params (uniform)      { n_heads, n_kv_heads, head_size, capacity, f16, out_stride }
-//   1 step:    Step (uniform)        { pos, n }
-//   2 q:       array<f32> (storage)  (n, n_heads, head_size)
-//   3 k_cache: array<u32> (storage)  (capacity, n_kv_heads * head_size) values, f32 or f16 pairs
-//   4 v_cache: array<u32> (storage)  as k_cache
-//   5 scores:  array<f32> (storage)  (n, n_heads, capacity) scratch
-//   6 out:     array<f32> (storage)  (n, out_stride), n_heads * head_size values used per row
+//   0 params:   Params (uniform)      { n_heads, n_kv_heads, head_size, capacity, f16, out_stride, split, splits }
+//   1 step:     Step (uniform)        { pos, n }
+//   2 q:        array<f32> (storage)  (n, n_heads, head_size)
+//   3 k_cache:  array<u32> (storage)  (capacity, n_kv_heads * head_size) values, f32 or f16 pairs
+//   4 v_cache:  array<u32> (storage)  as k_cache
+//   5 scores:   array<f32> (storage)  (n, n_heads, capacity) scratch
+//   6 out:      array<f32> (storage)  (n, out_stride), n_heads * head_size values used per row
+//   7 partials: array<f32> (storage)  (n, n_heads, splits, head_size + 2): o, then m and l
 //
 // The softmax subtracts the maximum score first, so large scores cannot overflow.
 
@@ -26,6 +34,8 @@ struct Params {
     capacity: u32,
     f16: u32,
     out_stride: u32,
+    split: u32,
+    splits: u32,
 }
 
 struct Step {
@@ -55,6 +65,7 @@ fn cached_v(i: u32) -> f32 {
 }
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> partials: array<f32>;
 
 const WG: u32 = 64u;
 var<workgroup> partial: array<f32, WG>;
@@ -83,20 +94,22 @@ fn main(
     let h = wg.x;
     let token = wg.z;
     let pos = step.pos + token;
-    if h >= params.n_heads || token >= step.n || pos >= params.capacity {
+    let n = pos + 1u; // positions attended to
+    let start = wg.y * params.split;
+    if h >= params.n_heads || token >= step.n || pos >= params.capacity || start >= n {
         return;
     }
+    let end = min(n, start + params.split);
     let hs = params.head_size;
     let kv_dim = params.n_kv_heads * hs;
     let kv_off = (h / (params.n_heads / params.n_kv_heads)) * hs;
     let q_off = (token * params.n_heads + h) * hs;
     let s_off = (token * params.n_heads + h) * params.capacity;
-    let n = pos + 1u;
     let scale = sqrt(f32(hs));
 
     // Scores and their maximum.
     var m = -3.402823e38;
-    for (var t = lid; t < n; t += WG) {
+    for (var t = start + lid; t < end; t += WG) {
         var dot = 0.0;
         for (var i = 0u; i < hs; i++) {
             dot += q[q_off + i] * cached_k(t * kv_dim + kv_off + i);
@@ -110,7 +123,7 @@ fn main(
 
     // Exponentials (each thread revisits its own t) and their sum.
     var sum = 0.0;
-    for (var t = lid; t < n; t += WG) {
+    for (var t = start + lid; t < end; t += WG) {
         let e = exp(scores[s_off + t] - m);
         scores[s_off + t] = e;
         sum += e;
@@ -120,11 +133,21 @@ fn main(
     storageBarrier(); // scores written above are read by other threads below
 
     // Weighted sum of values: each thread owns some of the head's dimensions.
+    let whole = n <= params.split; // one split: the final output
+    let p_off = ((token * params.n_heads + h) * params.splits + wg.y) * (hs + 2u);
     for (var i = lid; i < hs; i += WG) {
         var acc = 0.0;
-        for (var t = 0u; t < n; t++) {
+        for (var t = start; t < end; t++) {
             acc += scores[s_off + t] * cached_v(t * kv_dim + kv_off + i);
         }
-        out[token * params.out_stride + h * hs + i] = acc / sum;
+        if whole {
+            out[token * params.out_stride + h * hs + i] = acc / sum;
+        } else {
+            partials[p_off + i] = acc;
+        }
+    }
+    if !whole && lid == 0u {
+        partials[p_off + hs] = m;
+        partials[p_off + hs + 1u] = sum;
     }
 }

@@ -7,7 +7,9 @@ use wgpu::util::DeviceExt;
 use crate::model::{Config, Model};
 use crate::ops::matvec::{GpuTensor, Mode};
 use crate::ops::rmsnorm::Rows;
-use crate::ops::{argmax, attention, embed, matmul, matvec, rmsnorm, rope_append};
+use crate::ops::{
+    argmax, attention, attention_combine, embed, matmul, matvec, rmsnorm, rope_append,
+};
 use crate::ops::{Dispatch, Kernels};
 use crate::sampler::Sampler;
 use crate::{Error, Gpu, Result};
@@ -350,6 +352,10 @@ pub const PREFILL_TOKENS: usize = 64;
 /// shortened so that (tokens, n_heads, capacity) f32 scores fit.
 const SCORES_BUDGET: u64 = 16 << 20;
 
+/// Positions per split of split-K attention: a token attending to more runs
+/// one workgroup per split and head, then a merge (`attention_combine`).
+pub const ATTENTION_SPLIT: usize = 256;
+
 /// The projections of one layer, bound either for one token (matvec) or for
 /// a pass of several (matmul).
 #[derive(Debug)]
@@ -370,6 +376,9 @@ struct LayerDispatches {
     att_norm: Dispatch,
     rope_append: Dispatch,
     attention: Dispatch,
+    /// Merges attention's splits; recorded only when a token of the pass
+    /// attends to more than [`ATTENTION_SPLIT`] positions.
+    attention_combine: Dispatch,
     ffn_norm: Dispatch,
     /// For a pass of one token.
     decode: Projections,
@@ -511,8 +520,11 @@ impl Session {
             // (batch, sd) attention output; (batch, sh) SwiGLU output.
             let att = input("att", sd);
             let hb = input("hb", sh);
-            // (batch, n_heads, capacity) attention scores.
+            // (batch, n_heads, capacity) attention scores; (batch, n_heads,
+            // splits, head_size + 2) split-K partial results.
             let scores = act("scores", c.n_heads * capacity);
+            let splits = capacity.div_ceil(ATTENTION_SPLIT);
+            let partials = act("partials", c.n_heads * splits * (c.head_size() + 2));
             let logits = buffer("logits", c.vocab_size, U::STORAGE | U::COPY_SRC);
             let next = buffer("next", 1, U::STORAGE | U::COPY_SRC);
             let logits_readback =
@@ -584,8 +596,22 @@ impl Session {
                             &kc.k,
                             &kc.v,
                             &scores,
+                            &partials,
                             &step,
                             attention_shape,
+                            ATTENTION_SPLIT,
+                        ),
+                        attention_combine: attention_combine::dispatch(
+                            device,
+                            &kn.attention_combine,
+                            &att,
+                            sd,
+                            &partials,
+                            &step,
+                            c.n_heads,
+                            c.head_size(),
+                            capacity,
+                            ATTENTION_SPLIT,
                         ),
                         ffn_norm: norm(&xb, &w.rms_ffn),
                         decode: Projections {
@@ -678,24 +704,28 @@ impl Session {
         self.batch
     }
 
-    /// Kernel launches recorded per greedy token: the embedding, 8 per layer
-    /// (norm, QKV projection, RoPE + append, attention, Wo + residual, norm,
-    /// gate/up/SiLU projection, W2 + residual), the final norm, the
-    /// classifier and the argmax; more where a weight is split into
-    /// row-chunks or a stacked one mixes storage types.
+    /// Kernel launches recorded for the next greedy token: the embedding, 8
+    /// per layer (norm, QKV projection, RoPE + append, attention, Wo +
+    /// residual, norm, gate/up/SiLU projection, W2 + residual; 9 past
+    /// [`ATTENTION_SPLIT`] positions, with the split-K merge), the final
+    /// norm, the classifier and the argmax; more where a weight is split
+    /// into row-chunks or a stacked one mixes storage types.
     pub fn dispatches_per_token(&self) -> usize {
         let mut n = 0;
         self.each_dispatch(1, Readback::Argmax, |_, d| n += d.launches(1));
         n
     }
 
-    /// Calls `f` with each dispatch of a pass of `n` tokens, in order, and its name.
+    /// Calls `f` with each dispatch of a pass of `n` tokens from the cache's
+    /// length on, in order, and its name.
     fn each_dispatch(
         &self,
         n: usize,
         readback: Readback,
         mut f: impl FnMut(&'static str, &Dispatch),
     ) {
+        // Split-K attention needs its merge once a token attends to more than one split.
+        let split_k = self.cache.len + n > ATTENTION_SPLIT;
         // Token embedding: each token's row becomes its residual stream x.
         f("embed", &self.embed);
         for l in &self.layers {
@@ -706,6 +736,9 @@ impl Session {
             f("qkv", &p.qkv);
             f("rope_append", &l.rope_append);
             f("attention", &l.attention);
+            if split_k {
+                f("attention_combine", &l.attention_combine);
+            }
             f("wo_residual", &p.wo_residual);
             // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
             f("ffn_norm", &l.ffn_norm);

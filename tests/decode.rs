@@ -81,6 +81,12 @@ fn example_prints_the_reference_text() {
 /// Tolerance for GPU vs CPU logits: both f32; the GPU sums in another order.
 const LOGIT_TOLERANCE: f32 = 1e-3;
 
+/// Tolerance for logits through an f16 KV cache against the f32 reference
+/// (or against another summation order): f16 keeps 11 significant bits, so
+/// cached values move by up to 2^-12 relative; through 5 layers the logits
+/// (magnitudes up to ~20) moved by at most 0.023 when this was written.
+const F16_LOGIT_TOLERANCE: f32 = 5e-2;
+
 #[test]
 fn gpu_logits_match_cpu_reference_at_every_position() {
     let (model, _) = require!(common::stories());
@@ -89,7 +95,8 @@ fn gpu_logits_match_cpu_reference_at_every_position() {
     let mut cpu = CpuSession::new(&model, None).unwrap();
     let mut token = kvgpu::tokenizer::BOS;
     let mut worst = (0.0f32, 0);
-    for pos in 0..256 {
+    // 320 positions: past 256, attention runs split-K (two splits merged).
+    for pos in 0..320 {
         let expect = cpu.forward(token).unwrap().to_vec();
         let got = s.forward(token).unwrap();
         let diff = max_abs_diff(got, &expect);
@@ -99,7 +106,7 @@ fn gpu_logits_match_cpu_reference_at_every_position() {
         token = kvgpu::sampler::argmax(&expect);
     }
     eprintln!(
-        "max |gpu - cpu| logit over 256 positions: {} at position {}",
+        "max |gpu - cpu| logit over 320 positions: {} at position {}",
         worst.0, worst.1
     );
     assert!(
@@ -120,9 +127,10 @@ fn prefill_equals_feeding_token_by_token() {
     let gpu = require!(common::gpu());
     let gm = GpuModel::new(&gpu, &model).unwrap();
     let mut cpu = CpuSession::new(&model, None).unwrap();
-    // 150 tokens: two full passes of 64 and a partial one, after 3 decoded positions.
+    // 297 tokens after 3 decoded positions: four full passes of 64 and a
+    // partial one, whose tokens attend to more than 256 positions (split-K).
     let mut rng = kvgpu::sampler::XorShift::new(5);
-    let tokens: Vec<u32> = (0..153).map(|_| rng.next_u32() % 512).collect();
+    let tokens: Vec<u32> = (0..300).map(|_| rng.next_u32() % 512).collect();
     for kv_dtype in [KvDtype::F32, KvDtype::F16] {
         let options = SessionOptions {
             capacity: None,
@@ -136,17 +144,19 @@ fn prefill_equals_feeding_token_by_token() {
         }
         let got = batched.prefill(&tokens[3..]).unwrap().to_vec();
         assert_eq!(batched.len(), tokens.len());
-        assert_eq!(batched.submissions(), 3 + 3, "three prefill passes");
+        assert_eq!(batched.submissions(), 3 + 5, "five prefill passes");
         let mut expect = Vec::new();
         for &t in &tokens {
             expect = single.forward(t).unwrap().to_vec();
         }
         let diff = max_abs_diff(&got, &expect);
         eprintln!("{kv_dtype:?} cache: max |prefill - token by token| logit {diff}");
-        assert!(
-            diff <= LOGIT_TOLERANCE,
-            "{kv_dtype:?}: logits differ by {diff}"
-        );
+        // An f16 cache turns f32 rounding differences into f16 steps (measured 3.9e-3).
+        let tolerance = match kv_dtype {
+            KvDtype::F32 => LOGIT_TOLERANCE,
+            KvDtype::F16 => F16_LOGIT_TOLERANCE,
+        };
+        assert!(diff <= tolerance, "{kv_dtype:?}: logits differ by {diff}");
         if kv_dtype == KvDtype::F32 {
             let mut reference = Vec::new();
             for &t in &tokens {
@@ -180,7 +190,7 @@ fn prefill_equals_feeding_token_by_token() {
         // The next token decodes the same after either.
         let a = batched.forward(7).unwrap().to_vec();
         let b = single.forward(7).unwrap().to_vec();
-        assert!(max_abs_diff(&a, &b) <= LOGIT_TOLERANCE);
+        assert!(max_abs_diff(&a, &b) <= tolerance);
     }
 }
 
@@ -370,17 +380,13 @@ fn f16_kv_cache_matches_cpu_and_keeps_the_greedy_text() {
     };
     let mut s = Session::with_options(&GpuModel::new(&gpu, &model).unwrap(), options).unwrap();
     assert_eq!(s.cache().bytes(), 655360 / 2, "half the f32 cache");
-    // Against the f32 reference: f16 keeps 11 significant bits, so cached
-    // values move by up to 2^-12 relative; through 5 layers the logits
-    // (magnitudes up to ~20) moved by at most 0.023 when this was written.
-    const F16_CACHE_TOLERANCE: f32 = 5e-2;
     let mut cpu = CpuSession::new(&model, None).unwrap();
     let mut token = kvgpu::tokenizer::BOS;
     let mut worst = 0f32;
     for pos in 0..256 {
         let expect = cpu.forward(token).unwrap().to_vec();
         let diff = max_abs_diff(s.forward(token).unwrap(), &expect);
-        assert!(diff <= F16_CACHE_TOLERANCE, "position {pos}: {diff}");
+        assert!(diff <= F16_LOGIT_TOLERANCE, "position {pos}: {diff}");
         worst = worst.max(diff);
         token = kvgpu::sampler::argmax(&expect);
     }

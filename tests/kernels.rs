@@ -12,7 +12,9 @@ use common::{max_abs_diff, random};
 use kvgpu::ops::matvec::{CpuMode, GpuTensor, Mode};
 use kvgpu::ops::rmsnorm::Rows;
 use kvgpu::ops::rope_append::{self, Rope};
-use kvgpu::ops::{self, argmax, attention, embed, matmul, matvec, rmsnorm, Dispatch, Kernels};
+use kvgpu::ops::{
+    self, argmax, attention, attention_combine, embed, matmul, matvec, rmsnorm, Dispatch, Kernels,
+};
 use kvgpu::tensor::{quantize, DType, Tensor};
 use kvgpu::Gpu;
 use kvgpu::KvDtype;
@@ -710,7 +712,9 @@ fn attention_matches_cpu_with_grouped_query_heads() {
                 (capacity - 1, 1),
                 (capacity / 3, capacity - capacity / 3),
             ];
-            for (pos, n) in passes {
+            // Split-K: one split holding every position (no merge), and
+            // splits of 4 positions merged by attention_combine.
+            for ((pos, n), split) in passes.into_iter().flat_map(|p| [(p, capacity), (p, 4)]) {
                 let q: Vec<f32> = random(n * n_heads * head_size, seed + pos as u64)
                     .iter()
                     .map(|v| v * 8.0)
@@ -720,6 +724,9 @@ fn attention_matches_cpu_with_grouped_query_heads() {
                 let out_stride = q_dim + 3;
                 let (qb, ob) = (b.buffer(&q), b.buffer(&vec![f32::NAN; n * out_stride]));
                 let scores = b.buffer(&vec![0.0; n * n_heads * capacity]);
+                let splits = capacity.div_ceil(split);
+                let partials = b.buffer(&vec![f32::NAN; n * n_heads * splits * (head_size + 2)]);
+                let step = b.step(pos, n);
                 let d = attention::dispatch(
                     &b.gpu.device,
                     &b.kernels.attention,
@@ -729,10 +736,25 @@ fn attention_matches_cpu_with_grouped_query_heads() {
                     &kcb,
                     &vcb,
                     &scores,
-                    &b.step(pos, n),
+                    &partials,
+                    &step,
                     shape,
+                    split,
                 );
                 b.run(&d, n);
+                let combine = attention_combine::dispatch(
+                    &b.gpu.device,
+                    &b.kernels.attention_combine,
+                    &ob,
+                    out_stride,
+                    &partials,
+                    &step,
+                    n_heads,
+                    head_size,
+                    capacity,
+                    split,
+                );
+                b.run(&combine, n);
                 let mut expect = vec![0.0; n * q_dim];
                 for t in 0..n {
                     let (o, q) = (
@@ -753,7 +775,7 @@ fn attention_matches_cpu_with_grouped_query_heads() {
                 assert_close(
                     &got,
                     &expect,
-                    &format!("attention {shape:?} at pos {pos}, {n} tokens"),
+                    &format!("attention {shape:?} at pos {pos}, {n} tokens, split {split}"),
                 );
             }
         }

@@ -25,6 +25,10 @@ pub struct Params {
     pub f16: u32,
     /// Values from one token's row of `out` to the next.
     pub out_stride: u32,
+    /// Positions per split.
+    pub split: u32,
+    /// Splits of the cache (`ceil(capacity / split)`): the grid's y.
+    pub splits: u32,
 }
 
 /// Shape of an attention call.
@@ -43,9 +47,13 @@ pub struct Shape {
 }
 
 /// Binds, for each token t of the pass in `step` (position `pos = step.pos +
-/// t`), `out[t] (n_heads, head_size; rows out_stride apart) = attention(q[t] (n_heads, head_size),
-/// k_cache[0..=pos], v_cache[0..=pos])` with `scores (n, n_heads, capacity)`
-/// as scratch.
+/// t`), `out[t] (n_heads, head_size; rows out_stride apart) =
+/// attention(q[t] (n_heads, head_size), k_cache[0..=pos], v_cache[0..=pos])`
+/// with `scores (n, n_heads, capacity)` as scratch, the positions cut into
+/// splits of `split`, one workgroup each: a token whose positions span
+/// several splits leaves its partial results in `partials (n, n_heads,
+/// ceil(capacity / split), head_size + 2)` for
+/// [`attention_combine`](super::attention_combine).
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     device: &wgpu::Device,
@@ -56,9 +64,12 @@ pub fn dispatch(
     k_cache: &wgpu::Buffer,
     v_cache: &wgpu::Buffer,
     scores: &wgpu::Buffer,
+    partials: &wgpu::Buffer,
     step: &wgpu::Buffer,
     shape: Shape,
+    split: usize,
 ) -> Dispatch {
+    let splits = shape.capacity.div_ceil(split);
     let params = Params {
         n_heads: shape.n_heads as u32,
         n_kv_heads: shape.n_kv_heads as u32,
@@ -66,13 +77,15 @@ pub fn dispatch(
         capacity: shape.capacity as u32,
         f16: (shape.kv_dtype == KvDtype::F16) as u32,
         out_stride: out_stride as u32,
+        split: split as u32,
+        splits: splits as u32,
     };
     Dispatch::new(
         device,
         pipeline,
         bytemuck::bytes_of(&params),
-        &[step, q, k_cache, v_cache, scores, out],
-        [shape.n_heads as u32, 1, 1],
+        &[step, q, k_cache, v_cache, scores, out, partials],
+        [shape.n_heads as u32, splits as u32, 1],
     )
     .batched(1)
 }

@@ -6,6 +6,7 @@ use wgpu::util::DeviceExt;
 
 pub mod argmax;
 pub mod attention;
+pub mod attention_combine;
 pub mod embed;
 pub mod matmul;
 pub mod matvec;
@@ -22,9 +23,10 @@ pub struct Shader {
 }
 
 /// Every kernel kvgpu uses (a test checks this against `shaders/`).
-pub const SHADERS: [Shader; 7] = [
+pub const SHADERS: [Shader; 8] = [
     argmax::SHADER,
     attention::SHADER,
+    attention_combine::SHADER,
     embed::SHADER,
     matmul::SHADER,
     matvec::SHADER,
@@ -42,6 +44,8 @@ pub struct Kernels {
     pub argmax: wgpu::ComputePipeline,
     /// [`attention`]
     pub attention: wgpu::ComputePipeline,
+    /// [`attention_combine`]
+    pub attention_combine: wgpu::ComputePipeline,
     /// [`embed`]
     pub embed: wgpu::ComputePipeline,
     /// [`matmul`]
@@ -74,6 +78,7 @@ impl Kernels {
         Self {
             argmax: build(argmax::SHADER),
             attention: build(attention::SHADER),
+            attention_combine: build(attention_combine::SHADER),
             embed: build(embed::SHADER),
             matmul: build(matmul::SHADER),
             matvec: build(matvec::SHADER),
