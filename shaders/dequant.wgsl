@@ -10,6 +10,30 @@
 // Bindings (group 0):
 //   1 w: texture_2d<u32>   (ceil(bytes / 16 / TEXELS_PER_ROW), TEXELS_PER_ROW) texels of raw bytes, zero-padded
 
+// Launch parameters of every kernel that reads a weight matrix (matvec,
+// matmul, embed), matching `Params` in src/ops/matvec.rs: the matrix (or
+// row-chunk) shape and storage, where its outputs go, and what to do with
+// them (`mode`); the last three are matmul's tile of tokens.
+struct Params {
+    rows: u32,
+    cols: u32,
+    dtype: u32,
+    row_bytes: u32,
+    out_offset: u32,
+    mode: u32,
+    up_dtype: u32,
+    up_row_bytes: u32,
+    out_stride: u32,
+    x_stride: u32,
+    first_token: u32,
+    tile: u32,
+}
+
+// Projection modes (matvec.wgsl, matmul.wgsl).
+const MODE_SET: u32 = 0u;
+const MODE_ADD: u32 = 1u;
+const MODE_SWIGLU: u32 = 2u;
+
 const DTYPE_F32: u32 = 0u;
 const DTYPE_F16: u32 = 1u;
 const DTYPE_BF16: u32 = 2u;

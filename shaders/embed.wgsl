@@ -4,24 +4,12 @@
 // dequant.wgsl is prepended to this file.
 //
 // Bindings (group 0):
-//   0 params: Params (uniform)       { rows, cols, dtype, row_bytes, row_start, .., out_stride } (matvec's Params)
+//   0 params: Params (uniform)       { rows, cols, dtype, row_bytes, out_offset (the chunk's first row), .., out_stride } (dequant.wgsl)
 //   1 w:      texture_2d<u32>        (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 tokens: array<u32> (storage)   (n,)
 //   3 out:    array<f32> (storage)   (n, out_stride), cols values used per row
 //
 // One thread per column; grid z = token.
-
-struct Params {
-    rows: u32,
-    cols: u32,
-    dtype: u32,
-    row_bytes: u32,
-    row_start: u32,
-    mode: u32,
-    up_dtype: u32,
-    up_row_bytes: u32,
-    out_stride: u32,
-}
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
@@ -32,8 +20,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     let t = gid.z;
     let token = tokens[t];
-    if c >= params.cols || token < params.row_start || token - params.row_start >= params.rows {
+    if c >= params.cols || token < params.out_offset || token - params.out_offset >= params.rows {
         return;
     }
-    out[t * params.out_stride + c] = weight(w, params.dtype, (token - params.row_start) * params.row_bytes, c);
+    out[t * params.out_stride + c] = weight(w, params.dtype, (token - params.out_offset) * params.row_bytes, c);
 }

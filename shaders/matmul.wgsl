@@ -8,7 +8,7 @@
 //   MODE_SWIGLU  out[t, out_offset + r]  = silu(W[r] . x[t]) * (W_up[r] . x[t])
 //
 // Bindings (group 0):
-//   0 params: Params (uniform)                  { rows, cols, dtype, row_bytes, out_offset, mode, up_dtype, up_row_bytes, out_stride, x_stride, first_token, tile }
+//   0 params: Params (uniform, dequant.wgsl)    { rows, cols, dtype, row_bytes, out_offset, mode, up_dtype, up_row_bytes, out_stride, x_stride, first_token, tile }
 //   1 w:      texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 step:   Step (uniform)                    { pos, n }
 //   3 x:      array<vec4<f32>, 4096> (uniform)  (tile, x_stride): the tile's input rows, 64 KiB from token first_token
@@ -24,29 +24,10 @@
 // barriers (software adapters switch coroutines at each). Grids of more
 // than 65535 workgroups spill into y.
 
-struct Params {
-    rows: u32,
-    cols: u32,
-    dtype: u32,
-    row_bytes: u32,
-    out_offset: u32,
-    mode: u32,
-    up_dtype: u32,
-    up_row_bytes: u32,
-    out_stride: u32,
-    x_stride: u32,
-    first_token: u32,
-    tile: u32,
-}
-
 struct Step {
     pos: u32,
     n: u32,
 }
-
-const MODE_SET: u32 = 0u;
-const MODE_ADD: u32 = 1u;
-const MODE_SWIGLU: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(2) var<uniform> step: Step;

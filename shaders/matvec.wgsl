@@ -6,7 +6,7 @@
 //   MODE_SWIGLU  out[out_offset + r]  = silu(W[r] . x) * (W_up[r] . x)  (gate, up and SiLU in one pass)
 //
 // Bindings (group 0):
-//   0 params: Params (uniform)                  { rows, cols, dtype, row_bytes, out_offset, mode, up_dtype, up_row_bytes, out_stride }
+//   0 params: Params (uniform, dequant.wgsl)    { rows, cols, dtype, row_bytes, out_offset, mode, up_dtype, up_row_bytes, out_stride }
 //   1 w:      texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 x:      array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values
 //   3 out:    array<f32> (storage)              (out_offset + rows,)
@@ -18,22 +18,6 @@
 // read 16 bytes at a time at any alignment (4 or 8 values, half a block or a
 // block); K-quants and row tails decode value by value. Grids of more than
 // 65535 workgroups spill into y.
-
-struct Params {
-    rows: u32,
-    cols: u32,
-    dtype: u32,
-    row_bytes: u32,
-    out_offset: u32,
-    mode: u32,
-    up_dtype: u32,
-    up_row_bytes: u32,
-    out_stride: u32,
-}
-
-const MODE_SET: u32 = 0u;
-const MODE_ADD: u32 = 1u;
-const MODE_SWIGLU: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;

@@ -18,8 +18,8 @@ pub const SHADER: Shader = Shader {
     ),
 };
 
-/// Matches WGSL `Params` in matvec.wgsl and matmul.wgsl (and embed.wgsl,
-/// which reads the first five fields, `out_offset` as `row_start`).
+/// Matches WGSL `Params` in dequant.wgsl, read by matvec.wgsl, matmul.wgsl
+/// and embed.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
