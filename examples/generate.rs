@@ -121,6 +121,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             KvDtype::F32
         },
+        ..Default::default()
     };
     let session = Session::with_options(&gpu_model, options)?;
     let (dispatches, kv_bytes, capacity, per_position, kv_dtype) = (

@@ -13,7 +13,8 @@
 // Launch parameters of every kernel that reads a weight matrix (matvec,
 // matmul, embed), matching `Params` in src/ops/matvec.rs: the matrix (or
 // row-chunk) shape and storage, where its outputs go, and what to do with
-// them (`mode`); the last three are matmul's tile of tokens.
+// them (`mode`); then matmul's tile of tokens; then the epsilon of matvec's
+// RMSNorm of its input (pipelines built with NORM).
 struct Params {
     rows: u32,
     cols: u32,
@@ -27,6 +28,7 @@ struct Params {
     x_stride: u32,
     first_token: u32,
     tile: u32,
+    eps: f32,
 }
 
 // Projection modes (matvec.wgsl, matmul.wgsl).

@@ -4,6 +4,10 @@
 //   MODE_SET     out[out_offset + r]  = W[r] . x
 //   MODE_ADD     out[out_offset + r] += W[r] . x      (residual add in the epilogue)
 //   MODE_SWIGLU  out[out_offset + r]  = silu(W[r] . x) * (W_up[r] . x)  (gate, up and SiLU in one pass)
+// Built with the override NORM = true, x is first replaced by rmsnorm(x) * g
+// (the RMSNorm before the projection, computed by every thread from the
+// uniform x: one dispatch fewer per norm; a constant, so the plain pipeline
+// pays nothing for it).
 //
 // Bindings (group 0):
 //   0 params: Params (uniform, dequant.wgsl)    { rows, cols, dtype, row_bytes, out_offset, mode, up_dtype, up_row_bytes, out_stride }
@@ -11,6 +15,7 @@
 //   2 x:      array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values
 //   3 out:    array<f32> (storage)              (out_offset + rows,)
 //   4 w_up:   texture_2d<u32>                   (rows, up_row_bytes) raw bytes; MODE_SWIGLU only (else w again)
+//   5 g:      array<vec4<f32>, 4096> (uniform)  (cols,) RMSNorm weights, zero-padded; NORM only (else x again)
 //
 // One thread per row, 64 rows per workgroup, f32 accumulation, no barriers.
 // x is a uniform buffer: every thread reads the same x[c], which software
@@ -23,6 +28,18 @@
 @group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var w_up: texture_2d<u32>;
+@group(0) @binding(5) var<uniform> g: array<vec4<f32>, 4096>;
+
+// Whether the input is RMS-normalised first (one pipeline each way).
+override NORM: bool = false;
+
+// x[k], times g[k] when the input is normalised (the scale is applied to the sum).
+fn input(k: u32) -> vec4<f32> {
+    if NORM {
+        return x[k] * g[k];
+    }
+    return x[k];
+}
 
 // W[row] . x for the row whose bytes start at `row` of `tex`. Rows on a
 // texel boundary (the common case) fetch whole texels: decided from the row
@@ -36,11 +53,11 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
         case DTYPE_F32: {
             if aligned {
                 for (var k = 0u; k < cols / 4u; k++) {
-                    acc += bitcast<vec4<f32>>(texel(tex, row / 16u + k)) * x[k];
+                    acc += bitcast<vec4<f32>>(texel(tex, row / 16u + k)) * input(k);
                 }
             } else {
                 for (var k = 0u; k < cols / 4u; k++) {
-                    acc += bitcast<vec4<f32>>(words_at(tex, row + 16u * k)) * x[k];
+                    acc += bitcast<vec4<f32>>(words_at(tex, row + 16u * k)) * input(k);
                 }
             }
             done = cols / 4u * 4u;
@@ -49,14 +66,14 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
             if aligned {
                 for (var k = 0u; k < cols / 8u; k++) {
                     let v = texel(tex, row / 16u + k);
-                    acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x[2u * k];
-                    acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x[2u * k + 1u];
+                    acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * input(2u * k);
+                    acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * input(2u * k + 1u);
                 }
             } else {
                 for (var k = 0u; k < cols / 8u; k++) {
                     let v = words_at(tex, row + 16u * k);
-                    acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x[2u * k];
-                    acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x[2u * k + 1u];
+                    acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * input(2u * k);
+                    acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * input(2u * k + 1u);
                 }
             }
             done = cols / 8u * 8u;
@@ -69,8 +86,8 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
                 for (var h = 0u; h < 2u; h++) {
                     let q = words_at(tex, at + 2u + 16u * h);
                     let x0 = 8u * b + 4u * h;
-                    block += i8x4(q.x) * x[x0] + i8x4(q.y) * x[x0 + 1u];
-                    block += i8x4(q.z) * x[x0 + 2u] + i8x4(q.w) * x[x0 + 3u];
+                    block += i8x4(q.x) * input(x0) + i8x4(q.y) * input(x0 + 1u);
+                    block += i8x4(q.z) * input(x0 + 2u) + i8x4(q.w) * input(x0 + 3u);
                 }
                 acc += f16_at(tex, at) * block;
             }
@@ -86,7 +103,7 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
                     let w = q[k];
                     let lo = vec4<f32>(vec4(w, w >> 8u, w >> 16u, w >> 24u) & vec4(15u)) - 8.0;
                     let hi = vec4<f32>(vec4(w >> 4u, w >> 12u, w >> 20u, w >> 28u) & vec4(15u)) - 8.0;
-                    block += lo * x[8u * b + k] + hi * x[8u * b + 4u + k];
+                    block += lo * input(8u * b + k) + hi * input(8u * b + 4u + k);
                 }
                 acc += f16_at(tex, at) * block;
             }
@@ -96,7 +113,7 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
     }
     // Whatever is left (other types, row tails) value by value.
     for (var c = done; c < cols; c++) {
-        acc.x += weight(tex, dtype, row, c) * x[c / 4u][c % 4u];
+        acc.x += weight(tex, dtype, row, c) * input(c / 4u)[c % 4u];
     }
     return acc.x + acc.y + acc.z + acc.w;
 }
@@ -111,7 +128,16 @@ fn main(
     if r >= params.rows {
         return;
     }
-    let a = row_dot(w, params.dtype, r * params.row_bytes, params.row_bytes, params.cols);
+    // RMSNorm: every thread sums the same squares from the uniform x.
+    var scale = 1.0;
+    if NORM {
+        var ss = vec4<f32>(0.0);
+        for (var k = 0u; k < (params.cols + 3u) / 4u; k++) {
+            ss += x[k] * x[k];
+        }
+        scale = 1.0 / sqrt((ss.x + ss.y + ss.z + ss.w) / f32(params.cols) + params.eps);
+    }
+    let a = scale * row_dot(w, params.dtype, r * params.row_bytes, params.row_bytes, params.cols);
     let o = params.out_offset + r;
     // Each thread reads and writes only its own out[o]: in place is safe.
     switch params.mode {
@@ -119,7 +145,7 @@ fn main(
             out[o] += a;
         }
         case MODE_SWIGLU: {
-            let b = row_dot(w_up, params.up_dtype, r * params.up_row_bytes, params.up_row_bytes, params.cols);
+            let b = scale * row_dot(w_up, params.up_dtype, r * params.up_row_bytes, params.up_row_bytes, params.cols);
             out[o] = a * (1.0 / (1.0 + exp(-a))) * b;
         }
         default: {

@@ -117,6 +117,41 @@ fn gpu_logits_match_cpu_reference_at_every_position() {
     );
 }
 
+#[test]
+fn norms_in_the_projections_or_on_their_own_give_the_same_logits() {
+    let (model, _) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let session = |norm_in_projection| {
+        let options = SessionOptions {
+            norm_in_projection,
+            ..Default::default()
+        };
+        Session::with_options(&gm, options).unwrap()
+    };
+    let (mut auto, mut fused, mut separate) =
+        (session(None), session(Some(true)), session(Some(false)));
+    // stories260K (dim 64) folds them by default: 6 dispatches per layer, not 8.
+    let layers = model.config.n_layers;
+    assert_eq!(auto.dispatches_per_token(), 6 * layers + 3);
+    assert_eq!(fused.dispatches_per_token(), 6 * layers + 3);
+    assert_eq!(separate.dispatches_per_token(), 8 * layers + 4);
+    let mut cpu = CpuSession::new(&model, None).unwrap();
+    let mut token = kvgpu::tokenizer::BOS;
+    for pos in 0..40 {
+        let expect = cpu.forward(token).unwrap().to_vec();
+        for (what, s) in [("fused", &mut fused), ("separate", &mut separate)] {
+            let diff = max_abs_diff(s.forward(token).unwrap(), &expect);
+            assert!(diff <= LOGIT_TOLERANCE, "{what} norms at {pos}: {diff}");
+        }
+        assert_eq!(
+            auto.forward_greedy(token).unwrap(),
+            kvgpu::sampler::argmax(&expect)
+        );
+        token = kvgpu::sampler::argmax(&expect);
+    }
+}
+
 /// Tolerance for cache values written by a prefill pass vs one token at a
 /// time: the same math, summed in another order by another kernel.
 const CACHE_TOLERANCE: f32 = 1e-4;
@@ -133,8 +168,8 @@ fn prefill_equals_feeding_token_by_token() {
     let tokens: Vec<u32> = (0..300).map(|_| rng.next_u32() % 512).collect();
     for kv_dtype in [KvDtype::F32, KvDtype::F16] {
         let options = SessionOptions {
-            capacity: None,
             kv_dtype,
+            ..Default::default()
         };
         let mut batched = Session::with_options(&gm, options).unwrap();
         let mut single = Session::with_options(&gm, options).unwrap();
@@ -377,6 +412,7 @@ fn f16_kv_cache_matches_cpu_and_keeps_the_greedy_text() {
     let options = kvgpu::SessionOptions {
         capacity: None,
         kv_dtype: kvgpu::KvDtype::F16,
+        ..Default::default()
     };
     let mut s = Session::with_options(&GpuModel::new(&gpu, &model).unwrap(), options).unwrap();
     assert_eq!(s.cache().bytes(), 655360 / 2, "half the f32 cache");

@@ -246,7 +246,15 @@ fn project(
         (None, false) => Mode::Set,
     };
     if n == 1 {
-        let d = matvec::dispatch(&b.gpu.device, &b.kernels.matvec, &ob, gw, &b.input(x), mode);
+        let d = matvec::dispatch(
+            &b.gpu.device,
+            &b.kernels.matvec,
+            &ob,
+            gw,
+            &b.input(x),
+            mode,
+            None,
+        );
         b.run(&d, n);
         return b.read(&ob);
     }
@@ -376,6 +384,71 @@ fn matvec_matches_cpu_for_every_dtype() {
     let mut expect = vec![0.0; p.w.rows];
     matvec::cpu(&mut expect, &p.w, &x, CpuMode::Set);
     assert_close(&got, &expect, &p.what);
+}
+
+#[test]
+fn matvec_with_rmsnorm_matches_norm_then_matvec() {
+    let b = require!(Bench::new());
+    // The NORM pipeline: out = W (rmsnorm(x) * g), for the set and SwiGLU
+    // modes, float and block types, odd widths.
+    for (dtype, rows, cols) in [
+        (DType::F32, 37, 75),
+        (DType::F16, 130, 64),
+        (DType::Q8_0, 70, 96),
+        (DType::Q4_K, 9, 256),
+    ] {
+        let w = random_tensor(dtype, rows, cols, 3);
+        let up = random_tensor(DType::F16, rows, cols, 4);
+        let x: Vec<f32> = random(cols, 5).iter().map(|v| v * 20.0).collect();
+        let g = random(cols, 6);
+        let mut normed = vec![0.0; cols];
+        rmsnorm::cpu(&mut normed, &x, &g, 1e-5);
+        let (gw, gup) = b
+            .gpu
+            .scoped("upload", || {
+                GpuTensor::upload_pair(&b.gpu.device, &b.gpu.queue, &w, &up, 128 << 20, "t")
+            })
+            .unwrap()
+            .unwrap();
+        let gb = matvec::norm_weights(&b.gpu.device, "g", &g);
+        for swiglu in [false, true] {
+            let (mode, cpu_mode) = match swiglu {
+                true => (Mode::SwiGlu { up: &gup }, CpuMode::SwiGlu { up: &up }),
+                false => (Mode::Set, CpuMode::Set),
+            };
+            let ob = b.buffer(&vec![f32::NAN; rows]);
+            let d = matvec::dispatch(
+                &b.gpu.device,
+                &b.kernels.matvec_norm,
+                &ob,
+                &gw,
+                &b.input(&x),
+                mode,
+                Some((&gb, 1e-5)),
+            );
+            b.run(&d, 1);
+            let mut expect = vec![0.0; rows];
+            matvec::cpu(&mut expect, &w, &normed, cpu_mode);
+            // f32 sums in another order: relative to the sum of |terms| (for
+            // SwiGLU, of both projections).
+            let mut bound = magnitude(&w, &normed);
+            if swiglu {
+                let mu = magnitude(&up, &normed);
+                bound = bound
+                    .iter()
+                    .zip(mu)
+                    .map(|(m, u)| (1.0 + m) * (1.0 + u))
+                    .collect();
+            }
+            for (i, (g, e)) in b.read(&ob).iter().zip(&expect).enumerate() {
+                let tolerance = 1e-5 * (1.0 + bound[i] + e.abs());
+                assert!(
+                    (g - e).abs() <= tolerance,
+                    "{dtype:?} {rows}x{cols} swiglu {swiglu}: element {i}: {g} vs {e}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Token embedding: each token's row of the table, decoded to f32. See
 //! `shaders/embed.wgsl`.
 
-use super::matvec::{bind_chunks, GpuTensor, Mode};
+use super::matvec::{bind_chunks, GpuTensor};
 use super::{grid_64, Dispatch, Shader};
 use crate::tensor::Tensor;
 
@@ -30,9 +30,7 @@ pub fn dispatch(
         pipeline,
         table,
         &[tokens.as_entire_binding(), out.as_entire_binding()],
-        Mode::Set,
         stride,
-        false,
         |_| groups,
     )
     .batched(1)

@@ -48,6 +48,8 @@ pub struct Params {
     pub first_token: u32,
     /// Tokens in the launch's tile (matmul).
     pub tile: u32,
+    /// Added to the mean square in the RMSNorm of the input (matvec built with NORM).
+    pub eps: f32,
 }
 
 /// What a projection does with `W x`.
@@ -292,32 +294,28 @@ impl GpuTensor {
                 x_stride: 0,
                 first_token: 0,
                 tile: 1,
+                eps: 0.0,
             };
             (params, &c.view, &u.view)
         })
     }
 }
 
-/// Binds `pipeline` once per chunk of `w` for `mode`, output rows
-/// `out_stride` apart: the chunk's params and texture (binding 1), `rest`
-/// (bindings 2..), then the up projection's texture when `up_binding`
-/// (last); `groups` gives the grid for a chunk of that many rows.
-#[allow(clippy::too_many_arguments)]
+/// Binds `pipeline` once per chunk of `w`, output rows `out_stride` apart:
+/// the chunk's params and texture (binding 1), then `rest` (bindings 2..);
+/// `groups` gives the grid for a chunk of that many rows.
 pub(crate) fn bind_chunks(
     device: &wgpu::Device,
     pipeline: &wgpu::ComputePipeline,
     w: &GpuTensor,
     rest: &[wgpu::BindingResource],
-    mode: Mode,
     out_stride: usize,
-    up_binding: bool,
     groups: impl Fn(u32) -> [u32; 3],
 ) -> Dispatch {
     let mut dispatch = Dispatch::empty(pipeline);
-    for (params, view, up) in w.chunk_params(mode, out_stride) {
+    for (params, view, _) in w.chunk_params(Mode::Set, out_stride) {
         let resources = std::iter::once(wgpu::BindingResource::TextureView(view))
             .chain(rest.iter().cloned())
-            .chain(up_binding.then_some(wgpu::BindingResource::TextureView(up)))
             .collect();
         dispatch.push_resources(
             device,
@@ -331,7 +329,9 @@ pub(crate) fn bind_chunks(
 
 /// Binds the projection of one token, `out (rows,) = w (rows, cols) @ x
 /// (cols,)` as `mode` says, one launch per chunk of `w`; `x` must be a
-/// UNIFORM buffer of at least [`INPUT_BYTES`].
+/// UNIFORM buffer of at least [`INPUT_BYTES`]. With `norm = Some((g, eps))`
+/// (and `pipeline` the NORM one), x is first replaced by `rmsnorm(x) * g`;
+/// `g` is a UNIFORM buffer of at least [`INPUT_BYTES`] (see [`norm_weights`]).
 pub fn dispatch(
     device: &wgpu::Device,
     pipeline: &wgpu::ComputePipeline,
@@ -339,22 +339,40 @@ pub fn dispatch(
     w: &GpuTensor,
     x: &wgpu::Buffer,
     mode: Mode,
+    norm: Option<(&wgpu::Buffer, f32)>,
 ) -> Dispatch {
-    let x = input_binding(x, 0, 0);
-    bind_chunks(
-        device,
-        pipeline,
-        w,
-        &[x, out.as_entire_binding()],
-        mode,
-        w.rows,
-        true,
-        |rows| grid(rows.div_ceil(64)),
-    )
+    let mut dispatch = Dispatch::empty(pipeline);
+    for (mut params, view, up) in w.chunk_params(mode, w.rows) {
+        params.eps = norm.map_or(0.0, |(_, eps)| eps);
+        let resources = vec![
+            wgpu::BindingResource::TextureView(view),
+            input_binding(x, 0, 0),
+            out.as_entire_binding(),
+            wgpu::BindingResource::TextureView(up),
+            input_binding(norm.map_or(x, |(g, _)| g), 0, 0),
+        ];
+        // One thread per row.
+        let groups = grid(params.rows.div_ceil(64));
+        dispatch.push_resources(device, bytemuck::bytes_of(&params), resources, groups);
+    }
+    dispatch
+}
+
+/// RMSNorm weights (n,) as a buffer a NORM matvec can bind: UNIFORM (and
+/// STORAGE, for the rmsnorm kernel), zero-padded to [`INPUT_BYTES`].
+pub fn norm_weights(device: &wgpu::Device, label: &str, g: &[f32]) -> wgpu::Buffer {
+    let mut padded = g.to_vec();
+    padded.resize(g.len().max(MAX_COLS), 0.0);
+    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(label),
+        contents: bytemuck::cast_slice(&padded),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
+    })
 }
 
 /// Host reference: `out = w x`, `out += w x` or `out = silu(w x) * (up x)`
-/// by dequantizing each row and taking its dot product with `x`.
+/// by dequantizing each row and taking its dot product with `x` (for a
+/// NORM matvec, pass `rmsnorm::cpu`'s output as `x`).
 pub fn cpu(out: &mut [f32], w: &Tensor, x: &[f32], mode: CpuMode) {
     let mut y = vec![0.0; out.len()];
     w.matvec(x, &mut y);

@@ -52,6 +52,8 @@ pub struct Kernels {
     pub matmul: wgpu::ComputePipeline,
     /// [`matvec`]
     pub matvec: wgpu::ComputePipeline,
+    /// [`matvec`] with the RMSNorm of its input (override `NORM`).
+    pub matvec_norm: wgpu::ComputePipeline,
     /// [`rmsnorm`]
     pub rmsnorm: wgpu::ComputePipeline,
     /// [`rope_append`]
@@ -61,7 +63,7 @@ pub struct Kernels {
 impl Kernels {
     /// Compiles every kernel. Call inside an error scope ([`crate::Gpu::scoped`]).
     pub fn new(device: &wgpu::Device) -> Self {
-        let build = |shader: Shader| {
+        let build_with = |shader: Shader, constants: &[(&str, f64)]| {
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(shader.name),
                 source: wgpu::ShaderSource::Wgsl(shader.source.into()),
@@ -71,10 +73,14 @@ impl Kernels {
                 layout: None,
                 module: &module,
                 entry_point: Some("main"),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    ..Default::default()
+                },
                 cache: None,
             })
         };
+        let build = |shader: Shader| build_with(shader, &[]);
         Self {
             argmax: build(argmax::SHADER),
             attention: build(attention::SHADER),
@@ -82,6 +88,7 @@ impl Kernels {
             embed: build(embed::SHADER),
             matmul: build(matmul::SHADER),
             matvec: build(matvec::SHADER),
+            matvec_norm: build_with(matvec::SHADER, &[("NORM", 1.0)]),
             rmsnorm: build(rmsnorm::SHADER),
             rope_append: build(rope_append::SHADER),
         }
