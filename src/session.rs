@@ -218,7 +218,7 @@ pub struct SessionOptions {
 
 /// Model width below which decode steps fold the RMSNorms into the
 /// projections by default: on lavapipe this made stories260K (dim 64)
-/// decode 1.9x faster, was even at dim 288 and 15 % slower at dim 768.
+/// decode 1.9x faster, was even at dim 288 and about 20 % slower at dim 768.
 pub const NORM_IN_PROJECTION_BELOW: usize = 512;
 
 /// One layer's K and V cache on the GPU.
