@@ -160,12 +160,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("no KV cache: every token recomputed its whole prefix");
     }
     eprintln!(
-        "adapter: {} | load {:.2} s | weights: {} bytes | prompt tokens: {} (prefill {:.3} s) | generated tokens: {} | {:.1} tok/s ({} positions in {:.2} s) | {} dispatches/token | KV cache: {} bytes ({} positions x {} bytes, {:?})",
+        "adapter: {} | load {:.2} s | weights: {} bytes | prompt tokens: {} (first token after {:.3} s) | generated tokens: {} | {:.1} tok/s ({} positions in {:.2} s) | {} dispatches/token | KV cache: {} bytes ({} positions x {} bytes, {:?})",
         gpu.describe(),
         load_time.as_secs_f64(),
         model.weights.bytes(),
         run.prompt_tokens,
-        run.prefill_seconds,
+        run.first_token_seconds,
         run.generated_tokens,
         run.tokens_per_second,
         run.positions,

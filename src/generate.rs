@@ -157,8 +157,9 @@ pub struct Generation {
     pub generated_tokens: usize,
     /// Positions decoded (prompt included).
     pub positions: usize,
-    /// Seconds spent feeding the prompt (all but its last token).
-    pub prefill_seconds: f64,
+    /// Seconds from the start to the first sampled token: the prompt's
+    /// prefill passes and one decode step (time to first token); 0 if none.
+    pub first_token_seconds: f64,
     /// Decode rate of the sampled tokens, positions per second, timed from
     /// the end of the first one (as run.c), so pipeline warm-up is
     /// excluded; 0 if only one.
@@ -199,12 +200,12 @@ pub fn generate<D: Decoder + ?Sized>(
     // The prompt but its last token in one call (prefill passes on the GPU),
     // its text streamed after; then one position per call.
     let fed = (prompt_tokens.len() - 1).min(steps);
-    let start = Instant::now();
+    let began = Instant::now();
     decoder.feed(&prompt_tokens[..fed])?;
     for pair in prompt_tokens[..=fed].windows(2) {
         out(&stream.push(tokenizer.decode(pair[0], pair[1])?), &mut text);
     }
-    let prefill_seconds = start.elapsed().as_secs_f64();
+    let mut first_token_seconds = 0.0;
     let mut token = prompt_tokens[fed];
     let mut generated = 0;
     let mut positions = fed;
@@ -220,7 +221,10 @@ pub fn generate<D: Decoder + ?Sized>(
         let piece = tokenizer.decode(token, next)?;
         out(&stream.push(piece), &mut text);
         token = next;
-        start.get_or_insert_with(|| (Instant::now(), positions));
+        start.get_or_insert_with(|| {
+            first_token_seconds = began.elapsed().as_secs_f64();
+            (Instant::now(), positions)
+        });
     }
     out(&stream.finish(), &mut text);
     let tokens_per_second = match start {
@@ -234,7 +238,7 @@ pub fn generate<D: Decoder + ?Sized>(
         prompt_tokens: prompt_tokens.len(),
         generated_tokens: generated,
         positions,
-        prefill_seconds,
+        first_token_seconds,
         tokens_per_second,
     })
 }
