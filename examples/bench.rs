@@ -16,14 +16,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use kvgpu::{Config, DType, Decoder, Gpu, GpuModel, Model, NoCache, Sampler, Session};
+use kvgpu::{Config, DType, Decoder, Gpu, GpuModel, Model, NoCache, Sampler, Session, Tensor};
 
 #[derive(Parser, Debug)]
 struct Args {
     /// Comma-separated models: stories260K, 15M, 110M, or names from --shape.
     #[arg(long, default_value = "stories260K,15M,110M")]
     models: String,
-    /// Extra synthetic shape: name:dim,hidden,layers,heads,kv_heads,vocab,context,dtype (f32|f16|q8_0|q4_0).
+    /// Extra synthetic shape: name:dim,hidden,layers,heads,kv_heads,vocab,context,dtype
+    /// (f32|f16|q8_0|q4_0, or q4_k: random blocks, for speed only; F16 embedding).
     #[arg(long)]
     shape: Vec<String>,
     /// Tokens decoded per timed run.
@@ -64,6 +65,7 @@ fn synthetic(name: &str, spec: &str) -> Result<(Config, DType), String> {
         "f16" => DType::F16,
         "q8_0" => DType::Q8_0,
         "q4_0" => DType::Q4_0,
+        "q4_k" => DType::Q4_K,
         other => return Err(format!("--shape {name}: unknown dtype {other}")),
     };
     let (dim, heads) = (n(0)?, n(3)?);
@@ -102,8 +104,42 @@ fn load(name: &str, shapes: &[(String, String)]) -> Result<Model, Box<dyn std::e
     };
     let (config, dtype) = synthetic(name, &spec)?;
     let model = Model::random(config, 2024)?;
+    if dtype != DType::Q4_K {
+        return Ok(Model {
+            weights: model.weights.convert(dtype),
+            config: model.config,
+        });
+    }
+    // No K-quant quantizer: random Q4_K blocks with small scales (the
+    // kernels' speed does not depend on the values), F16 elsewhere.
+    let mut weights = model.weights.convert(DType::F16);
+    let mut rng = kvgpu::sampler::XorShift::new(7);
+    for l in &mut weights.layers {
+        for t in [
+            &mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w1, &mut l.w2, &mut l.w3,
+        ] {
+            let row_bytes = DType::Q4_K.row_bytes(t.cols).ok_or(format!(
+                "{name}: {} columns are not whole Q4_K blocks",
+                t.cols
+            ))?;
+            let mut bytes: Vec<u8> = (0..t.rows * row_bytes)
+                .map(|_| rng.next_u32() as u8)
+                .collect();
+            for block in bytes.chunks_mut(DType::Q4_K.block_bytes()) {
+                block[..4].copy_from_slice(&[0x00, 0x14, 0x00, 0x10]); // d, dmin ~ 1e-3
+            }
+            let n = bytes.len();
+            *t = Tensor::from_shared(
+                DType::Q4_K,
+                t.rows,
+                t.cols,
+                std::sync::Arc::new(bytes),
+                0..n,
+            );
+        }
+    }
     Ok(Model {
-        weights: model.weights.convert(dtype),
+        weights,
         config: model.config,
     })
 }

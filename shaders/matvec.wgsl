@@ -109,6 +109,41 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
             }
             done = cols;
         }
+        case DTYPE_Q4_K: {
+            // Blocks of 144 bytes (whole texels): f16 d and dmin, 12 bytes of
+            // 6-bit sub-block scales and mins, then 128 bytes of nibbles: per 64
+            // values, 32 bytes whose low nibbles are the first 32 values and
+            // high nibbles the next 32. value = d * scale * q - dmin * min.
+            if aligned {
+                for (var b = 0u; b < cols / 256u; b++) {
+                    let t0 = (row + 144u * b) / 16u;
+                    let head = texel(tex, t0);
+                    let dm = unpack2x16float(head.x);
+                    for (var j = 0u; j < 4u; j++) {
+                        let lo_sm = q4k_scale_min_of(head, 2u * j);
+                        let hi_sm = q4k_scale_min_of(head, 2u * j + 1u);
+                        var lo = vec4<f32>(0.0);
+                        var hi = vec4<f32>(0.0);
+                        var x_lo = vec4<f32>(0.0);
+                        var x_hi = vec4<f32>(0.0);
+                        for (var h = 0u; h < 2u; h++) {
+                            let q = texel(tex, t0 + 1u + 2u * j + h);
+                            let xi = 64u * b + 16u * j + 4u * h;
+                            for (var k = 0u; k < 4u; k++) {
+                                let xl = input(xi + k);
+                                let xh = input(xi + 8u + k);
+                                lo += nibbles(q[k]) * xl;
+                                hi += nibbles(q[k] >> 4u) * xh;
+                                x_lo += xl;
+                                x_hi += xh;
+                            }
+                        }
+                        acc += dm.x * (lo_sm.x * lo + hi_sm.x * hi) - dm.y * (lo_sm.y * x_lo + hi_sm.y * x_hi);
+                    }
+                }
+                done = cols;
+            }
+        }
         default: {}
     }
     // Whatever is left (other types, row tails) value by value.
@@ -116,6 +151,28 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
         acc.x += weight(tex, dtype, row, c) * input(c / 4u)[c % 4u];
     }
     return acc.x + acc.y + acc.z + acc.w;
+}
+
+// The low nibbles of a word's 4 bytes, as f32.
+fn nibbles(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4(w, w >> 8u, w >> 16u, w >> 24u) & vec4(15u));
+}
+
+// Q4_K sub-block s's (scale, min) from a block's first texel (words 1..3
+// hold the 12 scale bytes), as q4k_scale_min in dequant.wgsl.
+fn q4k_scale_min_of(head: vec4<u32>, s: u32) -> vec2<f32> {
+    let lo = s < 4u;
+    let a = q4k_byte(head, select(s + 4u, s, lo));       // scale (low) or its low bits
+    let m = q4k_byte(head, s + 4u);
+    let up = q4k_byte(head, select(s - 4u, s, lo));     // high bits of the scale
+    let mu = q4k_byte(head, s);                         // high bits of the min
+    let scale = select((a & 0xfu) | ((up >> 6u) << 4u), a & 63u, lo);
+    let min = select((m >> 4u) | ((mu >> 6u) << 4u), m & 63u, lo);
+    return vec2(f32(scale), f32(min));
+}
+
+fn q4k_byte(head: vec4<u32>, i: u32) -> u32 {
+    return (head[1u + i / 4u] >> ((i % 4u) * 8u)) & 0xffu;
 }
 
 @compute @workgroup_size(64)
