@@ -200,27 +200,34 @@ impl Dispatch {
         self.launches.iter().filter(|l| l.2 < n).count()
     }
 
-    /// Records the launch(es) into `pass` for a pass of `n` tokens.
+    /// Records the launch(es) into `pass` for a pass of `n` tokens (the
+    /// pipeline is set once).
     pub fn record(&self, pass: &mut wgpu::ComputePass, n: u32) {
-        for launch in 0..self.launches(n) {
-            self.record_launch(pass, launch, n);
+        pass.set_pipeline(&self.pipeline);
+        for launch in self.launches.iter().filter(|l| l.2 < n) {
+            self.dispatch(pass, launch, n);
         }
     }
 
     /// Records the `i`-th launch of a pass of `n` tokens alone (to time it
     /// in a pass of its own).
     pub fn record_launch(&self, pass: &mut wgpu::ComputePass, i: usize, n: u32) {
-        let (bind_group, [x, y, z], _) = self
-            .launches
-            .iter()
-            .filter(|l| l.2 < n)
-            .nth(i)
-            .expect("launch index below launches(n)");
+        let launch = self.launches.iter().filter(|l| l.2 < n).nth(i);
+        pass.set_pipeline(&self.pipeline);
+        self.dispatch(pass, launch.expect("launch index below launches(n)"), n);
+    }
+
+    fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        launch: &(wgpu::BindGroup, [u32; 3], u32),
+        n: u32,
+    ) {
+        let (bind_group, [x, y, z], _) = launch;
         let z = match self.tokens_per_z {
             0 => *z,
             t => n.div_ceil(t),
         };
-        pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(*x, *y, z);
     }
