@@ -36,6 +36,23 @@ const MODE_SET: u32 = 0u;
 const MODE_ADD: u32 = 1u;
 const MODE_SWIGLU: u32 = 2u;
 
+// The projection epilogue (matvec, matmul; every kernel including this file
+// binds `out`): out[o] = s, += s (a residual add) or silu(s) * u (SwiGLU,
+// u the up projection) by `mode`. Callers own out[o]: in place is safe.
+fn project(o: u32, s: f32, u: f32) {
+    switch params.mode {
+        case MODE_ADD: {
+            out[o] += s;
+        }
+        case MODE_SWIGLU: {
+            out[o] = s * (1.0 / (1.0 + exp(-s))) * u;
+        }
+        default: {
+            out[o] = s;
+        }
+    }
+}
+
 const DTYPE_F32: u32 = 0u;
 const DTYPE_F16: u32 = 1u;
 const DTYPE_BF16: u32 = 2u;

@@ -244,16 +244,5 @@ fn store(t0: u32, i: u32, r: u32, s: f32, b: f32) {
     if i >= params.tile || t >= step.n {
         return;
     }
-    let o = t * params.out_stride + params.out_offset + r;
-    switch params.mode {
-        case MODE_ADD: {
-            out[o] += s;
-        }
-        case MODE_SWIGLU: {
-            out[o] = s * (1.0 / (1.0 + exp(-s))) * b;
-        }
-        default: {
-            out[o] = s;
-        }
-    }
+    project(t * params.out_stride + params.out_offset + r, s, b);
 }

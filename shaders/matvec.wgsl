@@ -21,7 +21,7 @@
 // x is a uniform buffer: every thread reads the same x[c], which software
 // adapters broadcast instead of loading per thread. F32, F16, Q8_0 and Q4_0
 // read 16 bytes at a time at any alignment (4 or 8 values, half a block or a
-// block); K-quants and row tails decode value by value. Grids of more than
+// block), Q4_K a texel at a time; Q6_K and row tails decode value by value. Grids of more than
 // 65535 workgroups spill into y.
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -195,18 +195,9 @@ fn main(
         scale = 1.0 / sqrt((ss.x + ss.y + ss.z + ss.w) / f32(params.cols) + params.eps);
     }
     let a = scale * row_dot(w, params.dtype, r * params.row_bytes, params.row_bytes, params.cols);
-    let o = params.out_offset + r;
-    // Each thread reads and writes only its own out[o]: in place is safe.
-    switch params.mode {
-        case MODE_ADD: {
-            out[o] += a;
-        }
-        case MODE_SWIGLU: {
-            let b = scale * row_dot(w_up, params.up_dtype, r * params.up_row_bytes, params.up_row_bytes, params.cols);
-            out[o] = a * (1.0 / (1.0 + exp(-a))) * b;
-        }
-        default: {
-            out[o] = a;
-        }
+    var b = 0.0;
+    if params.mode == MODE_SWIGLU {
+        b = scale * row_dot(w_up, params.up_dtype, r * params.up_row_bytes, params.up_row_bytes, params.cols);
     }
+    project(params.out_offset + r, a, b);
 }
