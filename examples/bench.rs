@@ -1,6 +1,7 @@
 //! Decode benchmark: decode and prefill tok/s, GPU time per token (timestamp
 //! queries), host time, dispatches and bytes per token, the achieved
-//! bandwidth against the adapter's own copy bandwidth, KV cache memory,
+//! bandwidth against the adapter's own copy bandwidth, the ceiling that the
+//! adapter's launch costs put on decode, KV cache memory,
 //! decoding with vs without the KV cache, and (`--profile`) where one decode
 //! step's GPU time goes, kernel by kernel.
 //!
@@ -191,6 +192,84 @@ fn copy_bandwidth(gpu: &Gpu) -> f64 {
     4.0 * size as f64 / median(times)
 }
 
+/// The adapter's fixed costs of a decode step (medians of 30): seconds to
+/// submit a pass and read 4 bytes back, and seconds per launch of an empty
+/// kernel (32 launches in one pass, each with its own bind group, as a
+/// decode step records them). A step of `d` launches can run no faster than
+/// `floor + d * launch`, whatever its kernels do.
+fn launch_costs(gpu: &Gpu) -> (f64, f64) {
+    let d = &gpu.device;
+    let module = d.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("bench empty kernel"),
+        source: wgpu::ShaderSource::Wgsl(
+            "@group(0) @binding(0) var<storage, read_write> o: array<f32>;
+             @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+                 o[g.x] += 1.0;
+             }"
+            .into(),
+        ),
+    });
+    let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("bench empty kernel"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let buffer = |size, usage| {
+        d.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bench launch"),
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let out = buffer(
+        256,
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    );
+    let readback = buffer(
+        4,
+        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+    );
+    let groups: Vec<wgpu::BindGroup> = (0..32)
+        .map(|_| {
+            d.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &[wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: out.as_entire_binding(),
+                }],
+            })
+        })
+        .collect();
+    let step = |launches: usize| {
+        let times = (0..31).map(|_| {
+            let t = Instant::now();
+            let mut enc = d.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline);
+                for g in &groups[..launches] {
+                    pass.set_bind_group(0, g, &[]);
+                    pass.dispatch_workgroups(1, 1, 1);
+                }
+            }
+            enc.copy_buffer_to_buffer(&out, 0, &readback, 0, 4);
+            gpu.queue.submit([enc.finish()]);
+            readback.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+            d.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
+            readback.unmap();
+            t.elapsed().as_secs_f64()
+        });
+        median(times.skip(1).collect())
+    };
+    let floor = step(0);
+    (floor, (step(32) - floor) / 32.0)
+}
+
 /// Work of one pass: bytes read and floating-point operations.
 #[derive(Clone, Copy, Default)]
 struct Work {
@@ -231,6 +310,9 @@ struct Row {
     weight_dtype: String,
     weight_bytes: u64,
     decode_tok_s: f64,
+    /// 1 / (submit + readback + dispatches x empty launch): the ceiling
+    /// that launch costs alone put on decode.
+    launch_bound_tok_s: f64,
     sampled_tok_s: f64,
     prefill_tok_s: f64,
     gpu_ms: Option<f64>,
@@ -254,6 +336,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     let gpu = Gpu::new(None)?;
     let copy = copy_bandwidth(&gpu);
+    let (floor, launch) = launch_costs(&gpu);
     let mut rows = Vec::new();
     let mut kv_rows = Vec::new();
     let mut cache_rows = Vec::new();
@@ -358,6 +441,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             host_ms: median(host),
             dispatches: s.dispatches_per_token(),
             bytes_per_token: bytes,
+            launch_bound_tok_s: 1.0 / (floor + s.dispatches_per_token() as f64 * launch),
             gb_s: bytes * tok_s / 1e9,
             copy_fraction: bytes * tok_s / copy,
         });
@@ -407,8 +491,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         for r in &rows {
             println!(
-                "{{\"model\":\"{}\",\"weights\":\"{}\",\"weight_bytes\":{},\"decode_tok_s\":{:.2},\"sampled_tok_s\":{:.2},\"prefill_tok_s\":{:.2},\"gpu_ms_per_token\":{},\"host_ms_per_token\":{:.3},\"dispatches_per_token\":{},\"bytes_per_token\":{:.0},\"gb_s\":{:.3},\"copy_gb_s\":{:.3},\"fraction_of_copy\":{:.4}}}",
-                r.model, r.weight_dtype, r.weight_bytes, r.decode_tok_s, r.sampled_tok_s, r.prefill_tok_s, r.gpu_ms.map_or("null".to_string(), |g| format!("{g:.3}")), r.host_ms, r.dispatches, r.bytes_per_token, r.gb_s, copy / 1e9, r.copy_fraction
+                "{{\"model\":\"{}\",\"weights\":\"{}\",\"weight_bytes\":{},\"decode_tok_s\":{:.2},\"launch_bound_tok_s\":{:.1},\"sampled_tok_s\":{:.2},\"prefill_tok_s\":{:.2},\"gpu_ms_per_token\":{},\"host_ms_per_token\":{:.3},\"dispatches_per_token\":{},\"bytes_per_token\":{:.0},\"gb_s\":{:.3},\"copy_gb_s\":{:.3},\"fraction_of_copy\":{:.4}}}",
+                r.model, r.weight_dtype, r.weight_bytes, r.decode_tok_s, r.launch_bound_tok_s, r.sampled_tok_s, r.prefill_tok_s, r.gpu_ms.map_or("null".to_string(), |g| format!("{g:.3}")), r.host_ms, r.dispatches, r.bytes_per_token, r.gb_s, copy / 1e9, r.copy_fraction
             );
         }
         for (m, t, with, without, measured, predicted) in &cache_rows {
@@ -417,19 +501,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     println!(
-        "adapter: {} | copy bandwidth {:.2} GB/s (64 MiB buffer-to-buffer, median of 5)\n",
+        "adapter: {} | copy bandwidth {:.2} GB/s (64 MiB buffer-to-buffer, median of 5) | \
+         submit + 4-byte readback {:.0} us, empty kernel launch {:.0} us (medians of 30)\n",
         gpu.describe(),
-        copy / 1e9
+        copy / 1e9,
+        floor * 1e6,
+        launch * 1e6
     );
-    println!("| model | weights | weight bytes | decode tok/s (greedy on GPU) | top-p tok/s (logits read back) | prefill tok/s ({} tokens) | GPU ms/token | host ms/token | dispatches/token | bytes/token | GB/s | of copy BW |", args.prompt);
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| model | weights | weight bytes | decode tok/s (greedy on GPU) | launch-bound tok/s (no kernel work) | top-p tok/s (logits read back) | prefill tok/s ({} tokens) | GPU ms/token | host ms/token | dispatches/token | bytes/token | GB/s | of copy BW |", args.prompt);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.3} | {} | {:.0} | {:.3} | {:.1}% |",
+            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {:.3} | {} | {:.0} | {:.3} | {:.1}% |",
             r.model,
             r.weight_dtype,
             r.weight_bytes,
             r.decode_tok_s,
+            r.launch_bound_tok_s,
             r.sampled_tok_s,
             r.prefill_tok_s,
             r.gpu_ms.map_or("n/a".to_string(), |g| format!("{g:.3}")),
