@@ -15,11 +15,12 @@
 //   4 out:    array<f32> (storage)              (n, out_stride)
 //   5 w_up:   texture_2d<u32>                   (rows, up_row_bytes); MODE_SWIGLU only (else w again)
 //
-// Two rows per thread (r and r + 64), 128 rows per workgroup, one launch
-// per tile of tokens; each thread decodes 8 weights of each row at a time
-// and uses them for every token of the tile, so weights are read once per
-// tile instead of once per token, and each input value read serves both
-// rows. The inputs are a uniform buffer, which every thread reads at the
+// Four rows per thread (r, r + 64, r + 128, r + 192), 256 rows per
+// workgroup, one launch per tile of tokens; each thread decodes 8 weights
+// of each row at a time and uses them for every token of the tile, so
+// weights are read once per tile instead of once per token, and each input
+// value read serves all four rows (110M-shape prefill 1.28x over two rows
+// on lavapipe). The inputs are a uniform buffer, which every thread reads at the
 // same address (software adapters broadcast it), and the kernel has no
 // barriers (software adapters switch coroutines at each). Grids of more
 // than 65535 workgroups spill into y.
@@ -35,8 +36,8 @@ struct Step {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var w_up: texture_2d<u32>;
 
-// Per token of the tile, the sums of row r (a0..a7) and of row r + 64
-// (b0..b7): named rather than indexed, as a private array indexed in a loop
+// Per token of the tile, the sums of rows r (a0..a7), r + 64 (b0..b7),
+// r + 128 (c0..c7) and r + 192 (d0..d7): named rather than indexed, as a private array indexed in a loop
 // becomes per-lane memory traffic on SIMD adapters.
 var<private> a0: f32;
 var<private> a1: f32;
@@ -54,49 +55,81 @@ var<private> b4: f32;
 var<private> b5: f32;
 var<private> b6: f32;
 var<private> b7: f32;
+var<private> c0: f32;
+var<private> c1: f32;
+var<private> c2: f32;
+var<private> c3: f32;
+var<private> c4: f32;
+var<private> c5: f32;
+var<private> c6: f32;
+var<private> c7: f32;
+var<private> d0: f32;
+var<private> d1: f32;
+var<private> d2: f32;
+var<private> d3: f32;
+var<private> d4: f32;
+var<private> d5: f32;
+var<private> d6: f32;
+var<private> d7: f32;
 
 // Weights m (8 values) times inputs p, q (4 values each).
 fn dot8(m: mat2x4<f32>, p: vec4<f32>, q: vec4<f32>) -> f32 {
     return dot(m[0], p) + dot(m[1], q);
 }
 
-// Adds columns 8 g .. 8 g + 8 of both rows (m: row r, n: row r + 64) times
-// each token's inputs.
-fn accumulate(m: mat2x4<f32>, n: mat2x4<f32>, g: u32) {
+// Adds columns 8 g .. 8 g + 8 of the four rows (m: row r, n: r + 64,
+// o: r + 128, k: r + 192) times each token's inputs.
+fn accumulate(m: mat2x4<f32>, n: mat2x4<f32>, o: mat2x4<f32>, k: mat2x4<f32>, g: u32) {
     let s = params.x_stride / 4u; // vec4s per token row
     let j = 2u * g;
     var p = x[j];
     var q = x[j + 1u];
     a0 += dot8(m, p, q);
     b0 += dot8(n, p, q);
+    c0 += dot8(o, p, q);
+    d0 += dot8(k, p, q);
     p = x[s + j];
     q = x[s + j + 1u];
     a1 += dot8(m, p, q);
     b1 += dot8(n, p, q);
+    c1 += dot8(o, p, q);
+    d1 += dot8(k, p, q);
     p = x[2u * s + j];
     q = x[2u * s + j + 1u];
     a2 += dot8(m, p, q);
     b2 += dot8(n, p, q);
+    c2 += dot8(o, p, q);
+    d2 += dot8(k, p, q);
     p = x[3u * s + j];
     q = x[3u * s + j + 1u];
     a3 += dot8(m, p, q);
     b3 += dot8(n, p, q);
+    c3 += dot8(o, p, q);
+    d3 += dot8(k, p, q);
     p = x[4u * s + j];
     q = x[4u * s + j + 1u];
     a4 += dot8(m, p, q);
     b4 += dot8(n, p, q);
+    c4 += dot8(o, p, q);
+    d4 += dot8(k, p, q);
     p = x[5u * s + j];
     q = x[5u * s + j + 1u];
     a5 += dot8(m, p, q);
     b5 += dot8(n, p, q);
+    c5 += dot8(o, p, q);
+    d5 += dot8(k, p, q);
     p = x[6u * s + j];
     q = x[6u * s + j + 1u];
     a6 += dot8(m, p, q);
     b6 += dot8(n, p, q);
+    c6 += dot8(o, p, q);
+    d6 += dot8(k, p, q);
     p = x[7u * s + j];
     q = x[7u * s + j + 1u];
     a7 += dot8(m, p, q);
     b7 += dot8(n, p, q);
+    c7 += dot8(o, p, q);
+    d7 += dot8(k, p, q);
 }
 
 // Values 8 g .. 8 g + 8 of an F32 / F16 row starting on a texel boundary.
@@ -118,58 +151,58 @@ fn f16_texel(tex: texture_2d<u32>, row: u32, g: u32) -> mat2x4<f32> {
 // groups, and alignment from the row size, the same for every thread: the
 // loops and their input addresses are then uniform (scalar loads rather
 // than per-lane gathers on SIMD adapters).
-fn rows_tile(tex: texture_2d<u32>, dtype: u32, r1: u32, r2: u32, row_bytes: u32, cols: u32) {
+fn rows_tile(tex: texture_2d<u32>, dtype: u32, r1: u32, r2: u32, r3: u32, r4: u32, row_bytes: u32, cols: u32) {
     let whole = cols / 8u; // groups of 8 inside the row
     let aligned = row_bytes % 16u == 0u;
     switch dtype {
         case DTYPE_F32: {
             if aligned {
                 for (var g = 0u; g < whole; g++) {
-                    accumulate(f32_texels(tex, r1, g), f32_texels(tex, r2, g), g);
+                    accumulate(f32_texels(tex, r1, g), f32_texels(tex, r2, g), f32_texels(tex, r3, g), f32_texels(tex, r4, g), g);
                 }
             } else {
                 for (var g = 0u; g < whole; g++) {
-                    accumulate(f32x8(tex, r1, 8u * g), f32x8(tex, r2, 8u * g), g);
+                    accumulate(f32x8(tex, r1, 8u * g), f32x8(tex, r2, 8u * g), f32x8(tex, r3, 8u * g), f32x8(tex, r4, 8u * g), g);
                 }
             }
         }
         case DTYPE_F16: {
             if aligned {
                 for (var g = 0u; g < whole; g++) {
-                    accumulate(f16_texel(tex, r1, g), f16_texel(tex, r2, g), g);
+                    accumulate(f16_texel(tex, r1, g), f16_texel(tex, r2, g), f16_texel(tex, r3, g), f16_texel(tex, r4, g), g);
                 }
             } else {
                 for (var g = 0u; g < whole; g++) {
-                    accumulate(f16x8(tex, r1, 8u * g), f16x8(tex, r2, 8u * g), g);
+                    accumulate(f16x8(tex, r1, 8u * g), f16x8(tex, r2, 8u * g), f16x8(tex, r3, 8u * g), f16x8(tex, r4, 8u * g), g);
                 }
             }
         }
         case DTYPE_BF16: {
             for (var g = 0u; g < whole; g++) {
-                accumulate(bf16x8(tex, r1, 8u * g), bf16x8(tex, r2, 8u * g), g);
+                accumulate(bf16x8(tex, r1, 8u * g), bf16x8(tex, r2, 8u * g), bf16x8(tex, r3, 8u * g), bf16x8(tex, r4, 8u * g), g);
             }
         }
         case DTYPE_Q8_0: {
             for (var g = 0u; g < whole; g++) {
-                accumulate(q8_0x8(tex, r1, 8u * g), q8_0x8(tex, r2, 8u * g), g);
+                accumulate(q8_0x8(tex, r1, 8u * g), q8_0x8(tex, r2, 8u * g), q8_0x8(tex, r3, 8u * g), q8_0x8(tex, r4, 8u * g), g);
             }
         }
         case DTYPE_Q4_0: {
             for (var g = 0u; g < whole; g++) {
-                accumulate(q4_0x8(tex, r1, 8u * g), q4_0x8(tex, r2, 8u * g), g);
+                accumulate(q4_0x8(tex, r1, 8u * g), q4_0x8(tex, r2, 8u * g), q4_0x8(tex, r3, 8u * g), q4_0x8(tex, r4, 8u * g), g);
             }
         }
         default: {
             for (var g = 0u; g < whole; g++) {
                 let c = 8u * g;
-                accumulate(anyx8(tex, dtype, r1, c, cols), anyx8(tex, dtype, r2, c, cols), g);
+                accumulate(anyx8(tex, dtype, r1, c, cols), anyx8(tex, dtype, r2, c, cols), anyx8(tex, dtype, r3, c, cols), anyx8(tex, dtype, r4, c, cols), g);
             }
         }
     }
     // The rows' last, partial group (float types of odd width).
     if 8u * whole < cols {
         let c = 8u * whole;
-        accumulate(anyx8(tex, dtype, r1, c, cols), anyx8(tex, dtype, r2, c, cols), whole);
+        accumulate(anyx8(tex, dtype, r1, c, cols), anyx8(tex, dtype, r2, c, cols), anyx8(tex, dtype, r3, c, cols), anyx8(tex, dtype, r4, c, cols), whole);
     }
 }
 
@@ -179,45 +212,71 @@ fn main(
     @builtin(num_workgroups) num_wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let r = (wg.x + wg.y * num_wg.x) * 128u + lid;
+    let r = (wg.x + wg.y * num_wg.x) * 256u + lid;
     if r >= params.rows {
         return;
     }
-    // Past the last row the second row repeats the first, and is not stored.
-    let r2 = select(r, r + 64u, r + 64u < params.rows);
-    rows_tile(w, params.dtype, r * params.row_bytes, r2 * params.row_bytes, params.row_bytes, params.cols);
+    // Rows r + 64 i past the last row repeat the first, and are not stored.
+    let rows = array(r, row_or(r, 64u), row_or(r, 128u), row_or(r, 192u));
+    let b = params.row_bytes;
+    rows_tile(w, params.dtype, rows[0] * b, rows[1] * b, rows[2] * b, rows[3] * b, b, params.cols);
     // The up projection's sums (SwiGLU), swapped with the accumulators around its pass.
-    var u = array<f32, 16>();
+    var u = array<f32, 32>();
     if params.mode == MODE_SWIGLU {
         u = swap(u);
-        let b = params.up_row_bytes;
-        rows_tile(w_up, params.up_dtype, r * b, r2 * b, b, params.cols);
+        let ub = params.up_row_bytes;
+        rows_tile(w_up, params.up_dtype, rows[0] * ub, rows[1] * ub, rows[2] * ub, rows[3] * ub, ub, params.cols);
         u = swap(u);
     }
     let t0 = params.first_token;
-    store(t0, 0u, r, a0, u[0]);
-    store(t0, 1u, r, a1, u[1]);
-    store(t0, 2u, r, a2, u[2]);
-    store(t0, 3u, r, a3, u[3]);
-    store(t0, 4u, r, a4, u[4]);
-    store(t0, 5u, r, a5, u[5]);
-    store(t0, 6u, r, a6, u[6]);
-    store(t0, 7u, r, a7, u[7]);
-    if r2 != r {
-        store(t0, 0u, r2, b0, u[8]);
-        store(t0, 1u, r2, b1, u[9]);
-        store(t0, 2u, r2, b2, u[10]);
-        store(t0, 3u, r2, b3, u[11]);
-        store(t0, 4u, r2, b4, u[12]);
-        store(t0, 5u, r2, b5, u[13]);
-        store(t0, 6u, r2, b6, u[14]);
-        store(t0, 7u, r2, b7, u[15]);
+    store(t0, 0u, rows[0], a0, u[0]);
+    store(t0, 1u, rows[0], a1, u[1]);
+    store(t0, 2u, rows[0], a2, u[2]);
+    store(t0, 3u, rows[0], a3, u[3]);
+    store(t0, 4u, rows[0], a4, u[4]);
+    store(t0, 5u, rows[0], a5, u[5]);
+    store(t0, 6u, rows[0], a6, u[6]);
+    store(t0, 7u, rows[0], a7, u[7]);
+    if rows[1] != r {
+        store(t0, 0u, rows[1], b0, u[8]);
+        store(t0, 1u, rows[1], b1, u[9]);
+        store(t0, 2u, rows[1], b2, u[10]);
+        store(t0, 3u, rows[1], b3, u[11]);
+        store(t0, 4u, rows[1], b4, u[12]);
+        store(t0, 5u, rows[1], b5, u[13]);
+        store(t0, 6u, rows[1], b6, u[14]);
+        store(t0, 7u, rows[1], b7, u[15]);
+    }
+    if rows[2] != r {
+        store(t0, 0u, rows[2], c0, u[16]);
+        store(t0, 1u, rows[2], c1, u[17]);
+        store(t0, 2u, rows[2], c2, u[18]);
+        store(t0, 3u, rows[2], c3, u[19]);
+        store(t0, 4u, rows[2], c4, u[20]);
+        store(t0, 5u, rows[2], c5, u[21]);
+        store(t0, 6u, rows[2], c6, u[22]);
+        store(t0, 7u, rows[2], c7, u[23]);
+    }
+    if rows[3] != r {
+        store(t0, 0u, rows[3], d0, u[24]);
+        store(t0, 1u, rows[3], d1, u[25]);
+        store(t0, 2u, rows[3], d2, u[26]);
+        store(t0, 3u, rows[3], d3, u[27]);
+        store(t0, 4u, rows[3], d4, u[28]);
+        store(t0, 5u, rows[3], d5, u[29]);
+        store(t0, 6u, rows[3], d6, u[30]);
+        store(t0, 7u, rows[3], d7, u[31]);
     }
 }
 
-// Exchanges `other` with the accumulators a0..a7, b0..b7.
-fn swap(other: array<f32, 16>) -> array<f32, 16> {
-    let mine = array(a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7);
+// Row r + d, or r itself past the last row.
+fn row_or(r: u32, d: u32) -> u32 {
+    return select(r, r + d, r + d < params.rows);
+}
+
+// Exchanges `other` with the accumulators a0..a7, b0..b7, c0..c7, d0..d7.
+fn swap(other: array<f32, 32>) -> array<f32, 32> {
+    let mine = array(a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7, c0, c1, c2, c3, c4, c5, c6, c7, d0, d1, d2, d3, d4, d5, d6, d7);
     a0 = other[0];
     a1 = other[1];
     a2 = other[2];
@@ -234,6 +293,22 @@ fn swap(other: array<f32, 16>) -> array<f32, 16> {
     b5 = other[13];
     b6 = other[14];
     b7 = other[15];
+    c0 = other[16];
+    c1 = other[17];
+    c2 = other[18];
+    c3 = other[19];
+    c4 = other[20];
+    c5 = other[21];
+    c6 = other[22];
+    c7 = other[23];
+    d0 = other[24];
+    d1 = other[25];
+    d2 = other[26];
+    d3 = other[27];
+    d4 = other[28];
+    d5 = other[29];
+    d6 = other[30];
+    d7 = other[31];
     return mine;
 }
 

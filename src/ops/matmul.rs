@@ -53,8 +53,8 @@ pub fn dispatch(
                 out.as_entire_binding(),
                 wgpu::BindingResource::TextureView(up),
             ];
-            // Two rows per thread, 128 per workgroup.
-            let groups = grid(params.rows.div_ceil(128));
+            // Four rows per thread, 256 per workgroup.
+            let groups = grid(params.rows.div_ceil(256));
             dispatch.push_tile(
                 device,
                 bytemuck::bytes_of(&params),
