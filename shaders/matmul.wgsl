@@ -228,44 +228,14 @@ fn main(
         rows_tile(w_up, params.up_dtype, rows[0] * ub, rows[1] * ub, rows[2] * ub, rows[3] * ub, ub, params.cols);
         u = swap(u);
     }
-    let t0 = params.first_token;
-    store(t0, 0u, rows[0], a0, u[0]);
-    store(t0, 1u, rows[0], a1, u[1]);
-    store(t0, 2u, rows[0], a2, u[2]);
-    store(t0, 3u, rows[0], a3, u[3]);
-    store(t0, 4u, rows[0], a4, u[4]);
-    store(t0, 5u, rows[0], a5, u[5]);
-    store(t0, 6u, rows[0], a6, u[6]);
-    store(t0, 7u, rows[0], a7, u[7]);
-    if rows[1] != r {
-        store(t0, 0u, rows[1], b0, u[8]);
-        store(t0, 1u, rows[1], b1, u[9]);
-        store(t0, 2u, rows[1], b2, u[10]);
-        store(t0, 3u, rows[1], b3, u[11]);
-        store(t0, 4u, rows[1], b4, u[12]);
-        store(t0, 5u, rows[1], b5, u[13]);
-        store(t0, 6u, rows[1], b6, u[14]);
-        store(t0, 7u, rows[1], b7, u[15]);
-    }
-    if rows[2] != r {
-        store(t0, 0u, rows[2], c0, u[16]);
-        store(t0, 1u, rows[2], c1, u[17]);
-        store(t0, 2u, rows[2], c2, u[18]);
-        store(t0, 3u, rows[2], c3, u[19]);
-        store(t0, 4u, rows[2], c4, u[20]);
-        store(t0, 5u, rows[2], c5, u[21]);
-        store(t0, 6u, rows[2], c6, u[22]);
-        store(t0, 7u, rows[2], c7, u[23]);
-    }
-    if rows[3] != r {
-        store(t0, 0u, rows[3], d0, u[24]);
-        store(t0, 1u, rows[3], d1, u[25]);
-        store(t0, 2u, rows[3], d2, u[26]);
-        store(t0, 3u, rows[3], d3, u[27]);
-        store(t0, 4u, rows[3], d4, u[28]);
-        store(t0, 5u, rows[3], d5, u[29]);
-        store(t0, 6u, rows[3], d6, u[30]);
-        store(t0, 7u, rows[3], d7, u[31]);
+    // Each row's 8 tokens; a repeated row (past the last) is not stored.
+    var sum = sums();
+    for (var k = 0u; k < 4u; k++) {
+        if k == 0u || rows[k] != r {
+            for (var i = 0u; i < 8u; i++) {
+                store(params.first_token, i, rows[k], sum[8u * k + i], u[8u * k + i]);
+            }
+        }
     }
 }
 
@@ -274,9 +244,14 @@ fn row_or(r: u32, d: u32) -> u32 {
     return select(r, r + d, r + d < params.rows);
 }
 
+// The accumulators, row by row.
+fn sums() -> array<f32, 32> {
+    return array(a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7, c0, c1, c2, c3, c4, c5, c6, c7, d0, d1, d2, d3, d4, d5, d6, d7);
+}
+
 // Exchanges `other` with the accumulators a0..a7, b0..b7, c0..c7, d0..d7.
 fn swap(other: array<f32, 32>) -> array<f32, 32> {
-    let mine = array(a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7, c0, c1, c2, c3, c4, c5, c6, c7, d0, d1, d2, d3, d4, d5, d6, d7);
+    let mine = sums();
     a0 = other[0];
     a1 = other[1];
     a2 = other[2];
