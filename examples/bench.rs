@@ -192,8 +192,7 @@ fn copy_bandwidth(gpu: &Gpu) -> f64 {
     4.0 * size as f64 / median(times)
 }
 
-/// The adapter's fixed costs of a decode step (fastest of 30, as a shared
-/// machine only ever adds to them): seconds to
+/// The adapter's fixed costs of a decode step (medians of 30): seconds to
 /// submit a pass and read 4 bytes back, and seconds per launch of an empty
 /// kernel (32 launches in one pass, each with its own bind group, as a
 /// decode step records them). A step of `d` launches can run no faster than
@@ -265,7 +264,7 @@ fn launch_costs(gpu: &Gpu) -> (f64, f64) {
             readback.unmap();
             t.elapsed().as_secs_f64()
         });
-        times.skip(1).fold(f64::INFINITY, f64::min)
+        median(times.skip(1).collect())
     };
     let floor = step(0);
     (floor, (step(32) - floor) / 32.0)
@@ -503,7 +502,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "adapter: {} | copy bandwidth {:.2} GB/s (64 MiB buffer-to-buffer, median of 5) | \
-         submit + 4-byte readback {:.0} us, empty kernel launch {:.0} us (fastest of 30)\n",
+         submit + 4-byte readback {:.0} us, empty kernel launch {:.0} us (medians of 30)\n",
         gpu.describe(),
         copy / 1e9,
         floor * 1e6,

@@ -16,7 +16,8 @@
 //   5 w_up:   texture_2d<u32>                   (rows, up_row_bytes); MODE_SWIGLU only (else w again)
 //
 // Four rows per thread (r, r + 64, r + 128, r + 192), 256 rows per
-// workgroup, one launch per tile of tokens; each thread decodes 8 weights
+// workgroup (or two rows, 128, built with FOUR_ROWS = false), one launch
+// per tile of tokens; each thread decodes 8 weights
 // of each row at a time and uses them for every token of the tile, so
 // weights are read once per tile instead of once per token, and each input
 // value read serves all four rows (110M-shape prefill 1.28x over two rows
@@ -35,6 +36,11 @@ struct Step {
 @group(0) @binding(3) var<uniform> x: array<vec4<f32>, 4096>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var w_up: texture_2d<u32>;
+
+// Four rows per thread, or two (rows r, r + 64: for matrices whose rows
+// would leave most threads' third and fourth rows past the end). A
+// pipeline constant: the unused sums and their weight fetches compile away.
+override FOUR_ROWS: bool = true;
 
 // Per token of the tile, the sums of rows r (a0..a7), r + 64 (b0..b7),
 // r + 128 (c0..c7) and r + 192 (d0..d7): named rather than indexed, as a private array indexed in a loop
@@ -86,50 +92,66 @@ fn accumulate(m: mat2x4<f32>, n: mat2x4<f32>, o: mat2x4<f32>, k: mat2x4<f32>, g:
     var q = x[j + 1u];
     a0 += dot8(m, p, q);
     b0 += dot8(n, p, q);
-    c0 += dot8(o, p, q);
-    d0 += dot8(k, p, q);
+    if FOUR_ROWS {
+        c0 += dot8(o, p, q);
+        d0 += dot8(k, p, q);
+    }
     p = x[s + j];
     q = x[s + j + 1u];
     a1 += dot8(m, p, q);
     b1 += dot8(n, p, q);
-    c1 += dot8(o, p, q);
-    d1 += dot8(k, p, q);
+    if FOUR_ROWS {
+        c1 += dot8(o, p, q);
+        d1 += dot8(k, p, q);
+    }
     p = x[2u * s + j];
     q = x[2u * s + j + 1u];
     a2 += dot8(m, p, q);
     b2 += dot8(n, p, q);
-    c2 += dot8(o, p, q);
-    d2 += dot8(k, p, q);
+    if FOUR_ROWS {
+        c2 += dot8(o, p, q);
+        d2 += dot8(k, p, q);
+    }
     p = x[3u * s + j];
     q = x[3u * s + j + 1u];
     a3 += dot8(m, p, q);
     b3 += dot8(n, p, q);
-    c3 += dot8(o, p, q);
-    d3 += dot8(k, p, q);
+    if FOUR_ROWS {
+        c3 += dot8(o, p, q);
+        d3 += dot8(k, p, q);
+    }
     p = x[4u * s + j];
     q = x[4u * s + j + 1u];
     a4 += dot8(m, p, q);
     b4 += dot8(n, p, q);
-    c4 += dot8(o, p, q);
-    d4 += dot8(k, p, q);
+    if FOUR_ROWS {
+        c4 += dot8(o, p, q);
+        d4 += dot8(k, p, q);
+    }
     p = x[5u * s + j];
     q = x[5u * s + j + 1u];
     a5 += dot8(m, p, q);
     b5 += dot8(n, p, q);
-    c5 += dot8(o, p, q);
-    d5 += dot8(k, p, q);
+    if FOUR_ROWS {
+        c5 += dot8(o, p, q);
+        d5 += dot8(k, p, q);
+    }
     p = x[6u * s + j];
     q = x[6u * s + j + 1u];
     a6 += dot8(m, p, q);
     b6 += dot8(n, p, q);
-    c6 += dot8(o, p, q);
-    d6 += dot8(k, p, q);
+    if FOUR_ROWS {
+        c6 += dot8(o, p, q);
+        d6 += dot8(k, p, q);
+    }
     p = x[7u * s + j];
     q = x[7u * s + j + 1u];
     a7 += dot8(m, p, q);
     b7 += dot8(n, p, q);
-    c7 += dot8(o, p, q);
-    d7 += dot8(k, p, q);
+    if FOUR_ROWS {
+        c7 += dot8(o, p, q);
+        d7 += dot8(k, p, q);
+    }
 }
 
 // Values 8 g .. 8 g + 8 of an F32 / F16 row starting on a texel boundary.
@@ -212,7 +234,7 @@ fn main(
     @builtin(num_workgroups) num_wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let r = (wg.x + wg.y * num_wg.x) * 256u + lid;
+    let r = (wg.x + wg.y * num_wg.x) * select(128u, 256u, FOUR_ROWS) + lid;
     if r >= params.rows {
         return;
     }
@@ -239,9 +261,9 @@ fn main(
     }
 }
 
-// Row r + d, or r itself past the last row.
+// Row r + d, or r itself past the last row (or past the thread's rows).
 fn row_or(r: u32, d: u32) -> u32 {
-    return select(r, r + d, r + d < params.rows);
+    return select(r, r + d, r + d < params.rows && (d < 128u || FOUR_ROWS));
 }
 
 // The accumulators, row by row.

@@ -199,6 +199,8 @@ fn projections() -> Vec<(Projection, u64)> {
             (1, n, big),
             (37, 3 * n, big),
             (301, 5 * n, big),
+            // Four rows per thread (matmul), the last workgroup partly filled.
+            (1000, n, big),
             (67, 2 * n, 999),
         ] {
             add(random_tensor(dtype, rows, cols, rows as u64), None, limit);
@@ -453,6 +455,9 @@ fn matvec_with_rmsnorm_matches_norm_then_matvec() {
 
 #[test]
 fn matmul_matches_cpu_for_every_dtype() {
+    // Four rows per thread where two would not leave less work in vain.
+    let per_thread = [64, 172, 301, 768, 1000, 2048].map(matmul::rows_per_thread);
+    assert_eq!(per_thread, [2, 2, 2, 4, 4, 4]);
     // Partial and whole tiles of 8 tokens.
     check_projections(&[2, 8, 13]);
 }

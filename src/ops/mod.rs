@@ -48,8 +48,8 @@ pub struct Kernels {
     pub attention_combine: wgpu::ComputePipeline,
     /// [`embed`]
     pub embed: wgpu::ComputePipeline,
-    /// [`matmul`]
-    pub matmul: wgpu::ComputePipeline,
+    /// [`matmul`], four and two rows per thread.
+    pub matmul: matmul::Pipelines,
     /// [`matvec`]
     pub matvec: wgpu::ComputePipeline,
     /// [`matvec`] with the RMSNorm of its input (override `NORM`).
@@ -86,7 +86,10 @@ impl Kernels {
             attention: build(attention::SHADER),
             attention_combine: build(attention_combine::SHADER),
             embed: build(embed::SHADER),
-            matmul: build(matmul::SHADER),
+            matmul: matmul::Pipelines {
+                four_rows: build(matmul::SHADER),
+                two_rows: build_with(matmul::SHADER, &[("FOUR_ROWS", 0.0)]),
+            },
             matvec: build(matvec::SHADER),
             matvec_norm: build_with(matvec::SHADER, &[("NORM", 1.0)]),
             rmsnorm: build(rmsnorm::SHADER),
