@@ -114,15 +114,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let gpu_model = GpuModel::with_progress(&gpu, &model, |done, _| bar.set_position(done))?;
     bar.finish_and_clear();
     let load_time = loading.elapsed();
-    let options = SessionOptions {
-        capacity: args.capacity,
-        kv_dtype: if args.kv_f16 {
-            KvDtype::F16
-        } else {
-            KvDtype::F32
-        },
-        ..Default::default()
-    };
+    let mut options = SessionOptions::default().kv_dtype(if args.kv_f16 {
+        KvDtype::F16
+    } else {
+        KvDtype::F32
+    });
+    options.capacity = args.capacity;
     let session = Session::with_options(&gpu_model, options)?;
     let (dispatches, kv_bytes, capacity, per_position, kv_dtype) = (
         session.dispatches_per_token(),

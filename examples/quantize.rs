@@ -61,7 +61,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         Quant::Q4_0 => DType::Q4_0,
         Quant::F16 => DType::F16,
     };
-    let bytes = kvgpu::gguf::write_model(&model, &tokenizer, dtype)?;
+    let bytes = model.to_gguf(&tokenizer, dtype)?;
     std::fs::write(&args.out, &bytes)
         .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
     eprintln!(

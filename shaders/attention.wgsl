@@ -38,11 +38,6 @@ struct Params {
     splits: u32,
 }
 
-struct Step {
-    pos: u32,
-    n: u32,
-}
-
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> q: array<f32>;

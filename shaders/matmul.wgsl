@@ -26,11 +26,6 @@
 // barriers (software adapters switch coroutines at each). Grids of more
 // than 65535 workgroups spill into y.
 
-struct Step {
-    pos: u32,
-    n: u32,
-}
-
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(2) var<uniform> step: Step;
 @group(0) @binding(3) var<uniform> x: array<vec4<f32>, 4096>;

@@ -10,7 +10,8 @@
 // pays nothing for it).
 //
 // Bindings (group 0):
-//   0 params: Params (uniform, dequant.wgsl)    { rows, cols, dtype, row_bytes, out_offset, mode, up_dtype, up_row_bytes, out_stride }
+//   0 params: Params (uniform, dequant.wgsl)    { rows, cols, dtype, row_bytes, out_offset, mode, up_dtype, up_row_bytes,
+//                                                 out_stride, x_stride, first_token, tile (matmul only), eps (NORM only) }
 //   1 w:      texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 x:      array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values
 //   3 out:    array<f32> (storage)              (out_offset + rows,)

@@ -19,11 +19,6 @@ struct Params {
     stride: u32,
 }
 
-struct Step {
-    pos: u32,
-    n: u32,
-}
-
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;

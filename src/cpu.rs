@@ -2,19 +2,19 @@
 //! ops' host references. Written for clarity, not speed; tests check the GPU
 //! against it at every position.
 
+use crate::error::Result;
+use crate::kv_cache::{self, KvDtype, Positions};
 use crate::model::Model;
 use crate::ops::matvec::{self, CpuMode};
 use crate::ops::{attention, embed, rmsnorm, rope_append};
-use crate::{Error, KvDtype, Result, SessionOptions};
+use crate::session::SessionOptions;
 
 /// A decoding state on the CPU: activations and a KV cache.
 #[derive(Clone, Debug)]
 pub struct CpuSession<'m> {
     model: &'m Model,
-    /// Positions filled in the cache.
-    len: usize,
-    /// Positions the cache holds.
-    capacity: usize,
+    /// Positions filled in the cache, of its capacity.
+    positions: Positions,
     /// How cached values are rounded.
     kv_dtype: KvDtype,
     /// Per layer, the (dim,) attention and feed-forward RMSNorm weights as f32.
@@ -25,7 +25,7 @@ pub struct CpuSession<'m> {
     x: Vec<f32>,
     /// (dim,) normalised input of a block.
     xb: Vec<f32>,
-    /// (dim,) attention output, then (dim,) block output.
+    /// (dim,) attention output.
     xb2: Vec<f32>,
     /// (hidden_dim,) gate, (hidden_dim,) up.
     hb: Vec<f32>,
@@ -45,13 +45,11 @@ impl<'m> CpuSession<'m> {
     /// A session with room for `capacity` positions (the model's context
     /// length when `None`).
     pub fn new(model: &'m Model, capacity: Option<usize>) -> Result<Self> {
-        Self::with_options(
-            model,
-            SessionOptions {
-                capacity,
-                ..Default::default()
-            },
-        )
+        let options = SessionOptions {
+            capacity,
+            ..Default::default()
+        };
+        Self::with_options(model, options)
     }
 
     /// A session with the given cache capacity and value type (an f16 cache
@@ -59,17 +57,11 @@ impl<'m> CpuSession<'m> {
     pub fn with_options(model: &'m Model, options: SessionOptions) -> Result<Self> {
         let c = &model.config;
         let capacity = options.capacity.unwrap_or(c.seq_len);
-        if capacity == 0 || capacity > c.seq_len {
-            return Err(Error::InvalidCapacity {
-                requested: capacity,
-                max: c.seq_len,
-            });
-        }
+        kv_cache::check_capacity(c, capacity)?;
         let cache = c.n_layers * capacity * c.kv_dim();
         Ok(Self {
             model,
-            len: 0,
-            capacity,
+            positions: Positions::new(capacity),
             kv_dtype: options.kv_dtype,
             norms: model
                 .weights
@@ -92,31 +84,34 @@ impl<'m> CpuSession<'m> {
         })
     }
 
+    /// The model this session runs.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Which positions are filled, of how many.
+    pub fn positions(&self) -> Positions {
+        self.positions
+    }
+
     /// Positions filled.
     pub fn len(&self) -> usize {
-        self.len
+        self.positions.len()
     }
 
     /// Whether no position is filled.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.positions.is_empty()
     }
 
     /// Positions the cache holds.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.positions.capacity()
     }
 
     /// Forgets positions `len..`.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len > self.len {
-            return Err(Error::TruncateBeyondLength {
-                requested: len,
-                len: self.len,
-            });
-        }
-        self.len = len;
-        Ok(())
+        self.positions.truncate(len)
     }
 
     /// Runs `token` at the next position and returns the logits (vocab_size,).
@@ -124,37 +119,28 @@ impl<'m> CpuSession<'m> {
         let m = self.model;
         let c = &m.config;
         let w = &m.weights;
-        if token as usize >= c.vocab_size {
-            return Err(Error::TokenOutOfRange {
-                token,
-                vocab_size: c.vocab_size,
-            });
-        }
-        if self.len == self.capacity {
-            return Err(Error::ContextFull {
-                capacity: self.capacity,
-            });
-        }
-        let pos = self.len;
+        let positions = self.positions.reserve(&[token], c.vocab_size)?;
+        let pos = positions.start;
+        let capacity = self.positions.capacity();
         let kv = c.kv_dim();
         let shape = attention::Shape {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_size: c.head_size(),
-            capacity: self.capacity,
+            capacity,
             kv_dtype: self.kv_dtype,
         };
         let rope = c.rope();
         // Token embedding.
         embed::cpu(&mut self.x, &w.token_embedding, token);
         for (l, lw) in w.layers.iter().enumerate() {
-            let cache = l * self.capacity * kv..(l + 1) * self.capacity * kv;
+            let cache = l * capacity * kv..(l + 1) * capacity * kv;
             // Attention: rmsnorm, q/k/v projections, RoPE, append, attend, output projection.
             rmsnorm::cpu(&mut self.xb, &self.x, &self.norms[l].0, c.norm_eps);
             lw.wq.matvec(&self.xb, &mut self.q);
             lw.wk.matvec(&self.xb, &mut self.k);
             lw.wv.matvec(&self.xb, &mut self.v);
-            rope_append::rotate(&mut self.q, &mut self.k, pos, &rope);
+            rope.rotate(&mut self.q, &mut self.k, pos);
             rope_append::append(
                 &mut self.key_cache[cache.clone()],
                 &mut self.value_cache[cache.clone()],
@@ -184,7 +170,7 @@ impl<'m> CpuSession<'m> {
         // Final norm and classifier.
         rmsnorm::cpu(&mut self.xb, &self.x, &self.final_norm, c.norm_eps);
         w.classifier().matvec(&self.xb, &mut self.logits);
-        self.len += 1;
+        self.positions.commit(positions);
         Ok(&self.logits)
     }
 }

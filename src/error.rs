@@ -5,6 +5,7 @@ use std::path::PathBuf;
 /// Everything that can go wrong in kvgpu, grouped by concern. Messages say what
 /// was expected and what was found.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     // ---- files -------------------------------------------------------------
     /// A file could not be opened or read.
@@ -60,7 +61,7 @@ pub enum Error {
         /// Byte offset in the file where the problem was found.
         offset: u64,
         /// What is wrong.
-        kind: crate::gguf::GgufError,
+        kind: GgufError,
     },
 
     /// A tokenizer cannot encode the text (e.g. its vocabulary lacks a piece it needs).
@@ -109,6 +110,24 @@ pub enum Error {
         requested: usize,
         /// Current length.
         len: usize,
+    },
+
+    /// One pass was asked to run more tokens than it can hold.
+    #[error("a pass of {tokens} tokens exceeds the {max} tokens one pass runs")]
+    PassTooLong {
+        /// Tokens asked for.
+        tokens: usize,
+        /// Most tokens one pass runs ([`crate::Session::prefill_tokens`]).
+        max: usize,
+    },
+
+    /// A layer index past the model's last layer.
+    #[error("layer {layer} does not exist: the model has {n_layers} layers")]
+    LayerOutOfRange {
+        /// The index asked for.
+        layer: usize,
+        /// Layers in the model.
+        n_layers: usize,
     },
 
     /// A call that needs at least one token got none.
@@ -164,3 +183,154 @@ pub enum Error {
 
 /// `Result` with kvgpu's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What is wrong with a GGUF file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GgufError {
+    /// The first 4 bytes are not `GGUF`.
+    #[error("not a GGUF file (magic {0:02x?})")]
+    BadMagic([u8; 4]),
+    /// Versions 2 and 3 are read.
+    #[error("unsupported GGUF version {0} (2 and 3 are supported)")]
+    UnsupportedVersion(u32),
+    /// The file ends inside something.
+    #[error("file cut short: {what} needs {needed} bytes, {remaining} remain")]
+    CutShort {
+        /// What was being read.
+        what: String,
+        /// Bytes it needs.
+        needed: u64,
+        /// Bytes left in the file.
+        remaining: u64,
+    },
+    /// A count cannot fit in the bytes that remain.
+    #[error("{what} count {count} cannot fit in the {remaining} bytes that remain")]
+    CountTooLarge {
+        /// What is counted.
+        what: String,
+        /// The count read.
+        count: u64,
+        /// Bytes left in the file.
+        remaining: u64,
+    },
+    /// A metadata value type id that GGUF does not define.
+    #[error("unknown metadata value type {0}")]
+    UnknownValueType(u32),
+    /// Arrays of arrays are not read.
+    #[error("nested array in metadata key {0:?}")]
+    NestedArray(String),
+    /// A string that is not UTF-8.
+    #[error("{0} is not valid UTF-8")]
+    InvalidUtf8(String),
+    /// A metadata key appears twice.
+    #[error("duplicate metadata key {0:?}")]
+    DuplicateKey(String),
+    /// A known key holds a value of the wrong type.
+    #[error("metadata key {key:?} should be {expected}, found {found}")]
+    WrongType {
+        /// The key.
+        key: String,
+        /// The type expected.
+        expected: &'static str,
+        /// The type found.
+        found: &'static str,
+    },
+    /// A required metadata key is missing.
+    #[error("missing metadata key {0:?}")]
+    MissingKey(String),
+    /// `general.alignment` is 0 or not a power of two.
+    #[error("alignment {0} is not a power of two")]
+    BadAlignment(u64),
+    /// A tensor has 0 or more than 4 dimensions.
+    #[error("tensor {name:?} has {n_dims} dimensions (1 to 4 are allowed)")]
+    BadDimensionCount {
+        /// Tensor name.
+        name: String,
+        /// Dimensions read.
+        n_dims: u32,
+    },
+    /// A tensor has a zero dimension.
+    #[error("tensor {0:?} has a zero dimension")]
+    ZeroDimension(String),
+    /// A tensor's element or byte count overflows.
+    #[error("tensor {0:?}: element count overflows")]
+    ElementCountOverflow(String),
+    /// A tensor type id GGML does not define.
+    #[error("tensor {name:?} has unknown type id {id}")]
+    UnknownTensorType {
+        /// Tensor name.
+        name: String,
+        /// The type id.
+        id: u32,
+    },
+    /// A tensor type GGML defines but kvgpu does not compute with.
+    #[error("tensor {name:?} has type {ty}, which kvgpu does not support (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K are)")]
+    UnsupportedTensorType {
+        /// Tensor name.
+        name: String,
+        /// GGML's name for the type.
+        ty: &'static str,
+    },
+    /// A row length is not a whole number of the type's blocks.
+    #[error("tensor {name:?}: row length {cols} is not a multiple of the {ty} block size")]
+    PartialBlock {
+        /// Tensor name.
+        name: String,
+        /// Row length.
+        cols: u64,
+        /// Type name.
+        ty: &'static str,
+    },
+    /// A tensor's data is not at a multiple of the alignment.
+    #[error("tensor {name:?} offset {offset} is not a multiple of the alignment {alignment}")]
+    Misaligned {
+        /// Tensor name.
+        name: String,
+        /// Offset in the data section.
+        offset: u64,
+        /// The file's alignment.
+        alignment: u64,
+    },
+    /// A tensor's data runs past the end of the file.
+    #[error("tensor {name:?} (bytes {offset}..{end} of the data section) runs past its end ({data_len} bytes)")]
+    OutOfBounds {
+        /// Tensor name.
+        name: String,
+        /// Start in the data section.
+        offset: u64,
+        /// End in the data section.
+        end: u64,
+        /// Length of the data section.
+        data_len: u64,
+    },
+    /// Two tensors share bytes.
+    #[error("tensors {0:?} and {1:?} overlap")]
+    Overlap(String, String),
+    /// Two tensors have the same name.
+    #[error("duplicate tensor name {0:?}")]
+    DuplicateTensor(String),
+    /// A tensor the model needs is absent.
+    #[error("missing tensor {0:?}")]
+    MissingTensor(String),
+    /// A tensor has the wrong shape for the model.
+    #[error("tensor {name:?} has shape {found:?}, expected {expected:?}")]
+    WrongShape {
+        /// Tensor name.
+        name: String,
+        /// Shape expected (GGUF order: innermost first).
+        expected: Vec<u64>,
+        /// Shape found.
+        found: Vec<u64>,
+    },
+    /// The model architecture is not Llama.
+    #[error("unsupported architecture {0:?} (kvgpu runs \"llama\")")]
+    UnsupportedArchitecture(String),
+    /// A hyper-parameter or tokenizer field is out of range.
+    #[error("{key}: {reason}")]
+    BadValue {
+        /// The metadata key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}

@@ -5,21 +5,31 @@
 use std::time::Instant;
 
 use crate::cpu::CpuSession;
+use crate::error::Result;
+use crate::kv_cache::Positions;
 use crate::sampler::Sampler;
+use crate::session::Session;
 use crate::tokenizer::{TextStream, Tokenizer};
-use crate::{Error, Result, Session};
 
 /// Something that decodes one token per call at the next position: the GPU
-/// [`Session`] or the [`CpuSession`] reference.
+/// [`Session`], the [`CpuSession`] reference or [`NoCache`].
 pub trait Decoder {
+    /// Which positions are filled, of how many the cache holds.
+    fn positions(&self) -> Positions;
+    /// Tokens in the vocabulary.
+    fn vocab_size(&self) -> usize;
     /// Positions decoded so far.
-    fn len(&self) -> usize;
+    fn len(&self) -> usize {
+        self.positions().len()
+    }
     /// Whether nothing has been decoded.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
     /// Positions the KV cache holds.
-    fn capacity(&self) -> usize;
+    fn capacity(&self) -> usize {
+        self.positions().capacity()
+    }
     /// Runs tokens whose logits are not needed (a prompt).
     fn feed(&mut self, tokens: &[u32]) -> Result<()>;
     /// Decodes a token and picks the next one.
@@ -27,11 +37,11 @@ pub trait Decoder {
 }
 
 impl Decoder for Session {
-    fn len(&self) -> usize {
-        Session::len(self)
+    fn positions(&self) -> Positions {
+        self.cache().positions
     }
-    fn capacity(&self) -> usize {
-        self.cache().capacity()
+    fn vocab_size(&self) -> usize {
+        self.model().config().vocab_size
     }
     fn feed(&mut self, tokens: &[u32]) -> Result<()> {
         Session::feed(self, tokens)
@@ -42,25 +52,16 @@ impl Decoder for Session {
 }
 
 impl Decoder for CpuSession<'_> {
-    fn len(&self) -> usize {
-        CpuSession::len(self)
+    fn positions(&self) -> Positions {
+        CpuSession::positions(self)
     }
-    fn capacity(&self) -> usize {
-        CpuSession::capacity(self)
+    fn vocab_size(&self) -> usize {
+        self.model().config.vocab_size
     }
     fn feed(&mut self, tokens: &[u32]) -> Result<()> {
-        if tokens.len() > self.capacity() - self.len() {
-            return Err(Error::PromptTooLong {
-                tokens: tokens.len(),
-                capacity: self.capacity() - self.len(),
-            });
-        }
-        let start = self.len();
-        let result = tokens.iter().try_for_each(|&t| self.forward(t).map(|_| ()));
-        if result.is_err() {
-            self.truncate(start)?; // leave the state as it was
-        }
-        result
+        // Checked whole first, so a refused prompt changes nothing.
+        self.positions().reserve(tokens, self.vocab_size())?;
+        tokens.iter().try_for_each(|&t| self.forward(t).map(|_| ()))
     }
     fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32> {
         let logits = self.forward(token)?;
@@ -77,6 +78,8 @@ pub struct NoCache {
     session: Session,
     /// The prefix so far.
     tokens: Vec<u32>,
+    /// The prefix's positions, of the session's capacity.
+    positions: Positions,
     /// Token positions computed so far, recomputations included.
     positions_run: u64,
 }
@@ -86,6 +89,7 @@ impl NoCache {
     pub fn new(mut session: Session) -> Self {
         session.reset();
         Self {
+            positions: Positions::new(session.cache().capacity()),
             session,
             tokens: Vec::new(),
             positions_run: 0,
@@ -106,43 +110,30 @@ impl NoCache {
 }
 
 impl Decoder for NoCache {
-    fn len(&self) -> usize {
-        self.tokens.len()
+    fn positions(&self) -> Positions {
+        self.positions
     }
-    fn capacity(&self) -> usize {
-        self.session.cache().capacity()
+    fn vocab_size(&self) -> usize {
+        self.session.model().config().vocab_size
     }
     fn feed(&mut self, tokens: &[u32]) -> Result<()> {
-        // Nothing to keep: the next token recomputes the prefix anyway.
-        let room = self.capacity() - self.tokens.len();
-        if tokens.len() > room {
-            return Err(Error::PromptTooLong {
-                tokens: tokens.len(),
-                capacity: room,
-            });
-        }
-        let vocab_size = self.session.model().config().vocab_size;
-        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
-            return Err(Error::TokenOutOfRange { token, vocab_size });
-        }
+        // Nothing to run: the next token recomputes the prefix anyway.
+        let positions = self.positions.reserve(tokens, self.vocab_size())?;
         self.tokens.extend_from_slice(tokens);
+        self.positions.commit(positions);
         Ok(())
     }
     fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32> {
-        self.feed(&[token])?;
+        let positions = self.positions.reserve(&[token], self.vocab_size())?;
         self.session.reset();
-        let (last, prefix) = self.tokens.split_last().expect("just pushed");
-        let result = self
+        let next = self
             .session
-            .feed(prefix)
-            .and_then(|()| self.session.next_token(*last, sampler));
-        match result {
-            Ok(_) => self.positions_run += self.tokens.len() as u64,
-            Err(_) => {
-                self.tokens.pop(); // leave the state as it was
-            }
-        }
-        result
+            .feed(&self.tokens)
+            .and_then(|()| self.session.next_token(token, sampler))?;
+        self.tokens.push(token);
+        self.positions.commit(positions);
+        self.positions_run += self.tokens.len() as u64;
+        Ok(next)
     }
 }
 
@@ -166,29 +157,49 @@ pub struct Generation {
     pub tokens_per_second: f64,
 }
 
-/// Runs `steps` positions from the decoder's current length (clamped to its
-/// capacity; 0 means up to capacity), starting with `prompt`. Each piece of
-/// text is passed to `emit` as soon as it forms whole UTF-8 characters.
+/// How long a generation runs; it stops earlier at the cache's capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Length {
+    /// run.c's `steps`: positions from the decoder's current length, the
+    /// prompt's included; 0 means up to capacity. A bare `usize` converts
+    /// to this.
+    Steps(usize),
+    /// This many sampled tokens after the prompt.
+    NewTokens(usize),
+}
+
+impl From<usize> for Length {
+    fn from(steps: usize) -> Self {
+        Length::Steps(steps)
+    }
+}
+
+/// Runs `length` from the decoder's current length (clamped to its
+/// capacity), starting with `prompt`. Each piece of text is passed to
+/// `emit` as soon as it forms whole UTF-8 characters.
 pub fn generate<D: Decoder + ?Sized>(
     decoder: &mut D,
     tokenizer: &Tokenizer,
     sampler: &mut Sampler,
     prompt: &str,
-    steps: usize,
+    length: impl Into<Length>,
     mut emit: impl FnMut(&str),
 ) -> Result<Generation> {
     let mut prompt_tokens = tokenizer.encode_special(prompt, tokenizer.add_bos(), false)?;
     if prompt_tokens.is_empty() {
         prompt_tokens.push(tokenizer.bos()); // something to start from
     }
-    let room = decoder.capacity() - decoder.len();
-    if prompt_tokens.len() > room {
-        return Err(Error::PromptTooLong {
-            tokens: prompt_tokens.len(),
-            capacity: room,
-        });
-    }
-    let steps = if steps == 0 { room } else { steps.min(room) };
+    decoder
+        .positions()
+        .reserve(&prompt_tokens, decoder.vocab_size())?;
+    let room = decoder.positions().room();
+    // The prompt's last token is decoded in the loop, with the sampled ones.
+    let steps = match length.into() {
+        Length::Steps(0) => room,
+        Length::Steps(steps) => steps,
+        Length::NewTokens(n) => prompt_tokens.len() - 1 + n,
+    };
+    let steps = steps.min(room);
     let mut stream = TextStream::new();
     let mut text = String::new();
     let mut out = |s: &str, text: &mut String| {

@@ -5,7 +5,7 @@
 //! everything it does on the device runs inside error scopes it pushes and pops
 //! itself, and errors come back as [`Error::Gpu`] values.
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// A device and its queue.
 #[derive(Clone, Debug)]

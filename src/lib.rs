@@ -1,41 +1,67 @@
 //! kvgpu: Llama-family decoding with a KV cache, on any GPU that wgpu reaches
 //! (Vulkan, Metal, DX12, GL, and software adapters such as Mesa's lavapipe).
 //!
-//! - [`Model`] reads llama2.c checkpoints; [`Tokenizer`] reads llama2.c tokenizers.
-//! - [`GpuModel`] holds the weights on a [`Gpu`]; a [`Session`] holds the KV
-//!   cache (one K and one V buffer per layer, allocated once) and decodes one
-//!   token per encoder and submit.
+//! - [`Model::load`] reads a GGUF file (tokenizer included) or a llama2.c
+//!   checkpoint ([`Model::load_llama2c`], with [`Tokenizer::load`]).
+//! - [`GpuModel`] holds the weights on a [`Gpu`]; a [`Session`] holds one
+//!   sequence's KV cache (one K and one V buffer per layer, allocated once)
+//!   and decodes one token per encoder and submit.
 //! - [`cpu::CpuSession`] is the f32 reference the GPU is tested against.
 //! - [`generate()`] runs prompt + sampling with llama2.c's `run.c` semantics.
 //!
 //! ```no_run
 //! # fn main() -> kvgpu::Result<()> {
-//! let model = kvgpu::Model::load_llama2c("stories260K.bin")?;
-//! let tokenizer = kvgpu::Tokenizer::load("tok512.bin", model.config.vocab_size)?;
+//! let (model, tokenizer) = kvgpu::Model::load("stories260K.gguf")?;
+//! let tokenizer = tokenizer.expect("a GGUF file carries its tokenizer");
 //! let gpu = kvgpu::Gpu::new(None)?;
 //! let mut session = kvgpu::Session::new(&kvgpu::GpuModel::new(&gpu, &model)?, None)?;
-//! let mut sampler = kvgpu::Sampler::greedy();
-//! kvgpu::generate(&mut session, &tokenizer, &mut sampler, "Once", 64, |s| print!("{s}"))?;
+//! let mut sampler = kvgpu::Sampler::new(0.8, 0.9, 42)?;
+//! let new_tokens = kvgpu::Length::NewTokens(64);
+//! kvgpu::generate(&mut session, &tokenizer, &mut sampler, "Once", new_tokens, |s| print!("{s}"))?;
 //! # Ok(()) }
 //! ```
+//!
+//! Modules, each using only those before it in this list: `error`; `rng`;
+//! `rope`, `tensor`; `gguf`; `tokenizer`; `model`; `gpu`; `kv_cache`; the
+//! kernels (`ops`, crate-private); `gpu_model`; `sampler`; `pass`; `session`,
+//! `profile`; `cpu`; `generate`.
 
-pub mod cpu;
 mod error;
-pub mod generate;
-pub mod gguf;
-mod gpu;
-pub mod model;
-pub mod ops;
-pub mod sampler;
-mod session;
+pub mod rng;
+pub mod rope;
 pub mod tensor;
+
+pub mod gguf;
 pub mod tokenizer;
 
-pub use error::{Error, Result};
-pub use generate::{generate, Decoder, Generation, NoCache};
+pub mod model;
+
+mod gpu;
+mod kv_cache;
+mod ops;
+
+mod gpu_model;
+pub mod sampler;
+
+mod pass;
+mod profile;
+mod session;
+
+pub mod cpu;
+pub mod generate;
+
+pub use error::{Error, GgufError, Result};
+pub use generate::{generate, Decoder, Generation, Length, NoCache};
 pub use gpu::Gpu;
+pub use gpu_model::GpuModel;
+pub use kv_cache::{KvCache, KvDtype, Positions};
 pub use model::{Config, LayerWeights, Model, Weights};
+pub use pass::ATTENTION_SPLIT;
+pub use profile::Profile;
 pub use sampler::Sampler;
-pub use session::{GpuModel, KvCache, KvDtype, Session, SessionOptions};
+pub use session::{Session, SessionOptions, NORM_IN_PROJECTION_BELOW, PREFILL_TOKENS};
 pub use tensor::{DType, Tensor};
 pub use tokenizer::Tokenizer;
+/// The wgpu kvgpu is built on, for apps that share their device
+/// ([`Gpu::from_device`]) without depending on a matching version themselves.
+pub use wgpu;

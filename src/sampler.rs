@@ -3,33 +3,10 @@
 //! either multinomial sampling or top-p (nucleus) sampling, driven by run.c's
 //! xorshift RNG so that the same seed gives the same text.
 
-use crate::{Error, Result};
-
-/// llama2.c's xorshift64* generator (`random_u32` / `random_f32` in run.c).
-#[derive(Clone, Debug)]
-pub struct XorShift {
-    state: u64,
-}
-
-impl XorShift {
-    /// Seeds the generator. run.c passes the seed straight in as the state.
-    pub fn new(seed: u64) -> Self {
-        Self { state: seed }
-    }
-
-    /// run.c's `random_u32`.
-    pub fn next_u32(&mut self) -> u32 {
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        (self.state.wrapping_mul(0x2545F4914F6CDD1D) >> 32) as u32
-    }
-
-    /// run.c's `random_f32`: uniform in [0, 1) with 24 random bits.
-    pub fn next_f32(&mut self) -> f32 {
-        (self.next_u32() >> 8) as f32 / 16777216.0
-    }
-}
+use crate::error::{Error, Result};
+pub use crate::ops::argmax::cpu as argmax;
+pub use crate::ops::attention::softmax;
+use crate::rng::XorShift;
 
 /// Sampling settings and state.
 #[derive(Clone, Debug)]
@@ -92,33 +69,6 @@ impl Sampler {
         } else {
             sample_topp(&self.probs, self.top_p, coin, &mut self.candidates)
         }
-    }
-}
-
-/// Index of the largest value; the first one on ties (run.c's `sample_argmax`).
-pub fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// In-place softmax, max-subtracted, as run.c's `softmax`.
-pub fn softmax(x: &mut [f32]) {
-    let max = x
-        .iter()
-        .skip(1)
-        .fold(x[0], |m, &v| if v > m { v } else { m });
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    for v in x.iter_mut() {
-        *v /= sum;
     }
 }
 

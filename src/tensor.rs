@@ -46,25 +46,27 @@ impl DType {
         DType::Q6_K,
     ];
 
+    /// The type's entry in [`GGML_TYPES`].
+    fn ggml(self) -> &'static GgmlType {
+        GGML_TYPES
+            .iter()
+            .find(|t| t.dtype == Some(self))
+            .expect("every DType is in GGML_TYPES")
+    }
+
     /// Values per block (1 for plain floats).
     pub fn block_len(self) -> usize {
-        match self {
-            DType::F32 | DType::F16 | DType::BF16 => 1,
-            DType::Q8_0 | DType::Q4_0 => 32,
-            DType::Q4_K | DType::Q6_K => 256,
-        }
+        self.ggml().block_len
     }
 
     /// Bytes per block.
     pub fn block_bytes(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-            DType::Q8_0 => 34,
-            DType::Q4_0 => 18,
-            DType::Q4_K => 144,
-            DType::Q6_K => 210,
-        }
+        self.ggml().block_bytes
+    }
+
+    /// The type's id in GGUF files (`ggml_type` in ggml.h).
+    pub fn ggml_id(self) -> u32 {
+        self.ggml().id
     }
 
     /// The id the GPU kernels switch on (matches `DTYPE_*` in shaders/dequant.wgsl).
@@ -83,17 +85,74 @@ impl DType {
 
     /// GGML's name for the type, e.g. "Q4_K".
     pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "F32",
-            DType::F16 => "F16",
-            DType::BF16 => "BF16",
-            DType::Q8_0 => "Q8_0",
-            DType::Q4_0 => "Q4_0",
-            DType::Q4_K => "Q4_K",
-            DType::Q6_K => "Q6_K",
-        }
+        self.ggml().name
     }
 }
+
+/// One storage type GGML defines: its id in GGUF files, its name and its
+/// block geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GgmlType {
+    /// `ggml_type` id (ggml.h).
+    pub id: u32,
+    /// GGML's name.
+    pub name: &'static str,
+    /// Values per block (1 for plain numbers).
+    pub block_len: usize,
+    /// Bytes per block.
+    pub block_bytes: usize,
+    /// The kvgpu type, where kvgpu computes with it.
+    pub dtype: Option<DType>,
+}
+
+impl GgmlType {
+    /// The type with GGUF id `id`, if GGML defines one.
+    pub fn from_id(id: u32) -> Option<&'static GgmlType> {
+        GGML_TYPES.iter().find(|t| t.id == id)
+    }
+}
+
+/// The block table: every type GGML defines (`ggml-common.h`), so that the
+/// sizes of tensors kvgpu cannot compute with are still checked.
+pub const GGML_TYPES: [GgmlType; 20] = {
+    const fn t(
+        id: u32,
+        name: &'static str,
+        block_len: usize,
+        block_bytes: usize,
+        dtype: Option<DType>,
+    ) -> GgmlType {
+        GgmlType {
+            id,
+            name,
+            block_len,
+            block_bytes,
+            dtype,
+        }
+    }
+    [
+        t(0, "F32", 1, 4, Some(DType::F32)),
+        t(1, "F16", 1, 2, Some(DType::F16)),
+        t(2, "Q4_0", 32, 18, Some(DType::Q4_0)),
+        t(3, "Q4_1", 32, 20, None),
+        t(6, "Q5_0", 32, 22, None),
+        t(7, "Q5_1", 32, 24, None),
+        t(8, "Q8_0", 32, 34, Some(DType::Q8_0)),
+        t(9, "Q8_1", 32, 36, None),
+        t(10, "Q2_K", 256, 84, None),
+        t(11, "Q3_K", 256, 110, None),
+        t(12, "Q4_K", 256, 144, Some(DType::Q4_K)),
+        t(13, "Q5_K", 256, 176, None),
+        t(14, "Q6_K", 256, 210, Some(DType::Q6_K)),
+        t(15, "Q8_K", 256, 292, None),
+        t(24, "I8", 1, 1, None),
+        t(25, "I16", 1, 2, None),
+        t(26, "I32", 1, 4, None),
+        t(27, "I64", 1, 8, None),
+        t(28, "F64", 1, 8, None),
+        t(30, "BF16", 1, 2, Some(DType::BF16)),
+    ]
+};
 
 /// A row-major matrix (rows, cols) or vector (1, cols) of weights.
 #[derive(Clone)]
@@ -376,4 +435,58 @@ pub fn quantize(dtype: DType, values: &[f32], cols: usize) -> Option<Vec<u8>> {
         DType::Q4_K | DType::Q6_K => return None,
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seeded uniform values in [-1, 1).
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::rng::XorShift::new(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+        (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
+    }
+
+    /// Largest |a - b| over two equal-length slices.
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn dequantize_matches_known_values() {
+        // One Q8_0 block: scale 0.5, values -128..120 in steps of 8.
+        let mut block = half::f16::from_f32(0.5).to_le_bytes().to_vec();
+        block.extend((0..32).map(|i: i32| (i * 8 - 128) as i8 as u8));
+        let mut out = vec![0.0; 32];
+        dequantize(DType::Q8_0, &block, &mut out);
+        let expect: Vec<f32> = (0..32).map(|i: i32| (i * 8 - 128) as f32 * 0.5).collect();
+        assert_eq!(out, expect);
+        // One Q4_0 block: scale 2, low nibbles 0..15, high nibbles 15..0.
+        let mut block = half::f16::from_f32(2.0).to_le_bytes().to_vec();
+        block.extend((0..16u8).map(|i| i | ((15 - i) << 4)));
+        dequantize(DType::Q4_0, &block, &mut out);
+        for j in 0..16 {
+            assert_eq!(out[j], (j as f32 - 8.0) * 2.0);
+            assert_eq!(out[j + 16], (7.0 - j as f32) * 2.0);
+        }
+        // Quantizers round-trip within half a step.
+        let x = random(64, 5);
+        for (dtype, step) in [
+            (DType::Q8_0, 1.0 / 127.0),
+            (DType::Q4_0, 1.0 / 8.0),
+            (DType::F16, 1e-3),
+        ] {
+            let q = quantize(dtype, &x, 64).unwrap();
+            let mut back = vec![0.0; 64];
+            dequantize(dtype, &q, &mut back);
+            assert!(
+                max_abs_diff(&back, &x) <= step,
+                "{dtype:?}: {}",
+                max_abs_diff(&back, &x)
+            );
+        }
+    }
 }

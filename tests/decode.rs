@@ -123,10 +123,8 @@ fn norms_in_the_projections_or_on_their_own_give_the_same_logits() {
     let gpu = require!(common::gpu());
     let gm = GpuModel::new(&gpu, &model).unwrap();
     let session = |norm_in_projection| {
-        let options = SessionOptions {
-            norm_in_projection,
-            ..Default::default()
-        };
+        let mut options = SessionOptions::default();
+        options.norm_in_projection = norm_in_projection;
         Session::with_options(&gm, options).unwrap()
     };
     let (mut auto, mut fused, mut separate) =
@@ -164,13 +162,10 @@ fn prefill_equals_feeding_token_by_token() {
     let mut cpu = CpuSession::new(&model, None).unwrap();
     // 297 tokens after 3 decoded positions: four full passes of 64 and a
     // partial one, whose tokens attend to more than 256 positions (split-K).
-    let mut rng = kvgpu::sampler::XorShift::new(5);
+    let mut rng = kvgpu::rng::XorShift::new(5);
     let tokens: Vec<u32> = (0..300).map(|_| rng.next_u32() % 512).collect();
     for kv_dtype in [KvDtype::F32, KvDtype::F16] {
-        let options = SessionOptions {
-            kv_dtype,
-            ..Default::default()
-        };
+        let options = SessionOptions::default().kv_dtype(kv_dtype);
         let mut batched = Session::with_options(&gm, options).unwrap();
         let mut single = Session::with_options(&gm, options).unwrap();
         assert_eq!(batched.prefill_tokens(), 64);
@@ -409,11 +404,7 @@ fn decodes_on_a_device_the_caller_owns() {
 fn f16_kv_cache_matches_cpu_and_keeps_the_greedy_text() {
     let (model, tok) = require!(common::stories());
     let gpu = require!(common::gpu());
-    let options = kvgpu::SessionOptions {
-        capacity: None,
-        kv_dtype: kvgpu::KvDtype::F16,
-        ..Default::default()
-    };
+    let options = kvgpu::SessionOptions::default().kv_dtype(kvgpu::KvDtype::F16);
     let mut s = Session::with_options(&GpuModel::new(&gpu, &model).unwrap(), options).unwrap();
     assert_eq!(s.cache().bytes(), 655360 / 2, "half the f32 cache");
     let mut cpu = CpuSession::new(&model, None).unwrap();

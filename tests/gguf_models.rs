@@ -9,8 +9,9 @@ mod common;
 use common::{max_abs_diff, varied_strings};
 use kvgpu::cpu::CpuSession;
 use kvgpu::gguf::{Gguf, Value};
-use kvgpu::sampler::{argmax, XorShift};
-use kvgpu::tokenizer::{PreTokenizer, TextStream};
+use kvgpu::rng::XorShift;
+use kvgpu::sampler::argmax;
+use kvgpu::tokenizer::{ByteBpe, PreTokenizer, TextStream};
 use kvgpu::{generate, DType, GpuModel, Model, Sampler, Session, Tokenizer};
 
 const GREEDY_START: &str =
@@ -119,7 +120,7 @@ fn agreement(dtype: DType) -> Option<f64> {
     let (model, _) = Model::load(dir.join("stories260K.bin")).unwrap();
     let tok = Tokenizer::load(dir.join("tok512.bin"), 512).unwrap();
     // Quantized through the same path as examples/quantize.rs.
-    let bytes = kvgpu::gguf::write_model(&model, &tok, dtype).unwrap();
+    let bytes = model.to_gguf(&tok, dtype).unwrap();
     let quant = Model::from_gguf(&Gguf::from_vec(bytes).unwrap()).unwrap();
     assert!(quant.weights.layers[0].wq.dtype == dtype);
     let mut reference = CpuSession::new(&model, None).unwrap();
@@ -317,16 +318,16 @@ fn trained_pair(pre: &str) -> (tokenizers::Tokenizer, Tokenizer) {
         .collect();
     assert!(merges.len() > 100, "trained {} merges", merges.len());
     let types = vec![1i64; tokens.len()];
-    let ours = Tokenizer::byte_bpe(
-        &tokens,
-        &types,
-        &merges,
-        PreTokenizer::named(pre).unwrap(),
-        0,
-        0,
-        None,
-        false,
-    )
+    let ours = Tokenizer::byte_bpe(ByteBpe {
+        tokens: &tokens,
+        types: &types,
+        merges: &merges,
+        pre: PreTokenizer::named(pre).unwrap(),
+        bos: 0,
+        eos: 0,
+        unknown: None,
+        add_bos: false,
+    })
     .unwrap();
     (hf, ours)
 }

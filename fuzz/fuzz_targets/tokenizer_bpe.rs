@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use kvgpu::tokenizer::{byte_to_char, PreTokenizer, TextStream};
+use kvgpu::tokenizer::{byte_to_char, ByteBpe, PreTokenizer, TextStream};
 use kvgpu::Tokenizer;
 use libfuzzer_sys::fuzz_target;
 
@@ -43,16 +43,16 @@ fn bpe(pre: &str) -> Tokenizer {
         tokens.push(format!("{l}{r}"));
     }
     let types = vec![1; tokens.len()];
-    Tokenizer::byte_bpe(
-        &tokens,
-        &types,
-        &merges,
-        PreTokenizer::named(pre).unwrap(),
-        0,
-        0,
-        None,
-        false,
-    )
+    Tokenizer::byte_bpe(ByteBpe {
+        tokens: &tokens,
+        types: &types,
+        merges: &merges,
+        pre: PreTokenizer::named(pre).unwrap(),
+        bos: 0,
+        eos: 0,
+        unknown: None,
+        add_bos: false,
+    })
     .unwrap()
 }
 

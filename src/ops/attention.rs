@@ -1,12 +1,17 @@
-//! Causal grouped-query attention over the KV cache. See `shaders/attention.wgsl`.
+//! Causal grouped-query attention over the KV cache, split-K (flash-decoding)
+//! for long contexts. See `shaders/attention.wgsl`; its second half is
+//! [`attention_combine`](super::attention_combine).
 
 use super::{Dispatch, Shader};
-use crate::KvDtype;
+use crate::kv_cache::KvDtype;
 
-/// `shaders/attention.wgsl`.
+/// `shaders/attention.wgsl` after `shaders/prelude.wgsl`.
 pub const SHADER: Shader = Shader {
     name: "attention",
-    source: include_str!("../../shaders/attention.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/prelude.wgsl"),
+        include_str!("../../shaders/attention.wgsl")
+    ),
 };
 
 /// Matches WGSL `Params` in attention.wgsl.
@@ -46,48 +51,73 @@ pub struct Shape {
     pub kv_dtype: KvDtype,
 }
 
-/// Binds, for each token t of the pass in `step` (position `pos = step.pos +
-/// t`), `out[t] (n_heads, head_size; rows out_stride apart) =
-/// attention(q[t] (n_heads, head_size), k_cache[0..=pos], v_cache[0..=pos])`
-/// with `scores (n, n_heads, capacity)` as scratch, the positions cut into
-/// splits of `split`, one workgroup each: a token whose positions span
-/// several splits leaves its partial results in `partials (n, n_heads,
-/// ceil(capacity / split), head_size + 2)` for
-/// [`attention_combine`](super::attention_combine).
-#[allow(clippy::too_many_arguments)]
-pub fn dispatch(
-    device: &wgpu::Device,
-    pipeline: &wgpu::ComputePipeline,
-    out: &wgpu::Buffer,
-    out_stride: usize,
-    q: &wgpu::Buffer,
-    k_cache: &wgpu::Buffer,
-    v_cache: &wgpu::Buffer,
-    scores: &wgpu::Buffer,
-    partials: &wgpu::Buffer,
-    step: &wgpu::Buffer,
-    shape: Shape,
-    split: usize,
-) -> Dispatch {
-    let splits = shape.capacity.div_ceil(split);
-    let params = Params {
-        n_heads: shape.n_heads as u32,
-        n_kv_heads: shape.n_kv_heads as u32,
-        head_size: shape.head_size as u32,
-        capacity: shape.capacity as u32,
-        f16: (shape.kv_dtype == KvDtype::F16) as u32,
-        out_stride: out_stride as u32,
-        split: split as u32,
-        splits: splits as u32,
-    };
-    Dispatch::new(
-        device,
-        pipeline,
-        bytemuck::bytes_of(&params),
-        &[step, q, k_cache, v_cache, scores, out, partials],
-        [shape.n_heads as u32, splits as u32, 1],
-    )
-    .batched(1)
+/// What attention reads and writes, for the n tokens of the pass in `step`.
+pub struct Bindings<'a> {
+    /// (n, out_stride) output rows, n_heads * head_size values used per row.
+    pub out: &'a wgpu::Buffer,
+    /// Values from one token's row of `out` to the next.
+    pub out_stride: usize,
+    /// (n, n_heads, head_size) rotated queries.
+    pub q: &'a wgpu::Buffer,
+    /// (capacity, n_kv_heads * head_size) keys, as `shape.kv_dtype`.
+    pub k_cache: &'a wgpu::Buffer,
+    /// (capacity, n_kv_heads * head_size) values, as `shape.kv_dtype`.
+    pub v_cache: &'a wgpu::Buffer,
+    /// (n, n_heads, capacity) f32 scratch for the scores.
+    pub scores: &'a wgpu::Buffer,
+    /// (n, n_heads, ceil(capacity / split), head_size + 2) split-K partial
+    /// results (o, then max and sum), for `attention_combine`.
+    pub partials: &'a wgpu::Buffer,
+    /// The pass's [`Step`](super::Step) uniform.
+    pub step: &'a wgpu::Buffer,
+    /// Heads, head size, capacity and cache storage.
+    pub shape: Shape,
+    /// Positions per split.
+    pub split: usize,
+}
+
+/// The attention kernel.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl Attention {
+    /// Compiles the kernel.
+    pub fn new(device: &wgpu::Device) -> Self {
+        Self {
+            pipeline: super::pipeline(device, SHADER, &[]),
+        }
+    }
+
+    /// Binds, for each token t of the pass (position `pos = step.pos + t`),
+    /// `out[t] = attention(q[t], k_cache[0..=pos], v_cache[0..=pos])`, the
+    /// positions cut into splits of `split`, one workgroup each: a token whose
+    /// positions span several splits leaves its partial results in `partials`.
+    pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
+        let s = b.shape;
+        let splits = s.capacity.div_ceil(b.split);
+        let params = Params {
+            n_heads: s.n_heads as u32,
+            n_kv_heads: s.n_kv_heads as u32,
+            head_size: s.head_size as u32,
+            capacity: s.capacity as u32,
+            f16: (s.kv_dtype == KvDtype::F16) as u32,
+            out_stride: b.out_stride as u32,
+            split: b.split as u32,
+            splits: splits as u32,
+        };
+        Dispatch::new(
+            device,
+            &self.pipeline,
+            bytemuck::bytes_of(&params),
+            &[
+                b.step, b.q, b.k_cache, b.v_cache, b.scores, b.out, b.partials,
+            ],
+            [s.n_heads as u32, splits as u32, 1],
+        )
+        .batched(1)
+    }
 }
 
 /// Host reference (llama2.c's multi-head attention loop) for the token at
@@ -105,13 +135,149 @@ pub fn cpu(out: &mut [f32], q: &[f32], k_cache: &[f32], v_cache: &[f32], pos: us
             let dot: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
             *a = dot / (hs as f32).sqrt();
         }
-        crate::sampler::softmax(&mut att);
+        softmax(&mut att);
         let o = &mut out[h * hs..(h + 1) * hs];
         o.fill(0.0);
         for (t, a) in att.iter().enumerate() {
             let v = &v_cache[t * kv_dim + kv_off..][..hs];
             for (o, v) in o.iter_mut().zip(v) {
                 *o += a * v;
+            }
+        }
+    }
+}
+
+/// In-place softmax, max-subtracted, as run.c's `softmax`.
+pub fn softmax(x: &mut [f32]) {
+    let max = x
+        .iter()
+        .skip(1)
+        .fold(x[0], |m, &v| if v > m { v } else { m });
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::attention_combine;
+    use crate::ops::testing::*;
+
+    #[test]
+    fn attention_matches_cpu_with_grouped_query_heads() {
+        let b = require!(Bench::new());
+        let shapes = [
+            // (n_heads, n_kv_heads, head_size, capacity): grouped-query, multi-head,
+            // a head wider than the workgroup, more positions than threads.
+            (6, 2, 10, 37),
+            (4, 4, 8, 131),
+            (3, 1, 70, 9),
+            (1, 1, 2, 1),
+        ];
+        for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+            for (i, &(n_heads, n_kv_heads, head_size, capacity)) in shapes.iter().enumerate() {
+                let shape = Shape {
+                    n_heads,
+                    n_kv_heads,
+                    head_size,
+                    capacity,
+                    kv_dtype,
+                };
+                let kv_dim = n_kv_heads * head_size;
+                let seed = 10 * i as u64;
+                // Large keys make large scores: the softmax must subtract the max.
+                let kc: Vec<f32> = random(capacity * kv_dim, seed)
+                    .iter()
+                    .map(|v| v * 8.0)
+                    .collect();
+                let (kc, vc) = (
+                    rounded(&kc, kv_dtype),
+                    rounded(&random(capacity * kv_dim, seed + 1), kv_dtype),
+                );
+                let (kcb, vcb) = (b.cache(&kc, kv_dtype), b.cache(&vc, kv_dtype));
+                // (first position, tokens): single queries at the first, middle and
+                // last positions; a pass of several causal queries.
+                let passes = [
+                    (0, 1),
+                    (capacity / 2, 1),
+                    (capacity - 1, 1),
+                    (capacity / 3, capacity - capacity / 3),
+                ];
+                // Split-K: one split holding every position (no merge), and
+                // splits of 4 positions merged by attention_combine.
+                for ((pos, n), split) in passes.into_iter().flat_map(|p| [(p, capacity), (p, 4)]) {
+                    let q: Vec<f32> = random(n * n_heads * head_size, seed + pos as u64)
+                        .iter()
+                        .map(|v| v * 8.0)
+                        .collect();
+                    // Output rows 3 values wider than the heads.
+                    let q_dim = n_heads * head_size;
+                    let out_stride = q_dim + 3;
+                    let (qb, ob) = (b.buffer(&q), b.buffer(&vec![f32::NAN; n * out_stride]));
+                    let scores = b.buffer(&vec![0.0; n * n_heads * capacity]);
+                    let splits = capacity.div_ceil(split);
+                    let partials =
+                        b.buffer(&vec![f32::NAN; n * n_heads * splits * (head_size + 2)]);
+                    let step = b.step(pos, n);
+                    let d = b.kernels.attention.bind(
+                        &b.gpu.device,
+                        Bindings {
+                            out: &ob,
+                            out_stride,
+                            q: &qb,
+                            k_cache: &kcb,
+                            v_cache: &vcb,
+                            scores: &scores,
+                            partials: &partials,
+                            step: &step,
+                            shape,
+                            split,
+                        },
+                    );
+                    b.run(&d, n);
+                    let combine = b.kernels.attention_combine.bind(
+                        &b.gpu.device,
+                        attention_combine::Bindings {
+                            out: &ob,
+                            out_stride,
+                            partials: &partials,
+                            step: &step,
+                            n_heads,
+                            head_size,
+                            capacity,
+                            split,
+                        },
+                    );
+                    b.run(&combine, n);
+                    let mut expect = vec![0.0; n * q_dim];
+                    for t in 0..n {
+                        let (o, q) = (
+                            &mut expect[t * q_dim..(t + 1) * q_dim],
+                            &q[t * q_dim..(t + 1) * q_dim],
+                        );
+                        cpu(o, q, &kc, &vc, pos + t, shape);
+                    }
+                    let got = b.read(&ob);
+                    assert!(got
+                        .chunks(out_stride)
+                        .all(|r| r[q_dim..].iter().all(|v| v.is_nan())));
+                    let got: Vec<f32> = got
+                        .chunks(out_stride)
+                        .flat_map(|r| &r[..q_dim])
+                        .copied()
+                        .collect();
+                    assert_close(
+                        &got,
+                        &expect,
+                        &format!("attention {shape:?} at pos {pos}, {n} tokens, split {split}"),
+                    );
+                }
             }
         }
     }

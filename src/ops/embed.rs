@@ -1,7 +1,7 @@
 //! Token embedding: each token's row of the table, decoded to f32. See
 //! `shaders/embed.wgsl`.
 
-use super::matvec::{bind_chunks, GpuTensor};
+use super::projection::{bind_chunks, GpuTensor};
 use super::{grid_64, Dispatch, Shader};
 use crate::tensor::Tensor;
 
@@ -14,29 +14,159 @@ pub const SHADER: Shader = Shader {
     ),
 };
 
-/// Binds `out (n, stride)[.., ..cols] = table[tokens (n,)]`, one launch per
-/// chunk of `table` (only the chunk holding a token writes its row).
-pub fn dispatch(
-    device: &wgpu::Device,
-    pipeline: &wgpu::ComputePipeline,
-    out: &wgpu::Buffer,
-    stride: usize,
-    table: &GpuTensor,
-    tokens: &wgpu::Buffer,
-) -> Dispatch {
-    let groups = grid_64(table.cols as u32);
-    bind_chunks(
-        device,
-        pipeline,
-        table,
-        &[tokens.as_entire_binding(), out.as_entire_binding()],
-        stride,
-        |_| groups,
-    )
-    .batched(1)
+/// What an embedding reads and writes, for the n tokens of a pass.
+pub struct Bindings<'a> {
+    /// (n, stride) output rows, `table.cols` values used per row.
+    pub out: &'a wgpu::Buffer,
+    /// Values from one token's row of `out` to the next.
+    pub stride: usize,
+    /// (vocab_size, cols) embedding table.
+    pub table: &'a GpuTensor,
+    /// (n,) u32 token ids.
+    pub tokens: &'a wgpu::Buffer,
+}
+
+/// The embedding kernel.
+#[derive(Clone, Debug)]
+pub struct Embed {
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl Embed {
+    /// Compiles the kernel.
+    pub fn new(device: &wgpu::Device) -> Self {
+        Self {
+            pipeline: super::pipeline(device, SHADER, &[]),
+        }
+    }
+
+    /// Binds `out (n, stride)[.., ..cols] = table[tokens (n,)]`, one launch
+    /// per chunk of `table` (only the chunk holding a token writes its row).
+    pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
+        let groups = grid_64(b.table.cols as u32);
+        bind_chunks(
+            device,
+            &self.pipeline,
+            b.table,
+            &[b.tokens.as_entire_binding(), b.out.as_entire_binding()],
+            b.stride,
+            |_| groups,
+        )
+        .batched(1)
+    }
 }
 
 /// Host reference: row `token` of `table`.
 pub fn cpu(out: &mut [f32], table: &Tensor, token: u32) {
     table.dequantize_row(token as usize, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::embed;
+    use crate::ops::projection::GpuTensor;
+    use crate::ops::testing::*;
+    use crate::tensor::DType;
+
+    /// Rows `tokens` of `table`, decoded by the embed kernel in one pass
+    /// into rows 3 values wider (the padding must stay untouched).
+    fn embed_rows(b: &Bench, table: &GpuTensor, tokens: &[u32]) -> Vec<f32> {
+        let stride = table.cols + 3;
+        let out = b.buffer(&vec![f32::NAN; tokens.len() * stride]);
+        let tb = b.u32s(tokens);
+        let d = b.kernels.embed.bind(
+            &b.gpu.device,
+            embed::Bindings {
+                out: &out,
+                stride,
+                table,
+                tokens: &tb,
+            },
+        );
+        b.run(&d, tokens.len());
+        let rows = b.read(&out);
+        assert!(rows
+            .chunks(stride)
+            .all(|r| r[table.cols..].iter().all(|v| v.is_nan())));
+        rows.chunks(stride)
+            .flat_map(|r| &r[..table.cols])
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn embed_reads_the_token_row_of_a_split_table() {
+        let b = require!(Bench::new());
+        for dtype in DType::ALL {
+            let cols = dtype.block_len().max(32) * 2;
+            let rows = 53;
+            let table = random_tensor(dtype, rows, cols, 11);
+            let gt = upload(&b, &table, 5 * dtype.row_bytes(cols).unwrap() as u64 + 3);
+            assert!(gt.chunks.len() > 5);
+            // One pass of several tokens, from different chunks, one repeated.
+            let tokens = [0, 4, 5, 31, 52, 4];
+            let got = embed_rows(&b, &gt, &tokens);
+            for (i, &token) in tokens.iter().enumerate() {
+                let mut expect = vec![0.0; cols];
+                embed::cpu(&mut expect, &table, token);
+                assert_eq!(
+                    got[i * cols..(i + 1) * cols],
+                    expect,
+                    "{dtype:?} token {token}"
+                );
+            }
+        }
+    }
+
+    /// `tests/fixtures/ggml_blocks.dat`: random Q4_K, Q6_K, Q8_0 and Q4_0 blocks
+    /// and their values as dequantized by llama.cpp's gguf-py (`gguf.dequantize`),
+    /// an independent reference for the block layouts. Records: u32 GGML type id,
+    /// u32 block count, the blocks, then f32 values.
+    #[test]
+    fn dequantize_matches_llama_cpp_gguf_py() {
+        let data = include_bytes!("../../tests/fixtures/ggml_blocks.dat");
+        let mut at = 0;
+        let mut seen = Vec::new();
+        while at < data.len() {
+            let word = |i: usize| u32::from_le_bytes(data[i..i + 4].try_into().unwrap());
+            let (id, n) = (word(at), word(at + 4) as usize);
+            let dtype = match id {
+                12 => DType::Q4_K,
+                14 => DType::Q6_K,
+                8 => DType::Q8_0,
+                2 => DType::Q4_0,
+                other => panic!("type {other}"),
+            };
+            at += 8;
+            let blocks = &data[at..at + n * dtype.block_bytes()];
+            at += blocks.len();
+            let values: Vec<f32> = data[at..at + n * dtype.block_len() * 4]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            at += values.len() * 4;
+            let mut ours = vec![0.0; values.len()];
+            crate::tensor::dequantize(dtype, blocks, &mut ours);
+            assert_eq!(ours, values, "{dtype:?}");
+            // And the GPU decodes the same blocks to the same values.
+            if let Some(b) = Bench::new() {
+                let t = Tensor::from_shared(
+                    dtype,
+                    n,
+                    dtype.block_len(),
+                    std::sync::Arc::new(blocks.to_vec()),
+                    0..blocks.len(),
+                );
+                let gt = upload(&b, &t, 128 << 20);
+                for token in 0..n as u32 {
+                    let got = embed_rows(&b, &gt, &[token]);
+                    let row = &values[token as usize * dtype.block_len()..][..dtype.block_len()];
+                    assert_eq!(got, row, "{dtype:?} block {token} on the GPU");
+                }
+            }
+            seen.push(dtype);
+        }
+        assert_eq!(seen, [DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_0]);
+    }
 }

@@ -1,16 +1,16 @@
 //! Projection of a prompt's tokens in one pass: `out[t] = W x[t]` (or `+=`,
 //! or SwiGLU) for every token, tiled so each weight is read once per 8
 //! tokens. See `shaders/matmul.wgsl`; the weights are a
-//! [`GpuTensor`](super::matvec::GpuTensor) as for `matvec`.
+//! [`GpuTensor`] as for `matvec`.
 
-use super::matvec::{input_binding, CpuMode, GpuTensor, Mode, MAX_COLS};
+use super::projection::{input_binding, GpuTensor, Mode, MAX_COLS};
 use super::{grid, Dispatch, Shader};
-use crate::tensor::Tensor;
 
-/// `shaders/matmul.wgsl` after `shaders/dequant.wgsl`.
+/// `shaders/matmul.wgsl` after `shaders/prelude.wgsl` and `shaders/dequant.wgsl`.
 pub const SHADER: Shader = Shader {
     name: "matmul",
     source: concat!(
+        include_str!("../../shaders/prelude.wgsl"),
         include_str!("../../shaders/dequant.wgsl"),
         include_str!("../../shaders/matmul.wgsl")
     ),
@@ -19,13 +19,37 @@ pub const SHADER: Shader = Shader {
 /// Most tokens per launch; matches the accumulators in matmul.wgsl.
 pub const TILE: usize = 8;
 
-/// The two builds of matmul.wgsl.
+/// What a prefill projection reads and writes, for up to `tokens` tokens
+/// of a pass (n from `step`).
+pub struct Bindings<'a> {
+    /// (n, out_stride) output rows, `w.rows` values used per row.
+    pub out: &'a wgpu::Buffer,
+    /// Values from one token's row of `out` to the next.
+    pub out_stride: usize,
+    /// (rows, cols) weights.
+    pub w: &'a GpuTensor,
+    /// (n, x_stride) inputs, bound a tile of tokens at a time as a 64 KiB
+    /// uniform buffer: `x_stride` must be
+    /// [`input_stride`](super::projection::input_stride)`(cols)` and `x` must
+    /// hold [`INPUT_BYTES`](super::projection::INPUT_BYTES) past the last
+    /// tile's first row.
+    pub x: &'a wgpu::Buffer,
+    /// Values from one token's row of `x` to the next.
+    pub x_stride: usize,
+    /// The pass's [`Step`](super::Step) uniform.
+    pub step: &'a wgpu::Buffer,
+    /// What is done with `W x`.
+    pub mode: Mode<'a>,
+    /// Most tokens a pass runs (a launch is bound per tile of them).
+    pub tokens: usize,
+}
+
+/// The matmul kernel: four rows per thread (256 per workgroup,
+/// `FOUR_ROWS`) and two (128 per workgroup).
 #[derive(Clone, Debug)]
-pub struct Pipelines {
-    /// Four rows per thread, 256 per workgroup (`FOUR_ROWS`).
-    pub four_rows: wgpu::ComputePipeline,
-    /// Two rows per thread, 128 per workgroup.
-    pub two_rows: wgpu::ComputePipeline,
+pub struct Matmul {
+    four_rows: wgpu::ComputePipeline,
+    two_rows: wgpu::ComputePipeline,
 }
 
 /// Rows per thread for a matrix of `rows`: four (each input value serves
@@ -43,62 +67,73 @@ pub fn rows_per_thread(rows: usize) -> usize {
     }
 }
 
-/// Binds `out (n, out_stride)[.., ..rows] = x (n, x_stride)[.., ..cols] @ w
-/// (rows, cols)^T` as `mode` says, for up to `tokens` tokens of a pass (`n`
-/// from `step`): per chunk of `w`, one launch per tile of up to 8 tokens,
-/// each binding its tokens' rows of `x` as a 64 KiB uniform buffer (so
-/// `x_stride` must be [`input_stride`](super::matvec::input_stride)`(cols)`
-/// and `x` must hold [`INPUT_BYTES`](super::matvec::INPUT_BYTES) past the
-/// last tile's first row).
-#[allow(clippy::too_many_arguments)]
-pub fn dispatch(
-    device: &wgpu::Device,
-    pipelines: &Pipelines,
-    out: &wgpu::Buffer,
-    out_stride: usize,
-    w: &GpuTensor,
-    x: &wgpu::Buffer,
-    x_stride: usize,
-    step: &wgpu::Buffer,
-    mode: Mode,
-    tokens: usize,
-) -> Dispatch {
-    let tile = (MAX_COLS / x_stride).clamp(1, TILE);
-    let per_thread = rows_per_thread(w.rows) as u32;
-    let pipeline = match per_thread {
-        4 => &pipelines.four_rows,
-        _ => &pipelines.two_rows,
-    };
-    let mut dispatch = Dispatch::empty(pipeline);
-    for first in (0..tokens).step_by(tile) {
-        for (mut params, view, up) in w.chunk_params(mode, out_stride) {
-            params.x_stride = x_stride as u32;
-            params.first_token = first as u32;
-            params.tile = tile as u32;
-            let resources = vec![
-                wgpu::BindingResource::TextureView(view),
-                step.as_entire_binding(),
-                input_binding(x, first, x_stride),
-                out.as_entire_binding(),
-                wgpu::BindingResource::TextureView(up),
-            ];
-            let groups = grid(params.rows.div_ceil(64 * per_thread));
-            dispatch.push_tile(
-                device,
-                bytemuck::bytes_of(&params),
-                resources,
-                groups,
-                first as u32,
-            );
+impl Matmul {
+    /// Compiles both builds.
+    pub fn new(device: &wgpu::Device) -> Self {
+        Self {
+            four_rows: super::pipeline(device, SHADER, &[]),
+            two_rows: super::pipeline(device, SHADER, &[("FOUR_ROWS", 0.0)]),
         }
     }
-    dispatch
+
+    /// Binds `out (n, out_stride)[.., ..rows] = x (n, x_stride)[.., ..cols] @
+    /// w (rows, cols)^T` as `mode` says: per chunk of `w`, one launch per tile
+    /// of up to [`TILE`] tokens, each binding its tokens' rows of `x` as a
+    /// 64 KiB uniform buffer.
+    pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
+        let tile = (MAX_COLS / b.x_stride).clamp(1, TILE);
+        let per_thread = rows_per_thread(b.w.rows) as u32;
+        let pipeline = match per_thread {
+            4 => &self.four_rows,
+            _ => &self.two_rows,
+        };
+        let mut dispatch = Dispatch::empty(pipeline);
+        for first in (0..b.tokens).step_by(tile) {
+            for (mut params, view, up) in b.w.chunk_params(b.mode, b.out_stride) {
+                params.x_stride = b.x_stride as u32;
+                params.first_token = first as u32;
+                params.tile = tile as u32;
+                let resources = vec![
+                    wgpu::BindingResource::TextureView(view),
+                    b.step.as_entire_binding(),
+                    input_binding(b.x, first, b.x_stride),
+                    b.out.as_entire_binding(),
+                    wgpu::BindingResource::TextureView(up),
+                ];
+                let groups = grid(params.rows.div_ceil(64 * per_thread));
+                dispatch.push_tile(
+                    device,
+                    bytemuck::bytes_of(&params),
+                    resources,
+                    groups,
+                    first as u32,
+                );
+            }
+        }
+        dispatch
+    }
 }
 
 /// Host reference: [`super::matvec::cpu`] for each token's row of `x` (n,
 /// cols) into its row of `out` (n, rows).
-pub fn cpu(out: &mut [f32], w: &Tensor, x: &[f32], mode: CpuMode) {
+#[cfg(test)]
+pub fn cpu(out: &mut [f32], w: &crate::tensor::Tensor, x: &[f32], mode: super::matvec::CpuMode) {
     for (o, x) in out.chunks_mut(w.rows).zip(x.chunks(w.cols)) {
         super::matvec::cpu(o, w, x, mode);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::matmul;
+    use crate::ops::testing::*;
+
+    #[test]
+    fn matmul_matches_cpu_for_every_dtype() {
+        // Four rows per thread where two would not leave less work in vain.
+        let per_thread = [64, 172, 301, 768, 1000, 2048].map(matmul::rows_per_thread);
+        assert_eq!(per_thread, [2, 2, 2, 4, 4, 4]);
+        // Partial and whole tiles of 8 tokens.
+        check_projections(&[2, 8, 13]);
     }
 }

@@ -1,6 +1,9 @@
 //! The compute kernels. Each op is one WGSL file in `shaders/` and one Rust
-//! module here holding its `Params` (matching the WGSL struct), the function
-//! that binds it into a [`Dispatch`], and `cpu`, its reference on the host.
+//! module here holding a struct that owns its pipeline(s), built once per
+//! device, whose `bind` takes a named bindings struct and returns a
+//! [`Dispatch`]; its `Params` (matching the WGSL struct); and `cpu`, its
+//! reference on the host. `projection` holds what matvec, matmul and embed
+//! share: the weights on the GPU ([`projection::GpuTensor`]) and dequant.wgsl's `Params`.
 
 use wgpu::util::DeviceExt;
 
@@ -10,8 +13,12 @@ pub mod attention_combine;
 pub mod embed;
 pub mod matmul;
 pub mod matvec;
+pub mod projection;
 pub mod rmsnorm;
 pub mod rope_append;
+
+#[cfg(test)]
+mod testing;
 
 /// A kernel's WGSL source and the file it came from.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +30,7 @@ pub struct Shader {
 }
 
 /// Every kernel kvgpu uses (a test checks this against `shaders/`).
+#[cfg(test)]
 pub const SHADERS: [Shader; 8] = [
     argmax::SHADER,
     attention::SHADER,
@@ -34,68 +42,85 @@ pub const SHADERS: [Shader; 8] = [
     rope_append::SHADER,
 ];
 
-/// WGSL files that are not kernels but are prepended to kernels' source.
-pub const LIBRARIES: [&str; 1] = ["dequant"];
+/// WGSL files that are not kernels but are prepended to kernels' source:
+/// `prelude` (the `Step` struct) to those that run the tokens of a pass,
+/// `dequant` (weight decoding) to those that read weights.
+#[cfg(test)]
+pub const LIBRARIES: [&str; 2] = ["dequant", "prelude"];
 
-/// The compute pipelines, built once per device and model.
+/// Matches WGSL `Step` in shaders/prelude.wgsl: the pass's first position
+/// and its number of tokens, padded to 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Step {
+    /// Position of the pass's first token.
+    pub pos: u32,
+    /// Tokens in the pass.
+    pub n: u32,
+    _pad: [u32; 2],
+}
+
+impl Step {
+    /// A pass of `n` tokens from position `pos`.
+    pub fn new(pos: usize, n: usize) -> Self {
+        Self {
+            pos: pos as u32,
+            n: n as u32,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Every kernel, compiled once per device.
 #[derive(Clone, Debug)]
 pub struct Kernels {
-    /// [`argmax`]
-    pub argmax: wgpu::ComputePipeline,
-    /// [`attention`]
-    pub attention: wgpu::ComputePipeline,
-    /// [`attention_combine`]
-    pub attention_combine: wgpu::ComputePipeline,
-    /// [`embed`]
-    pub embed: wgpu::ComputePipeline,
-    /// [`matmul`], four and two rows per thread.
-    pub matmul: matmul::Pipelines,
-    /// [`matvec`]
-    pub matvec: wgpu::ComputePipeline,
-    /// [`matvec`] with the RMSNorm of its input (override `NORM`).
-    pub matvec_norm: wgpu::ComputePipeline,
-    /// [`rmsnorm`]
-    pub rmsnorm: wgpu::ComputePipeline,
-    /// [`rope_append`]
-    pub rope_append: wgpu::ComputePipeline,
+    pub argmax: argmax::Argmax,
+    pub attention: attention::Attention,
+    pub attention_combine: attention_combine::AttentionCombine,
+    pub embed: embed::Embed,
+    pub matmul: matmul::Matmul,
+    pub matvec: matvec::Matvec,
+    pub rmsnorm: rmsnorm::RmsNorm,
+    pub rope_append: rope_append::RopeAppend,
 }
 
 impl Kernels {
     /// Compiles every kernel. Call inside an error scope ([`crate::Gpu::scoped`]).
     pub fn new(device: &wgpu::Device) -> Self {
-        let build_with = |shader: Shader, constants: &[(&str, f64)]| {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader.name),
-                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-            });
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(shader.name),
-                layout: None,
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    ..Default::default()
-                },
-                cache: None,
-            })
-        };
-        let build = |shader: Shader| build_with(shader, &[]);
         Self {
-            argmax: build(argmax::SHADER),
-            attention: build(attention::SHADER),
-            attention_combine: build(attention_combine::SHADER),
-            embed: build(embed::SHADER),
-            matmul: matmul::Pipelines {
-                four_rows: build(matmul::SHADER),
-                two_rows: build_with(matmul::SHADER, &[("FOUR_ROWS", 0.0)]),
-            },
-            matvec: build(matvec::SHADER),
-            matvec_norm: build_with(matvec::SHADER, &[("NORM", 1.0)]),
-            rmsnorm: build(rmsnorm::SHADER),
-            rope_append: build(rope_append::SHADER),
+            argmax: argmax::Argmax::new(device),
+            attention: attention::Attention::new(device),
+            attention_combine: attention_combine::AttentionCombine::new(device),
+            embed: embed::Embed::new(device),
+            matmul: matmul::Matmul::new(device),
+            matvec: matvec::Matvec::new(device),
+            rmsnorm: rmsnorm::RmsNorm::new(device),
+            rope_append: rope_append::RopeAppend::new(device),
         }
     }
+}
+
+/// Compiles `shader`'s `main` with the given pipeline-overridable constants.
+fn pipeline(
+    device: &wgpu::Device,
+    shader: Shader,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(shader.name),
+        source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(shader.name),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            ..Default::default()
+        },
+        cache: None,
+    })
 }
 
 /// One kernel launch (or several, for a weight split into row-chunks), bound
@@ -252,4 +277,158 @@ pub fn grid(n: u32) -> [u32; 3] {
 /// A one-dimensional grid of `ceil(n / 64)` workgroups of 64 threads.
 pub fn grid_64(n: u32) -> [u32; 3] {
     [n.div_ceil(64), 1, 1]
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every WGSL kernel parses and validates with naga (no GPU needed), and
+    //! every file in `shaders/` is one kvgpu compiles in.
+
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::{LIBRARIES, SHADERS};
+
+    #[test]
+    fn every_shader_parses_and_validates() {
+        let mut failures = Vec::new();
+        for shader in SHADERS {
+            let path = format!("shaders/{}.wgsl", shader.name);
+            let module = match naga::front::wgsl::parse_str(shader.source) {
+                Ok(m) => m,
+                Err(e) => {
+                    failures.push(e.emit_to_string_with_path(shader.source, &path));
+                    continue;
+                }
+            };
+            // No optional features: the kernels must run on every adapter. The
+            // one capability is `unpack2x16float`'s, which every wgpu adapter but
+            // WebGL 2 has (wgpu's downlevel flag SHADER_F16_IN_F32).
+            let mut validator = naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+            );
+            if let Err(e) = validator.validate(&module) {
+                failures.push(e.emit_to_string_with_path(shader.source, &path));
+            }
+            let has_main = module
+                .entry_points
+                .iter()
+                .any(|ep| ep.name == "main" && ep.stage == naga::ShaderStage::Compute);
+            if !has_main {
+                failures.push(format!("{path}: no @compute fn main"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    fn shader_files() -> BTreeSet<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+        std::fs::read_dir(&dir)
+            .expect("shaders/ exists")
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn read_shader(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("shaders/{name}.wgsl"));
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn every_shader_file_is_registered() {
+        let registered: BTreeSet<String> = SHADERS
+            .iter()
+            .map(|s| s.name.to_string())
+            .chain(LIBRARIES.iter().map(|s| s.to_string()))
+            .collect();
+        assert_eq!(
+            shader_files(),
+            registered,
+            "shaders/ and ops::SHADERS + LIBRARIES disagree"
+        );
+        for s in SHADERS {
+            // The compiled source is the kernel file, after any libraries.
+            assert!(
+                s.source.ends_with(&read_shader(s.name)),
+                "{} is registered with other source",
+                s.name
+            );
+            let mut rest = s
+                .source
+                .strip_suffix(read_shader(s.name).as_str())
+                .unwrap()
+                .to_string();
+            for lib in LIBRARIES {
+                rest = rest.replace(&read_shader(lib), "");
+            }
+            assert!(
+                rest.is_empty(),
+                "{}: source has text from no shader file",
+                s.name
+            );
+        }
+        for lib in LIBRARIES {
+            let text = read_shader(lib);
+            assert!(
+                SHADERS.iter().any(|s| s.source.contains(&text)),
+                "library {lib} is used by no kernel"
+            );
+        }
+    }
+
+    #[test]
+    fn every_shader_documents_its_bindings() {
+        for name in shader_files() {
+            let source = read_shader(&name);
+            let header: String = source.lines().take_while(|l| l.starts_with("//")).collect();
+            for (at, _) in source.match_indices("@binding(") {
+                let i: String = source[at + 9..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
+                assert!(
+                    header.contains(&format!("  {i} ")),
+                    "{name}.wgsl: header comment does not list binding {i}"
+                );
+            }
+        }
+    }
+
+    /// Each op's file defines its CPU twin and holds tests, and a test binds
+    /// its kernel (in that file or through the shared projection harness).
+    #[test]
+    fn every_kernel_has_a_test_beside_it() {
+        let harness = include_str!("testing.rs");
+        let sources = [
+            ("argmax", include_str!("argmax.rs")),
+            ("attention", include_str!("attention.rs")),
+            ("attention_combine", include_str!("attention_combine.rs")),
+            ("embed", include_str!("embed.rs")),
+            ("matmul", include_str!("matmul.rs")),
+            ("matvec", include_str!("matvec.rs")),
+            ("rmsnorm", include_str!("rmsnorm.rs")),
+            ("rope_append", include_str!("rope_append.rs")),
+        ];
+        for s in SHADERS {
+            let (_, source) = sources
+                .iter()
+                .find(|(name, _)| *name == s.name)
+                .unwrap_or_else(|| panic!("kernel {} has no op file listed here", s.name));
+            let tests = source
+                .split("#[cfg(test)]\nmod tests")
+                .nth(1)
+                .unwrap_or_else(|| panic!("kernel {} has no tests module", s.name));
+            let bound = format!("kernels.{}.bind(", s.name);
+            assert!(
+                source.contains("pub fn cpu(")
+                    && tests.contains("#[test]")
+                    && (tests.contains(&bound) || harness.contains(&bound)),
+                "kernel {}: needs a CPU twin, tests beside it, and a test that binds it",
+                s.name
+            );
+        }
+    }
 }

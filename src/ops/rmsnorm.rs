@@ -2,10 +2,13 @@
 
 use super::{Dispatch, Shader};
 
-/// `shaders/rmsnorm.wgsl`.
+/// `shaders/rmsnorm.wgsl` after `shaders/prelude.wgsl`.
 pub const SHADER: Shader = Shader {
     name: "rmsnorm",
-    source: include_str!("../../shaders/rmsnorm.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/prelude.wgsl"),
+        include_str!("../../shaders/rmsnorm.wgsl")
+    ),
 };
 
 /// Matches WGSL `Params` in rmsnorm.wgsl.
@@ -31,38 +34,60 @@ pub enum Rows {
     Last,
 }
 
-/// Binds `out (tokens, stride)[.., ..n] = rmsnorm(x (tokens, stride)[.., ..n])
-/// * weight (n,)` row by row for the tokens of the pass in `step`, or only
-/// the last (`rows`).
-#[allow(clippy::too_many_arguments)]
-pub fn dispatch(
-    device: &wgpu::Device,
-    pipeline: &wgpu::ComputePipeline,
-    out: &wgpu::Buffer,
-    x: &wgpu::Buffer,
-    weight: &wgpu::Buffer,
-    step: &wgpu::Buffer,
-    n: usize,
-    stride: usize,
-    eps: f32,
-    rows: Rows,
-) -> Dispatch {
-    let params = Params {
-        n: n as u32,
-        eps,
-        last: (rows == Rows::Last) as u32,
-        stride: stride as u32,
-    };
-    let d = Dispatch::new(
-        device,
-        pipeline,
-        bytemuck::bytes_of(&params),
-        &[x, weight, out, step],
-        [1, 1, 1],
-    );
-    match rows {
-        Rows::All => d.batched(1),
-        Rows::Last => d,
+/// What a norm reads and writes, for the n tokens of the pass in `step`.
+pub struct Bindings<'a> {
+    /// (n, stride) normalised rows (only row 0 with [`Rows::Last`]).
+    pub out: &'a wgpu::Buffer,
+    /// (n, stride) input rows, `len` values used per row.
+    pub x: &'a wgpu::Buffer,
+    /// (len,) f32 weights.
+    pub weight: &'a wgpu::Buffer,
+    /// The pass's [`Step`](super::Step) uniform.
+    pub step: &'a wgpu::Buffer,
+    /// Values normalised per row.
+    pub len: usize,
+    /// Values from one token's row to the next, in `x` and `out`.
+    pub stride: usize,
+    /// Added to the mean square before the square root.
+    pub eps: f32,
+    /// Every token's row, or only the last.
+    pub rows: Rows,
+}
+
+/// The RMSNorm kernel.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl RmsNorm {
+    /// Compiles the kernel.
+    pub fn new(device: &wgpu::Device) -> Self {
+        Self {
+            pipeline: super::pipeline(device, SHADER, &[]),
+        }
+    }
+
+    /// Binds `out[t] = rmsnorm(x[t]) * weight` row by row for the tokens of
+    /// the pass, or only the last (into row 0).
+    pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
+        let params = Params {
+            n: b.len as u32,
+            eps: b.eps,
+            last: (b.rows == Rows::Last) as u32,
+            stride: b.stride as u32,
+        };
+        let d = Dispatch::new(
+            device,
+            &self.pipeline,
+            bytemuck::bytes_of(&params),
+            &[b.x, b.weight, b.out, b.step],
+            [1, 1, 1],
+        );
+        match b.rows {
+            Rows::All => d.batched(1),
+            Rows::Last => d,
+        }
     }
 }
 
@@ -72,5 +97,66 @@ pub fn cpu(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     let scale = 1.0 / ss.sqrt();
     for ((o, &w), &v) in out.iter_mut().zip(weight).zip(x) {
         *o = w * (scale * v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::*;
+
+    #[test]
+    fn rmsnorm_matches_cpu() {
+        let b = require!(Bench::new());
+        for (n, tokens, seed) in [(1, 1, 1), (255, 3, 2), (1001, 2, 3)] {
+            // Rows 7 values wider than the vector: the padding is neither read nor written.
+            let stride = n + 7;
+            let x: Vec<f32> = random(tokens * stride, seed)
+                .iter()
+                .map(|v| v * 30.0)
+                .collect();
+            let w = random(n, seed + 1);
+            let mut expect = vec![0.0; tokens * n];
+            for (o, x) in expect.chunks_mut(n).zip(x.chunks(stride)) {
+                cpu(o, &x[..n], &w, 1e-5);
+            }
+            let (xb, wb, step) = (b.buffer(&x), b.buffer(&w), b.step(0, tokens));
+            for rows in [Rows::All, Rows::Last] {
+                let ob = b.buffer(&vec![f32::NAN; tokens * stride]);
+                let d = b.kernels.rmsnorm.bind(
+                    &b.gpu.device,
+                    Bindings {
+                        out: &ob,
+                        x: &xb,
+                        weight: &wb,
+                        step: &step,
+                        len: n,
+                        stride,
+                        eps: 1e-5,
+                        rows,
+                    },
+                );
+                b.run(&d, tokens);
+                let got = b.read(&ob);
+                let written = match rows {
+                    Rows::All => tokens,
+                    // Only the last token's row, into row 0.
+                    Rows::Last => 1,
+                };
+                let values: Vec<f32> = got
+                    .chunks(stride)
+                    .take(written)
+                    .flat_map(|r| &r[..n])
+                    .copied()
+                    .collect();
+                let want = &expect[(tokens - written) * n..];
+                assert_close(&values, want, &format!("rmsnorm {n} x {tokens} {rows:?}"));
+                let untouched = got.chunks(stride).enumerate().all(|(t, r)| {
+                    let from = if t < written { n } else { 0 };
+                    r[from..].iter().all(|v| v.is_nan())
+                });
+                assert!(untouched, "rmsnorm {n} {rows:?} wrote outside its rows");
+            }
+        }
     }
 }

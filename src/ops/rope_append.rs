@@ -2,12 +2,15 @@
 //! KV cache, in one kernel. See `shaders/rope_append.wgsl`.
 
 use super::{grid_64, Dispatch, Shader};
-use crate::KvDtype;
+use crate::kv_cache::KvDtype;
 
-/// `shaders/rope_append.wgsl`.
+/// `shaders/rope_append.wgsl` after `shaders/prelude.wgsl`.
 pub const SHADER: Shader = Shader {
     name: "rope_append",
-    source: include_str!("../../shaders/rope_append.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/prelude.wgsl"),
+        include_str!("../../shaders/rope_append.wgsl")
+    ),
 };
 
 /// Matches WGSL `Params` in rope_append.wgsl.
@@ -41,116 +44,79 @@ pub struct Shape {
     pub kv_dtype: KvDtype,
 }
 
-/// RoPE settings: which dimensions rotate and how fast.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rope {
-    /// Size of one head.
-    pub head_size: usize,
-    /// Leading dimensions of each head that rotate (even, at most head_size).
-    pub rope_dim: usize,
-    /// Base frequency.
-    pub theta: f32,
-    /// Llama-3-style divisors of each pair's frequency ((rope_dim / 2,)).
-    pub freq_factors: Option<Vec<f32>>,
+/// What the kernel reads and writes, for the n tokens of the pass in `step`.
+pub struct Bindings<'a> {
+    /// (n, q_dim) rotated queries.
+    pub q: &'a wgpu::Buffer,
+    /// (capacity, kv_dim) keys, as `shape.kv_dtype`: rows of the pass's positions written.
+    pub k_cache: &'a wgpu::Buffer,
+    /// (capacity, kv_dim) values, likewise.
+    pub v_cache: &'a wgpu::Buffer,
+    /// (n, q_dim + 2 kv_dim) the q, k and v projections side by side.
+    pub qkv: &'a wgpu::Buffer,
+    /// The pass's [`Step`](super::Step) uniform.
+    pub step: &'a wgpu::Buffer,
+    /// (positions, head_size / 2, 2) cos/sin, [`Rope::table`](crate::rope::Rope::table) on the GPU.
+    pub table: &'a wgpu::Buffer,
+    /// Widths and cache storage.
+    pub shape: Shape,
 }
 
-impl Rope {
-    /// Rotation angle of pair `pair` (dimensions 2 pair, 2 pair + 1) of a head
-    /// at `pos`, as llama2.c computes it in f32: `pos / theta^(2 pair / rope_dim)`
-    /// (divided by the pair's frequency factor); `None` past `rope_dim`.
-    fn angle(&self, pos: usize, pair: usize) -> Option<f32> {
-        if 2 * pair >= self.rope_dim {
-            return None;
-        }
-        let mut freq = 1.0 / self.theta.powf((2 * pair) as f32 / self.rope_dim as f32);
-        if let Some(f) = &self.freq_factors {
-            freq /= f[pair];
-        }
-        Some(pos as f32 * freq)
-    }
-
-    /// The (cos, sin) of every (position, pair) angle: (positions, head_size / 2, 2)
-    /// values; pairs past `rope_dim` get (1, 0), no rotation.
-    pub fn table(&self, positions: usize) -> Vec<f32> {
-        let mut t = Vec::with_capacity(positions * self.head_size);
-        for pos in 0..positions {
-            for pair in 0..self.head_size / 2 {
-                let (sin, cos) = self.angle(pos, pair).map_or((0.0, 1.0), f32::sin_cos);
-                t.extend([cos, sin]);
-            }
-        }
-        t
-    }
+/// The RoPE + append kernel.
+#[derive(Clone, Debug)]
+pub struct RopeAppend {
+    pipeline: wgpu::ComputePipeline,
 }
 
-/// Binds, for each token t of the pass in `step` (position `step.pos + t`):
-/// `q[t] = rope(qkv[t].q)`, cache row pos of `k_cache = rope(qkv[t].k)` and
-/// of `v_cache = qkv[t].v`, where `qkv (n, q_dim + 2 kv_dim)` holds the
-/// three projections side by side and `table` is [`Rope::table`] on the GPU.
-#[allow(clippy::too_many_arguments)]
-pub fn dispatch(
-    device: &wgpu::Device,
-    pipeline: &wgpu::ComputePipeline,
-    q: &wgpu::Buffer,
-    k_cache: &wgpu::Buffer,
-    v_cache: &wgpu::Buffer,
-    qkv: &wgpu::Buffer,
-    step: &wgpu::Buffer,
-    table: &wgpu::Buffer,
-    shape: Shape,
-) -> Dispatch {
-    let params = Params {
-        q_dim: shape.q_dim as u32,
-        kv_dim: shape.kv_dim as u32,
-        head_size: shape.head_size as u32,
-        capacity: shape.capacity as u32,
-        f16: (shape.kv_dtype == KvDtype::F16) as u32,
-    };
-    Dispatch::new(
-        device,
-        pipeline,
-        bytemuck::bytes_of(&params),
-        &[step, table, qkv, q, k_cache, v_cache],
-        grid_64(shape.q_dim as u32 / 2),
-    )
-    .batched(1)
+impl RopeAppend {
+    /// Compiles the kernel.
+    pub fn new(device: &wgpu::Device) -> Self {
+        Self {
+            pipeline: super::pipeline(device, SHADER, &[]),
+        }
+    }
+
+    /// Binds, for each token t of the pass (position `step.pos + t`):
+    /// `q[t] = rope(qkv[t].q)`, cache row pos of `k_cache = rope(qkv[t].k)`
+    /// and of `v_cache = qkv[t].v`.
+    pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
+        let s = b.shape;
+        let params = Params {
+            q_dim: s.q_dim as u32,
+            kv_dim: s.kv_dim as u32,
+            head_size: s.head_size as u32,
+            capacity: s.capacity as u32,
+            f16: (s.kv_dtype == KvDtype::F16) as u32,
+        };
+        Dispatch::new(
+            device,
+            &self.pipeline,
+            bytemuck::bytes_of(&params),
+            &[b.step, b.table, b.qkv, b.q, b.k_cache, b.v_cache],
+            grid_64(s.q_dim as u32 / 2),
+        )
+        .batched(1)
+    }
 }
 
 /// Host reference of the kernel for one token at `pos`: splits `qkv` into
-/// q, k, v, rotates q and k ([`rotate`]) and appends k, v ([`append`]).
-#[allow(clippy::too_many_arguments)]
+/// q, k, v, rotates q and k ([`Rope::rotate`](crate::rope::Rope::rotate)) and appends k, v ([`append`]).
+#[cfg(test)]
 pub fn cpu(
     q: &mut [f32],
     k_cache: &mut [f32],
     v_cache: &mut [f32],
     qkv: &[f32],
     pos: usize,
-    rope: &Rope,
+    rope: &crate::rope::Rope,
     dtype: KvDtype,
 ) {
     let (qs, kv) = qkv.split_at(q.len());
     let (k, v) = kv.split_at(kv.len() / 2);
     q.copy_from_slice(qs);
     let mut k = k.to_vec();
-    rotate(q, &mut k, pos, rope);
+    rope.rotate(q, &mut k, pos);
     append(k_cache, v_cache, &k, v, pos, dtype);
-}
-
-/// Host reference (llama2.c's RoPE loop): rotates q, and k where `i < k.len()`.
-pub fn rotate(q: &mut [f32], k: &mut [f32], pos: usize, rope: &Rope) {
-    for i in (0..q.len()).step_by(2) {
-        let Some(angle) = rope.angle(pos, (i % rope.head_size) / 2) else {
-            continue;
-        };
-        let (sin, cos) = angle.sin_cos();
-        for v in [&mut *q, &mut *k] {
-            if i < v.len() {
-                let (a, b) = (v[i], v[i + 1]);
-                v[i] = a * cos - b * sin;
-                v[i + 1] = a * sin + b * cos;
-            }
-        }
-    }
 }
 
 /// Host reference: row `pos` of each cache becomes k / v, rounded to f16
@@ -164,14 +130,107 @@ pub fn append(
     dtype: KvDtype,
 ) {
     let n = k.len();
-    let round = |x: &f32| match dtype {
-        KvDtype::F32 => *x,
-        KvDtype::F16 => half::f16::from_f32(*x).to_f32(),
-    };
+    let round = |x: &f32| dtype.round(*x);
     for (dst, src) in k_cache[pos * n..(pos + 1) * n].iter_mut().zip(k) {
         *dst = round(src);
     }
     for (dst, src) in v_cache[pos * n..(pos + 1) * n].iter_mut().zip(v) {
         *dst = round(src);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::*;
+    use crate::rope::Rope;
+
+    #[test]
+    fn rope_append_matches_cpu_and_writes_only_its_slots() {
+        let b = require!(Bench::new());
+        // Grouped-query: 6 query heads over 2 KV heads of size 10; full, partial
+        // (first 6 dimensions) and Llama-3-style scaled rotations.
+        let (head_size, n_heads, n_kv_heads, capacity) = (10, 6, 2, 37);
+        let (q_dim, kv_dim) = (n_heads * head_size, n_kv_heads * head_size);
+        let width = q_dim + 2 * kv_dim;
+        let rope = |rope_dim, theta, freq_factors| Rope {
+            head_size,
+            rope_dim,
+            theta,
+            freq_factors,
+        };
+        let ropes = [
+            rope(10, 10000.0, None),
+            rope(6, 500000.0, None),
+            rope(10, 500000.0, Some(vec![1.0, 1.5, 2.0, 8.0, 32.0])),
+        ];
+        for rope in ropes {
+            let table = b.buffer(&rope.table(capacity));
+            for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+                let shape = Shape {
+                    q_dim,
+                    kv_dim,
+                    head_size,
+                    capacity,
+                    kv_dtype,
+                };
+                let run = |qkv: &[f32], kc: &[f32], vc: &[f32], pos: usize, n: usize| {
+                    let (kcb, vcb) = (b.cache(kc, kv_dtype), b.cache(vc, kv_dtype));
+                    let (qkvb, qb) = (b.buffer(qkv), b.buffer(&vec![f32::NAN; n * q_dim]));
+                    let step = b.step(pos, n);
+                    let d = b.kernels.rope_append.bind(
+                        &b.gpu.device,
+                        Bindings {
+                            q: &qb,
+                            k_cache: &kcb,
+                            v_cache: &vcb,
+                            qkv: &qkvb,
+                            step: &step,
+                            table: &table,
+                            shape,
+                        },
+                    );
+                    b.run(&d, n);
+                    (
+                        b.read(&qb),
+                        b.read_cache(&kcb, kv_dtype),
+                        b.read_cache(&vcb, kv_dtype),
+                    )
+                };
+                // (first position, tokens): one token at the first and last slots, passes of several.
+                for (pos, n) in [(0, 1), (capacity - 1, 1), (0, 5), (17, 11)] {
+                    let qkv = random(n * width, pos as u64 + 50);
+                    let kc0 = rounded(&random(capacity * kv_dim, 1), kv_dtype);
+                    let vc0 = rounded(&random(capacity * kv_dim, 2), kv_dtype);
+                    let (q, k, v) = run(&qkv, &kc0, &vc0, pos, n);
+                    let (mut eq, mut ek, mut ev) = (vec![0.0; n * q_dim], kc0.clone(), vc0.clone());
+                    for (t, row) in qkv.chunks(width).enumerate() {
+                        let q = &mut eq[t * q_dim..(t + 1) * q_dim];
+                        cpu(q, &mut ek, &mut ev, row, pos + t, &rope, kv_dtype);
+                    }
+                    let what = format!("{kv_dtype:?} pos {pos} tokens {n} {rope:?}");
+                    assert_close(&q, &eq, &format!("q {what}"));
+                    // The pass's slots within f32 rounding (f16: one f16 step); the others untouched.
+                    let step = if kv_dtype == KvDtype::F16 { 2e-3 } else { 0.0 };
+                    for (name, got, expect, before) in [("k", k, &ek, &kc0), ("v", v, &ev, &vc0)] {
+                        for (i, (g, e)) in got.iter().zip(expect).enumerate() {
+                            let slot = i / kv_dim;
+                            if (pos..pos + n).contains(&slot) {
+                                assert!(
+                                    (g - e).abs() <= 1e-4 + step * e.abs(),
+                                    "{name} {what}: element {i}: {g} vs {e}"
+                                );
+                            } else {
+                                assert_eq!(g, &before[i], "{name} {what}: slot {slot} touched");
+                            }
+                        }
+                    }
+                }
+                // Positions past capacity write nothing (the host never asks for them).
+                let kc0 = rounded(&random(capacity * kv_dim, 5), kv_dtype);
+                let (_, k, v) = run(&random(3 * width, 6), &kc0, &kc0, capacity, 3);
+                assert!(k == kc0 && v == kc0, "write past capacity must be dropped");
+            }
+        }
     }
 }

@@ -86,7 +86,7 @@ pub fn tiny_model(seq_len: usize) -> Model {
 
 /// Seeded uniform values in [-1, 1).
 pub fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = kvgpu::sampler::XorShift::new(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+    let mut rng = kvgpu::rng::XorShift::new(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
     (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
 }
 
@@ -135,7 +135,7 @@ pub fn tiny_tokenizer_file(dir: &std::path::Path) -> PathBuf {
 pub fn tiny_gguf(dtype: kvgpu::DType) -> Vec<u8> {
     let dir = scratch(&format!("tiny_gguf_{dtype:?}"));
     let tok = Tokenizer::load(tiny_tokenizer_file(&dir), 300).unwrap();
-    kvgpu::gguf::write_model(&tiny_model(16), &tok, dtype).unwrap()
+    tiny_model(16).to_gguf(&tok, dtype).unwrap()
 }
 
 /// Varied strings: ASCII words, punctuation, emoji, CJK, and random Unicode
@@ -177,7 +177,7 @@ pub fn varied_strings(n: usize, seed: u64) -> Vec<String> {
         "I'm",
         "  \n ",
     ];
-    let mut rng = kvgpu::sampler::XorShift::new(seed);
+    let mut rng = kvgpu::rng::XorShift::new(seed);
     (0..n)
         .map(|i| {
             if i % 3 == 0 {

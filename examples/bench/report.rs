@@ -1,0 +1,142 @@
+//! The bench's results: one struct per table row, printed as markdown
+//! tables or as JSON lines (`--json`, serialized with serde_json).
+
+use serde::Serialize;
+
+/// Decode, sampling and prefill rates of one model.
+#[derive(Serialize)]
+pub struct Row {
+    pub model: String,
+    #[serde(rename = "weights")]
+    pub weight_dtype: String,
+    pub weight_bytes: u64,
+    pub decode_tok_s: f64,
+    /// 1 / (submit + readback + dispatches x empty launch): the ceiling
+    /// that launch costs alone put on decode.
+    pub launch_bound_tok_s: f64,
+    pub sampled_tok_s: f64,
+    pub prefill_tok_s: f64,
+    #[serde(rename = "gpu_ms_per_token")]
+    pub gpu_ms: Option<f64>,
+    #[serde(rename = "host_ms_per_token")]
+    pub host_ms: f64,
+    #[serde(rename = "dispatches_per_token")]
+    pub dispatches: usize,
+    pub bytes_per_token: f64,
+    pub gb_s: f64,
+    /// The adapter's copy bandwidth in the same run.
+    pub copy_gb_s: f64,
+    #[serde(rename = "fraction_of_copy")]
+    pub copy_fraction: f64,
+}
+
+/// KV cache memory of one model, F32 (F16 is half).
+pub struct KvRow {
+    pub model: String,
+    pub layers: usize,
+    pub context: usize,
+    /// Values per position, all layers, K and V.
+    pub per_position: u64,
+    /// Values per layer at full context, K and V.
+    pub per_layer: u64,
+    /// Values at full context.
+    pub total: u64,
+}
+
+/// Generating `tokens` tokens with and without the KV cache.
+#[derive(Serialize)]
+pub struct CacheRow {
+    pub model: String,
+    pub tokens: usize,
+    pub cache_s: f64,
+    pub no_cache_s: f64,
+    pub speedup: f64,
+    pub predicted_speedup: f64,
+}
+
+/// One row per line, as JSON.
+pub fn print_json(rows: &[Row], cache_rows: &[CacheRow]) -> serde_json::Result<()> {
+    for r in rows {
+        println!("{}", serde_json::to_string(r)?);
+    }
+    for r in cache_rows {
+        println!("{}", serde_json::to_string(r)?);
+    }
+    Ok(())
+}
+
+/// The rates table.
+pub fn print_rows(rows: &[Row], prompt: usize) {
+    println!("| model | weights | weight bytes | decode tok/s (greedy on GPU) | launch-bound tok/s (no kernel work) | top-p tok/s (logits read back) | prefill tok/s ({prompt} tokens) | GPU ms/token | host ms/token | dispatches/token | bytes/token | GB/s | of copy BW |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {:.3} | {} | {:.0} | {:.3} | {:.1}% |",
+            r.model,
+            r.weight_dtype,
+            r.weight_bytes,
+            r.decode_tok_s,
+            r.launch_bound_tok_s,
+            r.sampled_tok_s,
+            r.prefill_tok_s,
+            r.gpu_ms.map_or("n/a".to_string(), |g| format!("{g:.3}")),
+            r.host_ms,
+            r.dispatches,
+            r.bytes_per_token,
+            r.gb_s,
+            100.0 * r.copy_fraction
+        );
+    }
+}
+
+/// The KV memory table.
+pub fn print_kv(kv_rows: &[KvRow]) {
+    println!("\nKV cache memory (F16 is half of F32):\n");
+    println!("| model | layers | context | F32 bytes/token | F32 bytes/layer (full context) | F32 total | F16 total |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in kv_rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.model,
+            r.layers,
+            r.context,
+            r.per_position * 4,
+            r.per_layer * 4,
+            r.total * 4,
+            r.total * 2
+        );
+    }
+}
+
+/// The cache vs no-cache table.
+pub fn print_cache(cache_rows: &[CacheRow]) {
+    if cache_rows.is_empty() {
+        return;
+    }
+    println!("\nGenerating T tokens with vs without the KV cache (greedy):\n");
+    println!(
+        "| model | T | with cache s | without s | speedup | predicted (work at measured rates) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for r in cache_rows {
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.1}x | {:.1}x |",
+            r.model, r.tokens, r.cache_s, r.no_cache_s, r.speedup, r.predicted_speedup
+        );
+    }
+}
+
+/// A per-kernel GPU time table.
+pub fn print_profile(what: &str, p: &kvgpu::Profile) {
+    println!("\nGPU time of {what} by kernel (each kernel in its own timed pass):\n");
+    println!("| kernel | launches | ms | share |");
+    println!("|---|---|---|---|");
+    for (k, t, n) in p.by_kernel() {
+        println!(
+            "| {k} | {n} | {:.3} | {:.1}% |",
+            t * 1e3,
+            100.0 * t / p.total()
+        );
+    }
+    println!("| total | {} | {:.3} | |", p.kernels.len(), p.total() * 1e3);
+}

@@ -1,0 +1,183 @@
+//! A model's weights on the GPU ([`GpuModel`]): uploaded once, as stored in
+//! the file (quantized ones stay quantized), after checking that every
+//! tensor fits the device's limits; and the kernels compiled for it.
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::model::{Config, Model};
+use crate::ops::projection::{self, GpuTensor};
+use crate::ops::Kernels;
+use crate::tensor::Tensor;
+
+/// Bytes per f32.
+const F32: u64 = 4;
+
+/// One layer's weights on the GPU (shapes as in [`crate::model::LayerWeights`]).
+#[derive(Clone, Debug)]
+pub(crate) struct LayerWeights {
+    /// (dim,) f32, zero-padded to a 64 KiB uniform.
+    pub rms_att: wgpu::Buffer,
+    /// (dim + 2 kv_dim, dim): wq, wk and wv stacked, one projection.
+    pub wqkv: GpuTensor,
+    /// (dim, dim) attention output.
+    pub wo: GpuTensor,
+    /// (dim,) f32, zero-padded to a 64 KiB uniform.
+    pub rms_ffn: wgpu::Buffer,
+    /// (hidden_dim, dim) w1 (gate) and w3 (up), chunked alike for the fused
+    /// SwiGLU projection.
+    pub w1: GpuTensor,
+    /// (hidden_dim, dim), chunked as w1.
+    pub w3: GpuTensor,
+    /// (dim, hidden_dim) down projection.
+    pub w2: GpuTensor,
+}
+
+/// A model's weights and kernels on one device, uploaded once. Cheap to
+/// clone (wgpu handles are reference-counted); many sessions can share it.
+#[derive(Clone, Debug)]
+pub struct GpuModel {
+    pub(crate) gpu: Gpu,
+    pub(crate) config: Config,
+    pub(crate) kernels: Kernels,
+    /// (vocab_size, dim); also the classifier when shared.
+    pub(crate) token_embedding: GpuTensor,
+    pub(crate) layers: Vec<LayerWeights>,
+    /// (dim,) f32, zero-padded to a 64 KiB uniform.
+    pub(crate) rms_final: wgpu::Buffer,
+    /// (vocab_size, dim) when not shared with the embedding.
+    pub(crate) wcls: Option<GpuTensor>,
+    /// (seq_len, head_size / 2, 2) RoPE cos/sin, see [`Rope::table`](crate::rope::Rope::table).
+    pub(crate) rope_table: wgpu::Buffer,
+    weight_bytes: u64,
+}
+
+impl GpuModel {
+    /// Uploads the weights as stored (quantized ones stay quantized), split
+    /// into row-chunks where a tensor exceeds one storage binding, and
+    /// compiles the kernels. Checks the device's limits first.
+    pub fn new(gpu: &Gpu, model: &Model) -> Result<Self> {
+        Self::with_progress(gpu, model, |_, _| {})
+    }
+
+    /// [`GpuModel::new`], calling `progress(bytes uploaded, total bytes)` as
+    /// each tensor goes up (for a progress bar on big models).
+    pub fn with_progress(
+        gpu: &Gpu,
+        model: &Model,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Self> {
+        let c = &model.config;
+        c.validate()?;
+        let w = &model.weights;
+        let limits = gpu.device.limits();
+        let limit = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let chunk_limit = GpuTensor::chunk_limit(&gpu.device);
+        for t in w.tensors() {
+            let row = t.row_bytes() as u64;
+            if row > chunk_limit {
+                return Err(Error::ModelTooLarge {
+                    what: format!("one row of a {:?}", t),
+                    needed: row,
+                    limit: chunk_limit,
+                });
+            }
+        }
+        // Projection inputs bind as 64 KiB uniform buffers.
+        for (what, cols) in [("dim", c.dim), ("hidden_dim", c.hidden_dim)] {
+            if cols > projection::MAX_COLS {
+                return Err(Error::ModelTooLarge {
+                    what: format!("a projection input ({what} {cols} values)"),
+                    needed: cols as u64 * F32,
+                    limit: projection::INPUT_BYTES,
+                });
+            }
+        }
+        let table = c.rope().table(c.seq_len);
+        if table.len() as u64 * F32 > limit {
+            return Err(Error::ModelTooLarge {
+                what: "the RoPE table".into(),
+                needed: table.len() as u64 * F32,
+                limit,
+            });
+        }
+        gpu.scoped("uploading the model", || {
+            let device = &gpu.device;
+            let vector =
+                |label: &str, t: &Tensor| projection::norm_weights(device, label, &t.to_f32());
+            let total = w.bytes();
+            let mut done = 0u64;
+            let queue = &gpu.queue;
+            let mut uploaded = |parts: &[&Tensor]| {
+                done += parts.iter().map(|t| t.bytes().len() as u64).sum::<u64>();
+                progress(done, total);
+            };
+            let layers = w
+                .layers
+                .iter()
+                .map(|l| {
+                    let wqkv = GpuTensor::upload_stacked(
+                        device,
+                        queue,
+                        &[&l.wq, &l.wk, &l.wv],
+                        chunk_limit,
+                        "wqkv",
+                    )?;
+                    uploaded(&[&l.wq, &l.wk, &l.wv]);
+                    let wo = GpuTensor::upload(device, queue, &l.wo, chunk_limit, "wo")?;
+                    let (w1, w3) =
+                        GpuTensor::upload_pair(device, queue, &l.w1, &l.w3, chunk_limit, "w1/w3")?;
+                    let w2 = GpuTensor::upload(device, queue, &l.w2, chunk_limit, "w2")?;
+                    uploaded(&[&l.wo, &l.w1, &l.w3, &l.w2]);
+                    Ok(LayerWeights {
+                        rms_att: vector("rms_att", &l.rms_att),
+                        wqkv,
+                        wo,
+                        rms_ffn: vector("rms_ffn", &l.rms_ffn),
+                        w1,
+                        w3,
+                        w2,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut matrix = |what: &str, t: &Tensor| {
+                let g = GpuTensor::upload(device, queue, t, chunk_limit, what);
+                uploaded(&[t]);
+                g
+            };
+            Ok(Self {
+                gpu: gpu.clone(),
+                config: c.clone(),
+                kernels: Kernels::new(device),
+                token_embedding: matrix("token_embedding", &w.token_embedding)?,
+                layers,
+                rms_final: vector("rms_final", &w.rms_final),
+                wcls: w.wcls.as_ref().map(|t| matrix("wcls", t)).transpose()?,
+                rope_table: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("rope_table"),
+                    contents: bytemuck::cast_slice(&table),
+                    usage: wgpu::BufferUsages::STORAGE,
+                }),
+                weight_bytes: w.bytes(),
+            })
+        })?
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The device the model lives on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Bytes of weights as stored (on the GPU, plus up to 3 bytes of padding per chunk).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+}

@@ -1,0 +1,330 @@
+//! A Llama model: hyper-parameters ([`Config`]) and weights ([`Weights`]) as
+//! stored in the file, read from GGUF files (`model/gguf.rs`) or llama2.c
+//! checkpoints (`model/llama2c.rs`).
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::gguf::{Gguf, GgufError};
+use crate::rng::XorShift;
+use crate::rope::Rope;
+use crate::tensor::{DType, Tensor};
+use crate::tokenizer::Tokenizer;
+
+mod gguf;
+mod llama2c;
+
+/// Transformer hyper-parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Transformer width (residual stream size).
+    pub dim: usize,
+    /// Width of the feed-forward layer's hidden state.
+    pub hidden_dim: usize,
+    /// Number of transformer blocks.
+    pub n_layers: usize,
+    /// Number of query heads.
+    pub n_heads: usize,
+    /// Number of key/value heads (fewer than `n_heads` with grouped-query attention).
+    pub n_kv_heads: usize,
+    /// Vocabulary size in tokens.
+    pub vocab_size: usize,
+    /// Longest context the model was trained for, in positions.
+    pub seq_len: usize,
+    /// Whether the classifier reuses the token embedding table.
+    pub shared_classifier: bool,
+    /// RMSNorm epsilon.
+    pub norm_eps: f32,
+    /// RoPE base frequency.
+    pub rope_theta: f32,
+    /// Dimensions of each head that RoPE rotates (the first `rope_dim`; even, at most head_size).
+    pub rope_dim: usize,
+    /// Llama-3-style per-pair frequency divisors ((rope_dim / 2,)), if any.
+    pub rope_freq_factors: Option<Vec<f32>>,
+}
+
+impl Config {
+    /// Size of one attention head.
+    pub fn head_size(&self) -> usize {
+        self.dim / self.n_heads
+    }
+
+    /// Width of the K and V vectors of one position (`n_kv_heads * head_size`).
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_size()
+    }
+
+    /// Number of query heads that share one K/V head.
+    pub fn kv_mul(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+
+    /// Checks the relations between fields: heads divide evenly, head size is even.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &'static str, value: usize, reason: String| {
+            Err(Error::InvalidConfig {
+                field,
+                value: value as i64,
+                reason,
+            })
+        };
+        for (field, v) in [
+            ("dim", self.dim),
+            ("hidden_dim", self.hidden_dim),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("vocab_size", self.vocab_size),
+            ("seq_len", self.seq_len),
+        ] {
+            if v == 0 || v > i32::MAX as usize {
+                return bad(field, v, "must be between 1 and 2^31-1".into());
+            }
+        }
+        if !self.dim.is_multiple_of(self.n_heads) {
+            return bad(
+                "n_heads",
+                self.n_heads,
+                format!("does not divide dim {}", self.dim),
+            );
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return bad(
+                "n_kv_heads",
+                self.n_kv_heads,
+                format!("does not divide n_heads {}", self.n_heads),
+            );
+        }
+        if !self.head_size().is_multiple_of(2) {
+            return bad(
+                "n_heads",
+                self.n_heads,
+                format!(
+                    "gives an odd head size {} (RoPE rotates pairs)",
+                    self.head_size()
+                ),
+            );
+        }
+        if !(self.norm_eps > 0.0 && self.rope_theta > 0.0) {
+            return bad(
+                "norm_eps",
+                0,
+                "norm_eps and rope_theta must be positive".into(),
+            );
+        }
+        if self.rope_dim == 0
+            || self.rope_dim > self.head_size()
+            || !self.rope_dim.is_multiple_of(2)
+        {
+            return bad(
+                "rope_dim",
+                self.rope_dim,
+                format!(
+                    "must be even and at most the head size {}",
+                    self.head_size()
+                ),
+            );
+        }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.rope_dim / 2 || f.iter().any(|v| !(*v > 0.0 && v.is_finite())) {
+                return bad(
+                    "rope_freq_factors",
+                    f.len(),
+                    format!("need {} positive finite factors", self.rope_dim / 2),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The RoPE settings of this model.
+    pub fn rope(&self) -> Rope {
+        Rope {
+            head_size: self.head_size(),
+            rope_dim: self.rope_dim,
+            theta: self.rope_theta,
+            freq_factors: self.rope_freq_factors.clone(),
+        }
+    }
+}
+
+/// One transformer block's weights. Matrices are (out, in): `y = W x`.
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    /// (1, dim) RMSNorm weights before attention.
+    pub rms_att: Tensor,
+    /// (n_heads * head_size, dim) query projection.
+    pub wq: Tensor,
+    /// (kv_dim, dim) key projection.
+    pub wk: Tensor,
+    /// (kv_dim, dim) value projection.
+    pub wv: Tensor,
+    /// (dim, n_heads * head_size) attention output projection.
+    pub wo: Tensor,
+    /// (1, dim) RMSNorm weights before the feed-forward block.
+    pub rms_ffn: Tensor,
+    /// (hidden_dim, dim) feed-forward gate projection.
+    pub w1: Tensor,
+    /// (dim, hidden_dim) feed-forward down projection.
+    pub w2: Tensor,
+    /// (hidden_dim, dim) feed-forward up projection.
+    pub w3: Tensor,
+}
+
+/// Model weights as stored in the file (f32, f16, bf16 or quantized).
+#[derive(Clone, Debug)]
+pub struct Weights {
+    /// (vocab_size, dim) token embedding table.
+    pub token_embedding: Tensor,
+    /// One entry per block.
+    pub layers: Vec<LayerWeights>,
+    /// (1, dim) final RMSNorm weights.
+    pub rms_final: Tensor,
+    /// (vocab_size, dim) classifier; `None` when it is `token_embedding`.
+    pub wcls: Option<Tensor>,
+}
+
+impl Weights {
+    /// The classifier matrix, (vocab_size, dim).
+    pub fn classifier(&self) -> &Tensor {
+        self.wcls.as_ref().unwrap_or(&self.token_embedding)
+    }
+
+    /// Every tensor, for totals and conversions.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut all = vec![&self.token_embedding, &self.rms_final];
+        for l in &self.layers {
+            all.extend([
+                &l.rms_att, &l.wq, &l.wk, &l.wv, &l.wo, &l.rms_ffn, &l.w1, &l.w2, &l.w3,
+            ]);
+        }
+        all.extend(self.wcls.as_ref());
+        all
+    }
+
+    /// Bytes of all weights as stored.
+    pub fn bytes(&self) -> u64 {
+        self.tensors().iter().map(|t| t.bytes().len() as u64).sum()
+    }
+
+    /// Converts every matrix to `dtype` (norm vectors stay as they are);
+    /// rows whose length is not a whole number of `dtype` blocks stay F16.
+    pub fn convert(&self, dtype: DType) -> Weights {
+        let conv = |t: &Tensor| {
+            if t.dtype == dtype {
+                return t.clone();
+            }
+            t.convert(dtype)
+                .or_else(|| t.convert(DType::F16))
+                .expect("F16 takes any row length")
+        };
+        Weights {
+            token_embedding: conv(&self.token_embedding),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerWeights {
+                    rms_att: l.rms_att.clone(),
+                    wq: conv(&l.wq),
+                    wk: conv(&l.wk),
+                    wv: conv(&l.wv),
+                    wo: conv(&l.wo),
+                    rms_ffn: l.rms_ffn.clone(),
+                    w1: conv(&l.w1),
+                    w2: conv(&l.w2),
+                    w3: conv(&l.w3),
+                })
+                .collect(),
+            rms_final: self.rms_final.clone(),
+            wcls: self.wcls.as_ref().map(conv),
+        }
+    }
+}
+
+/// A model: its config and weights.
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// Hyper-parameters.
+    pub config: Config,
+    /// Weights.
+    pub weights: Weights,
+}
+
+impl Model {
+    /// Reads a model file by its contents: GGUF (with the tokenizer inside) or
+    /// a llama2.c checkpoint (no tokenizer: it is a separate file).
+    pub fn load(path: impl AsRef<Path>) -> Result<(Model, Option<Tokenizer>)> {
+        let path = path.as_ref();
+        let mut magic = [0u8; 4];
+        let is_gguf = std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+            && &magic == b"GGUF";
+        if is_gguf {
+            let g = Gguf::open(path)?;
+            let model = Model::from_gguf(&g)?;
+            let tokenizer = Tokenizer::from_gguf(&g)?;
+            if tokenizer.vocab_size() != model.config.vocab_size {
+                return Err(g.error(GgufError::BadValue {
+                    key: "tokenizer.ggml.tokens".into(),
+                    reason: format!(
+                        "{} tokens for a {}-row embedding",
+                        tokenizer.vocab_size(),
+                        model.config.vocab_size
+                    ),
+                }));
+            }
+            Ok((model, Some(tokenizer)))
+        } else {
+            Ok((Model::load_llama2c(path)?, None))
+        }
+    }
+
+    /// A model with seeded random f32 weights (uniform in ±0.5/sqrt(fan-in),
+    /// norms near 1): for tests and benchmarks of realistic shapes without files.
+    pub fn random(config: Config, seed: u64) -> Result<Model> {
+        config.validate()?;
+        let rng = &mut XorShift::new(seed);
+        let c = &config;
+        let (d, h, v, kv) = (c.dim, c.hidden_dim, c.vocab_size, c.kv_dim());
+        // Uniform in ±0.5 * scale / sqrt(cols).
+        let mat = |rng: &mut XorShift, rows: usize, cols: usize, scale: f32| {
+            let s = scale / (cols as f32).sqrt();
+            let values: Vec<f32> = (0..rows * cols)
+                .map(|_| (rng.next_f32() - 0.5) * s)
+                .collect();
+            Tensor::from_f32(rows, cols, &values)
+        };
+        // Uniform in [0.75, 1.25).
+        let norm = |rng: &mut XorShift| {
+            let values: Vec<f32> = (0..d).map(|_| 0.75 + 0.5 * rng.next_f32()).collect();
+            Tensor::from_f32(1, d, &values)
+        };
+        let token_embedding = mat(rng, v, d, (d as f32).sqrt());
+        let layers = (0..c.n_layers)
+            .map(|_| LayerWeights {
+                rms_att: norm(rng),
+                wq: mat(rng, d, d, 1.0),
+                wk: mat(rng, kv, d, 1.0),
+                wv: mat(rng, kv, d, 1.0),
+                wo: mat(rng, d, d, 1.0),
+                rms_ffn: norm(rng),
+                w1: mat(rng, h, d, 1.0),
+                w2: mat(rng, d, h, 1.0),
+                w3: mat(rng, h, d, 1.0),
+            })
+            .collect();
+        let wcls = (!c.shared_classifier).then(|| mat(rng, v, d, 1.0));
+        let rms_final = norm(rng);
+        Ok(Model {
+            config,
+            weights: Weights {
+                token_embedding,
+                layers,
+                rms_final,
+                wcls,
+            },
+        })
+    }
+}

@@ -1,0 +1,429 @@
+//! Shared helpers of the kernel tests: a device with every kernel, buffers
+//! from host values, running one dispatch, seeded random data and weights,
+//! and the projection harness matvec and matmul are both checked with.
+//!
+//! Tolerance: 1e-4 absolute + 1e-4 relative (f32 sums in another order);
+//! data movement kernels (append, embed, argmax) must be exact. Quantized
+//! projections are compared with dequantize-then-multiply on the host.
+//!
+//! Without an adapter a test prints why it was skipped and passes, except
+//! under CI (`CI=true`), where it fails.
+
+use wgpu::util::DeviceExt;
+
+use super::matvec::CpuMode;
+use super::projection::{input_stride, GpuTensor, Mode, MAX_COLS};
+use super::{matmul, matvec, Dispatch, Kernels};
+use crate::gpu::Gpu;
+use crate::kv_cache::KvDtype;
+use crate::tensor::{quantize, DType, Tensor};
+
+/// Unwraps an `Option` or returns from the test (which was reported skipped).
+macro_rules! require {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => return,
+        }
+    };
+}
+pub(crate) use require;
+
+/// A device on the environment's adapter, or `None` (test skipped) when there is none.
+pub fn gpu() -> Option<Gpu> {
+    match Gpu::new(None) {
+        Ok(gpu) => Some(gpu),
+        Err(e) => {
+            let why = format!("no GPU adapter ({e}); install mesa-vulkan-drivers for lavapipe");
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("CI=true and {why}");
+            }
+            eprintln!("SKIPPED: {why}");
+            None
+        }
+    }
+}
+
+/// Seeded uniform values in [-1, 1).
+pub fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = crate::rng::XorShift::new(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+    (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
+}
+
+/// Largest |a - b| over two equal-length slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+pub struct Bench {
+    pub gpu: Gpu,
+    pub kernels: Kernels,
+}
+
+impl Bench {
+    pub fn new() -> Option<Self> {
+        let gpu = gpu()?;
+        let kernels = gpu
+            .scoped("compiling", || Kernels::new(&gpu.device))
+            .unwrap();
+        Some(Self { gpu, kernels })
+    }
+
+    pub fn buffer(&self, data: &[f32]) -> wgpu::Buffer {
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
+    }
+
+    /// A projection input: uniform, zero-padded to at least matvec's 16384 values.
+    pub fn input(&self, data: &[f32]) -> wgpu::Buffer {
+        let mut padded = data.to_vec();
+        padded.resize(data.len().max(MAX_COLS), 0.0);
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&padded),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    pub fn u32s(&self, data: &[u32]) -> wgpu::Buffer {
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    /// The step uniform of a pass of `n` tokens from position `pos`.
+    pub fn step(&self, pos: usize, n: usize) -> wgpu::Buffer {
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&[pos as u32, n as u32, 0, 0]),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Runs `d` for a pass of `n` tokens.
+    pub fn run(&self, d: &Dispatch, n: usize) {
+        self.gpu
+            .scoped("test dispatch", || {
+                let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    d.record(&mut pass, n as u32);
+                }
+                self.gpu.queue.submit([enc.finish()]);
+            })
+            .unwrap();
+    }
+
+    pub fn read(&self, b: &wgpu::Buffer) -> Vec<f32> {
+        bytemuck::pod_collect_to_vec(&self.gpu.read_buffer(b, b.size()).unwrap())
+    }
+}
+
+pub fn assert_close(gpu: &[f32], cpu: &[f32], what: &str) {
+    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        assert!(
+            (g - c).abs() <= 1e-4 + 1e-4 * c.abs(),
+            "{what}: element {i}: gpu {g} vs cpu {c} (max diff {})",
+            max_abs_diff(gpu, cpu)
+        );
+    }
+}
+
+/// Random weights of `dtype`: float types and Q8_0 / Q4_0 through the
+/// quantizer; K-quant blocks from random bytes with small, finite scales.
+pub fn random_tensor(dtype: DType, rows: usize, cols: usize, seed: u64) -> Tensor {
+    let bytes = match dtype {
+        DType::Q4_K | DType::Q6_K => {
+            let mut rng = crate::rng::XorShift::new(seed | 1);
+            let mut bytes: Vec<u8> = (0..rows * dtype.row_bytes(cols).unwrap())
+                .map(|_| rng.next_u32() as u8)
+                .collect();
+            let scale_at: &[usize] = if dtype == DType::Q4_K {
+                &[0, 2]
+            } else {
+                &[208]
+            };
+            for block in bytes.chunks_mut(dtype.block_bytes()) {
+                for &at in scale_at {
+                    let d = half::f16::from_f32(0.001 + rng.next_f32() * 0.01);
+                    block[at..at + 2].copy_from_slice(&d.to_le_bytes());
+                }
+            }
+            bytes
+        }
+        _ => quantize(dtype, &random(rows * cols, seed), cols).unwrap(),
+    };
+    let n = bytes.len();
+    Tensor::from_shared(dtype, rows, cols, std::sync::Arc::new(bytes), 0..n)
+}
+
+pub fn upload(b: &Bench, t: &Tensor, limit: u64) -> GpuTensor {
+    b.gpu
+        .scoped("upload", || {
+            GpuTensor::upload(&b.gpu.device, &b.gpu.queue, t, limit, "test")
+        })
+        .unwrap()
+        .unwrap()
+}
+
+/// Weights for a projection test: `w` and, for SwiGLU, `up` (same shape).
+pub struct Projection {
+    pub w: Tensor,
+    pub up: Option<Tensor>,
+    /// Upload as several parts of these row counts stacked (mixed types).
+    pub what: String,
+}
+
+/// Every projection shape and type the kernels must handle: each dtype on
+/// odd row counts, in chunks; float rows at any byte alignment with tails;
+/// a grid that spills into y; SwiGLU pairs; and a stacked matrix mixing types.
+pub fn projections() -> Vec<(Projection, u64)> {
+    let big = 128 << 20;
+    let mut out = Vec::new();
+    let mut add = |w: Tensor, up: Option<Tensor>, limit: u64| {
+        let what = format!(
+            "{:?} {}x{} limit {limit}{}",
+            w.dtype,
+            w.rows,
+            w.cols,
+            if up.is_some() { " swiglu" } else { "" }
+        );
+        out.push((Projection { w, up, what }, limit));
+    };
+    for dtype in DType::ALL {
+        let n = dtype.block_len().max(32);
+        for (rows, cols, limit) in [
+            (1, n, big),
+            (37, 3 * n, big),
+            (301, 5 * n, big),
+            // Four rows per thread (matmul), the last workgroup partly filled.
+            (1000, n, big),
+            (67, 2 * n, 999),
+        ] {
+            add(random_tensor(dtype, rows, cols, rows as u64), None, limit);
+        }
+        // SwiGLU: gate of this type, up of another, chunked alike.
+        let up_type = if dtype == DType::F16 {
+            DType::Q8_0
+        } else {
+            DType::F16
+        };
+        let (gate, up) = (
+            random_tensor(dtype, 45, 2 * n, 3),
+            random_tensor(up_type, 45, 2 * n, 4),
+        );
+        let limit = 7 * gate.row_bytes().max(up.row_bytes()) as u64 + 5;
+        add(gate, Some(up), limit);
+    }
+    // Odd widths: rows start at any byte alignment and end in a tail; 3001
+    // columns leave room for only 5 tokens per 64 KiB matmul input tile.
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for (rows, cols) in [(29, 37), (7, 13), (3, 1), (70, 131), (9, 3001)] {
+            add(random_tensor(dtype, rows, cols, 5), None, big);
+        }
+    }
+    add(random_tensor(DType::F32, 1757, 65, 3), None, big);
+    out
+}
+
+/// GPU result of `p` for `n` tokens of `x` (n, cols) over `base` (n, rows):
+/// matvec (n = 1) or matmul.
+pub fn project(
+    b: &Bench,
+    p: &Projection,
+    gw: &GpuTensor,
+    gup: Option<&GpuTensor>,
+    x: &[f32],
+    base: &[f32],
+    add: bool,
+) -> Vec<f32> {
+    let n = x.len() / p.w.cols;
+    let ob = b.buffer(base);
+    let mode = match (gup, add) {
+        (Some(up), _) => Mode::SwiGlu { up },
+        (None, true) => Mode::Add,
+        (None, false) => Mode::Set,
+    };
+    if n == 1 {
+        let xb = b.input(x);
+        let d = b.kernels.matvec.bind(
+            &b.gpu.device,
+            matvec::Bindings {
+                out: &ob,
+                w: gw,
+                x: &xb,
+                mode,
+                norm: None,
+            },
+        );
+        b.run(&d, n);
+        return b.read(&ob);
+    }
+    // matmul: input rows `input_stride` apart (padding zero), output rows
+    // 5 values wider than the matrix (padding untouched).
+    let (cols, rows) = (p.w.cols, p.w.rows);
+    let x_stride = input_stride(cols);
+    let mut padded = vec![0.0; (n - 1) * x_stride + MAX_COLS];
+    for (t, row) in x.chunks(cols).enumerate() {
+        padded[t * x_stride..][..cols].copy_from_slice(row);
+    }
+    let out_stride = rows + 5;
+    let mut out = vec![f32::NAN; n * out_stride];
+    for (t, row) in base.chunks(rows).enumerate() {
+        out[t * out_stride..][..rows].copy_from_slice(row);
+    }
+    let (xb, ob, step) = (b.input(&padded), b.buffer(&out), b.step(0, n));
+    let d = b.kernels.matmul.bind(
+        &b.gpu.device,
+        matmul::Bindings {
+            out: &ob,
+            out_stride,
+            w: gw,
+            x: &xb,
+            x_stride,
+            step: &step,
+            mode,
+            tokens: n,
+        },
+    );
+    b.run(&d, n);
+    let got = b.read(&ob);
+    assert!(got
+        .chunks(out_stride)
+        .all(|r| r[rows..].iter().all(|v| v.is_nan())));
+    got.chunks(out_stride)
+        .flat_map(|r| &r[..rows])
+        .copied()
+        .collect()
+}
+
+/// Checks matvec (1 token) and matmul (`tokens`) against the host
+/// reference for every projection: `out = W x`, `out += W x`, SwiGLU.
+pub fn check_projections(tokens: &[usize]) {
+    let b = require!(Bench::new());
+    for (p, limit) in projections() {
+        let (gw, gup) = match &p.up {
+            Some(up) => {
+                let (g, u) = b
+                    .gpu
+                    .scoped("upload", || {
+                        GpuTensor::upload_pair(&b.gpu.device, &b.gpu.queue, &p.w, up, limit, "t")
+                    })
+                    .unwrap()
+                    .unwrap();
+                (g, Some(u))
+            }
+            None => (upload(&b, &p.w, limit), None),
+        };
+        if limit < 1 << 20 {
+            assert!(gw.chunks.len() > 1, "{}: should be split", p.what);
+        }
+        for &n in tokens {
+            let x = random(n * p.w.cols, 7 + n as u64);
+            let base = random(n * p.w.rows, 8);
+            for add in [false, true] {
+                if add && p.up.is_some() {
+                    continue;
+                }
+                let got = project(&b, &p, &gw, gup.as_ref(), &x, &base, add);
+                let mut expect = base.clone();
+                let mode = match (&p.up, add) {
+                    (Some(up), _) => CpuMode::SwiGlu { up },
+                    (None, true) => CpuMode::Add,
+                    (None, false) => CpuMode::Set,
+                };
+                matmul::cpu(&mut expect, &p.w, &x, mode);
+                let what = format!("{} tokens {n}{}", p.what, if add { " +=" } else { "" });
+                // f32 sums in another order: error relative to the sum of |terms|.
+                let mut bound = magnitude(&p.w, &x);
+                if let Some(up) = &p.up {
+                    let a = &mut vec![0.0; base.len()];
+                    let b = &mut vec![0.0; base.len()];
+                    matmul::cpu(a, &p.w, &x, CpuMode::Set);
+                    matmul::cpu(b, up, &x, CpuMode::Set);
+                    let mb = magnitude(up, &x);
+                    for i in 0..bound.len() {
+                        bound[i] = (1.0 + bound[i] + a[i].abs()) * (1.0 + mb[i] + b[i].abs());
+                    }
+                }
+                for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+                    let tolerance = 1e-5 * (1.0 + bound[i] + base[i].abs());
+                    assert!(
+                        (g - e).abs() <= tolerance,
+                        "{what}: element {i}: gpu {g} vs cpu {e} (tolerance {tolerance})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Per output (n, rows): the sum of |w x| terms of its dot product.
+pub fn magnitude(w: &Tensor, x: &[f32]) -> Vec<f32> {
+    let abs: Vec<f32> = w.to_f32().iter().map(|v| v.abs()).collect();
+    let abs = Tensor::from_f32(w.rows, w.cols, &abs);
+    let xs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    let mut out = vec![0.0; x.len() / w.cols * w.rows];
+    matmul::cpu(&mut out, &abs, &xs, CpuMode::Set);
+    out
+}
+
+/// Host values as a cache buffer's contents: f32 bits, or f16 pairs.
+pub fn cache_bytes(values: &[f32], dtype: KvDtype) -> Vec<u8> {
+    match dtype {
+        KvDtype::F32 => bytemuck::cast_slice(values).to_vec(),
+        KvDtype::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// A cache buffer's contents as host values.
+pub fn cache_values(bytes: &[u8], dtype: KvDtype) -> Vec<f32> {
+    match dtype {
+        KvDtype::F32 => bytemuck::pod_collect_to_vec(bytes),
+        KvDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32())
+            .collect(),
+    }
+}
+
+impl Bench {
+    pub fn cache(&self, values: &[f32], dtype: KvDtype) -> wgpu::Buffer {
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: &cache_bytes(values, dtype),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
+    }
+
+    pub fn read_cache(&self, b: &wgpu::Buffer, dtype: KvDtype) -> Vec<f32> {
+        cache_values(&self.gpu.read_buffer(b, b.size()).unwrap(), dtype)
+    }
+}
+
+/// Values as an f16 cache holds them.
+pub fn rounded(values: &[f32], dtype: KvDtype) -> Vec<f32> {
+    cache_values(&cache_bytes(values, dtype), dtype)
+}

@@ -1,0 +1,397 @@
+//! One forward pass on the GPU, as run.c's `forward` but for a pass of n
+//! tokens: the activations it works in ([`Activations`], allocated once per
+//! session), every dispatch bound once to them ([`Dispatches::bind`]), and
+//! the order they run in ([`Dispatches::each`]). `bind` and `each` read in
+//! the same order with the same comments.
+
+use crate::gpu_model::GpuModel;
+use crate::kv_cache::KvCache;
+use crate::ops::projection::{input_stride, GpuTensor, Mode, MAX_COLS};
+use crate::ops::rmsnorm::Rows;
+use crate::ops::{
+    argmax, attention, attention_combine, embed, matmul, matvec, rmsnorm, rope_append, Dispatch,
+};
+
+/// Bytes per f32.
+const F32: u64 = 4;
+
+/// Positions per split of split-K attention: a token attending to more runs
+/// one workgroup per split and head, then a merge (`attention_combine`).
+pub const ATTENTION_SPLIT: usize = 256;
+
+/// What a pass reads back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Readback {
+    /// Nothing (prompt tokens: only their K/V are needed; no classifier runs).
+    Nothing,
+    /// The argmax token, 4 bytes.
+    Argmax,
+    /// All logits, vocab_size x 4 bytes.
+    Logits,
+}
+
+/// The buffers a pass of up to `batch` tokens works in. Rows of activations
+/// that feed projections are `input_stride` values apart and bind as 64 KiB
+/// uniform buffers from any token's row (matvec: row 0).
+#[derive(Debug)]
+pub(crate) struct Activations {
+    /// [`Step`](crate::ops::Step) uniform: the pass's first position and token count.
+    pub step: wgpu::Buffer,
+    /// (batch,) u32 tokens of the pass.
+    pub tokens: wgpu::Buffer,
+    /// (batch, sd) residual stream (a decode step's projections read it as
+    /// their uniform input and normalise it themselves).
+    pub x: wgpu::Buffer,
+    /// (batch, sd) normed input of a block in a prefill pass.
+    pub xb: wgpu::Buffer,
+    /// (batch, dim + 2 kv_dim) q, k, v projections.
+    pub qkv: wgpu::Buffer,
+    /// (batch, dim) rotated q.
+    pub q: wgpu::Buffer,
+    /// (batch, sd) attention output.
+    pub att: wgpu::Buffer,
+    /// (batch, sh) SwiGLU output.
+    pub hb: wgpu::Buffer,
+    /// (batch, n_heads, capacity) attention scores.
+    pub scores: wgpu::Buffer,
+    /// (batch, n_heads, splits, head_size + 2) split-K partial results.
+    pub partials: wgpu::Buffer,
+    /// (vocab_size,) logits of the pass's last token.
+    pub logits: wgpu::Buffer,
+    /// (1,) u32 argmax of the logits.
+    pub next: wgpu::Buffer,
+    /// (vocab_size,) MAP_READ copy of the logits.
+    pub logits_readback: wgpu::Buffer,
+    /// (2,) u32 MAP_READ copy of `next` (8 bytes: the map alignment).
+    pub next_readback: wgpu::Buffer,
+}
+
+impl Activations {
+    /// Allocates the buffers of a pass of up to `batch` tokens over a cache
+    /// of `capacity` positions. Call inside an error scope.
+    pub fn new(model: &GpuModel, batch: usize, capacity: usize) -> Self {
+        let c = model.config();
+        let device = &model.gpu().device;
+        let buffer = |label, len: usize, usage: wgpu::BufferUsages| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: len as u64 * F32,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        use wgpu::BufferUsages as U;
+        let act = |label, len| buffer(label, batch * len, U::STORAGE);
+        let input = |label, stride: usize| {
+            let values = (batch - 1) * stride + MAX_COLS;
+            buffer(label, values, U::STORAGE | U::UNIFORM)
+        };
+        let (d, kv, hs) = (c.dim, c.kv_dim(), c.head_size());
+        let (sd, sh) = (input_stride(d), input_stride(c.hidden_dim));
+        let splits = capacity.div_ceil(ATTENTION_SPLIT);
+        Self {
+            step: buffer("step", 4, U::UNIFORM | U::COPY_DST),
+            tokens: buffer("tokens", batch, U::STORAGE | U::COPY_DST),
+            x: input("x", sd),
+            xb: input("xb", sd),
+            qkv: act("qkv", d + 2 * kv),
+            q: act("q", d),
+            att: input("att", sd),
+            hb: input("hb", sh),
+            scores: act("scores", c.n_heads * capacity),
+            partials: act("partials", c.n_heads * splits * (hs + 2)),
+            logits: buffer("logits", c.vocab_size, U::STORAGE | U::COPY_SRC),
+            next: buffer("next", 1, U::STORAGE | U::COPY_SRC),
+            logits_readback: buffer("logits_readback", c.vocab_size, U::MAP_READ | U::COPY_DST),
+            next_readback: buffer("next_readback", 2, U::MAP_READ | U::COPY_DST),
+        }
+    }
+}
+
+/// A projection bound twice: for a pass of one token (matvec) and for a
+/// pass of several (matmul).
+#[derive(Debug)]
+struct Projection {
+    decode: Dispatch,
+    prefill: Dispatch,
+}
+
+impl Projection {
+    /// The binding for a pass of `n` tokens.
+    fn of(&self, n: usize) -> &Dispatch {
+        match n {
+            1 => &self.decode,
+            _ => &self.prefill,
+        }
+    }
+}
+
+/// Every dispatch of one layer, bound once.
+#[derive(Debug)]
+struct LayerDispatches {
+    att_norm: Dispatch,
+    /// qkv = Wqkv n
+    qkv: Projection,
+    rope_append: Dispatch,
+    attention: Dispatch,
+    /// Merges attention's splits; recorded only when a token of the pass
+    /// attends to more than [`ATTENTION_SPLIT`] positions.
+    attention_combine: Dispatch,
+    /// x += Wo attention
+    wo_residual: Projection,
+    ffn_norm: Dispatch,
+    /// hb = silu(W1 n) * (W3 n)
+    gate_up_swiglu: Projection,
+    /// x += W2 hb
+    down_residual: Projection,
+}
+
+/// Every dispatch of a pass, bound once to a session's activations and cache.
+#[derive(Debug)]
+pub(crate) struct Dispatches {
+    embed: Dispatch,
+    layers: Vec<LayerDispatches>,
+    /// The last token's rmsnorm, then the classifier.
+    final_norm: Dispatch,
+    classifier: Dispatch,
+    /// Decode with the norms in the projections: the classifier with the final norm folded in.
+    classifier_normed: Dispatch,
+    argmax: Dispatch,
+    /// Whether decode steps fold the RMSNorms into the projections.
+    norm_in_projection: bool,
+}
+
+impl Dispatches {
+    /// Binds every dispatch of a pass of up to `batch` tokens to `a` and
+    /// `cache`, in the order [`Dispatches::each`] runs them. Call inside an
+    /// error scope.
+    pub fn bind(
+        model: &GpuModel,
+        a: &Activations,
+        cache: &KvCache,
+        batch: usize,
+        norm_in_projection: bool,
+    ) -> Self {
+        let c = model.config();
+        let device = &model.gpu().device;
+        let k = &model.kernels;
+        let eps = c.norm_eps;
+        let (d, kv, capacity) = (c.dim, c.kv_dim(), cache.capacity());
+        let (sd, sh) = (input_stride(d), input_stride(c.hidden_dim));
+        let norm = |out, weight, rows| {
+            k.rmsnorm.bind(
+                device,
+                rmsnorm::Bindings {
+                    out,
+                    x: &a.x,
+                    weight,
+                    step: &a.step,
+                    len: d,
+                    stride: sd,
+                    eps,
+                    rows,
+                },
+            )
+        };
+        // One token: out (op)= W x, x a uniform row; with `norm`, x is
+        // replaced by rmsnorm(x) * g first.
+        let one = |out, w, x, mode, norm| {
+            let b = matvec::Bindings {
+                out,
+                w,
+                x,
+                mode,
+                norm,
+            };
+            k.matvec.bind(device, b)
+        };
+        // A pass of several: out[t] (op)= W x[t].
+        let many = |out, out_stride, w, x, x_stride, mode| {
+            let b = matmul::Bindings {
+                out,
+                out_stride,
+                w,
+                x,
+                x_stride,
+                step: &a.step,
+                mode,
+                tokens: batch,
+            };
+            k.matmul.bind(device, b)
+        };
+        let cls: &GpuTensor = model.wcls.as_ref().unwrap_or(&model.token_embedding);
+        // Decode steps read the residual stream x and normalise it in the
+        // projection, or read the norm's output xb.
+        let (decode_input, fold) = match norm_in_projection {
+            true => (&a.x, Some(())),
+            false => (&a.xb, None),
+        };
+        let folded = |g| fold.map(|()| (g, eps));
+        // Token embedding: each token's row becomes its residual stream x.
+        let embed = k.embed.bind(
+            device,
+            embed::Bindings {
+                out: &a.x,
+                stride: sd,
+                table: &model.token_embedding,
+                tokens: &a.tokens,
+            },
+        );
+        let layers = model
+            .layers
+            .iter()
+            .zip(&cache.layers)
+            .map(|(w, kc)| {
+                let swiglu = Mode::SwiGlu { up: &w.w3 };
+                LayerDispatches {
+                    // Attention block: x += Wo attention(rope(q), cache ∪ rope(k), cache ∪ v),
+                    // (q, k, v) = Wqkv rmsnorm(x).
+                    att_norm: norm(&a.xb, &w.rms_att, Rows::All),
+                    qkv: Projection {
+                        decode: one(&a.qkv, &w.wqkv, decode_input, Mode::Set, folded(&w.rms_att)),
+                        prefill: many(&a.qkv, d + 2 * kv, &w.wqkv, &a.xb, sd, Mode::Set),
+                    },
+                    rope_append: k.rope_append.bind(
+                        device,
+                        rope_append::Bindings {
+                            q: &a.q,
+                            k_cache: &kc.k,
+                            v_cache: &kc.v,
+                            qkv: &a.qkv,
+                            step: &a.step,
+                            table: &model.rope_table,
+                            shape: rope_append::Shape {
+                                q_dim: d,
+                                kv_dim: kv,
+                                head_size: c.head_size(),
+                                capacity,
+                                kv_dtype: cache.dtype(),
+                            },
+                        },
+                    ),
+                    attention: k.attention.bind(
+                        device,
+                        attention::Bindings {
+                            out: &a.att,
+                            out_stride: sd,
+                            q: &a.q,
+                            k_cache: &kc.k,
+                            v_cache: &kc.v,
+                            scores: &a.scores,
+                            partials: &a.partials,
+                            step: &a.step,
+                            shape: attention::Shape {
+                                n_heads: c.n_heads,
+                                n_kv_heads: c.n_kv_heads,
+                                head_size: c.head_size(),
+                                capacity,
+                                kv_dtype: cache.dtype(),
+                            },
+                            split: ATTENTION_SPLIT,
+                        },
+                    ),
+                    attention_combine: k.attention_combine.bind(
+                        device,
+                        attention_combine::Bindings {
+                            out: &a.att,
+                            out_stride: sd,
+                            partials: &a.partials,
+                            step: &a.step,
+                            n_heads: c.n_heads,
+                            head_size: c.head_size(),
+                            capacity,
+                            split: ATTENTION_SPLIT,
+                        },
+                    ),
+                    wo_residual: Projection {
+                        decode: one(&a.x, &w.wo, &a.att, Mode::Add, None),
+                        prefill: many(&a.x, sd, &w.wo, &a.att, sd, Mode::Add),
+                    },
+                    // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
+                    ffn_norm: norm(&a.xb, &w.rms_ffn, Rows::All),
+                    gate_up_swiglu: Projection {
+                        decode: one(&a.hb, &w.w1, decode_input, swiglu, folded(&w.rms_ffn)),
+                        prefill: many(&a.hb, sh, &w.w1, &a.xb, sd, swiglu),
+                    },
+                    down_residual: Projection {
+                        decode: one(&a.x, &w.w2, &a.hb, Mode::Add, None),
+                        prefill: many(&a.x, sd, &w.w2, &a.hb, sh, Mode::Add),
+                    },
+                }
+            })
+            .collect();
+        Self {
+            embed,
+            layers,
+            // Logits of the pass's last token = classifier(rmsnorm(x)).
+            final_norm: norm(&a.xb, &model.rms_final, Rows::Last),
+            classifier: one(&a.logits, cls, &a.xb, Mode::Set, None),
+            classifier_normed: one(
+                &a.logits,
+                cls,
+                &a.x,
+                Mode::Set,
+                Some((&model.rms_final, eps)),
+            ),
+            argmax: k.argmax.bind(
+                device,
+                argmax::Bindings {
+                    out: &a.next,
+                    x: &a.logits,
+                    n: c.vocab_size,
+                },
+            ),
+            norm_in_projection,
+        }
+    }
+
+    /// Calls `f` with each dispatch of a pass of `n` tokens at positions
+    /// `pos..pos + n`, in order, and its name.
+    pub fn each(
+        &self,
+        pos: usize,
+        n: usize,
+        readback: Readback,
+        mut f: impl FnMut(&'static str, &Dispatch),
+    ) {
+        // Split-K attention needs its merge once a token attends to more than one split.
+        let split_k = pos + n > ATTENTION_SPLIT;
+        // Token embedding: each token's row becomes its residual stream x.
+        f("embed", &self.embed);
+        let decode = n == 1;
+        // The RMSNorms ride in the projections that follow them, or run on their own.
+        let norms = !(decode && self.norm_in_projection);
+        for l in &self.layers {
+            // Attention block: x += Wo attention(rope(q), cache ∪ rope(k), cache ∪ v),
+            // (q, k, v) = Wqkv rmsnorm(x).
+            if norms {
+                f("attention_norm", &l.att_norm);
+            }
+            f("qkv", l.qkv.of(n));
+            f("rope_append", &l.rope_append);
+            f("attention", &l.attention);
+            if split_k {
+                f("attention_combine", &l.attention_combine);
+            }
+            f("wo_residual", l.wo_residual.of(n));
+            // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
+            if norms {
+                f("ffn_norm", &l.ffn_norm);
+            }
+            f("gate_up_swiglu", l.gate_up_swiglu.of(n));
+            f("down_residual", l.down_residual.of(n));
+        }
+        // Logits of the pass's last token = classifier(rmsnorm(x)).
+        if readback != Readback::Nothing {
+            if norms {
+                f("final_norm", &self.final_norm);
+                f("classifier", &self.classifier);
+            } else {
+                f("classifier", &self.classifier_normed);
+            }
+        }
+        if readback == Readback::Argmax {
+            f("argmax", &self.argmax);
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! Tokenizers: SentencePiece-style BPE by merge score (llama2.c's
+//! `tokenizer.bin`, and GGUF `tokenizer.ggml.model = "llama"`) and GPT-2-style
+//! byte-level BPE by merge rank (GGUF `"gpt2"`, with the pre-tokenizer named by
+//! `tokenizer.ggml.pre`). Both fall back to bytes for text outside the
+//! vocabulary, and both decode to bytes that [`TextStream`] turns into text
+//! without splitting a UTF-8 character.
+//!
+//! llama2.c file format: i32 `max_token_length`, then per token: f32 score,
+//! i32 byte length, the bytes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+mod gguf;
+mod pre;
+mod stream;
+
+pub use gguf::ByteBpe;
+pub use pre::{byte_to_char, PreTokenizer};
+pub use stream::TextStream;
+
+/// Beginning-of-sequence token id of llama2.c tokenizers.
+pub const BOS: u32 = 1;
+/// End-of-sequence token id of llama2.c tokenizers.
+pub const EOS: u32 = 2;
+
+/// How text is split and merged.
+#[derive(Clone, Debug)]
+enum Merges {
+    /// SentencePiece BPE: merge the adjacent pair whose merged piece has the
+    /// highest score; a space is prefixed to non-empty text.
+    Score {
+        /// (vocab,) merge score per token.
+        scores: Vec<f32>,
+        /// Prefix a space to non-empty text (llama2.c's dummy prefix).
+        space_prefix: bool,
+    },
+    /// Byte-level BPE: pre-tokenize, map bytes to GPT-2's printable
+    /// characters, merge the lowest-ranked pair.
+    Rank {
+        /// (left, right) -> (rank, merged token).
+        ranks: HashMap<(u32, u32), (u32, u32)>,
+        /// (256,) token of each single byte.
+        byte_token: Vec<u32>,
+        pre: Box<PreTokenizer>,
+    },
+}
+
+/// A vocabulary and its merge rules.
+#[derive(Clone, Debug)]
+pub struct Tokenizer {
+    /// (vocab,) bytes each token stands for (empty for control tokens).
+    pieces: Vec<Vec<u8>>,
+    /// Piece bytes -> lowest token id with that piece (SentencePiece), or
+    /// token text -> id (byte-level BPE).
+    lookup: HashMap<Vec<u8>, u32>,
+    /// (256,) token of each byte for byte fallback, if the vocabulary has one.
+    byte_fallback: Vec<Option<u32>>,
+    /// (vocab,) `Some(byte)` for byte tokens.
+    byte_of: Vec<Option<u8>>,
+    merges: Merges,
+    bos: u32,
+    eos: u32,
+    unknown: Option<u32>,
+    add_bos: bool,
+    /// Control and user-defined tokens (text, id), longest first, matched in
+    /// text by [`Tokenizer::encode_special`].
+    specials: Vec<(String, u32)>,
+}
+
+impl Tokenizer {
+    /// Reads a llama2.c tokenizer file holding `vocab_size` tokens.
+    pub fn load(path: impl AsRef<Path>, vocab_size: usize) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_llama2c_bytes(&bytes, vocab_size).map_err(|e| match e {
+            Error::TokenizerFormat { offset, reason, .. } => Error::TokenizerFormat {
+                path: path.to_path_buf(),
+                offset,
+                reason,
+            },
+            e => e,
+        })
+    }
+
+    /// Parses a llama2.c tokenizer held in memory (see [`Tokenizer::load`]).
+    pub fn from_llama2c_bytes(bytes: &[u8], vocab_size: usize) -> Result<Self> {
+        let (pieces, scores) =
+            read_llama2c(bytes, vocab_size).map_err(|(offset, reason)| Error::TokenizerFormat {
+                path: "<memory>".into(),
+                offset: offset as u64,
+                reason,
+            })?;
+        Ok(Self::score_bpe(
+            pieces,
+            scores,
+            BOS,
+            EOS,
+            None,
+            true,
+            Vec::new(),
+        ))
+    }
+
+    fn score_bpe(
+        pieces: Vec<Vec<u8>>,
+        scores: Vec<f32>,
+        bos: u32,
+        eos: u32,
+        unknown: Option<u32>,
+        add_bos: bool,
+        specials: Vec<(String, u32)>,
+    ) -> Self {
+        let mut lookup = HashMap::with_capacity(pieces.len());
+        for (id, piece) in pieces.iter().enumerate().rev() {
+            lookup.insert(piece.clone(), id as u32);
+        }
+        let byte_of: Vec<Option<u8>> = pieces.iter().map(|p| parse_byte_piece(p)).collect();
+        let mut byte_fallback = vec![None; 256];
+        for (id, b) in byte_of.iter().enumerate().rev() {
+            if let Some(b) = b {
+                byte_fallback[*b as usize] = Some(id as u32);
+            }
+        }
+        let mut t = Self {
+            pieces,
+            lookup,
+            byte_fallback,
+            byte_of,
+            merges: Merges::Score {
+                scores,
+                space_prefix: true,
+            },
+            bos,
+            eos,
+            unknown,
+            add_bos,
+            specials,
+        };
+        // Longest first, so a special token's text is never split by a shorter one.
+        t.specials.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        t
+    }
+
+    /// Number of tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// Beginning-of-sequence token.
+    pub fn bos(&self) -> u32 {
+        self.bos
+    }
+
+    /// End-of-sequence token.
+    pub fn eos(&self) -> u32 {
+        self.eos
+    }
+
+    /// Whether a prompt starts with BOS by default.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Encodes `text` (control-token text is encoded as plain text). With the
+    /// llama2.c tokenizer this is run.c's `encode`: optional BOS, a
+    /// dummy-prefix space for non-empty text, one token per UTF-8 character
+    /// (or its bytes as `<0xXX>` tokens when the character is not in the
+    /// vocabulary), then repeated merging of the adjacent pair whose merged
+    /// piece scores highest.
+    pub fn encode(&self, text: &str, bos: bool, eos: bool) -> Result<Vec<u32>> {
+        let mut tokens = Vec::with_capacity(text.len() + 3);
+        if bos {
+            tokens.push(self.bos);
+        }
+        self.encode_text(text, true, &mut tokens)?;
+        if eos {
+            tokens.push(self.eos);
+        }
+        Ok(tokens)
+    }
+
+    /// Like [`Tokenizer::encode`], but control and user-defined token texts
+    /// in `text` (e.g. `<|begin_of_text|>`) become their tokens, unsplit.
+    pub fn encode_special(&self, text: &str, bos: bool, eos: bool) -> Result<Vec<u32>> {
+        let mut tokens = Vec::new();
+        if bos {
+            tokens.push(self.bos);
+        }
+        let mut rest = text;
+        let mut plain_start = 0;
+        let mut at = 0;
+        let mut first = true;
+        while at < rest.len() {
+            if let Some((s, id)) = self
+                .specials
+                .iter()
+                .find(|(s, _)| rest[at..].starts_with(s.as_str()))
+            {
+                self.encode_segment(&rest[plain_start..at], first, &mut tokens)?;
+                first = false;
+                tokens.push(*id);
+                rest = &rest[at + s.len()..];
+                plain_start = 0;
+                at = 0;
+            } else {
+                at += rest[at..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        self.encode_segment(&rest[plain_start..], first, &mut tokens)?;
+        if eos {
+            tokens.push(self.eos);
+        }
+        Ok(tokens)
+    }
+
+    fn encode_segment(&self, text: &str, first: bool, out: &mut Vec<u32>) -> Result<()> {
+        // Only the start of the text gets SentencePiece's dummy prefix.
+        self.encode_text(text, first, out)
+    }
+
+    fn encode_text(&self, text: &str, at_start: bool, out: &mut Vec<u32>) -> Result<()> {
+        match &self.merges {
+            Merges::Score {
+                scores,
+                space_prefix,
+            } => {
+                let start = out.len();
+                if *space_prefix && at_start && !text.is_empty() {
+                    out.push(self.piece_id(b" ")?);
+                }
+                for (at, c) in text.char_indices() {
+                    let piece = &text.as_bytes()[at..at + c.len_utf8()];
+                    match self.lookup.get(piece) {
+                        Some(&id) => out.push(id),
+                        None => {
+                            for &b in piece {
+                                out.push(self.byte_token(b)?);
+                            }
+                        }
+                    }
+                }
+                let tokens = &mut out[start..];
+                let mut len = tokens.len();
+                let mut merged = Vec::new();
+                loop {
+                    let mut best: Option<(f32, u32, usize)> = None;
+                    for i in 0..len.saturating_sub(1) {
+                        merged.clear();
+                        merged.extend_from_slice(&self.pieces[tokens[i] as usize]);
+                        merged.extend_from_slice(&self.pieces[tokens[i + 1] as usize]);
+                        if let Some(&id) = self.lookup.get(&merged) {
+                            let score = scores[id as usize];
+                            if score > best.map_or(-1e10, |b| b.0) {
+                                best = Some((score, id, i));
+                            }
+                        }
+                    }
+                    let Some((_, id, i)) = best else { break };
+                    tokens[i] = id;
+                    tokens.copy_within(i + 2..len, i + 1);
+                    len -= 1;
+                }
+                out.truncate(start + len);
+                Ok(())
+            }
+            Merges::Rank {
+                ranks,
+                byte_token,
+                pre,
+            } => {
+                for word in pre.split(text) {
+                    let mut symbols: Vec<u32> =
+                        word.bytes().map(|b| byte_token[b as usize]).collect();
+                    loop {
+                        let best = symbols
+                            .windows(2)
+                            .enumerate()
+                            .filter_map(|(i, w)| {
+                                ranks.get(&(w[0], w[1])).map(|&(rank, id)| (rank, i, id))
+                            })
+                            .min();
+                        let Some((_, i, id)) = best else { break };
+                        symbols[i] = id;
+                        symbols.remove(i + 1);
+                    }
+                    out.extend(symbols);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn byte_token(&self, b: u8) -> Result<u32> {
+        self.byte_fallback[b as usize]
+            .or(self.unknown)
+            .ok_or_else(|| {
+                Error::Tokenizer(format!(
+                    "byte 0x{b:02X} is not in the vocabulary and there is no unknown token"
+                ))
+            })
+    }
+
+    fn piece_id(&self, piece: &[u8]) -> Result<u32> {
+        self.lookup.get(piece).copied().ok_or_else(|| {
+            Error::Tokenizer(format!(
+                "vocabulary has no piece {:?}",
+                String::from_utf8_lossy(piece)
+            ))
+        })
+    }
+
+    /// The bytes `token` stands for when it follows `prev`, as run.c's
+    /// `decode`: for SentencePiece vocabularies the leading space of the
+    /// piece after BOS is dropped; byte tokens become their byte; control
+    /// tokens give nothing.
+    pub fn decode(&self, prev: u32, token: u32) -> Result<&[u8]> {
+        let id = token as usize;
+        let piece = self.pieces.get(id).ok_or(Error::TokenOutOfRange {
+            token,
+            vocab_size: self.pieces.len(),
+        })?;
+        if let Some(b) = self.byte_of[id] {
+            return Ok(&BYTES[b as usize..b as usize + 1]);
+        }
+        Ok(match (&self.merges, piece.as_slice()) {
+            (Merges::Score { .. }, [b' ', rest @ ..]) if prev == self.bos => rest,
+            (_, p) => p,
+        })
+    }
+}
+/// Pieces and scores of a llama2.c tokenizer file.
+type Llama2cVocab = (Vec<Vec<u8>>, Vec<f32>);
+
+/// Parses a llama2.c tokenizer file; on error returns (byte offset, reason).
+fn read_llama2c(
+    bytes: &[u8],
+    vocab_size: usize,
+) -> std::result::Result<Llama2cVocab, (usize, String)> {
+    let mut r = Cursor { bytes, at: 0 };
+    let max_len = r.i32("max_token_length")?;
+    if max_len <= 0 {
+        return Err((0, format!("max_token_length {max_len} must be positive")));
+    }
+    // Capacity bounded by what the file can hold (8 bytes per token at least).
+    let mut pieces = Vec::with_capacity(vocab_size.min(bytes.len() / 8));
+    let mut scores = Vec::with_capacity(pieces.capacity());
+    for id in 0..vocab_size {
+        let score = f32::from_bits(r.i32("a token score")? as u32);
+        let len_at = r.at;
+        let len = r.i32("a token length")?;
+        if len < 0 || len > max_len {
+            return Err((
+                len_at,
+                format!("token {id} has length {len}, outside 0..={max_len}"),
+            ));
+        }
+        pieces.push(r.take(len as usize, "a token's bytes")?.to_vec());
+        scores.push(score);
+    }
+    if r.at != bytes.len() {
+        return Err((
+            r.at,
+            format!(
+                "{} trailing bytes after {vocab_size} tokens (wrong vocabulary size?)",
+                bytes.len() - r.at
+            ),
+        ));
+    }
+    Ok((pieces, scores))
+}
+
+/// Reads a tokenizer file front to back; errors are (offset, reason).
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], (usize, String)> {
+        let remain = self.bytes.len() - self.at;
+        if n > remain {
+            return Err((
+                self.at,
+                format!("file cut short: {what} needs {n} bytes, {remain} remain"),
+            ));
+        }
+        let s = &self.bytes[self.at..self.at + n];
+        self.at += n;
+        Ok(s)
+    }
+
+    fn i32(&mut self, what: &str) -> Result<i32, (usize, String)> {
+        let b = self.take(4, what)?;
+        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+/// All 256 byte values, so a byte piece can be returned as a slice.
+static BYTES: [u8; 256] = {
+    let mut b = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        b[i] = i as u8;
+        i += 1;
+    }
+    b
+};
+
+/// `Some(0xXX)` for a piece that reads exactly `<0xXX>` (hex digits).
+fn parse_byte_piece(p: &[u8]) -> Option<u8> {
+    let hex = p.strip_prefix(b"<0x")?.strip_suffix(b">")?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
