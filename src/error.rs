@@ -163,6 +163,19 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A kernel needs more of something than the device allows.
+    #[error("kernel {kernel} needs {needs} {what}, the device allows {allows}")]
+    DeviceLimit {
+        /// The kernel (its file in `shaders/`).
+        kernel: &'static str,
+        /// Which limit, e.g. "storage buffers per shader stage".
+        what: &'static str,
+        /// What the kernel needs.
+        needs: u64,
+        /// The device's limit.
+        allows: u64,
+    },
+
     /// wgpu reported an error (validation, out-of-memory, internal) inside an error scope.
     #[error("GPU error while {context}: {message}")]
     Gpu {

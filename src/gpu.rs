@@ -21,8 +21,8 @@ impl Gpu {
     /// `WGPU_BACKEND` (e.g. `vulkan`, `gl`; else the native APIs, then GL),
     /// then the first adapter whose name contains `adapter_name`
     /// (case-insensitive), else `WGPU_ADAPTER_NAME`, else the default adapter
-    /// (`WGPU_POWER_PREF`). The device gets the adapter's own buffer and
-    /// texture size limits, since model weights outgrow WebGPU's defaults.
+    /// (`WGPU_POWER_PREF`). The device gets the adapter's own limits, since
+    /// model weights outgrow WebGPU's default buffer and texture sizes.
     pub fn new(adapter_name: Option<&str>) -> Result<Self> {
         pollster::block_on(Self::new_async(adapter_name))
     }
@@ -71,20 +71,15 @@ impl Gpu {
         Err(Error::NoAdapter { wanted, available })
     }
 
-    /// A device on `adapter` with the adapter's own buffer and texture size limits.
+    /// A device on `adapter` with the adapter's own limits: model weights
+    /// outgrow WebGPU's default buffer and texture sizes, and a GL or
+    /// downlevel adapter may allow less than those defaults elsewhere (the
+    /// kernels' needs are checked against the device's limits by name).
     async fn open(adapter: wgpu::Adapter) -> Result<Self> {
-        let have = adapter.limits();
-        let limits = wgpu::Limits {
-            max_storage_buffer_binding_size: have.max_storage_buffer_binding_size,
-            max_buffer_size: have.max_buffer_size,
-            // Weights live in textures used as linear memory: bigger ones split less.
-            max_texture_dimension_2d: have.max_texture_dimension_2d,
-            ..wgpu::Limits::default()
-        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("kvgpu"),
-                required_limits: limits,
+                required_limits: adapter.limits(),
                 // GPU time per kernel (Session::profile), where the adapter has it.
                 required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
                 ..Default::default()

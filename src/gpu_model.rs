@@ -72,6 +72,7 @@ impl GpuModel {
         c.validate()?;
         let w = &model.weights;
         let limits = gpu.device.limits();
+        Kernels::check_limits(&limits)?;
         let limit = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);

@@ -8,23 +8,14 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::max_abs_diff;
+use common::{max_abs_diff, GREEDY, ZOO};
 use kvgpu::cpu::CpuSession;
 use kvgpu::{generate, Gpu, GpuModel, KvDtype, Sampler, Session, SessionOptions};
-
-/// `run stories260K.bin -z tok512.bin -t 0.0` (../shared/models/README.md).
-const GREEDY: &str = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.
-Lily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't find it.\"
-Lily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"
-Lily didn't want to help her mom, so she said, \"I'm sorry, mom. I didn't know what to do.\" Her mom said, \"Don't worry, Lily. We can help you.";
 
 /// `run stories260K.bin -z tok512.bin -t 1.0 -p 0.9 -s 133742`.
 const SAMPLED: &str = "Once upon a time, there was a little boy named Timmy. Timmy loved to play with his toys and eat sandwiches. One day, Timmy's mom told him it was time to rest for a while. Timmy's friend Billy came over and took him a down.
 Timmy's mom saw that Timmy was sad, but Timmy said, \"I didn't understand what is it! We need to find some leafs.\" Timmy thought about it and took a deep breath on a spoon. He hoped it was important to be kind and continued to find its image next time.
 After they finished getting, Timmy's dad came up to his house and promised to help Timmy.";
-
-/// `run stories260K.bin -z tok512.bin -t 0 -i "Zoo" -n 60`.
-const ZOO: &str = "Zoo was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but she didn't want to play with";
 
 fn session(gpu: &Gpu, model: &kvgpu::Model) -> Session {
     Session::new(&GpuModel::new(gpu, model).unwrap(), None).unwrap()

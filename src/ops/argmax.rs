@@ -1,12 +1,19 @@
 //! Argmax of the logits on the GPU (greedy decoding reads back 4 bytes). See
 //! `shaders/argmax.wgsl`.
 
-use super::{Dispatch, Shader};
+use super::{Dispatch, Needs, Shader, Variant};
 
 /// `shaders/argmax.wgsl`.
 pub const SHADER: Shader = Shader {
     name: "argmax",
     source: include_str!("../../shaders/argmax.wgsl"),
+    needs: Needs {
+        storage_buffers: 2,
+        uniform_bytes: 4,
+        textures: 0,
+        workgroup_bytes: 2048,
+        invocations: 256,
+    },
 };
 
 /// Matches WGSL `Params` in argmax.wgsl.
@@ -37,7 +44,7 @@ impl Argmax {
     /// Compiles the kernel.
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
-            pipeline: super::pipeline(device, SHADER, &[]),
+            pipeline: super::pipeline(device, Variant::plain(SHADER)),
         }
     }
 

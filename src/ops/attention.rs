@@ -2,7 +2,7 @@
 //! for long contexts. See `shaders/attention.wgsl`; its second half is
 //! [`attention_combine`](super::attention_combine).
 
-use super::{Dispatch, Shader};
+use super::{Dispatch, Needs, Shader, Variant};
 use crate::kv_cache::KvDtype;
 
 /// `shaders/attention.wgsl` after `shaders/prelude.wgsl`.
@@ -12,6 +12,13 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/prelude.wgsl"),
         include_str!("../../shaders/attention.wgsl")
     ),
+    needs: Needs {
+        storage_buffers: 6,
+        uniform_bytes: 32,
+        textures: 0,
+        workgroup_bytes: 256,
+        invocations: 64,
+    },
 };
 
 /// Matches WGSL `Params` in attention.wgsl.
@@ -86,7 +93,7 @@ impl Attention {
     /// Compiles the kernel.
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
-            pipeline: super::pipeline(device, SHADER, &[]),
+            pipeline: super::pipeline(device, Variant::plain(SHADER)),
         }
     }
 

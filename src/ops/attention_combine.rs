@@ -1,7 +1,7 @@
 //! The second half of split-K attention: merges the partial results of the
 //! splits of a long context. See `shaders/attention_combine.wgsl`.
 
-use super::{Dispatch, Shader};
+use super::{Dispatch, Needs, Shader, Variant};
 
 /// `shaders/attention_combine.wgsl` after `shaders/prelude.wgsl`.
 pub const SHADER: Shader = Shader {
@@ -10,6 +10,13 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/prelude.wgsl"),
         include_str!("../../shaders/attention_combine.wgsl")
     ),
+    needs: Needs {
+        storage_buffers: 2,
+        uniform_bytes: 24,
+        textures: 0,
+        workgroup_bytes: 0,
+        invocations: 64,
+    },
 };
 
 /// Matches WGSL `Params` in attention_combine.wgsl.
@@ -61,7 +68,7 @@ impl AttentionCombine {
     /// Compiles the kernel.
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
-            pipeline: super::pipeline(device, SHADER, &[]),
+            pipeline: super::pipeline(device, Variant::plain(SHADER)),
         }
     }
 

@@ -2,7 +2,7 @@
 //! `shaders/embed.wgsl`.
 
 use super::projection::{bind_chunks, GpuTensor};
-use super::{grid_64, Dispatch, Shader};
+use super::{grid_64, Dispatch, Needs, Shader, Variant};
 use crate::tensor::Tensor;
 
 /// `shaders/embed.wgsl` after `shaders/dequant.wgsl`.
@@ -12,6 +12,13 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/dequant.wgsl"),
         include_str!("../../shaders/embed.wgsl")
     ),
+    needs: Needs {
+        storage_buffers: 2,
+        uniform_bytes: 52,
+        textures: 1,
+        workgroup_bytes: 0,
+        invocations: 64,
+    },
 };
 
 /// What an embedding reads and writes, for the n tokens of a pass.
@@ -36,7 +43,7 @@ impl Embed {
     /// Compiles the kernel.
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
-            pipeline: super::pipeline(device, SHADER, &[]),
+            pipeline: super::pipeline(device, Variant::plain(SHADER)),
         }
     }
 

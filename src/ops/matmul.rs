@@ -4,7 +4,7 @@
 //! [`GpuTensor`] as for `matvec`.
 
 use super::projection::{input_binding, GpuTensor, Mode, MAX_COLS};
-use super::{grid, Dispatch, Shader};
+use super::{grid, Dispatch, Needs, Shader, Variant};
 
 /// `shaders/matmul.wgsl` after `shaders/prelude.wgsl` and `shaders/dequant.wgsl`.
 pub const SHADER: Shader = Shader {
@@ -14,6 +14,22 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/dequant.wgsl"),
         include_str!("../../shaders/matmul.wgsl")
     ),
+    needs: Needs {
+        storage_buffers: 1,
+        uniform_bytes: 65536,
+        textures: 2,
+        workgroup_bytes: 0,
+        invocations: 64,
+    },
+};
+
+/// Four rows per thread, 256 per workgroup.
+pub const FOUR_ROWS: Variant = Variant::plain(SHADER);
+
+/// Two rows per thread, 128 per workgroup.
+pub const TWO_ROWS: Variant = Variant {
+    shader: SHADER,
+    constants: &[("FOUR_ROWS", 0.0)],
 };
 
 /// Most tokens per launch; matches the accumulators in matmul.wgsl.
@@ -71,8 +87,8 @@ impl Matmul {
     /// Compiles both builds.
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
-            four_rows: super::pipeline(device, SHADER, &[]),
-            two_rows: super::pipeline(device, SHADER, &[("FOUR_ROWS", 0.0)]),
+            four_rows: super::pipeline(device, FOUR_ROWS),
+            two_rows: super::pipeline(device, TWO_ROWS),
         }
     }
 

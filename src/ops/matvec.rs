@@ -3,7 +3,7 @@
 //! into row-chunks when larger than one texture. See `shaders/matvec.wgsl`.
 
 use super::projection::{input_binding, GpuTensor, Mode};
-use super::{grid, Dispatch, Shader};
+use super::{grid, Dispatch, Needs, Shader, Variant};
 use crate::tensor::Tensor;
 
 /// `shaders/matvec.wgsl` after `shaders/dequant.wgsl`.
@@ -13,6 +13,22 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/dequant.wgsl"),
         include_str!("../../shaders/matvec.wgsl")
     ),
+    needs: Needs {
+        storage_buffers: 1,
+        uniform_bytes: 65536,
+        textures: 2,
+        workgroup_bytes: 0,
+        invocations: 64,
+    },
+};
+
+/// The plain build.
+pub const PLAIN: Variant = Variant::plain(SHADER);
+
+/// The build that normalises its input first (`NORM`).
+pub const NORMED: Variant = Variant {
+    shader: SHADER,
+    constants: &[("NORM", 1.0)],
 };
 
 /// What a one-token projection reads and writes.
@@ -43,8 +59,8 @@ impl Matvec {
     /// Compiles both builds.
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
-            plain: super::pipeline(device, SHADER, &[]),
-            normed: super::pipeline(device, SHADER, &[("NORM", 1.0)]),
+            plain: super::pipeline(device, PLAIN),
+            normed: super::pipeline(device, NORMED),
         }
     }
 

@@ -7,6 +7,8 @@
 
 use wgpu::util::DeviceExt;
 
+use crate::error::{Error, Result};
+
 pub mod argmax;
 pub mod attention;
 pub mod attention_combine;
@@ -20,17 +22,80 @@ pub mod rope_append;
 #[cfg(test)]
 mod testing;
 
-/// A kernel's WGSL source and the file it came from.
+/// A kernel's WGSL source, the file it came from, and what it needs of the
+/// device.
 #[derive(Clone, Copy, Debug)]
 pub struct Shader {
     /// File stem in `shaders/`, e.g. "matvec".
     pub name: &'static str,
     /// WGSL source as compiled: the kernel file, after any library it uses.
     pub source: &'static str,
+    /// What it needs of the device (a test checks this against the source).
+    pub needs: Needs,
 }
 
-/// Every kernel kvgpu uses (a test checks this against `shaders/`).
+/// What a kernel needs of the device, checked against its limits before
+/// anything is compiled ([`Kernels::check_limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    /// Storage buffers bound at once.
+    pub storage_buffers: u32,
+    /// Bytes of its largest uniform binding.
+    pub uniform_bytes: u32,
+    /// Sampled textures bound at once.
+    pub textures: u32,
+    /// Bytes of workgroup memory.
+    pub workgroup_bytes: u32,
+    /// Invocations per workgroup (all in x).
+    pub invocations: u32,
+}
+
+/// One pipeline kvgpu builds: a kernel and its pipeline-overridable constants.
+#[derive(Clone, Copy, Debug)]
+pub struct Variant {
+    /// The kernel.
+    pub shader: Shader,
+    /// Pipeline-overridable constants, e.g. `("NORM", 1.0)`.
+    pub constants: &'static [(&'static str, f64)],
+}
+
+impl Variant {
+    /// `shader` with its constants' defaults.
+    pub const fn plain(shader: Shader) -> Self {
+        Self {
+            shader,
+            constants: &[],
+        }
+    }
+
+    /// The kernel's name and its constants, e.g. "matvec NORM=1".
+    #[cfg(test)]
+    pub fn name(&self) -> String {
+        let mut name = self.shader.name.to_string();
+        for (k, v) in self.constants {
+            name += &format!(" {k}={v}");
+        }
+        name
+    }
+}
+
+/// Every pipeline [`Kernels::new`] builds (a test checks this against what
+/// it builds, and translates each for every backend).
 #[cfg(test)]
+pub const VARIANTS: [Variant; 10] = [
+    Variant::plain(argmax::SHADER),
+    Variant::plain(attention::SHADER),
+    Variant::plain(attention_combine::SHADER),
+    Variant::plain(embed::SHADER),
+    matmul::FOUR_ROWS,
+    matmul::TWO_ROWS,
+    matvec::PLAIN,
+    matvec::NORMED,
+    Variant::plain(rmsnorm::SHADER),
+    Variant::plain(rope_append::SHADER),
+];
+
+/// Every kernel kvgpu uses (a test checks this against `shaders/`).
 pub const SHADERS: [Shader; 8] = [
     argmax::SHADER,
     attention::SHADER,
@@ -85,6 +150,54 @@ pub struct Kernels {
 }
 
 impl Kernels {
+    /// Checks that the device's `limits` allow every kernel; the first
+    /// shortfall is an [`Error::DeviceLimit`] naming the kernel.
+    pub fn check_limits(limits: &wgpu::Limits) -> Result<()> {
+        for s in SHADERS {
+            let n = s.needs;
+            let checks = [
+                (
+                    "storage buffers per shader stage",
+                    n.storage_buffers,
+                    limits.max_storage_buffers_per_shader_stage,
+                ),
+                (
+                    "bytes per uniform buffer binding",
+                    n.uniform_bytes,
+                    limits.max_uniform_buffer_binding_size as u32,
+                ),
+                (
+                    "sampled textures per shader stage",
+                    n.textures,
+                    limits.max_sampled_textures_per_shader_stage,
+                ),
+                (
+                    "bytes of workgroup memory",
+                    n.workgroup_bytes,
+                    limits.max_compute_workgroup_storage_size,
+                ),
+                (
+                    "invocations per workgroup",
+                    n.invocations,
+                    limits
+                        .max_compute_invocations_per_workgroup
+                        .min(limits.max_compute_workgroup_size_x),
+                ),
+            ];
+            for (what, needs, allows) in checks {
+                if needs > allows {
+                    return Err(Error::DeviceLimit {
+                        kernel: s.name,
+                        what,
+                        needs: needs as u64,
+                        allows: allows as u64,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Compiles every kernel. Call inside an error scope ([`crate::Gpu::scoped`]).
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
@@ -100,12 +213,11 @@ impl Kernels {
     }
 }
 
-/// Compiles `shader`'s `main` with the given pipeline-overridable constants.
-fn pipeline(
-    device: &wgpu::Device,
-    shader: Shader,
-    constants: &[(&str, f64)],
-) -> wgpu::ComputePipeline {
+/// Compiles `variant`'s `main`.
+fn pipeline(device: &wgpu::Device, variant: Variant) -> wgpu::ComputePipeline {
+    #[cfg(test)]
+    testing::BUILT.with(|b| b.borrow_mut().push(variant.name()));
+    let Variant { shader, constants } = variant;
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(shader.name),
         source: wgpu::ShaderSource::Wgsl(shader.source.into()),
@@ -287,7 +399,8 @@ mod tests {
     use std::collections::BTreeSet;
     use std::path::Path;
 
-    use super::{LIBRARIES, SHADERS};
+    use super::testing::require;
+    use super::{Kernels, Needs, Variant, LIBRARIES, SHADERS, VARIANTS};
 
     #[test]
     fn every_shader_parses_and_validates() {
@@ -395,6 +508,207 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `Kernels::new` builds exactly [`VARIANTS`], so the translation test
+    /// below covers every pipeline that runs.
+    #[test]
+    fn kernels_build_exactly_the_listed_variants() {
+        let gpu = require!(super::testing::gpu());
+        super::testing::BUILT.with(|b| b.borrow_mut().clear());
+        gpu.scoped("compiling", || Kernels::new(&gpu.device))
+            .unwrap();
+        let mut built = super::testing::BUILT.with(|b| b.borrow().clone());
+        let mut listed: Vec<String> = VARIANTS.iter().map(|v| v.name()).collect();
+        built.sort();
+        listed.sort();
+        assert_eq!(built, listed);
+    }
+
+    /// The parsed, validated module of `variant`, its constants applied.
+    fn module(variant: &Variant) -> (naga::Module, naga::valid::ModuleInfo) {
+        let source = variant.shader.source;
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
+        let mut validator = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+        );
+        let info = validator
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
+        let constants = variant
+            .constants
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        let entry = Some((naga::ShaderStage::Compute, "main"));
+        let (module, info) =
+            naga::back::pipeline_constants::process_overrides(&module, &info, entry, &constants)
+                .unwrap_or_else(|e| panic!("{}: constants: {e}", variant.name()));
+        (module.into_owned(), info.into_owned())
+    }
+
+    /// Each kernel's declared [`Needs`] are what its source declares.
+    #[test]
+    fn needs_match_the_shaders() {
+        let mut wrong = Vec::new();
+        for s in SHADERS {
+            let (m, _) = module(&Variant::plain(s));
+            let mut found = Needs {
+                storage_buffers: 0,
+                uniform_bytes: 0,
+                textures: 0,
+                workgroup_bytes: 0,
+                invocations: 0,
+            };
+            let mut layouter = naga::proc::Layouter::default();
+            layouter.update(m.to_ctx()).unwrap();
+            for (_, g) in m.global_variables.iter() {
+                let size = layouter[g.ty].size;
+                match g.space {
+                    naga::AddressSpace::Storage { .. } => found.storage_buffers += 1,
+                    naga::AddressSpace::Uniform => {
+                        found.uniform_bytes = found.uniform_bytes.max(size)
+                    }
+                    naga::AddressSpace::WorkGroup => found.workgroup_bytes += size,
+                    naga::AddressSpace::Handle => found.textures += 1,
+                    _ => {}
+                }
+            }
+            let main = m.entry_points.iter().find(|e| e.name == "main").unwrap();
+            found.invocations = main.workgroup_size.iter().product();
+            if s.needs != found {
+                wrong.push(format!(
+                    "{}: declares {:?}, its source {found:?}",
+                    s.name, s.needs
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// Where a host validator is installed (`spirv-val` from spirv-tools,
+    /// `glslangValidator` from glslang-tools): its verdict on `file`, or
+    /// `None` when absent (a failure under CI, which installs both).
+    fn host_validate(tool: &str, args: &[&str], file: &Path) -> Option<Result<(), String>> {
+        let run = std::process::Command::new(tool)
+            .args(args)
+            .arg(file)
+            .output();
+        match run {
+            Ok(out) if out.status.success() => Some(Ok(())),
+            Ok(out) => Some(Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))),
+            Err(e) => {
+                if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                    panic!("CI=true and {tool} cannot run ({e}): .ci/run installs it");
+                }
+                eprintln!("SKIPPED: {tool} not found ({e}); the translation itself was checked");
+                None
+            }
+        }
+    }
+
+    /// Every pipeline kvgpu builds, translated by naga for Metal (MSL),
+    /// DX12 (HLSL, shader model 5.1), Vulkan (SPIR-V, checked by
+    /// spirv-val) and GL ES 3.1 (GLSL, checked by glslangValidator): what
+    /// wgpu does on those backends, without their hardware.
+    #[test]
+    fn every_variant_translates_for_every_backend() {
+        let dir = std::env::temp_dir().join(format!("kvgpu-translate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut failures = Vec::new();
+        let mut fail = |variant: &Variant, backend: &str, e: String| {
+            failures.push(format!("{} ({backend}): {e}", variant.name()))
+        };
+        for (i, v) in VARIANTS.iter().enumerate() {
+            let (m, info) = module(v);
+            let stage = naga::ShaderStage::Compute;
+            // Metal.
+            let options = naga::back::msl::Options {
+                lang_version: (2, 1),
+                ..Default::default()
+            };
+            let pipeline = naga::back::msl::PipelineOptions {
+                entry_point: Some((stage, "main".into())),
+                ..Default::default()
+            };
+            if let Err(e) = naga::back::msl::write_string(&m, &info, &options, &pipeline) {
+                fail(v, "msl", e.to_string());
+            }
+            // DX12.
+            let mut hlsl = String::new();
+            let options = naga::back::hlsl::Options {
+                shader_model: naga::back::hlsl::ShaderModel::V5_1,
+                ..Default::default()
+            };
+            let pipeline = naga::back::hlsl::PipelineOptions {
+                entry_point: Some((stage, "main".into())),
+            };
+            let mut writer = naga::back::hlsl::Writer::new(&mut hlsl, &options, &pipeline);
+            if let Err(e) = writer.write(&m, &info, None) {
+                fail(v, "hlsl", e.to_string());
+            }
+            // Vulkan.
+            let options = naga::back::spv::Options {
+                lang_version: (1, 0),
+                ..Default::default()
+            };
+            let pipeline = naga::back::spv::PipelineOptions {
+                shader_stage: stage,
+                entry_point: "main".into(),
+            };
+            match naga::back::spv::write_vec(&m, &info, &options, Some(&pipeline)) {
+                Err(e) => fail(v, "spv", e.to_string()),
+                Ok(words) => {
+                    let file = dir.join(format!("{i}.spv"));
+                    std::fs::write(&file, bytemuck::cast_slice::<u32, u8>(&words)).unwrap();
+                    let args = ["--target-env", "vulkan1.0"];
+                    if let Some(Err(e)) = host_validate("spirv-val", &args, &file) {
+                        fail(v, "spirv-val", e);
+                    }
+                }
+            }
+            // GL ES 3.1.
+            let mut glsl = String::new();
+            let options = naga::back::glsl::Options {
+                version: naga::back::glsl::Version::Embedded {
+                    version: 310,
+                    is_webgl: false,
+                },
+                ..Default::default()
+            };
+            let pipeline = naga::back::glsl::PipelineOptions {
+                shader_stage: stage,
+                entry_point: "main".into(),
+                multiview: None,
+            };
+            let written = naga::back::glsl::Writer::new(
+                &mut glsl,
+                &m,
+                &info,
+                &options,
+                &pipeline,
+                naga::proc::BoundsCheckPolicies::default(),
+            )
+            .and_then(|mut w| w.write());
+            match written {
+                Err(e) => fail(v, "glsl", e.to_string()),
+                Ok(_) => {
+                    let file = dir.join(format!("{i}.comp"));
+                    std::fs::write(&file, &glsl).unwrap();
+                    if let Some(Err(e)) = host_validate("glslangValidator", &[], &file) {
+                        fail(v, "glslangValidator", e);
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
     /// Each op's file defines its CPU twin and holds tests, and a test binds

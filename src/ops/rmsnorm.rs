@@ -1,6 +1,6 @@
 //! RMSNorm: `out = weight * x / sqrt(mean(x^2) + eps)`. See `shaders/rmsnorm.wgsl`.
 
-use super::{Dispatch, Shader};
+use super::{Dispatch, Needs, Shader, Variant};
 
 /// `shaders/rmsnorm.wgsl` after `shaders/prelude.wgsl`.
 pub const SHADER: Shader = Shader {
@@ -9,6 +9,13 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/prelude.wgsl"),
         include_str!("../../shaders/rmsnorm.wgsl")
     ),
+    needs: Needs {
+        storage_buffers: 3,
+        uniform_bytes: 16,
+        textures: 0,
+        workgroup_bytes: 1024,
+        invocations: 256,
+    },
 };
 
 /// Matches WGSL `Params` in rmsnorm.wgsl.
@@ -64,7 +71,7 @@ impl RmsNorm {
     /// Compiles the kernel.
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
-            pipeline: super::pipeline(device, SHADER, &[]),
+            pipeline: super::pipeline(device, Variant::plain(SHADER)),
         }
     }
 

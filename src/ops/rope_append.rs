@@ -1,7 +1,7 @@
 //! Rotary position embedding of q and k, and the append of k and v to the
 //! KV cache, in one kernel. See `shaders/rope_append.wgsl`.
 
-use super::{grid_64, Dispatch, Shader};
+use super::{grid_64, Dispatch, Needs, Shader, Variant};
 use crate::kv_cache::KvDtype;
 
 /// `shaders/rope_append.wgsl` after `shaders/prelude.wgsl`.
@@ -11,6 +11,13 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/prelude.wgsl"),
         include_str!("../../shaders/rope_append.wgsl")
     ),
+    needs: Needs {
+        storage_buffers: 5,
+        uniform_bytes: 20,
+        textures: 0,
+        workgroup_bytes: 0,
+        invocations: 64,
+    },
 };
 
 /// Matches WGSL `Params` in rope_append.wgsl.
@@ -72,7 +79,7 @@ impl RopeAppend {
     /// Compiles the kernel.
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
-            pipeline: super::pipeline(device, SHADER, &[]),
+            pipeline: super::pipeline(device, Variant::plain(SHADER)),
         }
     }
 

@@ -18,6 +18,11 @@ use crate::gpu::Gpu;
 use crate::kv_cache::KvDtype;
 use crate::tensor::{quantize, DType, Tensor};
 
+thread_local! {
+    /// Names of the pipeline variants built on this thread, in order.
+    pub static BUILT: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Unwraps an `Option` or returns from the test (which was reported skipped).
 macro_rules! require {
     ($e:expr) => {

@@ -9,6 +9,15 @@ use std::path::PathBuf;
 
 use kvgpu::{Gpu, Model, Tokenizer};
 
+/// `run stories260K.bin -z tok512.bin -t 0.0` (../shared/models/README.md).
+pub const GREEDY: &str = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.
+Lily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't find it.\"
+Lily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"
+Lily didn't want to help her mom, so she said, \"I'm sorry, mom. I didn't know what to do.\" Her mom said, \"Don't worry, Lily. We can help you.";
+
+/// `run stories260K.bin -z tok512.bin -t 0 -i "Zoo" -n 60`.
+pub const ZOO: &str = "Zoo was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but she didn't want to play with";
+
 fn skip(why: String) {
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("CI=true and {why}");
@@ -27,6 +36,33 @@ pub fn gpu() -> Option<Gpu> {
             None
         }
     }
+}
+
+/// A device with exactly `limits` on the environment's adapter (chosen as
+/// [`Gpu::new`] does: `WGPU_BACKEND`, else Vulkan/Metal/DX12), or `None`
+/// (test skipped) when there is none.
+pub fn gpu_with_limits(limits: wgpu::Limits) -> Option<Gpu> {
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+    });
+    let adapter = match pollster::block_on(instance.request_adapter(&Default::default())) {
+        Ok(a) => a,
+        Err(e) => {
+            skip(format!(
+                "no GPU adapter ({e}); install mesa-vulkan-drivers for lavapipe"
+            ));
+            return None;
+        }
+    };
+    let descriptor = wgpu::DeviceDescriptor {
+        required_limits: limits,
+        ..Default::default()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))
+        .expect("the adapter offers at least these limits");
+    Some(Gpu::from_device(device, queue))
 }
 
 /// The folder with the test models: `$KVGPU_MODELS`, else `../shared/models`.
