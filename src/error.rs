@@ -64,6 +64,53 @@ pub enum Error {
         kind: GgufError,
     },
 
+    /// A file is neither a GGUF model nor a llama2.c checkpoint.
+    #[error("{path}: not a model file ({reason}); expected a GGUF file or a llama2.c checkpoint")]
+    NotAModel {
+        /// The file.
+        path: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
+
+    /// A file given as a tokenizer is something else.
+    #[error("{path}: not a llama2.c tokenizer: {reason}")]
+    NotATokenizer {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        reason: String,
+    },
+
+    /// A model file is in none of the folders searched.
+    #[error("{name} not found (looked in: {}); set KVGPU_MODELS to its folder, or pass its path", looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    ModelFileMissing {
+        /// The file name.
+        name: String,
+        /// The folders searched, in order.
+        looked: Vec<PathBuf>,
+    },
+
+    /// A download failed; nothing was left behind.
+    #[error("cannot download {url}: {reason}")]
+    Download {
+        /// What was asked for.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+
+    /// A downloaded file does not have the expected SHA-256; it was deleted.
+    #[error("{url}: SHA-256 is {found}, expected {expected}; the download was deleted")]
+    ChecksumMismatch {
+        /// What was downloaded.
+        url: String,
+        /// The checksum expected.
+        expected: String,
+        /// The checksum of what arrived.
+        found: String,
+    },
+
     /// A tokenizer cannot encode the text (e.g. its vocabulary lacks a piece it needs).
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -21,12 +21,14 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules, each using only those before it in this list: `error`; `rng`;
+//! Modules, each using only those before it in this list: `error`; `files`,
+//! `rng`;
 //! `rope`, `tensor`; `gguf`; `tokenizer`; `model`; `gpu`; `kv_cache`; the
 //! kernels (`ops`, crate-private); `gpu_model`; `sampler`; `pass`; `session`,
 //! `profile`; `cpu`; `generate`.
 
 mod error;
+pub mod files;
 pub mod rng;
 pub mod rope;
 pub mod tensor;

@@ -13,11 +13,15 @@ use crate::rng::XorShift;
 pub struct Sampler {
     temperature: f32,
     top_p: f32,
+    /// Keep only the k most likely tokens first (llama.cpp's top-k); `None`: all (run.c).
+    top_k: Option<usize>,
     rng: XorShift,
     /// (vocab,) scratch for top-p: candidate (probability, token id).
     candidates: Vec<(f32, u32)>,
     /// (vocab,) scratch for the probabilities.
     probs: Vec<f32>,
+    /// (vocab,) scratch for top-k's selection.
+    selection: Vec<f32>,
 }
 
 impl Sampler {
@@ -37,10 +41,22 @@ impl Sampler {
         Ok(Self {
             temperature,
             top_p,
+            top_k: None,
             rng: XorShift::new(seed),
             candidates: Vec::new(),
             probs: Vec::new(),
+            selection: Vec::new(),
         })
+    }
+
+    /// Samples only among the `k` most likely tokens (ties at the k-th
+    /// logit kept), before top-p; run.c has no top-k. `k` of 0 is an error.
+    pub fn with_top_k(mut self, k: usize) -> Result<Self> {
+        if k == 0 {
+            return Err(Error::InvalidSampler("top-k must be at least 1".into()));
+        }
+        self.top_k = Some(k);
+        Ok(self)
     }
 
     /// A greedy sampler (argmax).
@@ -62,6 +78,18 @@ impl Sampler {
         self.probs.clear();
         self.probs
             .extend(logits.iter().map(|l| l / self.temperature));
+        if let Some(k) = self.top_k.filter(|&k| k < logits.len()) {
+            // The k-th largest value; everything below it gets probability 0.
+            self.selection.clear();
+            self.selection.extend_from_slice(&self.probs);
+            let (_, kth, _) = self
+                .selection
+                .select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+            let kth = *kth;
+            for p in self.probs.iter_mut().filter(|p| **p < kth) {
+                *p = f32::NEG_INFINITY;
+            }
+        }
         softmax(&mut self.probs);
         let coin = self.rng.next_f32();
         if self.top_p <= 0.0 || self.top_p >= 1.0 {
@@ -122,4 +150,29 @@ fn sample_topp(probs: &[f32], top_p: f32, coin: f32, candidates: &mut Vec<(f32, 
         }
     }
     candidates[last].1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_samples_only_among_the_k_most_likely() {
+        let logits = [0.5, 3.0, -1.0, 2.9, 2.8, 0.0];
+        // k = 1 at any temperature is the argmax.
+        let mut one = Sampler::new(5.0, 0.0, 7).unwrap().with_top_k(1).unwrap();
+        assert!((0..200).all(|_| one.sample(&logits) == 1));
+        // k = 3: only tokens 1, 3 and 4 ever come out, and each does.
+        let mut three = Sampler::new(5.0, 0.0, 9).unwrap().with_top_k(3).unwrap();
+        let mut seen = [0; 6];
+        for _ in 0..600 {
+            seen[three.sample(&logits) as usize] += 1;
+        }
+        assert_eq!(seen.map(|n| n > 0), [false, true, false, true, true, false]);
+        // With top-p too, and k larger than the vocabulary (no effect).
+        let mut all = Sampler::new(1.0, 0.9, 3).unwrap().with_top_k(100).unwrap();
+        let mut plain = Sampler::new(1.0, 0.9, 3).unwrap();
+        assert!((0..50).all(|_| all.sample(&logits) == plain.sample(&logits)));
+        assert!(Sampler::greedy().with_top_k(0).is_err());
+    }
 }

@@ -23,8 +23,7 @@ After they finished getting, Timmy's dad came up to his house and promised to he
 const ZOO: &str = "Zoo was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but she didn't want to play with";
 
 fn load(file: &str) -> Option<(Model, Tokenizer)> {
-    let dir = common::models_dir()?;
-    let (m, t) = Model::load(dir.join(file)).unwrap();
+    let (m, t) = Model::load(common::model_file(file)?).unwrap();
     Some((m, t.expect("GGUF holds its tokenizer")))
 }
 
@@ -72,8 +71,7 @@ fn f32_gguf_gives_the_three_reference_texts() {
         SAMPLED
     );
     // And the greedy text is the .bin's, byte for byte.
-    let (bin, _) = Model::load(common::models_dir().unwrap().join("stories260K.bin")).unwrap();
-    let tok512 = Tokenizer::load(common::models_dir().unwrap().join("tok512.bin"), 512).unwrap();
+    let (bin, tok512) = require!(common::stories());
     assert_eq!(greedy, run(&bin, &tok512, &gpu, "", 256, Sampler::greedy()));
 }
 
@@ -102,7 +100,7 @@ fn f16_gguf_gives_the_greedy_reference_texts() {
 #[test]
 fn gguf_tokenizer_encodes_like_tok512() {
     let (_, gguf_tok) = require!(load("stories260K.gguf"));
-    let tok512 = Tokenizer::load(common::models_dir().unwrap().join("tok512.bin"), 512).unwrap();
+    let (_, tok512) = require!(common::stories());
     for text in varied_strings(4000, 1) {
         assert_eq!(
             gguf_tok.encode(&text, true, false).unwrap(),
@@ -119,7 +117,7 @@ fn agreement(dtype: DType) -> Option<f64> {
     let gpu = common::gpu()?;
     let (model, _) = Model::load(dir.join("stories260K.bin")).unwrap();
     let tok = Tokenizer::load(dir.join("tok512.bin"), 512).unwrap();
-    // Quantized through the same path as examples/quantize.rs.
+    // Quantized through the same path as `kvgpu quantize`.
     let bytes = model.to_gguf(&tok, dtype).unwrap();
     let quant = Model::from_gguf(&Gguf::from_vec(bytes).unwrap()).unwrap();
     assert!(quant.weights.layers[0].wq.dtype == dtype);

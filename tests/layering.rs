@@ -8,7 +8,7 @@ use std::path::Path;
 /// Bottom to top. Modules in one entry do not use each other.
 const LAYERS: &[&[&str]] = &[
     &["error"],
-    &["rng"],
+    &["files", "rng"],
     &["rope", "tensor"],
     &["gguf"],
     &["tokenizer"],
@@ -52,6 +52,10 @@ fn modules_only_use_modules_below_them() {
     let mut wrong = Vec::new();
     for file in files {
         let rel = file.strip_prefix(&src).unwrap();
+        // src/bin/ holds the command-line tool: another crate, using kvgpu's public API.
+        if rel.starts_with("bin") {
+            continue;
+        }
         // src/ops/matvec.rs belongs to `ops`, src/session.rs to `session`.
         let first = rel
             .components()

@@ -256,12 +256,40 @@ impl Model {
     /// a llama2.c checkpoint (no tokenizer: it is a separate file).
     pub fn load(path: impl AsRef<Path>) -> Result<(Model, Option<Tokenizer>)> {
         let path = path.as_ref();
-        let mut magic = [0u8; 4];
-        let is_gguf = std::fs::File::open(path)
-            .and_then(|mut f| f.read_exact(&mut magic))
-            .is_ok()
-            && &magic == b"GGUF";
-        if is_gguf {
+        let not_a_model = |reason: String| Error::NotAModel {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if std::fs::metadata(path).map_err(io)?.is_dir() {
+            return Err(not_a_model("it is a directory".into()));
+        }
+        // The first 28 bytes: GGUF's magic, or a llama2.c header.
+        let mut head = Vec::with_capacity(28);
+        std::fs::File::open(path)
+            .and_then(|f| f.take(28).read_to_end(&mut head))
+            .map_err(io)?;
+        if head.is_empty() {
+            return Err(not_a_model("the file is empty".into()));
+        }
+        if !head.starts_with(b"GGUF") {
+            if head.len() < 28 {
+                return Err(not_a_model(format!(
+                    "{} bytes: too short for a llama2.c header",
+                    head.len()
+                )));
+            }
+            let header: [i32; 7] = std::array::from_fn(|i| {
+                i32::from_le_bytes(head[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+            });
+            if let Err(e) = Config::from_llama2c_header(header) {
+                return Err(not_a_model(format!("no GGUF magic, and {e}")));
+            }
+        }
+        if head.starts_with(b"GGUF") {
             let g = Gguf::open(path)?;
             let model = Model::from_gguf(&g)?;
             let tokenizer = Tokenizer::from_gguf(&g)?;

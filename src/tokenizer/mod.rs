@@ -78,6 +78,14 @@ impl Tokenizer {
             path: path.to_path_buf(),
             source,
         })?;
+        if bytes.starts_with(b"GGUF") {
+            return Err(Error::NotATokenizer {
+                path: path.to_path_buf(),
+                reason:
+                    "it is a GGUF model file, which holds its own tokenizer (leave --tokenizer out)"
+                        .into(),
+            });
+        }
         Self::from_llama2c_bytes(&bytes, vocab_size).map_err(|e| match e {
             Error::TokenizerFormat { offset, reason, .. } => Error::TokenizerFormat {
                 path: path.to_path_buf(),

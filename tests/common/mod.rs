@@ -65,20 +65,47 @@ pub fn gpu_with_limits(limits: wgpu::Limits) -> Option<Gpu> {
     Some(Gpu::from_device(device, queue))
 }
 
-/// The folder with the test models: `$KVGPU_MODELS`, else `../shared/models`.
-pub fn models_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("KVGPU_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models"));
-    if dir.join("stories260K.bin").is_file() && dir.join("tok512.bin").is_file() {
-        Some(dir)
-    } else {
-        skip(format!(
-            "stories260K.bin / tok512.bin not found in {} (set KVGPU_MODELS)",
-            dir.display()
-        ));
-        None
+/// How to get each test model file.
+pub fn how_to_get(name: &str) -> &'static str {
+    match name {
+        "stories260K.bin" | "tok512.bin" => {
+            "`kvgpu run` downloads it to the user cache folder (cargo run --features cli -- run -n 1), \
+             or set KVGPU_MODELS to a folder holding it (this project's CI: ../shared/models)"
+        }
+        "stories260K.gguf" => {
+            "make it with `kvgpu quantize -m stories260K.bin --type f32 -o stories260K.gguf` \
+             in the folder KVGPU_MODELS names"
+        }
+        "stories260K-f16.gguf" => {
+            "make it with `kvgpu quantize -m stories260K.bin --type f16 -o stories260K-f16.gguf` \
+             in the folder KVGPU_MODELS names"
+        }
+        _ => "see ../shared/models/README.md",
     }
+}
+
+/// The test model file `name`, found as every kvgpu tool finds it
+/// (`$KVGPU_MODELS`, then the user cache folder), or `None` (test skipped,
+/// saying which file and how to get it).
+pub fn model_file(name: &str) -> Option<PathBuf> {
+    match kvgpu::files::find(name) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            skip(format!("{e}. To get it: {}", how_to_get(name)));
+            None
+        }
+    }
+}
+
+/// The folder holding stories260K.bin and tok512.bin, or `None` (test skipped).
+pub fn models_dir() -> Option<PathBuf> {
+    let model = model_file("stories260K.bin")?;
+    let dir = model.parent()?.to_path_buf();
+    if !dir.join("tok512.bin").is_file() {
+        skip(format!("tok512.bin is not beside {}", model.display()));
+        return None;
+    }
+    Some(dir)
 }
 
 /// stories260K and its tokenizer, or `None` (test skipped).

@@ -6,10 +6,10 @@
 //! step's GPU time goes, kernel by kernel.
 //!
 //! ```text
-//! cargo run --release --example bench -- --models stories260K,15M,110M --profile
+//! kvgpu bench --models stories260K,15M,110M --profile
 //! ```
 //!
-//! Models: `stories260K` (from `$KVGPU_MODELS`), synthetic Llama shapes from a
+//! Models: `stories260K` (found or downloaded as `kvgpu run` does), synthetic Llama shapes from a
 //! seeded RNG (`15M`: dim 288, 6 layers, F32; `110M`: dim 768, 12 layers,
 //! F16), or `--shape name:dim,hidden,layers,heads,kv_heads,vocab,context,dtype`.
 
@@ -20,14 +20,15 @@ mod work;
 
 use std::time::Instant;
 
-use clap::Parser;
 use kvgpu::{wgpu, Decoder, Gpu, GpuModel, Model, NoCache, Profile, Sampler, Session};
 
 use report::{CacheRow, KvRow, Row};
 use work::pass_work;
 
-#[derive(Parser, Debug)]
-struct Args {
+/// Decode, prefill and no-cache rates, measured against the adapter's own
+/// copy bandwidth and launch costs.
+#[derive(clap::Args, Debug)]
+pub struct Args {
     /// Comma-separated models: stories260K, 15M, 110M, or names from --shape.
     #[arg(long, default_value = "stories260K,15M,110M")]
     models: String,
@@ -233,8 +234,8 @@ fn cache_vs_no_cache(
     Ok(rows)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+/// Runs the benchmark.
+pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let shapes: Vec<(String, String)> = args
         .shape
         .iter()
@@ -264,7 +265,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let model = models::load(name, &shapes)?;
         let c = &model.config;
         let gm = GpuModel::new(&gpu, &model)?;
-        let m = measure(&gpu, name, &model, &gm, &args, &adapter)?;
+        let m = measure(&gpu, name, &model, &gm, args, &adapter)?;
         if args.no_cache_models.split(',').any(|n| n == name) {
             cache_rows.extend(cache_vs_no_cache(name, &model, &gm, &lengths, &m)?);
         }

@@ -1,8 +1,6 @@
 //! The benchmarked models: stories260K from `$KVGPU_MODELS`, or Llama shapes
 //! with seeded random weights.
 
-use std::path::PathBuf;
-
 use kvgpu::{Config, DType, Model, Tensor};
 
 /// A synthetic shape from `dim,hidden,layers,heads,kv_heads,vocab,context,dtype`.
@@ -45,10 +43,8 @@ fn synthetic(name: &str, spec: &str) -> Result<(Config, DType), String> {
 pub fn load(name: &str, shapes: &[(String, String)]) -> Result<Model, Box<dyn std::error::Error>> {
     let spec = match name {
         "stories260K" => {
-            let dir = std::env::var_os("KVGPU_MODELS")
-                .map(PathBuf::from)
-                .ok_or("set KVGPU_MODELS for stories260K")?;
-            return Ok(Model::load_llama2c(dir.join("stories260K.bin"))?);
+            let path = crate::fetch(&kvgpu::files::STORIES260K)?;
+            return Ok(Model::load_llama2c(path)?);
         }
         "15M" => "288,768,6,6,6,32000,256,f32".to_string(),
         "110M" => "768,2048,12,12,12,32000,1024,f16".to_string(),

@@ -1,0 +1,159 @@
+//! `kvgpu`: Llama-family text generation with a KV cache on any GPU wgpu
+//! reaches, and the tools around it.
+//!
+//! ```text
+//! kvgpu run -p "Once upon a time" -n 100 --temp 0.8
+//! kvgpu run -m SmolLM2-135M-Instruct.Q8_0.gguf -p "The capital of France is" -n 30 --temp 0
+//! kvgpu bench --models stories260K,15M
+//! kvgpu quantize -m stories260K.bin --tokenizer tok512.bin --type q8_0 -o stories260K-q8_0.gguf
+//! ```
+//!
+//! Flags follow llama.cpp (`-m -p -n --temp --top-p --top-k -s -c`); run.c's
+//! `--steps` (positions, prompt included) is kept so its reference texts can
+//! be reproduced. Model files are found as `kvgpu::files` says: the path
+//! given, `$KVGPU_MODELS`, the user cache folder, else (stories260K, the
+//! default) downloaded there with a SHA-256 check.
+
+mod bench;
+mod quantize;
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Llama-family text generation with a KV cache on any GPU wgpu reaches.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text from a prompt, streaming it to stdout.
+    Run(run::Args),
+    /// Measure decode, prefill and cache vs no-cache rates on this adapter.
+    Bench(bench::Args),
+    /// Write a model's weights as Q8_0, Q4_0, F16 or F32 GGUF.
+    Quantize(quantize::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Bench(args) => bench::main(args),
+        Command::Quantize(args) => quantize::main(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `file` found as `kvgpu::files::find` does, else downloaded into the user
+/// cache folder with a progress bar; offline, what to do instead.
+pub fn fetch(file: &kvgpu::files::Known) -> Result<PathBuf, String> {
+    let bar = ProgressBar::hidden();
+    let mut shown = false;
+    let path = kvgpu::files::fetch(file, |done, total| {
+        if !shown {
+            shown = true;
+            eprintln!("downloading {} to {}", file.url, cache_display());
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} ({eta})")
+                    .expect("valid template"),
+            );
+        }
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    path.map_err(|e| {
+        let looked: Vec<String> = kvgpu::files::search_dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        format!(
+            "{name} is not in {} and could not be downloaded ({e}).\n\
+             Get {url} by hand and put it in {}, pass its path (-m for a model, \
+             --tokenizer for a tokenizer), or set KVGPU_MODELS to its folder.",
+            looked.join(" or "),
+            cache_display(),
+            name = file.name,
+            url = file.url,
+        )
+    })
+}
+
+/// A llama2.c tokenizer, or an error saying what the file is instead when
+/// it is a model.
+pub fn load_tokenizer(path: &Path, vocab: usize) -> kvgpu::Result<kvgpu::Tokenizer> {
+    kvgpu::Tokenizer::load(path, vocab).map_err(|e| match e {
+        kvgpu::Error::TokenizerFormat { .. } if is_llama2c_checkpoint(path) => {
+            kvgpu::Error::NotATokenizer {
+                path: path.to_path_buf(),
+                reason: "it is a llama2.c model checkpoint (pass it with -m)".into(),
+            }
+        }
+        e => e,
+    })
+}
+
+/// Whether `path` starts with a llama2.c header whose implied size is the file's.
+fn is_llama2c_checkpoint(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 28];
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let size = file.metadata().map_or(0, |m| m.len());
+    if file.read_exact(&mut head).is_err() {
+        return false;
+    }
+    let header = std::array::from_fn(|i| {
+        i32::from_le_bytes(head[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+    });
+    kvgpu::Config::from_llama2c_header(header)
+        .ok()
+        .and_then(|c| c.llama2c_file_size())
+        == Some(size)
+}
+
+fn cache_display() -> String {
+    kvgpu::files::cache_dir().map_or("the cache folder".into(), |d| d.display().to_string())
+}
+
+/// `tok<vocab>.bin` or `tokenizer.bin` beside a llama2.c checkpoint.
+pub fn tokenizer_beside(model: &Path, vocab: usize) -> Result<PathBuf, String> {
+    let dir = model.parent().unwrap_or(Path::new("."));
+    let candidates = [
+        dir.join(format!("tok{vocab}.bin")),
+        dir.join("tokenizer.bin"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "{}: a llama2.c checkpoint needs a tokenizer, and none was given or found beside it (looked for {}); pass --tokenizer",
+                model.display(),
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}

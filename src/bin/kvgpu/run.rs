@@ -1,0 +1,222 @@
+//! `kvgpu run`: generate text from a prompt with a GGUF or llama2.c model,
+//! one GPU decode pass per token, streaming it to stdout; a summary line
+//! (adapter, load time, rates, KV cache memory) goes to stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kvgpu::cpu::CpuSession;
+use kvgpu::files::{STORIES260K, TOK512};
+use kvgpu::{
+    generate, Decoder, Gpu, GpuModel, KvDtype, Length, Model, NoCache, Sampler, Session,
+    SessionOptions, Tokenizer,
+};
+
+/// Generate text with a GGUF or llama2.c model.
+#[derive(clap::Args, Debug)]
+#[command(allow_negative_numbers = true)]
+pub struct Args {
+    /// Model: a GGUF file (tokenizer inside) or a llama2.c checkpoint
+    /// [default: stories260K.bin, found or downloaded]
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// llama2.c tokenizer for a llama2.c checkpoint [default: tok<vocab>.bin
+    /// or tokenizer.bin beside it]
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Text to start from.
+    #[arg(short, long, default_value = "")]
+    prompt: String,
+    /// New tokens to generate after the prompt.
+    #[arg(short, long = "n-predict", value_name = "N", conflicts_with = "steps")]
+    n_predict: Option<usize>,
+    /// Positions to run, the prompt's included, as llama2.c's run.c counts
+    /// them; 0 = the whole context [default: 256 when -n is not given]
+    #[arg(long, value_name = "N")]
+    steps: Option<usize>,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, visible_alias = "temperature", default_value_t = 1.0)]
+    temp: f32,
+    /// Top-p (nucleus) threshold; outside (0, 1) samples from all tokens.
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    /// Sample only among the k most likely tokens (run.c has no top-k).
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
+    /// RNG seed [default: the current time]
+    #[arg(short, long)]
+    seed: Option<u64>,
+    /// KV cache capacity in positions [default: the model's context length]
+    #[arg(short, long = "ctx-size", visible_alias = "capacity", value_name = "N")]
+    ctx_size: Option<usize>,
+    /// Use the first adapter whose name contains this (else WGPU_ADAPTER_NAME, else the default).
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Store the KV cache as f16 (half the memory; values rounded to f16).
+    #[arg(long)]
+    kv_f16: bool,
+    /// Decode without the KV cache: every token recomputes the whole prefix (for comparison).
+    #[arg(long)]
+    no_cache: bool,
+    /// Also run the CPU reference on the same input and report its speed.
+    #[arg(long)]
+    compare_cpu: bool,
+}
+
+/// Generates the text.
+pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    // Settings first: a bad one should not wait for a model to load.
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let mut sampler = Sampler::new(args.temp, args.top_p, seed)?;
+    if let Some(k) = args.top_k {
+        sampler = sampler.with_top_k(k)?;
+    }
+    let loading = Instant::now();
+    let model_path = match &args.model {
+        Some(m) => m.clone(),
+        None => crate::fetch(&STORIES260K)?,
+    };
+    let (model, gguf_tokenizer) = Model::load(&model_path)?;
+    let vocab = model.config.vocab_size;
+    let tokenizer = match (&args.tokenizer, gguf_tokenizer) {
+        (Some(t), _) => crate::load_tokenizer(t, vocab)?,
+        (None, Some(t)) => t,
+        (None, None) if args.model.is_none() => {
+            crate::load_tokenizer(&crate::fetch(&TOK512)?, vocab)?
+        }
+        (None, None) => {
+            crate::load_tokenizer(&crate::tokenizer_beside(&model_path, vocab)?, vocab)?
+        }
+    };
+    let mut options = SessionOptions::default().kv_dtype(match args.kv_f16 {
+        true => KvDtype::F16,
+        false => KvDtype::F32,
+    });
+    options.capacity = args.ctx_size;
+    let capacity = args.ctx_size.unwrap_or(model.config.seq_len);
+    let length = length(args, &tokenizer, capacity)?;
+
+    let gpu = Gpu::new(args.adapter.as_deref())?;
+    let bar = ProgressBar::new(model.weights.bytes()).with_style(
+        ProgressStyle::with_template("uploading weights {bar:40} {bytes}/{total_bytes} ({eta})")
+            .expect("valid template"),
+    );
+    // Only worth a bar for big models.
+    if model.weights.bytes() < 64 << 20 {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let gpu_model = GpuModel::with_progress(&gpu, &model, |done, _| bar.set_position(done))?;
+    bar.finish_and_clear();
+    let load_time = loading.elapsed();
+    let session = Session::with_options(&gpu_model, options)?;
+    let cache = session.cache();
+    let kv = format!(
+        "KV cache: {} bytes ({} positions x {} bytes, {:?})",
+        cache.bytes(),
+        cache.capacity(),
+        cache.bytes_per_position(),
+        cache.dtype()
+    );
+    let dispatches = session.dispatches_per_token();
+    let (mut cached, mut uncached) = (None, None);
+    let decoder: &mut dyn Decoder = match args.no_cache {
+        true => uncached.insert(NoCache::new(session)),
+        false => cached.insert(session),
+    };
+
+    let mut stdout = std::io::stdout();
+    let started = Instant::now();
+    let run = generate(
+        decoder,
+        &tokenizer,
+        &mut sampler.clone(),
+        &args.prompt,
+        length,
+        |piece| {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        },
+    )?;
+    let wall = started.elapsed();
+    println!();
+    let work = match &uncached {
+        Some(no_cache) => format!(
+            "no KV cache: {} positions computed in {} passes for {} positions",
+            no_cache.positions_run(),
+            no_cache.passes(),
+            run.positions
+        ),
+        None => format!("{dispatches} dispatches/token"),
+    };
+    eprintln!(
+        "adapter: {} | load {:.2} s | weights: {} bytes | prompt tokens: {} (first token after {:.3} s) | generated tokens: {} | {:.1} tok/s ({} positions in {:.2} s) | {work} | {kv}",
+        gpu.describe(),
+        load_time.as_secs_f64(),
+        model.weights.bytes(),
+        run.prompt_tokens,
+        run.first_token_seconds,
+        run.generated_tokens,
+        run.tokens_per_second,
+        run.positions,
+        wall.as_secs_f64(),
+    );
+    if args.compare_cpu {
+        let mut cpu = CpuSession::with_options(&model, options)?;
+        let reference = generate(
+            &mut cpu,
+            &tokenizer,
+            &mut sampler.clone(),
+            &args.prompt,
+            length,
+            |_| {},
+        )?;
+        eprintln!(
+            "cpu reference: {:.1} tok/s | same text as the GPU: {}",
+            reference.tokens_per_second,
+            reference.text == run.text
+        );
+    }
+    Ok(())
+}
+
+/// How long to generate: `-n` new tokens, or `--steps` positions (256 when
+/// neither is given), with a warning when the KV cache cannot hold that many.
+fn length(
+    args: &Args,
+    tokenizer: &Tokenizer,
+    capacity: usize,
+) -> Result<Length, Box<dyn std::error::Error>> {
+    let prompt = tokenizer
+        .encode_special(&args.prompt, tokenizer.add_bos(), false)?
+        .len()
+        .max(1);
+    // The prompt's last token is decoded with the new ones.
+    let fed = prompt - 1;
+    Ok(match (args.n_predict, args.steps) {
+        (Some(n), _) => {
+            if fed + n > capacity {
+                eprintln!(
+                    "warning: -n {n} after a {prompt}-token prompt needs {} positions, but the KV cache holds {capacity} (-c): generating at most {} tokens",
+                    fed + n,
+                    capacity.saturating_sub(fed)
+                );
+            }
+            Length::NewTokens(n)
+        }
+        (None, Some(steps)) => {
+            if steps > capacity {
+                eprintln!(
+                    "warning: --steps {steps} is more than the KV cache's {capacity} positions (-c): running {capacity}"
+                );
+            }
+            Length::Steps(steps)
+        }
+        (None, None) => Length::Steps(256),
+    })
+}
