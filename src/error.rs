@@ -177,6 +177,12 @@ pub enum Error {
         n_layers: usize,
     },
 
+    /// A session's last readback has not been read (or dropped) yet.
+    #[error(
+        "the session's previous readback is still pending: poll it to completion or drop it first"
+    )]
+    ReadbackPending,
+
     /// A call that needs at least one token got none.
     #[error("no tokens given")]
     EmptyInput,

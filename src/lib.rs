@@ -23,7 +23,8 @@
 //!
 //! Modules, each using only those before it in this list: `error`; `files`,
 //! `rng`;
-//! `rope`, `tensor`; `gguf`; `tokenizer`; `model`; `gpu`; `kv_cache`; the
+//! `rope`, `tensor`; `gguf`; `tokenizer`; `model`; `gpu`; `kv_cache`,
+//! `readback`; the
 //! kernels (`ops`, crate-private); `gpu_model`; `sampler`; `pass`; `session`,
 //! `profile`; `cpu`; `generate`.
 
@@ -41,6 +42,7 @@ pub mod model;
 mod gpu;
 mod kv_cache;
 mod ops;
+mod readback;
 
 mod gpu_model;
 pub mod sampler;
@@ -58,8 +60,9 @@ pub use gpu::Gpu;
 pub use gpu_model::GpuModel;
 pub use kv_cache::{KvCache, KvDtype, Positions};
 pub use model::{Config, LayerWeights, Model, Weights};
-pub use pass::ATTENTION_SPLIT;
+pub use pass::{ATTENTION_SPLIT, PASSES_PER_SUBMIT};
 pub use profile::Profile;
+pub use readback::{Output, Pending};
 pub use sampler::Sampler;
 pub use session::{Session, SessionOptions, NORM_IN_PROJECTION_BELOW, PREFILL_TOKENS};
 pub use tensor::{DType, Tensor};

@@ -19,6 +19,11 @@ const F32: u64 = 4;
 /// one workgroup per split and head, then a merge (`attention_combine`).
 pub const ATTENTION_SPLIT: usize = 256;
 
+/// Passes one session can record between two submits of the encoders it
+/// records into (and steps of one GPU-resident greedy block): each pass
+/// takes its own slot for its position and tokens.
+pub const PASSES_PER_SUBMIT: usize = 64;
+
 /// What a pass reads back.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Readback {
@@ -60,10 +65,11 @@ pub(crate) struct Activations {
     pub logits: wgpu::Buffer,
     /// (1,) u32 argmax of the logits.
     pub next: wgpu::Buffer,
-    /// (vocab_size,) MAP_READ copy of the logits.
-    pub logits_readback: wgpu::Buffer,
-    /// (2,) u32 MAP_READ copy of `next` (8 bytes: the map alignment).
-    pub next_readback: wgpu::Buffer,
+    /// (PASSES_PER_SUBMIT,) [`Step`](crate::ops::Step)s, one slot per pass
+    /// recorded since the last submit, copied into `step` as each pass starts.
+    pub step_slots: wgpu::Buffer,
+    /// (PASSES_PER_SUBMIT, batch) u32 tokens, likewise copied into `tokens`.
+    pub token_slots: wgpu::Buffer,
 }
 
 impl Activations {
@@ -102,8 +108,16 @@ impl Activations {
             partials: act("partials", c.n_heads * splits * (hs + 2)),
             logits: buffer("logits", c.vocab_size, U::STORAGE | U::COPY_SRC),
             next: buffer("next", 1, U::STORAGE | U::COPY_SRC),
-            logits_readback: buffer("logits_readback", c.vocab_size, U::MAP_READ | U::COPY_DST),
-            next_readback: buffer("next_readback", 2, U::MAP_READ | U::COPY_DST),
+            step_slots: buffer(
+                "step_slots",
+                4 * PASSES_PER_SUBMIT,
+                U::COPY_SRC | U::COPY_DST,
+            ),
+            token_slots: buffer(
+                "token_slots",
+                batch * PASSES_PER_SUBMIT,
+                U::COPY_SRC | U::COPY_DST,
+            ),
         }
     }
 }

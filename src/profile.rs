@@ -84,8 +84,8 @@ impl Session {
                 usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             });
-            self.write_step(pos, tokens);
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            self.stage(&mut encoder, pos, n, Some(tokens));
             let mut i = 0;
             self.dispatches.each(pos, n, Readback::Argmax, |name, d| {
                 for launch in 0..d.launches(n as u32) {

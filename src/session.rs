@@ -9,11 +9,15 @@ use crate::error::{Error, Result};
 use crate::gpu_model::GpuModel;
 use crate::kv_cache::{self, KvCache, KvDtype};
 use crate::ops::Step;
-use crate::pass::{Activations, Dispatches, Readback};
+use crate::pass::{Activations, Dispatches, Readback, PASSES_PER_SUBMIT};
+use crate::readback::{Kind, Output, Pending, ReadbackBuffer};
 use crate::sampler::Sampler;
 
 /// Bytes per f32.
 const F32: u64 = 4;
+
+/// Bytes of one [`Step`] slot.
+const STEP_BYTES: u64 = std::mem::size_of::<Step>() as u64;
 
 /// Most tokens one prefill pass runs (longer prompts take several passes).
 pub const PREFILL_TOKENS: usize = 64;
@@ -74,6 +78,10 @@ pub struct Session {
     pub(crate) batch: usize,
     pub(crate) activations: Activations,
     pub(crate) dispatches: Dispatches,
+    /// (max(vocab_size, PASSES_PER_SUBMIT),) MAP_READ logits or tokens read back.
+    readback: ReadbackBuffer,
+    /// The next pass's slot in the activations' step and token slots.
+    slot: usize,
     /// (vocab_size,) host copy of the last logits read back.
     logits_host: Vec<f32>,
     pub(crate) submissions: u64,
@@ -107,12 +115,15 @@ impl Session {
             let cache = KvCache::new(&gpu.device, c, capacity, options.kv_dtype)?;
             let activations = Activations::new(model, batch, capacity);
             let dispatches = Dispatches::bind(model, &activations, &cache, batch, fold);
+            let values = c.vocab_size.max(PASSES_PER_SUBMIT) as u64;
             Ok(Self {
                 model: model.clone(),
                 cache,
                 batch,
                 activations,
                 dispatches,
+                readback: ReadbackBuffer::new(&gpu.device, values * F32),
+                slot: 0,
                 logits_host: vec![0.0; c.vocab_size],
                 submissions: 0,
             })
@@ -177,35 +188,125 @@ impl Session {
         n
     }
 
+    /// Records passes over `tokens` at the next positions into `encoder`
+    /// (prompt tokens: only their K/V are needed) and submits nothing. The
+    /// positions count as decoded from here on: submit the encoder before
+    /// recording more, at most [`PASSES_PER_SUBMIT`] passes per submit.
+    pub fn encode(&mut self, encoder: &mut wgpu::CommandEncoder, tokens: &[u32]) -> Result<()> {
+        let positions = self.reserve(tokens)?;
+        self.check_passes(tokens.len().div_ceil(self.batch), tokens.len())?;
+        self.record_passes(encoder, positions, tokens, Readback::Nothing);
+        Ok(())
+    }
+
+    /// [`Session::encode`], reading back the logits of the last token:
+    /// [`Output::Logits`] once the [`Pending`] is polled after the submit.
+    pub fn encode_logits(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        tokens: &[u32],
+    ) -> Result<Pending> {
+        let positions = self.reserve(tokens)?;
+        if tokens.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        self.check_passes(tokens.len().div_ceil(self.batch), tokens.len())?;
+        self.readback.claim(&self.model.gpu().device)?;
+        self.record_passes(encoder, positions, tokens, Readback::Logits);
+        let vocab = self.model.config().vocab_size;
+        Ok(Pending::new(
+            &self.model.gpu().device,
+            &self.readback,
+            Kind::Logits(vocab),
+        ))
+    }
+
+    /// Records `steps` greedy decode steps from `token` into `encoder`, each
+    /// step's argmax the next step's input on the GPU, and one readback of
+    /// all `steps` tokens ([`Output::Tokens`]): one submit and one readback
+    /// per block instead of per token. Stops nowhere: see
+    /// [`Session::greedy_block`] for end-of-sequence tokens.
+    pub fn encode_greedy(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        token: u32,
+        steps: usize,
+    ) -> Result<Pending> {
+        if steps == 0 {
+            return Err(Error::EmptyInput);
+        }
+        // The block's inputs are `token` and its first steps - 1 outputs,
+        // all in the vocabulary.
+        let positions = self.reserve(&[token])?;
+        let positions = positions.start..positions.start + steps;
+        if positions.end > self.cache.capacity() {
+            self.reserve(&vec![token; steps])?;
+        }
+        self.check_passes(steps, steps)?;
+        self.readback.claim(&self.model.gpu().device)?;
+        let first = [token];
+        for (i, pos) in positions.clone().enumerate() {
+            let input = (i == 0).then_some(&first[..]);
+            self.stage(encoder, pos, 1, input);
+            self.record(encoder, pos, 1, Readback::Argmax);
+            encoder.copy_buffer_to_buffer(
+                &self.activations.next,
+                0,
+                &self.readback.buffer,
+                i as u64 * F32,
+                F32,
+            );
+        }
+        self.cache.positions.commit(positions);
+        let kind = Kind::Tokens(steps);
+        Ok(Pending::new(&self.model.gpu().device, &self.readback, kind))
+    }
+
     /// Decodes `token` at the next position and returns the logits (vocab_size,).
     pub fn forward(&mut self, token: u32) -> Result<&[f32]> {
-        let positions = self.reserve(&[token])?;
-        self.pass(positions, &[token], Readback::Logits)?;
-        self.read_logits()
+        self.logits_of(&[token])
     }
 
     /// Decodes `token` and returns the argmax of the logits, computed on the
     /// GPU (4 bytes read back).
     pub fn forward_greedy(&mut self, token: u32) -> Result<u32> {
-        let positions = self.reserve(&[token])?;
-        self.pass(positions, &[token], Readback::Argmax)?;
-        let mut next = [0u32; 2];
-        let readback = &self.activations.next_readback;
-        self.model
-            .gpu()
-            .map_read(readback, bytemuck::cast_slice_mut(&mut next))?;
+        let mut encoder = self.encoder();
+        let pending = self.encode_greedy(&mut encoder, token, 1)?;
+        self.submit(encoder)?;
+        let mut next = [0u32];
+        pending.wait_into(bytemuck::cast_slice_mut(&mut next))?;
         Ok(next[0])
+    }
+
+    /// Decodes up to `steps` greedy tokens from `token` in one submit with
+    /// one readback ([`Session::encode_greedy`]), and returns them up to and
+    /// including the first one in `stop` (an end-of-sequence token): the
+    /// steps after it are discarded, and the cache ends where it was decoded.
+    pub fn greedy_block(&mut self, token: u32, steps: usize, stop: &[u32]) -> Result<Vec<u32>> {
+        let start = self.len();
+        let mut encoder = self.encoder();
+        let pending = self.encode_greedy(&mut encoder, token, steps)?;
+        self.submit(encoder)?;
+        let Output::Tokens(mut tokens) = pending.wait()? else {
+            unreachable!("a greedy block reads back tokens")
+        };
+        if let Some(end) = tokens.iter().position(|t| stop.contains(t)) {
+            tokens.truncate(end + 1);
+            self.cache.truncate(start + end + 1)?;
+        }
+        Ok(tokens)
     }
 
     /// Runs `tokens` at the next positions without reading anything back
     /// (prompt tokens: only their K/V are needed), in prefill passes of up
-    /// to [`Session::prefill_tokens`]; a single token runs as a decode step.
-    /// Does not wait for the GPU.
+    /// to [`Session::prefill_tokens`], one submit each; a single token runs
+    /// as a decode step. Does not wait for the GPU.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
-        let positions = self.reserve(tokens)?;
-        for (i, pass) in tokens.chunks(self.batch).enumerate() {
-            let pos = positions.start + i * self.batch;
-            self.pass(pos..pos + pass.len(), pass, Readback::Nothing)?;
+        self.reserve(tokens)?;
+        for pass in tokens.chunks(self.batch) {
+            let mut encoder = self.encoder();
+            self.encode(&mut encoder, pass)?;
+            self.submit(encoder)?;
         }
         Ok(())
     }
@@ -214,15 +315,13 @@ impl Session {
     /// returns the logits after the last one (vocab_size,). Equal, within
     /// float rounding, to calling [`Session::forward`] on each token.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
-        let positions = self.reserve(tokens)?;
+        self.reserve(tokens)?;
         if tokens.is_empty() {
             return Err(Error::EmptyInput);
         }
         let last = (tokens.len() - 1) / self.batch * self.batch;
         self.feed(&tokens[..last])?;
-        let pos = positions.start + last;
-        self.pass(pos..positions.end, &tokens[last..], Readback::Logits)?;
-        self.read_logits()
+        self.logits_of(&tokens[last..])
     }
 
     /// Decodes `token` and picks the next one with `sampler`: on the GPU when
@@ -248,65 +347,117 @@ impl Session {
         self.cache.positions.reserve(tokens, vocab_size)
     }
 
-    /// Writes the step uniform and the tokens of a pass at `pos`.
-    pub(crate) fn write_step(&self, pos: usize, tokens: &[u32]) {
-        let queue = &self.model.gpu().queue;
-        let step = Step::new(pos, tokens.len());
-        queue.write_buffer(&self.activations.step, 0, bytemuck::bytes_of(&step));
-        queue.write_buffer(&self.activations.tokens, 0, bytemuck::cast_slice(tokens));
-    }
-
-    /// Reads the logits copied back by the last pass.
-    fn read_logits(&mut self) -> Result<&[f32]> {
-        let mut bytes = std::mem::take(&mut self.logits_host);
-        let readback = &self.activations.logits_readback;
-        let r = self
-            .model
-            .gpu()
-            .map_read(readback, bytemuck::cast_slice_mut(&mut bytes));
-        self.logits_host = bytes;
-        r?;
+    /// One pass over `tokens` (1..=batch of them) in its own submit,
+    /// waiting for the logits of its last token.
+    fn logits_of(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        let mut encoder = self.encoder();
+        let pending = self.encode_logits(&mut encoder, tokens)?;
+        self.submit(encoder)?;
+        pending.wait_into(bytemuck::cast_slice_mut(&mut self.logits_host))?;
         Ok(&self.logits_host)
     }
 
-    /// One pass over `tokens` (reserved, 1..=batch of them) at `positions`:
-    /// every dispatch in one encoder and one submit, then the positions are
-    /// committed. On error nothing changes.
-    fn pass(&mut self, positions: Range<usize>, tokens: &[u32], readback: Readback) -> Result<()> {
-        let n = tokens.len();
-        debug_assert!((1..=self.batch).contains(&n) && positions.len() == n);
-        let a = &self.activations;
-        let vocab_bytes = self.model.config().vocab_size as u64 * F32;
+    /// A command encoder for the blocking calls.
+    fn encoder(&self) -> wgpu::CommandEncoder {
+        let device = &self.model.gpu().device;
+        device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("kvgpu pass"),
+        })
+    }
+
+    /// Submits a blocking call's encoder, inside an error scope.
+    fn submit(&mut self, encoder: wgpu::CommandEncoder) -> Result<()> {
         let gpu = self.model.gpu();
-        gpu.scoped("decoding", || {
-            self.write_step(positions.start, tokens);
-            let mut encoder = gpu
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("kvgpu step"),
-                });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("kvgpu forward"),
-                    timestamp_writes: None,
-                });
-                self.dispatches.each(positions.start, n, readback, |_, d| {
-                    d.record(&mut pass, n as u32)
-                });
-            }
-            match readback {
-                Readback::Nothing => {}
-                Readback::Argmax => {
-                    encoder.copy_buffer_to_buffer(&a.next, 0, &a.next_readback, 0, F32)
-                }
-                Readback::Logits => {
-                    encoder.copy_buffer_to_buffer(&a.logits, 0, &a.logits_readback, 0, vocab_bytes)
-                }
-            }
-            gpu.queue.submit([encoder.finish()]);
-        })?;
+        gpu.scoped("decoding", || gpu.queue.submit([encoder.finish()]))?;
         self.submissions += 1;
-        self.cache.positions.commit(positions);
         Ok(())
+    }
+
+    /// Refuses more passes than one submit's slots hold.
+    fn check_passes(&self, passes: usize, tokens: usize) -> Result<()> {
+        if passes > PASSES_PER_SUBMIT {
+            return Err(Error::PassTooLong {
+                tokens,
+                max: PASSES_PER_SUBMIT * self.batch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records the passes over `tokens` (reserved) at `positions`, `readback`
+    /// after the last, and commits the positions.
+    fn record_passes(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        positions: Range<usize>,
+        tokens: &[u32],
+        readback: Readback,
+    ) {
+        let count = tokens.len().div_ceil(self.batch);
+        for (i, pass) in tokens.chunks(self.batch).enumerate() {
+            let pos = positions.start + i * self.batch;
+            let read = if i + 1 == count {
+                readback
+            } else {
+                Readback::Nothing
+            };
+            self.stage(encoder, pos, pass.len(), Some(pass));
+            self.record(encoder, pos, pass.len(), read);
+            let a = &self.activations;
+            let target = &self.readback.buffer;
+            match read {
+                Readback::Nothing => {}
+                Readback::Argmax => encoder.copy_buffer_to_buffer(&a.next, 0, target, 0, F32),
+                Readback::Logits => {
+                    let bytes = self.model.config().vocab_size as u64 * F32;
+                    encoder.copy_buffer_to_buffer(&a.logits, 0, target, 0, bytes)
+                }
+            }
+        }
+        self.cache.positions.commit(positions);
+    }
+
+    /// Stages a pass of `n` tokens at `pos`: its [`Step`] and `tokens` (or,
+    /// for `None`, the last pass's argmax) go into this pass's slots, which
+    /// are copied into place when the pass starts, so passes recorded into
+    /// one encoder each see their own.
+    pub(crate) fn stage(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        pos: usize,
+        n: usize,
+        tokens: Option<&[u32]>,
+    ) {
+        let a = &self.activations;
+        let queue = &self.model.gpu().queue;
+        let slot = self.slot as u64;
+        self.slot = (self.slot + 1) % PASSES_PER_SUBMIT;
+        let step_at = slot * STEP_BYTES;
+        queue.write_buffer(
+            &a.step_slots,
+            step_at,
+            bytemuck::bytes_of(&Step::new(pos, n)),
+        );
+        encoder.copy_buffer_to_buffer(&a.step_slots, step_at, &a.step, 0, STEP_BYTES);
+        match tokens {
+            Some(tokens) => {
+                let at = slot * self.batch as u64 * F32;
+                queue.write_buffer(&a.token_slots, at, bytemuck::cast_slice(tokens));
+                let bytes = n as u64 * F32;
+                encoder.copy_buffer_to_buffer(&a.token_slots, at, &a.tokens, 0, bytes);
+            }
+            None => encoder.copy_buffer_to_buffer(&a.next, 0, &a.tokens, 0, F32),
+        }
+    }
+
+    /// Records every dispatch of one staged pass of `n` tokens at `pos` in
+    /// one compute pass.
+    fn record(&self, encoder: &mut wgpu::CommandEncoder, pos: usize, n: usize, read: Readback) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("kvgpu forward"),
+            timestamp_writes: None,
+        });
+        self.dispatches
+            .each(pos, n, read, |_, d| d.record(&mut pass, n as u32));
     }
 }

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["tokenizer"],
     &["model"],
     &["gpu"],
-    &["kv_cache"],
+    &["kv_cache", "readback"],
     &["ops"],
     &["gpu_model", "sampler"],
     &["pass"],

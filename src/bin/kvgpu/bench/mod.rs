@@ -112,6 +112,7 @@ fn measure(
         .collect();
     s.prefill(&prompt)?; // the prefill pipelines
     let (mut decode, mut sampled, mut prefill) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut block4, mut block16) = (Vec::new(), Vec::new());
     let (mut host, mut gpu_time) = (Vec::new(), Vec::new());
     let mut profile = None;
     let mut prefill_profile = None;
@@ -123,6 +124,20 @@ fn measure(
             token = s.forward_greedy(token)?;
         }
         decode.push(args.tokens as f64 / t.elapsed().as_secs_f64());
+        // Greedy blocks: k steps per submit, tokens fed back on the GPU.
+        for (k, rates) in [(4, &mut block4), (16, &mut block16)] {
+            s.reset();
+            let t = Instant::now();
+            let mut token = 1;
+            while s.len() < args.tokens {
+                let steps = k.min(args.tokens - s.len());
+                token = *s
+                    .greedy_block(token, steps, &[])?
+                    .last()
+                    .expect("steps > 0");
+            }
+            rates.push(args.tokens as f64 / t.elapsed().as_secs_f64());
+        }
         // Top-p sampling on the host: the logits are read back each token.
         s.reset();
         let mut sampler = Sampler::new(0.8, 0.9, 42)?;
@@ -184,6 +199,8 @@ fn measure(
         weight_dtype: model.weights.layers[0].wq.dtype.name().to_string(),
         weight_bytes: model.weights.bytes(),
         decode_tok_s: tok_s,
+        block4_tok_s: adapter::median(block4),
+        block16_tok_s: adapter::median(block16),
         launch_bound_tok_s: 1.0 / (adapter.floor + dispatches as f64 * adapter.launch),
         sampled_tok_s: adapter::median(sampled),
         prefill_tok_s,

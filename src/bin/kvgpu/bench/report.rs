@@ -11,6 +11,9 @@ pub struct Row {
     pub weight_dtype: String,
     pub weight_bytes: u64,
     pub decode_tok_s: f64,
+    /// Greedy, 4 and 16 steps per submit and readback (`Session::greedy_block`).
+    pub block4_tok_s: f64,
+    pub block16_tok_s: f64,
     /// 1 / (submit + readback + dispatches x empty launch): the ceiling
     /// that launch costs alone put on decode.
     pub launch_bound_tok_s: f64,
@@ -67,15 +70,17 @@ pub fn print_json(rows: &[Row], cache_rows: &[CacheRow]) -> serde_json::Result<(
 
 /// The rates table.
 pub fn print_rows(rows: &[Row], prompt: usize) {
-    println!("| model | weights | weight bytes | decode tok/s (greedy on GPU) | launch-bound tok/s (no kernel work) | top-p tok/s (logits read back) | prefill tok/s ({prompt} tokens) | GPU ms/token | host ms/token | dispatches/token | bytes/token | GB/s | of copy BW |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| model | weights | weight bytes | decode tok/s (greedy on GPU) | 4 / 16 steps per submit | launch-bound tok/s (no kernel work) | top-p tok/s (logits read back) | prefill tok/s ({prompt} tokens) | GPU ms/token | host ms/token | dispatches/token | bytes/token | GB/s | of copy BW |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {:.3} | {} | {:.0} | {:.3} | {:.1}% |",
+            "| {} | {} | {} | {:.1} | {:.1} / {:.1} | {:.0} | {:.1} | {:.1} | {} | {:.3} | {} | {:.0} | {:.3} | {:.1}% |",
             r.model,
             r.weight_dtype,
             r.weight_bytes,
             r.decode_tok_s,
+            r.block4_tok_s,
+            r.block16_tok_s,
             r.launch_bound_tok_s,
             r.sampled_tok_s,
             r.prefill_tok_s,

@@ -1,0 +1,193 @@
+//! Decoding inside an application's frame: passes recorded into the app's
+//! own encoder beside its own work and polled without blocking, k greedy
+//! steps per submit with the tokens staying on the GPU, and sessions
+//! decoding on two threads over one model.
+
+mod common;
+
+use common::GREEDY;
+use kvgpu::tokenizer::BOS;
+use kvgpu::{wgpu, GpuModel, Output, Sampler, Session};
+
+#[test]
+fn a_step_recorded_into_the_apps_encoder_is_polled_without_blocking() {
+    let (model, _) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let mut reference = Session::new(&gm, None).unwrap();
+    let expect = reference.forward_greedy(BOS).unwrap();
+    let expect_logits = reference.forward(expect).unwrap().to_vec();
+
+    // The app's own work: a buffer copy and a render pass clearing a target.
+    let device = &gpu.device;
+    let buffer = |usage| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("app"),
+            size: 256,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let (src, dst) = (
+        buffer(wgpu::BufferUsages::COPY_SRC),
+        buffer(wgpu::BufferUsages::COPY_DST),
+    );
+    let target = device.create_texture(&wgpu::TextureDescriptor {
+        label: Some("app frame"),
+        size: wgpu::Extent3d {
+            width: 64,
+            height: 64,
+            depth_or_array_layers: 1,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba8Unorm,
+        usage: wgpu::TextureUsages::RENDER_ATTACHMENT,
+        view_formats: &[],
+    });
+    let view = target.create_view(&Default::default());
+
+    let mut session = Session::new(&gm, None).unwrap();
+    let submits_before = session.submissions();
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(&src, 0, &dst, 0, 256);
+    let mut pending = session.encode_greedy(&mut encoder, BOS, 1).unwrap();
+    {
+        let _frame = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+            label: Some("app frame"),
+            color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                view: &view,
+                depth_slice: None,
+                resolve_target: None,
+                ops: wgpu::Operations {
+                    load: wgpu::LoadOp::Clear(wgpu::Color::BLUE),
+                    store: wgpu::StoreOp::Store,
+                },
+            })],
+            ..Default::default()
+        });
+    }
+    // Decoding into the app's encoder while another readback is pending is refused.
+    let busy = session.encode_logits(&mut encoder, &[3]).unwrap_err();
+    assert!(matches!(busy, kvgpu::Error::ReadbackPending), "{busy}");
+    gpu.queue.submit([encoder.finish()]);
+    assert_eq!(
+        session.submissions(),
+        submits_before,
+        "kvgpu submitted nothing"
+    );
+    // Each poll returns at once; the result arrives within a bounded number of them.
+    let mut polls = 0;
+    let token = loop {
+        polls += 1;
+        let started = std::time::Instant::now();
+        let polled = pending.poll();
+        assert!(started.elapsed().as_secs_f64() < 0.5, "a poll waited");
+        match polled {
+            Some(r) => break r.unwrap(),
+            None => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+        assert!(polls < 10_000, "no result after {polls} polls");
+    };
+    assert_eq!(token, Output::Tokens(vec![expect]));
+    drop(pending);
+    // Logits the same way, for the next position.
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let mut pending = session.encode_logits(&mut encoder, &[expect]).unwrap();
+    gpu.queue.submit([encoder.finish()]);
+    let logits = loop {
+        if let Some(r) = pending.poll() {
+            break r.unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    assert_eq!(logits, Output::Logits(expect_logits));
+    assert_eq!(session.len(), 2);
+}
+
+#[test]
+fn greedy_blocks_of_1_4_16_steps_give_the_reference_text_with_one_readback_each() {
+    let (model, tok) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    for k in [1, 4, 16] {
+        let mut s = Session::new(&gm, None).unwrap();
+        let mut tokens = vec![BOS];
+        let mut blocks = 0;
+        // run.c: 256 positions, or until the model emits BOS.
+        loop {
+            let steps = k.min(256 - s.len());
+            if steps == 0 {
+                break;
+            }
+            let last = *tokens.last().unwrap();
+            tokens.extend(s.greedy_block(last, steps, &[BOS]).unwrap());
+            blocks += 1;
+            if tokens.last() == Some(&BOS) {
+                break;
+            }
+        }
+        assert_eq!(
+            s.submissions(),
+            blocks,
+            "one submit (and readback) per block"
+        );
+        let mut text = String::new();
+        let mut stream = kvgpu::tokenizer::TextStream::new();
+        for pair in tokens.windows(2) {
+            if pair[1] == BOS {
+                break;
+            }
+            text += &stream.push(tok.decode(pair[0], pair[1]).unwrap());
+        }
+        text += &stream.finish();
+        assert_eq!(text.trim_end(), GREEDY, "k = {k}");
+    }
+}
+
+#[test]
+fn a_greedy_block_stops_at_end_of_sequence_and_truncates_the_cache() {
+    let (model, _) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let mut s = Session::new(&gm, None).unwrap();
+    let all = s.greedy_block(BOS, 16, &[]).unwrap();
+    assert_eq!(all.len(), 16);
+    // Stop at the 6th token: it is kept, the 10 after it are not decoded.
+    let stop = all[5];
+    let first = all.iter().position(|&t| t == stop).unwrap();
+    let mut s = Session::new(&gm, None).unwrap();
+    let cut = s.greedy_block(BOS, 16, &[stop]).unwrap();
+    assert_eq!(cut, all[..=first]);
+    assert_eq!(s.len(), first + 1);
+    // And decoding goes on from there as if the block had been that short.
+    let next = s.forward_greedy(stop).unwrap();
+    assert_eq!(next, all[first + 1]);
+}
+
+fn assert_send_sync<T: Send + Sync>() {}
+fn assert_send<T: Send>() {}
+
+#[test]
+fn two_threads_decode_two_sessions_over_one_model_as_alone() {
+    assert_send_sync::<GpuModel>();
+    assert_send::<Session>();
+    let (model, tok) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let run = |prompt: &str, seed: u64| {
+        let mut s = Session::new(&gm, None).unwrap();
+        let mut sampler = Sampler::new(1.0, 0.9, seed).unwrap();
+        kvgpu::generate(&mut s, &tok, &mut sampler, prompt, 128, |_| {})
+            .unwrap()
+            .text
+    };
+    let alone = [run("Zoo", 7), run("Once", 8)];
+    let together = std::thread::scope(|scope| {
+        let a = scope.spawn(|| run("Zoo", 7));
+        let b = scope.spawn(|| run("Once", 8));
+        [a.join().unwrap(), b.join().unwrap()]
+    });
+    assert_eq!(together, alone);
+}
