@@ -1,4 +1,5 @@
-//! The crate's modules form layers, and code only reaches down: a module
+//! The crate's modules form layers, and code only reaches down (and no
+//! file grows past 700 lines): a module
 //! may use its own layer's helpers and anything in the layers below it,
 //! never a layer above (so there is no import cycle). The list is the one in
 //! README.md's "Where things live"; a new module must be placed in it.
@@ -94,4 +95,19 @@ fn modules_only_use_modules_below_them() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Each file one job: none in `src/` grows past 700 lines.
+#[test]
+fn no_source_file_is_over_700_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .map(|f| (f, std::fs::read_to_string(f).unwrap().lines().count()))
+        .filter(|(_, n)| *n > 700)
+        .map(|(f, n)| format!("{}: {n} lines", f.display()))
+        .collect();
+    assert!(long.is_empty(), "split these: {}", long.join(", "));
 }
