@@ -5,15 +5,36 @@
 //! everything it does on the device runs inside error scopes it pushes and pops
 //! itself, and errors come back as [`Error::Gpu`] values.
 
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
+
 use crate::error::{Error, Result};
 
-/// A device and its queue.
-#[derive(Clone, Debug)]
+/// What a layer above keeps once per device (the compiled kernels), stored
+/// type-erased so that this module need not know their type.
+pub(crate) type DeviceSlot = Arc<OnceLock<Arc<dyn Any + Send + Sync>>>;
+
+/// A device and its queue. Clones share the device, and what is compiled
+/// for it: the kernels are built once per `Gpu` and shared by every model
+/// uploaded through it or its clones.
+#[derive(Clone)]
 pub struct Gpu {
     /// The device every kvgpu buffer and pipeline lives on.
     pub device: wgpu::Device,
     /// The queue kvgpu submits to: one submit per decoded token.
     pub queue: wgpu::Queue,
+    /// The kernels compiled for `device`, once.
+    pub(crate) kernels: DeviceSlot,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("device", &self.device)
+            .field("queue", &self.queue)
+            .field("kernels compiled", &self.kernels.get().is_some())
+            .finish()
+    }
 }
 
 impl Gpu {
@@ -85,14 +106,18 @@ impl Gpu {
                 ..Default::default()
             })
             .await?;
-        Ok(Self { device, queue })
+        Ok(Self::from_device(device, queue))
     }
 
     /// Uses an application's device and queue. kvgpu will not touch the
     /// device's error handlers; its buffers are freed when the last
     /// kvgpu object using them is dropped.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        Self { device, queue }
+        Self {
+            device,
+            queue,
+            kernels: DeviceSlot::default(),
+        }
     }
 
     /// The adapter's name and backend, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".

@@ -2,6 +2,8 @@
 //! the file (quantized ones stay quantized), after checking that every
 //! tensor fits the device's limits; and the kernels compiled for it.
 
+use std::sync::Arc;
+
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
@@ -40,7 +42,7 @@ pub(crate) struct LayerWeights {
 pub struct GpuModel {
     pub(crate) gpu: Gpu,
     pub(crate) config: Config,
-    pub(crate) kernels: Kernels,
+    pub(crate) kernels: Arc<Kernels>,
     /// (vocab_size, dim); also the classifier when shared.
     pub(crate) token_embedding: GpuTensor,
     pub(crate) layers: Vec<LayerWeights>,
@@ -152,7 +154,7 @@ impl GpuModel {
             Ok(Self {
                 gpu: gpu.clone(),
                 config: c.clone(),
-                kernels: Kernels::new(device),
+                kernels: kernels_for(gpu),
                 token_embedding: matrix("token_embedding", &w.token_embedding)?,
                 layers,
                 rms_final: vector("rms_final", &w.rms_final),
@@ -181,4 +183,15 @@ impl GpuModel {
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
     }
+}
+
+/// The kernels compiled for `gpu`'s device: built by the first model
+/// uploaded there, shared by every later one. Call inside an error scope.
+fn kernels_for(gpu: &Gpu) -> Arc<Kernels> {
+    let slot = gpu.kernels.get_or_init(|| {
+        Arc::new(Kernels::new(&gpu.device)) as Arc<dyn std::any::Any + Send + Sync>
+    });
+    slot.clone()
+        .downcast::<Kernels>()
+        .expect("the kernel slot holds Kernels")
 }

@@ -22,7 +22,7 @@
 //! ```
 //!
 //! Modules, each using only those before it in this list: `error`; `files`,
-//! `rng`;
+//! `frame_budget`, `rng`;
 //! `rope`, `tensor`; `gguf`; `tokenizer`; `model`; `gpu`; `kv_cache`,
 //! `readback`; the
 //! kernels (`ops`, crate-private); `gpu_model`; `sampler`; `pass`; `session`,
@@ -30,6 +30,7 @@
 
 mod error;
 pub mod files;
+mod frame_budget;
 pub mod rng;
 pub mod rope;
 pub mod tensor;
@@ -55,6 +56,7 @@ pub mod cpu;
 pub mod generate;
 
 pub use error::{Error, GgufError, Result};
+pub use frame_budget::FrameBudget;
 pub use generate::{generate, Decoder, Generation, Length, NoCache};
 pub use gpu::Gpu;
 pub use gpu_model::GpuModel;

@@ -191,3 +191,27 @@ fn two_threads_decode_two_sessions_over_one_model_as_alone() {
     });
     assert_eq!(together, alone);
 }
+
+#[test]
+fn kernels_are_compiled_once_per_device_for_every_model() {
+    let gpu = require!(common::gpu());
+    let pipelines = || {
+        gpu.device
+            .get_internal_counters()
+            .hal
+            .compute_pipelines
+            .read()
+    };
+    let before = pipelines();
+    let first = GpuModel::new(&gpu, &common::tiny_model(16)).unwrap();
+    let compiled = pipelines() - before;
+    assert_eq!(compiled, 10, "every variant, once");
+    // Another model, through a clone of the Gpu: nothing compiled again.
+    let second = GpuModel::new(&gpu.clone(), &common::tiny_model(32)).unwrap();
+    assert_eq!(pipelines() - before, compiled);
+    // Both decode.
+    for m in [&first, &second] {
+        let mut s = Session::new(m, None).unwrap();
+        s.forward_greedy(1).unwrap();
+    }
+}

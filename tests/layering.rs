@@ -9,7 +9,7 @@ use std::path::Path;
 /// Bottom to top. Modules in one entry do not use each other.
 const LAYERS: &[&[&str]] = &[
     &["error"],
-    &["files", "rng"],
+    &["files", "frame_budget", "rng"],
     &["rope", "tensor"],
     &["gguf"],
     &["tokenizer"],
