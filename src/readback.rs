@@ -126,17 +126,24 @@ impl Pending {
             if let Some(r) = self.advance(wgpu::PollType::wait_indefinitely()) {
                 return r;
             }
+            // Another thread's poll on this device is running our map callback.
+            std::thread::yield_now();
         }
     }
 
     /// Waits for the result and copies its bytes into `out` (no allocation).
     pub(crate) fn wait_into(self, out: &mut [u8]) -> Result<()> {
         self.request();
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Readback(e.to_string()))?;
-        self.take(|bytes| out.copy_from_slice(&bytes[..out.len()]))
-            .unwrap_or_else(|| Err(Error::Readback("the map did not complete".into())))
+        loop {
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            if let Some(r) = self.take(|bytes| out.copy_from_slice(&bytes[..out.len()])) {
+                return r;
+            }
+            // Another thread's poll on this device is running our map callback.
+            std::thread::yield_now();
+        }
     }
 
     fn advance(&mut self, poll: wgpu::PollType) -> Option<Result<Output>> {
