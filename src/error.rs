@@ -238,6 +238,10 @@ pub enum Error {
         message: String,
     },
 
+    /// The device was lost or destroyed: nothing more runs on it.
+    #[error("the GPU device was lost or destroyed")]
+    DeviceLost,
+
     /// The device lacks a feature the call needs.
     #[error("not supported on this device: {0}")]
     Unsupported(&'static str),

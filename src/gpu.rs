@@ -129,22 +129,15 @@ impl Gpu {
     /// Runs `f` inside validation, out-of-memory and internal error scopes on
     /// this device; the first error caught becomes [`Error::Gpu`].
     pub fn scoped<T>(&self, context: &'static str, f: impl FnOnce() -> T) -> Result<T> {
-        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let value = f();
-        // Scopes pop in reverse order of their pushes.
-        let errors = [
-            pollster::block_on(validation.pop()),
-            pollster::block_on(oom.pop()),
-            pollster::block_on(internal.pop()),
-        ];
-        match errors.into_iter().flatten().next() {
-            None => Ok(value),
-            Some(e) => Err(Error::Gpu {
-                context,
-                message: e.to_string(),
-            }),
+        scoped(&self.device, context, f)
+    }
+
+    /// [`Error::DeviceLost`] if the device was lost or destroyed. kvgpu
+    /// asks before creating anything on the device, and after a GPU error.
+    pub fn check_alive(&self) -> Result<()> {
+        match device_lost(&self.device) {
+            true => Err(Error::DeviceLost),
+            false => Ok(()),
         }
     }
 
@@ -170,19 +163,26 @@ impl Gpu {
     }
 
     /// Waits for submitted work, maps `buffer` (MAP_READ) and copies its first
-    /// `out.len()` bytes into `out`.
+    /// `out.len()` bytes into `out`. A failed map on a lost device is
+    /// [`Error::DeviceLost`].
     pub(crate) fn map_read(&self, buffer: &wgpu::Buffer, out: &mut [u8]) -> Result<()> {
         let slice = buffer.slice(..out.len() as u64);
         let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
+        // A failed map reaches the callback; keep its error off the app's handler.
+        let _ = capture(&self.device, || {
+            slice.map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            })
         });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Readback(e.to_string()))?;
         rx.recv()
             .map_err(|e| Error::Readback(e.to_string()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
+            .map_err(|e| match device_lost(&self.device) {
+                true => Error::DeviceLost,
+                false => Error::Readback(e.to_string()),
+            })?;
         {
             let view = slice
                 .get_mapped_range()
@@ -192,4 +192,64 @@ impl Gpu {
         buffer.unmap();
         Ok(())
     }
+}
+
+/// Runs `f` inside validation, out-of-memory and internal error scopes on
+/// `device`: the first error caught becomes [`Error::Gpu`], or
+/// [`Error::DeviceLost`] when the device is gone.
+pub(crate) fn scoped<T>(
+    device: &wgpu::Device,
+    context: &'static str,
+    f: impl FnOnce() -> T,
+) -> Result<T> {
+    match capture(device, f) {
+        (value, None) => Ok(value),
+        (_, Some(_)) if device_lost(device) => Err(Error::DeviceLost),
+        (_, Some(e)) => Err(Error::Gpu {
+            context,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// `f`'s value and the first error it raised on `device`, none of which
+/// reaches the device's uncaptured-error handler.
+fn capture<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> (T, Option<wgpu::Error>) {
+    let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let value = f();
+    // Scopes pop in reverse order of their pushes.
+    let errors = [
+        pollster::block_on(validation.pop()),
+        pollster::block_on(oom.pop()),
+        pollster::block_on(internal.pop()),
+    ];
+    (value, errors.into_iter().flatten().next())
+}
+
+/// Whether `device` was lost or destroyed, found by mapping a 4-byte buffer
+/// through it (a map on a lost device fails): kvgpu installs no device-lost
+/// callback, so an app's own stays its own. About a millisecond.
+pub(crate) fn device_lost(device: &wgpu::Device) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (probe, _) = capture(device, || {
+        let probe = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kvgpu device probe"),
+            size: 4,
+            usage: wgpu::BufferUsages::MAP_READ,
+            mapped_at_creation: false,
+        });
+        probe.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r.is_ok());
+        });
+        probe
+    });
+    let _ = device.poll(wgpu::PollType::wait_indefinitely());
+    // A map that neither succeeded nor failed during the wait is no sign of loss.
+    let lost = rx.try_recv().is_ok_and(|mapped| !mapped);
+    if !lost {
+        let _ = capture(device, || probe.unmap());
+    }
+    lost
 }

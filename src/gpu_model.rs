@@ -72,6 +72,7 @@ impl GpuModel {
     ) -> Result<Self> {
         let c = &model.config;
         c.validate()?;
+        gpu.check_alive()?;
         let w = &model.weights;
         let limits = gpu.device.limits();
         Kernels::check_limits(&limits)?;

@@ -172,12 +172,15 @@ impl Pending {
             *state = MapState::Requested;
             drop(state);
             let shared = self.state.clone();
-            self.buffer
-                .slice(..self.kind.bytes())
-                .map_async(wgpu::MapMode::Read, move |r| {
-                    *shared.lock().expect("readback state") =
-                        MapState::Done(r.map_err(|e| e.to_string()));
-                });
+            // A failed map reaches the callback; keep its error off the app's handler.
+            let _ = crate::gpu::scoped(&self.device, "mapping a readback", || {
+                self.buffer
+                    .slice(..self.kind.bytes())
+                    .map_async(wgpu::MapMode::Read, move |r| {
+                        *shared.lock().expect("readback state") =
+                            MapState::Done(r.map_err(|e| e.to_string()));
+                    })
+            });
         }
     }
 
@@ -191,8 +194,11 @@ impl Pending {
                     Ok(view) => Ok(read(&view)),
                     Err(e) => Err(Error::Readback(e.to_string())),
                 };
-                self.buffer.unmap();
+                let _ = crate::gpu::scoped(&self.device, "unmapping", || self.buffer.unmap());
                 value
+            }
+            MapState::Done(Err(_)) if crate::gpu::device_lost(&self.device) => {
+                Err(Error::DeviceLost)
             }
             MapState::Done(Err(e)) => Err(Error::Readback(e.clone())),
             _ => return None,

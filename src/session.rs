@@ -104,6 +104,7 @@ impl Session {
         let capacity = options.capacity.unwrap_or(c.seq_len);
         // Checked outside the scope: a bad capacity is the caller's error, not the GPU's.
         kv_cache::check_capacity(c, capacity)?;
+        model.gpu().check_alive()?;
         let scores_per_token = (c.n_heads * capacity) as u64 * F32;
         let batch = (SCORES_BUDGET / scores_per_token).clamp(1, PREFILL_TOKENS as u64) as usize;
         let batch = batch.min(capacity);
@@ -195,8 +196,10 @@ impl Session {
     pub fn encode(&mut self, encoder: &mut wgpu::CommandEncoder, tokens: &[u32]) -> Result<()> {
         let positions = self.reserve(tokens)?;
         self.check_passes(tokens.len().div_ceil(self.batch), tokens.len())?;
-        self.record_passes(encoder, positions, tokens, Readback::Nothing);
-        Ok(())
+        let gpu = self.model.gpu().clone();
+        gpu.scoped("recording a pass", || {
+            self.record_passes(encoder, positions, tokens, Readback::Nothing)
+        })
     }
 
     /// [`Session::encode`], reading back the logits of the last token:
@@ -212,7 +215,10 @@ impl Session {
         }
         self.check_passes(tokens.len().div_ceil(self.batch), tokens.len())?;
         self.readback.claim(&self.model.gpu().device)?;
-        self.record_passes(encoder, positions, tokens, Readback::Logits);
+        let gpu = self.model.gpu().clone();
+        gpu.scoped("recording a pass", || {
+            self.record_passes(encoder, positions, tokens, Readback::Logits)
+        })?;
         let vocab = self.model.config().vocab_size;
         Ok(Pending::new(
             &self.model.gpu().device,
@@ -245,19 +251,22 @@ impl Session {
         self.check_passes(steps, steps)?;
         self.readback.claim(&self.model.gpu().device)?;
         let first = [token];
-        for (i, pos) in positions.clone().enumerate() {
-            let input = (i == 0).then_some(&first[..]);
-            self.stage(encoder, pos, 1, input);
-            self.record(encoder, pos, 1, Readback::Argmax);
-            encoder.copy_buffer_to_buffer(
-                &self.activations.next,
-                0,
-                &self.readback.buffer,
-                i as u64 * F32,
-                F32,
-            );
-        }
-        self.cache.positions.commit(positions);
+        let gpu = self.model.gpu().clone();
+        gpu.scoped("recording a greedy block", || {
+            for (i, pos) in positions.clone().enumerate() {
+                let input = (i == 0).then_some(&first[..]);
+                self.stage(encoder, pos, 1, input);
+                self.record(encoder, pos, 1, Readback::Argmax);
+                encoder.copy_buffer_to_buffer(
+                    &self.activations.next,
+                    0,
+                    &self.readback.buffer,
+                    i as u64 * F32,
+                    F32,
+                );
+            }
+            self.cache.positions.commit(positions);
+        })?;
         let kind = Kind::Tokens(steps);
         Ok(Pending::new(&self.model.gpu().device, &self.readback, kind))
     }

@@ -215,3 +215,33 @@ fn kernels_are_compiled_once_per_device_for_every_model() {
         s.forward_greedy(1).unwrap();
     }
 }
+
+#[test]
+fn after_the_device_is_destroyed_every_call_says_device_lost_without_panicking() {
+    let (model, _) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    // The app's own handler: kvgpu's calls must never reach it.
+    let uncaptured = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = uncaptured.clone();
+    gpu.device
+        .on_uncaptured_error(std::sync::Arc::new(move |_: wgpu::Error| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let mut s = Session::new(&gm, None).unwrap();
+    let first = s.forward_greedy(BOS).unwrap();
+    gpu.device.destroy();
+    let lost = |r: kvgpu::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert!(matches!(e, kvgpu::Error::DeviceLost), "{what}: {e}");
+    };
+    lost(s.forward_greedy(first).map(|_| ()), "forward_greedy");
+    lost(s.forward(first).map(|_| ()), "forward");
+    lost(s.prefill(&[1, 2, 3]).map(|_| ()), "prefill");
+    lost(s.greedy_block(first, 4, &[]).map(|_| ()), "greedy_block");
+    lost(s.read_cache(0).map(|_| ()), "read_cache");
+    lost(Session::new(&gm, None).map(|_| ()), "Session::new");
+    lost(GpuModel::new(&gpu, &model).map(|_| ()), "GpuModel::new");
+    lost(gpu.check_alive(), "check_alive");
+    assert_eq!(uncaptured.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
