@@ -253,3 +253,26 @@ pub(crate) fn device_lost(device: &wgpu::Device) -> bool {
     }
     lost
 }
+
+/// A buffer holding `contents` (wgpu's `create_buffer_init`, which panics
+/// when the device is gone; here the buffer is then left unfilled, and the
+/// error scope or probe around the call reports the loss).
+pub(crate) fn buffer_init(
+    device: &wgpu::Device,
+    label: &str,
+    contents: &[u8],
+    usage: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    let size = (contents.len() as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: size.max(wgpu::COPY_BUFFER_ALIGNMENT),
+        usage,
+        mapped_at_creation: true,
+    });
+    if let Ok(mut view) = buffer.get_mapped_range_mut(..) {
+        view.slice(..contents.len()).copy_from_slice(contents);
+    }
+    buffer.unmap();
+    buffer
+}

@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::{Config, Model};
@@ -160,11 +158,12 @@ impl GpuModel {
                 layers,
                 rms_final: vector("rms_final", &w.rms_final),
                 wcls: w.wcls.as_ref().map(|t| matrix("wcls", t)).transpose()?,
-                rope_table: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("rope_table"),
-                    contents: bytemuck::cast_slice(&table),
-                    usage: wgpu::BufferUsages::STORAGE,
-                }),
+                rope_table: crate::gpu::buffer_init(
+                    device,
+                    "rope_table",
+                    bytemuck::cast_slice(&table),
+                    wgpu::BufferUsages::STORAGE,
+                ),
                 weight_bytes: w.bytes(),
             })
         })?

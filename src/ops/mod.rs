@@ -5,9 +5,8 @@
 //! reference on the host. `projection` holds what matvec, matmul and embed
 //! share: the weights on the GPU ([`projection::GpuTensor`]) and dequant.wgsl's `Params`.
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
+use crate::gpu::buffer_init;
 
 pub mod argmax;
 pub mod attention;
@@ -316,11 +315,7 @@ impl Dispatch {
         workgroups: [u32; 3],
         first_token: u32,
     ) {
-        let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("kvgpu params"),
-            contents: params,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let params = buffer_init(device, "kvgpu params", params, wgpu::BufferUsages::UNIFORM);
         let entries: Vec<wgpu::BindGroupEntry> = std::iter::once(params.as_entire_binding())
             .chain(resources)
             .enumerate()

@@ -315,11 +315,8 @@ pub(crate) fn bind_chunks(
 pub fn norm_weights(device: &wgpu::Device, label: &str, g: &[f32]) -> wgpu::Buffer {
     let mut padded = g.to_vec();
     padded.resize(g.len().max(MAX_COLS), 0.0);
-    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(label),
-        contents: bytemuck::cast_slice(&padded),
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
-    })
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM;
+    crate::gpu::buffer_init(device, label, bytemuck::cast_slice(&padded), usage)
 }
 
 #[cfg(test)]
