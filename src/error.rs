@@ -238,6 +238,19 @@ pub enum Error {
         message: String,
     },
 
+    /// The device cannot hold what was asked for: a buffer larger than it
+    /// allows (checked before allocating), or an allocation it refused.
+    #[error("out of GPU memory for {what}: {requested} bytes requested{}", match limit { Some(l) => format!(", the device allows {l} per buffer"), None => String::new() })]
+    OutOfMemory {
+        /// What was being allocated.
+        what: String,
+        /// Bytes asked for (at least: a session counts its KV cache; 0 where
+        /// kvgpu cannot tell).
+        requested: u64,
+        /// The device's limit per buffer, when that is what refused it.
+        limit: Option<u64>,
+    },
+
     /// The device was lost or destroyed: nothing more runs on it.
     #[error("the GPU device was lost or destroyed")]
     DeviceLost,

@@ -205,6 +205,12 @@ pub(crate) fn scoped<T>(
     match capture(device, f) {
         (value, None) => Ok(value),
         (_, Some(_)) if device_lost(device) => Err(Error::DeviceLost),
+        // The caller that knows how much it asked for fills `requested` in.
+        (_, Some(wgpu::Error::OutOfMemory { .. })) => Err(Error::OutOfMemory {
+            what: context.to_string(),
+            requested: 0,
+            limit: None,
+        }),
         (_, Some(e)) => Err(Error::Gpu {
             context,
             message: e.to_string(),

@@ -157,10 +157,10 @@ impl KvCache {
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
         if size > limit {
-            return Err(Error::ModelTooLarge {
-                what: "one layer's K cache".into(),
-                needed: size,
-                limit,
+            return Err(Error::OutOfMemory {
+                what: format!("one layer's K cache ({capacity} positions x {kv_dim} values)"),
+                requested: size,
+                limit: Some(limit),
             });
         }
         let buffer = |label| {

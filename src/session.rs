@@ -112,6 +112,16 @@ impl Session {
             .norm_in_projection
             .unwrap_or(c.dim < NORM_IN_PROJECTION_BELOW);
         let gpu = model.gpu();
+        // What the allocations below ask for, should the device refuse them.
+        let kv_bytes = 2 * (c.n_layers * capacity * c.kv_dim()) as u64 * options.kv_dtype.bytes();
+        let refused = |e| match e {
+            Error::OutOfMemory { limit: None, .. } => Error::OutOfMemory {
+                what: "a session's KV cache and activations".into(),
+                requested: kv_bytes,
+                limit: None,
+            },
+            e => e,
+        };
         gpu.scoped("creating a session", || {
             let cache = KvCache::new(&gpu.device, c, capacity, options.kv_dtype)?;
             let activations = Activations::new(model, batch, capacity);
@@ -128,7 +138,8 @@ impl Session {
                 logits_host: vec![0.0; c.vocab_size],
                 submissions: 0,
             })
-        })?
+        })
+        .map_err(refused)?
     }
 
     /// The model this session decodes.

@@ -245,3 +245,46 @@ fn after_the_device_is_destroyed_every_call_says_device_lost_without_panicking()
     lost(gpu.check_alive(), "check_alive");
     assert_eq!(uncaptured.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[test]
+fn a_cache_too_big_for_the_device_is_out_of_memory_before_anything_is_allocated() {
+    let gpu = require!(common::gpu());
+    let uncaptured = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = uncaptured.clone();
+    gpu.device
+        .on_uncaptured_error(std::sync::Arc::new(move |_: wgpu::Error| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+    // A million positions of 8 KV heads of 8: 256 MB per layer's K.
+    let mut config = common::tiny_model(16).config;
+    config.dim = 64;
+    config.n_heads = 8;
+    config.n_kv_heads = 8;
+    config.rope_dim = 8;
+    config.seq_len = 1_000_000;
+    let model = kvgpu::Model::random(config, 3).unwrap();
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let limit = gpu
+        .device
+        .limits()
+        .max_storage_buffer_binding_size
+        .min(gpu.device.limits().max_buffer_size);
+    let err = Session::new(&gm, None).unwrap_err();
+    match &err {
+        kvgpu::Error::OutOfMemory {
+            requested,
+            limit: Some(l),
+            ..
+        } => {
+            assert_eq!(*requested, 1_000_000 * 64 * 4);
+            assert_eq!(*l, limit);
+        }
+        other => panic!("expected OutOfMemory, got {other}"),
+    }
+    // A capacity that fits works on the same model.
+    Session::new(&gm, Some(1000))
+        .unwrap()
+        .forward_greedy(1)
+        .unwrap();
+    assert_eq!(uncaptured.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
