@@ -1,8 +1,8 @@
 //! How many decode steps an app can record in a frame without going over a
-//! time budget: from the cost per step measured on earlier frames, with
-//! unspent budget carried over so that decoding keeps moving even when one
-//! step costs more than a frame's share. It only does arithmetic: it never
-//! waits for the GPU.
+//! time budget: from the cost per step measured on earlier frames. When one
+//! step costs more than a frame's budget, the budget of skipped frames is
+//! saved up so that decoding keeps moving (one step every few frames). It
+//! only does arithmetic: it never waits for the GPU.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 pub struct FrameBudget {
     /// Smoothed seconds per step; `None` until the first measurement.
     per_step: Option<f64>,
-    /// Budget not yet spent, seconds (at most a few frames' worth).
+    /// Budget saved up by frames that could not afford a step, seconds.
     credit: f64,
 }
 
@@ -21,21 +21,26 @@ impl FrameBudget {
         Self::default()
     }
 
-    /// Steps to record this frame to spend about `budget`, at most `max`
-    /// (e.g. [`PASSES_PER_SUBMIT`](crate::PASSES_PER_SUBMIT)): one while no
-    /// cost is known, then the budget (plus what earlier frames left
-    /// unspent) divided by the cost per step. Zero means this frame cannot
-    /// afford a step; its budget is kept for the next.
+    /// Steps to record this frame to spend at most about `budget`, at most
+    /// `max` (e.g. [`PASSES_PER_SUBMIT`](crate::PASSES_PER_SUBMIT)): one
+    /// while no cost is known, then as many as the budget pays for. When a
+    /// step costs more than the budget, zero until the frames' saved budget
+    /// pays for one, then one: such a frame goes over by at most a step.
     pub fn steps(&mut self, budget: Duration, max: usize) -> usize {
         let Some(cost) = self.per_step else {
             return 1.min(max);
         };
         let budget = budget.as_secs_f64();
-        // Unspent budget carries over, but no more than four frames' worth.
-        self.credit = (self.credit + budget).min(4.0 * budget.max(cost));
-        let steps = ((self.credit / cost) as usize).min(max);
-        self.credit -= steps as f64 * cost;
-        steps
+        if cost <= budget {
+            self.credit = 0.0;
+            return ((budget / cost) as usize).min(max);
+        }
+        self.credit += budget;
+        if self.credit >= cost && max > 0 {
+            self.credit -= cost;
+            return 1;
+        }
+        0
     }
 
     /// Records that `steps` steps took `elapsed`, e.g. from their submit to
@@ -76,8 +81,9 @@ mod tests {
         assert_eq!(b.per_step(), Some(ms(2.0)));
         assert_eq!(b.steps(ms(10.0), 64), 5);
         assert_eq!(b.steps(ms(10.0), 3), 3, "capped at max");
-        // The 4 ms the cap left unspent carry over: 14 ms affords 7 steps.
-        assert_eq!(b.steps(ms(10.0), 64), 7);
+        // No frame goes over: what one left unspent is not spent by the next.
+        assert_eq!(b.steps(ms(10.0), 64), 5);
+        assert_eq!(b.steps(ms(3.0), 64), 1);
         // A step dearer than a frame's share: every third frame affords one.
         let mut b = FrameBudget::new();
         b.record(1, ms(6.0));

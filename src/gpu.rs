@@ -101,8 +101,10 @@ impl Gpu {
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("kvgpu"),
                 required_limits: adapter.limits(),
-                // GPU time per kernel (Session::profile), where the adapter has it.
-                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+                // GPU time per kernel (Session::profile), and a pipeline
+                // cache for the kernels, where the adapter has them.
+                required_features: adapter.features()
+                    & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::PIPELINE_CACHE),
                 ..Default::default()
             })
             .await?;

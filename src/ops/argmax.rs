@@ -42,9 +42,9 @@ pub struct Argmax {
 
 impl Argmax {
     /// Compiles the kernel.
-    pub fn new(device: &wgpu::Device) -> Self {
+    pub fn new(c: &super::Compiler) -> Self {
         Self {
-            pipeline: super::pipeline(device, Variant::plain(SHADER)),
+            pipeline: super::pipeline(c, Variant::plain(SHADER)),
         }
     }
 

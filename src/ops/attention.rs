@@ -91,9 +91,9 @@ pub struct Attention {
 
 impl Attention {
     /// Compiles the kernel.
-    pub fn new(device: &wgpu::Device) -> Self {
+    pub fn new(c: &super::Compiler) -> Self {
         Self {
-            pipeline: super::pipeline(device, Variant::plain(SHADER)),
+            pipeline: super::pipeline(c, Variant::plain(SHADER)),
         }
     }
 

@@ -85,10 +85,10 @@ pub fn rows_per_thread(rows: usize) -> usize {
 
 impl Matmul {
     /// Compiles both builds.
-    pub fn new(device: &wgpu::Device) -> Self {
+    pub fn new(c: &super::Compiler) -> Self {
         Self {
-            four_rows: super::pipeline(device, FOUR_ROWS),
-            two_rows: super::pipeline(device, TWO_ROWS),
+            four_rows: super::pipeline(c, FOUR_ROWS),
+            two_rows: super::pipeline(c, TWO_ROWS),
         }
     }
 

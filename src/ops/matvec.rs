@@ -57,10 +57,10 @@ pub struct Matvec {
 
 impl Matvec {
     /// Compiles both builds.
-    pub fn new(device: &wgpu::Device) -> Self {
+    pub fn new(c: &super::Compiler) -> Self {
         Self {
-            plain: super::pipeline(device, PLAIN),
-            normed: super::pipeline(device, NORMED),
+            plain: super::pipeline(c, PLAIN),
+            normed: super::pipeline(c, NORMED),
         }
     }
 

@@ -199,23 +199,32 @@ impl Kernels {
         Ok(())
     }
 
-    /// Compiles every kernel. Call inside an error scope ([`crate::Gpu::scoped`]).
-    pub fn new(device: &wgpu::Device) -> Self {
+    /// Compiles every kernel, through `cache` where the device has one.
+    /// Call inside an error scope ([`crate::Gpu::scoped`]).
+    pub fn new(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>) -> Self {
+        let c = Compiler { device, cache };
         Self {
-            argmax: argmax::Argmax::new(device),
-            attention: attention::Attention::new(device),
-            attention_combine: attention_combine::AttentionCombine::new(device),
-            embed: embed::Embed::new(device),
-            matmul: matmul::Matmul::new(device),
-            matvec: matvec::Matvec::new(device),
-            rmsnorm: rmsnorm::RmsNorm::new(device),
-            rope_append: rope_append::RopeAppend::new(device),
+            argmax: argmax::Argmax::new(&c),
+            attention: attention::Attention::new(&c),
+            attention_combine: attention_combine::AttentionCombine::new(&c),
+            embed: embed::Embed::new(&c),
+            matmul: matmul::Matmul::new(&c),
+            matvec: matvec::Matvec::new(&c),
+            rmsnorm: rmsnorm::RmsNorm::new(&c),
+            rope_append: rope_append::RopeAppend::new(&c),
         }
     }
 }
 
+/// What the ops compile their pipelines with.
+pub struct Compiler<'a> {
+    device: &'a wgpu::Device,
+    cache: Option<&'a wgpu::PipelineCache>,
+}
+
 /// Compiles `variant`'s `main`.
-fn pipeline(device: &wgpu::Device, variant: Variant) -> wgpu::ComputePipeline {
+fn pipeline(compiler: &Compiler, variant: Variant) -> wgpu::ComputePipeline {
+    let device = compiler.device;
     #[cfg(test)]
     testing::BUILT.with(|b| b.borrow_mut().push(variant.name()));
     let Variant { shader, constants } = variant;
@@ -232,7 +241,7 @@ fn pipeline(device: &wgpu::Device, variant: Variant) -> wgpu::ComputePipeline {
             constants,
             ..Default::default()
         },
-        cache: None,
+        cache: compiler.cache,
     })
 }
 

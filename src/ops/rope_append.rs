@@ -77,9 +77,9 @@ pub struct RopeAppend {
 
 impl RopeAppend {
     /// Compiles the kernel.
-    pub fn new(device: &wgpu::Device) -> Self {
+    pub fn new(c: &super::Compiler) -> Self {
         Self {
-            pipeline: super::pipeline(device, Variant::plain(SHADER)),
+            pipeline: super::pipeline(c, Variant::plain(SHADER)),
         }
     }
 

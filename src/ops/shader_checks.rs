@@ -124,7 +124,7 @@ fn every_shader_documents_its_bindings() {
 fn kernels_build_exactly_the_listed_variants() {
     let gpu = require!(super::testing::gpu());
     super::testing::BUILT.with(|b| b.borrow_mut().clear());
-    gpu.scoped("compiling", || Kernels::new(&gpu.device))
+    gpu.scoped("compiling", || Kernels::new(&gpu.device, None))
         .unwrap();
     let mut built = super::testing::BUILT.with(|b| b.borrow().clone());
     let mut listed: Vec<String> = VARIANTS.iter().map(|v| v.name()).collect();

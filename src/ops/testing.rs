@@ -73,7 +73,7 @@ impl Bench {
     pub fn new() -> Option<Self> {
         let gpu = gpu()?;
         let kernels = gpu
-            .scoped("compiling", || Kernels::new(&gpu.device))
+            .scoped("compiling", || Kernels::new(&gpu.device, None))
             .unwrap();
         Some(Self { gpu, kernels })
     }
