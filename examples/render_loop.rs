@@ -522,7 +522,11 @@ fn save_png(
     readback.slice(..).map_async(wgpu::MapMode::Read, |_| {});
     device.poll(wgpu::PollType::wait_indefinitely())?;
     let pixels = readback.slice(..).get_mapped_range()?.to_vec();
-    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = std::io::BufWriter::new(file);
     let mut png = png::Encoder::new(file, WIDTH, HEIGHT);
     png.set_color(png::ColorType::Rgba);
     png.set_depth(png::BitDepth::Eight);

@@ -105,7 +105,7 @@ impl Model {
 
     /// The model and its tokenizer as a GGUF v3 file, with every matrix
     /// converted to `dtype` (rows that are not whole `dtype` blocks stay F16;
-    /// norm vectors stay F32). What `examples/quantize.rs` writes.
+    /// norm vectors stay F32). What `kvgpu quantize` and `examples/quantize.rs` write.
     pub fn to_gguf(&self, tokenizer: &Tokenizer, dtype: DType) -> Result<Vec<u8>> {
         let model = self;
         let c = &model.config;
