@@ -83,6 +83,29 @@ struct Frame { time: f32, pad0: f32, pad1: f32, pad2: f32 }
 }
 ";
 
+/// A WIDTH x HEIGHT 2-D texture.
+fn texture(
+    device: &wgpu::Device,
+    label: &str,
+    format: wgpu::TextureFormat,
+    usage: wgpu::TextureUsages,
+) -> wgpu::Texture {
+    device.create_texture(&wgpu::TextureDescriptor {
+        label: Some(label),
+        size: wgpu::Extent3d {
+            width: WIDTH,
+            height: HEIGHT,
+            depth_or_array_layers: 1,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format,
+        usage,
+        view_formats: &[],
+    })
+}
+
 /// The app's renderer: a full-screen pass over an animated background and
 /// the text, rasterised on the host with an 8x8 bitmap font.
 struct Renderer {
@@ -125,20 +148,12 @@ impl Renderer {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let text = device.create_texture(&wgpu::TextureDescriptor {
-            label: Some("text"),
-            size: wgpu::Extent3d {
-                width: WIDTH,
-                height: HEIGHT,
-                depth_or_array_layers: 1,
-            },
-            mip_level_count: 1,
-            sample_count: 1,
-            dimension: wgpu::TextureDimension::D2,
-            format: wgpu::TextureFormat::R8Unorm,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-            view_formats: &[],
-        });
+        let text = texture(
+            device,
+            "text",
+            wgpu::TextureFormat::R8Unorm,
+            wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        );
         let view = text.create_view(&Default::default());
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("app"),
@@ -396,20 +411,12 @@ impl Scene {
 
     /// Draws the scene as it stands offscreen (RGBA8) and saves it as PNG.
     fn screenshot(&mut self, path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
-        let target = self.device.create_texture(&wgpu::TextureDescriptor {
-            label: Some("screenshot"),
-            size: wgpu::Extent3d {
-                width: WIDTH,
-                height: HEIGHT,
-                depth_or_array_layers: 1,
-            },
-            mip_level_count: 1,
-            sample_count: 1,
-            dimension: wgpu::TextureDimension::D2,
-            format: wgpu::TextureFormat::Rgba8Unorm,
-            usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
-            view_formats: &[],
-        });
+        let target = texture(
+            &self.device,
+            "screenshot",
+            wgpu::TextureFormat::Rgba8Unorm,
+            wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
+        );
         let renderer = Renderer::new(&self.device, wgpu::TextureFormat::Rgba8Unorm);
         renderer.set_text(&self.queue, &self.decoding.text);
         let mut encoder = self.device.create_command_encoder(&Default::default());
@@ -461,20 +468,12 @@ fn headless(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }))?;
     let format = wgpu::TextureFormat::Rgba8Unorm;
     let mut scene = Scene::new(&device, &queue, format, args)?;
-    let target = device.create_texture(&wgpu::TextureDescriptor {
-        label: Some("frame"),
-        size: wgpu::Extent3d {
-            width: WIDTH,
-            height: HEIGHT,
-            depth_or_array_layers: 1,
-        },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
+    let target = texture(
+        &device,
+        "frame",
         format,
-        usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
-        view_formats: &[],
-    });
+        wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
+    );
     let view = target.create_view(&Default::default());
     loop {
         let begun = scene.submit(&view)?;

@@ -166,6 +166,16 @@ fn a_greedy_block_stops_at_end_of_sequence_and_truncates_the_cache() {
     assert_eq!(next, all[first + 1]);
 }
 
+/// Installs an uncaptured-error handler, as an app would, that counts what reaches it.
+fn count_uncaptured(device: &wgpu::Device) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    device.on_uncaptured_error(std::sync::Arc::new(move |_: wgpu::Error| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
+    count
+}
+
 fn assert_send_sync<T: Send + Sync>() {}
 fn assert_send<T: Send>() {}
 
@@ -221,12 +231,7 @@ fn after_the_device_is_destroyed_every_call_says_device_lost_without_panicking()
     let (model, _) = require!(common::stories());
     let gpu = require!(common::gpu());
     // The app's own handler: kvgpu's calls must never reach it.
-    let uncaptured = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = uncaptured.clone();
-    gpu.device
-        .on_uncaptured_error(std::sync::Arc::new(move |_: wgpu::Error| {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }));
+    let uncaptured = count_uncaptured(&gpu.device);
     let gm = GpuModel::new(&gpu, &model).unwrap();
     let mut s = Session::new(&gm, None).unwrap();
     let first = s.forward_greedy(BOS).unwrap();
@@ -249,12 +254,7 @@ fn after_the_device_is_destroyed_every_call_says_device_lost_without_panicking()
 #[test]
 fn a_cache_too_big_for_the_device_is_out_of_memory_before_anything_is_allocated() {
     let gpu = require!(common::gpu());
-    let uncaptured = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = uncaptured.clone();
-    gpu.device
-        .on_uncaptured_error(std::sync::Arc::new(move |_: wgpu::Error| {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }));
+    let uncaptured = count_uncaptured(&gpu.device);
     // A million positions of 8 KV heads of 8: 256 MB per layer's K.
     let mut config = common::tiny_model(16).config;
     config.dim = 64;
