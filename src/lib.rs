@@ -22,7 +22,7 @@
 //! ```
 //!
 //! Modules, each using only those before it in this list: `error`; `files`,
-//! `frame_budget`, `rng`;
+//! `frame_budget`, `rng`; `test_util` (unit tests only);
 //! `rope`, `tensor`; `gguf`; `tokenizer`; `model`; `gpu`; `kv_cache`,
 //! `readback`; the
 //! kernels (`ops`, crate-private); `gpu_model`; `sampler`; `pass`; `session`,
@@ -34,6 +34,8 @@ mod frame_budget;
 pub mod rng;
 pub mod rope;
 pub mod tensor;
+#[cfg(test)]
+mod test_util;
 
 pub mod gguf;
 pub mod tokenizer;

@@ -440,20 +440,7 @@ pub fn quantize(dtype: DType, values: &[f32], cols: usize) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Seeded uniform values in [-1, 1).
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = crate::rng::XorShift::new(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
-        (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
-    }
-
-    /// Largest |a - b| over two equal-length slices.
-    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
+    use crate::test_util::{max_abs_diff, random};
 
     #[test]
     fn dequantize_matches_known_values() {

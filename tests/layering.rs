@@ -10,6 +10,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["error"],
     &["files", "frame_budget", "rng"],
+    &["test_util"],
     &["rope", "tensor"],
     &["gguf"],
     &["tokenizer"],
