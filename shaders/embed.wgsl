@@ -9,7 +9,8 @@
 //   2 tokens: array<u32> (storage)   (n,)
 //   3 out:    array<f32> (storage)   (n, out_stride), cols values used per row
 //
-// One thread per column; grid z = token.
+// One thread per 8 columns (whole texels, as dequant.wgsl decodes them);
+// grid z = token.
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
@@ -17,11 +18,14 @@
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
+    let c = 8u * gid.x;
     let t = gid.z;
     let token = tokens[t];
     if c >= params.cols || token < params.out_offset || token - params.out_offset >= params.rows {
         return;
     }
-    out[t * params.out_stride + c] = weight(w, params.dtype, (token - params.out_offset) * params.row_bytes, c);
+    let v = x8(w, params.dtype, (token - params.out_offset) * params.row_bytes, c);
+    for (var i = 0u; i < min(8u, params.cols - c); i++) {
+        out[t * params.out_stride + c + i] = v[i / 4u][i % 4u];
+    }
 }

@@ -209,17 +209,62 @@ fn rows_tile(tex: texture_2d<u32>, dtype: u32, r1: u32, r2: u32, r3: u32, r4: u3
                 accumulate(q4_0x8(tex, r1, 8u * g), q4_0x8(tex, r2, 8u * g), q4_0x8(tex, r3, 8u * g), q4_0x8(tex, r4, 8u * g), g);
             }
         }
-        default: {
+        case DTYPE_Q4_1: {
             for (var g = 0u; g < whole; g++) {
-                let c = 8u * g;
-                accumulate(anyx8(tex, dtype, r1, c, cols), anyx8(tex, dtype, r2, c, cols), anyx8(tex, dtype, r3, c, cols), anyx8(tex, dtype, r4, c, cols), g);
+                accumulate(q4_1x8(tex, r1, 8u * g), q4_1x8(tex, r2, 8u * g), q4_1x8(tex, r3, 8u * g), q4_1x8(tex, r4, 8u * g), g);
             }
         }
+        case DTYPE_Q5_0: {
+            for (var g = 0u; g < whole; g++) {
+                accumulate(q5_0x8(tex, r1, 8u * g), q5_0x8(tex, r2, 8u * g), q5_0x8(tex, r3, 8u * g), q5_0x8(tex, r4, 8u * g), g);
+            }
+        }
+        case DTYPE_Q5_1: {
+            for (var g = 0u; g < whole; g++) {
+                accumulate(q5_1x8(tex, r1, 8u * g), q5_1x8(tex, r2, 8u * g), q5_1x8(tex, r3, 8u * g), q5_1x8(tex, r4, 8u * g), g);
+            }
+        }
+        case DTYPE_IQ4_NL: {
+            for (var g = 0u; g < whole; g++) {
+                accumulate(iq4_nlx8(tex, r1, 8u * g), iq4_nlx8(tex, r2, 8u * g), iq4_nlx8(tex, r3, 8u * g), iq4_nlx8(tex, r4, 8u * g), g);
+            }
+        }
+        case DTYPE_IQ4_XS: {
+            for (var g = 0u; g < whole; g++) {
+                accumulate(iq4_xsx8(tex, r1, 8u * g), iq4_xsx8(tex, r2, 8u * g), iq4_xsx8(tex, r3, 8u * g), iq4_xsx8(tex, r4, 8u * g), g);
+            }
+        }
+        case DTYPE_Q2_K: {
+            for (var g = 0u; g < whole; g++) {
+                accumulate(q2_kx8(tex, r1, 8u * g), q2_kx8(tex, r2, 8u * g), q2_kx8(tex, r3, 8u * g), q2_kx8(tex, r4, 8u * g), g);
+            }
+        }
+        case DTYPE_Q3_K: {
+            for (var g = 0u; g < whole; g++) {
+                accumulate(q3_kx8(tex, r1, 8u * g), q3_kx8(tex, r2, 8u * g), q3_kx8(tex, r3, 8u * g), q3_kx8(tex, r4, 8u * g), g);
+            }
+        }
+        case DTYPE_Q4_K: {
+            for (var g = 0u; g < whole; g++) {
+                accumulate(q4_kx8(tex, r1, 8u * g), q4_kx8(tex, r2, 8u * g), q4_kx8(tex, r3, 8u * g), q4_kx8(tex, r4, 8u * g), g);
+            }
+        }
+        case DTYPE_Q5_K: {
+            for (var g = 0u; g < whole; g++) {
+                accumulate(q5_kx8(tex, r1, 8u * g), q5_kx8(tex, r2, 8u * g), q5_kx8(tex, r3, 8u * g), q5_kx8(tex, r4, 8u * g), g);
+            }
+        }
+        case DTYPE_Q6_K: {
+            for (var g = 0u; g < whole; g++) {
+                accumulate(q6_kx8(tex, r1, 8u * g), q6_kx8(tex, r2, 8u * g), q6_kx8(tex, r3, 8u * g), q6_kx8(tex, r4, 8u * g), g);
+            }
+        }
+        default: {}
     }
     // The rows' last, partial group (float types of odd width).
     if 8u * whole < cols {
         let c = 8u * whole;
-        accumulate(anyx8(tex, dtype, r1, c, cols), anyx8(tex, dtype, r2, c, cols), anyx8(tex, dtype, r3, c, cols), anyx8(tex, dtype, r4, c, cols), whole);
+        accumulate(x8_to(tex, dtype, r1, c, cols), x8_to(tex, dtype, r2, c, cols), x8_to(tex, dtype, r3, c, cols), x8_to(tex, dtype, r4, c, cols), whole);
     }
 }
 

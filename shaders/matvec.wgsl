@@ -22,8 +22,9 @@
 // x is a uniform buffer: every thread reads the same x[c], which software
 // adapters broadcast instead of loading per thread. F32, F16, Q8_0 and Q4_0
 // read 16 bytes at a time at any alignment (4 or 8 values, half a block or a
-// block), Q4_K a texel at a time; Q6_K and row tails decode value by value. Grids of more than
-// 65535 workgroups spill into y.
+// block), Q4_K a texel at a time, the other types 8 values at a time
+// (dequant.wgsl's x8 functions), and so do float rows' tails. Grids of
+// more than 65535 workgroups spill into y.
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
@@ -53,15 +54,15 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
     switch dtype {
         case DTYPE_F32: {
             if aligned {
-                for (var k = 0u; k < cols / 4u; k++) {
+                for (var k = 0u; k < cols / 8u * 2u; k++) {
                     acc += bitcast<vec4<f32>>(texel(tex, row / 16u + k)) * input(k);
                 }
             } else {
-                for (var k = 0u; k < cols / 4u; k++) {
+                for (var k = 0u; k < cols / 8u * 2u; k++) {
                     acc += bitcast<vec4<f32>>(words_at(tex, row + 16u * k)) * input(k);
                 }
             }
-            done = cols / 4u * 4u;
+            done = cols / 8u * 8u;
         }
         case DTYPE_F16: {
             if aligned {
@@ -145,13 +146,78 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
                 done = cols;
             }
         }
+        case DTYPE_BF16: {
+            for (var g = 0u; g < cols / 8u; g++) {
+                acc += dot8(bf16x8(tex, row, 8u * g), g);
+            }
+            done = cols / 8u * 8u;
+        }
+        case DTYPE_Q4_1: {
+            for (var g = 0u; g < cols / 8u; g++) {
+                acc += dot8(q4_1x8(tex, row, 8u * g), g);
+            }
+            done = cols;
+        }
+        case DTYPE_Q5_0: {
+            for (var g = 0u; g < cols / 8u; g++) {
+                acc += dot8(q5_0x8(tex, row, 8u * g), g);
+            }
+            done = cols;
+        }
+        case DTYPE_Q5_1: {
+            for (var g = 0u; g < cols / 8u; g++) {
+                acc += dot8(q5_1x8(tex, row, 8u * g), g);
+            }
+            done = cols;
+        }
+        case DTYPE_IQ4_NL: {
+            for (var g = 0u; g < cols / 8u; g++) {
+                acc += dot8(iq4_nlx8(tex, row, 8u * g), g);
+            }
+            done = cols;
+        }
+        case DTYPE_IQ4_XS: {
+            for (var g = 0u; g < cols / 8u; g++) {
+                acc += dot8(iq4_xsx8(tex, row, 8u * g), g);
+            }
+            done = cols;
+        }
+        case DTYPE_Q2_K: {
+            for (var g = 0u; g < cols / 8u; g++) {
+                acc += dot8(q2_kx8(tex, row, 8u * g), g);
+            }
+            done = cols;
+        }
+        case DTYPE_Q3_K: {
+            for (var g = 0u; g < cols / 8u; g++) {
+                acc += dot8(q3_kx8(tex, row, 8u * g), g);
+            }
+            done = cols;
+        }
+        case DTYPE_Q5_K: {
+            for (var g = 0u; g < cols / 8u; g++) {
+                acc += dot8(q5_kx8(tex, row, 8u * g), g);
+            }
+            done = cols;
+        }
+        case DTYPE_Q6_K: {
+            for (var g = 0u; g < cols / 8u; g++) {
+                acc += dot8(q6_kx8(tex, row, 8u * g), g);
+            }
+            done = cols;
+        }
         default: {}
     }
-    // Whatever is left (other types, row tails) value by value.
-    for (var c = done; c < cols; c++) {
-        acc.x += weight(tex, dtype, row, c) * input(c / 4u)[c % 4u];
+    // Float rows' last, partial group.
+    for (var c = done; c < cols; c += 8u) {
+        acc += dot8(x8_to(tex, dtype, row, c, cols), c / 8u);
     }
     return acc.x + acc.y + acc.z + acc.w;
+}
+
+// Values 8 g .. 8 g + 8 of a row times the input's.
+fn dot8(m: mat2x4<f32>, g: u32) -> vec4<f32> {
+    return m[0] * input(2u * g) + m[1] * input(2u * g + 1u);
 }
 
 // The low nibbles of a word's 4 bytes, as f32.

@@ -347,7 +347,7 @@ pub enum GgufError {
         id: u32,
     },
     /// A tensor type GGML defines but kvgpu does not compute with.
-    #[error("tensor {name:?} has type {ty}, which kvgpu does not support (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K are)")]
+    #[error("tensor {name:?} has type {ty}, which kvgpu does not support (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K are)")]
     UnsupportedTensorType {
         /// Tensor name.
         name: String,

@@ -452,15 +452,54 @@ fn tokenizer_with_a_negative_or_out_of_range_special_id() {
 #[test]
 fn tensor_type_kvgpu_cannot_run() {
     let mut f = File::new();
-    f.tensors[1] = tensor("b", &[256, 1], 13, 32); // Q5_K: valid GGUF, not supported
-    f.data = vec![0; 32 + 176];
+    f.tensors[1] = tensor("b", &[256, 1], 16, 32); // IQ2_XXS: valid GGUF, not supported
+    f.data = vec![0; 32 + 66];
     let g = f.parse().unwrap();
     let e = g.tensor("b", &[256]).unwrap_err();
     assert_eq!(
         e,
         GgufError::UnsupportedTensorType {
             name: "b".into(),
-            ty: "Q5_K"
+            ty: "IQ2_XXS"
         }
     );
+}
+
+/// Every block type kvgpu reads: two whole rows load; a row that is not a
+/// whole number of blocks, and data cut short by one byte, are typed errors.
+#[test]
+fn block_types_whole_partial_and_truncated() {
+    for dtype in kvgpu::DType::ALL.into_iter().filter(|t| t.block_len() > 1) {
+        let (id, len, bytes) = (
+            dtype.ggml_id(),
+            dtype.block_len() as u64,
+            dtype.block_bytes(),
+        );
+        let name = dtype.name();
+        let mut f = File::new();
+        f.tensors[1] = tensor("b", &[2 * len, 2], id, 32);
+        f.data = vec![0; 32 + 4 * bytes];
+        let g = f.parse().unwrap();
+        let t = g.tensor("b", &[2 * len, 2]).unwrap();
+        assert_eq!((t.dtype, t.rows, t.cols), (dtype, 2, 2 * len as usize));
+        // A row of one block and a half.
+        f.tensors[1] = tensor("b", &[len + len / 2, 2], id, 32);
+        assert_eq!(
+            f.error(),
+            GgufError::PartialBlock {
+                name: "b".into(),
+                cols: len + len / 2,
+                ty: name
+            },
+            "{name}"
+        );
+        // The last block one byte short.
+        f.tensors[1] = tensor("b", &[2 * len, 2], id, 32);
+        f.data.truncate(32 + 4 * bytes - 1);
+        assert!(
+            matches!(f.error(), GgufError::OutOfBounds { ref name, offset: 32, .. } if name == "b"),
+            "{name}: {}",
+            f.error()
+        );
+    }
 }

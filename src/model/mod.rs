@@ -355,4 +355,42 @@ impl Model {
             },
         })
     }
+
+    /// [`Model::random`] with its matrices stored as `dtype`: the same
+    /// values quantized where [`quantize`](crate::tensor::quantize) writes
+    /// `dtype`, else random blocks of the same root-mean-square; matrices
+    /// whose rows are not whole `dtype` blocks are F16 (as llama.cpp's
+    /// presets fall back). Benchmarks and tests of every weight type.
+    pub fn random_with(config: Config, dtype: DType, seed: u64) -> Result<Model> {
+        let model = Model::random(config, seed)?;
+        if crate::tensor::QUANTIZERS.contains(&dtype) {
+            return Ok(Model {
+                weights: model.weights.convert(dtype),
+                config: model.config,
+            });
+        }
+        let mut weights = model.weights.convert(DType::F16);
+        let mut n = seed;
+        let mut block = |t: &mut Tensor| {
+            n += 1;
+            let values = t.to_f32();
+            let rms = (values.iter().map(|v| v * v).sum::<f32>() / values.len() as f32).sqrt();
+            if let Some(q) = Tensor::random(dtype, t.rows, t.cols, rms, n) {
+                *t = q;
+            }
+        };
+        block(&mut weights.token_embedding);
+        for l in &mut weights.layers {
+            for t in [
+                &mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w1, &mut l.w2, &mut l.w3,
+            ] {
+                block(t);
+            }
+        }
+        weights.wcls.as_mut().map(block);
+        Ok(Model {
+            weights,
+            config: model.config,
+        })
+    }
 }

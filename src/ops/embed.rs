@@ -50,7 +50,7 @@ impl Embed {
     /// Binds `out (n, stride)[.., ..cols] = table[tokens (n,)]`, one launch
     /// per chunk of `table` (only the chunk holding a token writes its row).
     pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
-        let groups = grid_64(b.table.cols as u32);
+        let groups = grid_64((b.table.cols as u32).div_ceil(8));
         bind_chunks(
             device,
             &self.pipeline,
@@ -126,10 +126,11 @@ mod tests {
         }
     }
 
-    /// `tests/fixtures/ggml_blocks.dat`: random Q4_K, Q6_K, Q8_0 and Q4_0 blocks
-    /// and their values as dequantized by llama.cpp's gguf-py (`gguf.dequantize`),
-    /// an independent reference for the block layouts. Records: u32 GGML type id,
-    /// u32 block count, the blocks, then f32 values.
+    /// `tests/fixtures/ggml_blocks.dat` (made by `ggml_blocks.py` beside it):
+    /// random blocks of every quantized type and their values as dequantized
+    /// by llama.cpp's gguf-py (`gguf.quants.dequantize`), an independent
+    /// reference for the block layouts. Records: u32 GGML type id, u32 block
+    /// count, the blocks, then f32 values. Host and GPU must be bit-exact.
     #[test]
     fn dequantize_matches_llama_cpp_gguf_py() {
         let data = include_bytes!("../../tests/fixtures/ggml_blocks.dat");
@@ -138,13 +139,9 @@ mod tests {
         while at < data.len() {
             let word = |i: usize| u32::from_le_bytes(data[i..i + 4].try_into().unwrap());
             let (id, n) = (word(at), word(at + 4) as usize);
-            let dtype = match id {
-                12 => DType::Q4_K,
-                14 => DType::Q6_K,
-                8 => DType::Q8_0,
-                2 => DType::Q4_0,
-                other => panic!("type {other}"),
-            };
+            let dtype = crate::tensor::GgmlType::from_id(id)
+                .and_then(|t| t.dtype)
+                .unwrap();
             at += 8;
             let blocks = &data[at..at + n * dtype.block_bytes()];
             at += blocks.len();
@@ -155,7 +152,8 @@ mod tests {
             at += values.len() * 4;
             let mut ours = vec![0.0; values.len()];
             crate::tensor::dequantize(dtype, blocks, &mut ours);
-            assert_eq!(ours, values, "{dtype:?}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&ours), bits(&values), "{dtype:?}");
             // And the GPU decodes the same blocks to the same values.
             if let Some(b) = Bench::new() {
                 let t = Tensor::from_shared(
@@ -174,6 +172,12 @@ mod tests {
             }
             seen.push(dtype);
         }
-        assert_eq!(seen, [DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_0]);
+        let mut quantized: Vec<DType> = DType::ALL
+            .into_iter()
+            .filter(|t| t.block_len() > 1)
+            .collect();
+        seen.sort_by_key(|t| t.ggml_id());
+        quantized.sort_by_key(|t| t.ggml_id());
+        assert_eq!(seen, quantized, "every quantized type is in the fixture");
     }
 }

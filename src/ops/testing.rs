@@ -16,7 +16,7 @@ use super::projection::{input_stride, GpuTensor, Mode, MAX_COLS};
 use super::{matmul, matvec, Dispatch, Kernels};
 use crate::gpu::Gpu;
 use crate::kv_cache::KvDtype;
-use crate::tensor::{quantize, DType, Tensor};
+use crate::tensor::{DType, Tensor};
 
 thread_local! {
     /// Names of the pipeline variants built on this thread, in order.
@@ -138,32 +138,10 @@ pub fn assert_close(gpu: &[f32], cpu: &[f32], what: &str) {
     }
 }
 
-/// Random weights of `dtype`: float types and Q8_0 / Q4_0 through the
-/// quantizer; K-quant blocks from random bytes with small, finite scales.
+/// Random weights of `dtype` (values of rms 0.5, or random blocks with
+/// small, finite scales).
 pub fn random_tensor(dtype: DType, rows: usize, cols: usize, seed: u64) -> Tensor {
-    let bytes = match dtype {
-        DType::Q4_K | DType::Q6_K => {
-            let mut rng = crate::rng::XorShift::new(seed | 1);
-            let mut bytes: Vec<u8> = (0..rows * dtype.row_bytes(cols).unwrap())
-                .map(|_| rng.next_u32() as u8)
-                .collect();
-            let scale_at: &[usize] = if dtype == DType::Q4_K {
-                &[0, 2]
-            } else {
-                &[208]
-            };
-            for block in bytes.chunks_mut(dtype.block_bytes()) {
-                for &at in scale_at {
-                    let d = half::f16::from_f32(0.001 + rng.next_f32() * 0.01);
-                    block[at..at + 2].copy_from_slice(&d.to_le_bytes());
-                }
-            }
-            bytes
-        }
-        _ => quantize(dtype, &random(rows * cols, seed), cols).unwrap(),
-    };
-    let n = bytes.len();
-    Tensor::from_shared(dtype, rows, cols, std::sync::Arc::new(bytes), 0..n)
+    Tensor::random(dtype, rows, cols, 0.5, seed).unwrap()
 }
 
 pub fn upload(b: &Bench, t: &Tensor, limit: u64) -> GpuTensor {

@@ -1,7 +1,7 @@
 //! The benchmarked models: stories260K from `$KVGPU_MODELS`, or Llama shapes
 //! with seeded random weights.
 
-use kvgpu::{Config, DType, Model, Tensor};
+use kvgpu::{Config, DType, Model};
 
 /// A synthetic shape from `dim,hidden,layers,heads,kv_heads,vocab,context,dtype`.
 fn synthetic(name: &str, spec: &str) -> Result<(Config, DType), String> {
@@ -13,14 +13,8 @@ fn synthetic(name: &str, spec: &str) -> Result<(Config, DType), String> {
         f[i].parse::<usize>()
             .map_err(|e| format!("--shape {name}: field {i}: {e}"))
     };
-    let dtype = match f[7].to_ascii_lowercase().as_str() {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        "q8_0" => DType::Q8_0,
-        "q4_0" => DType::Q4_0,
-        "q4_k" => DType::Q4_K,
-        other => return Err(format!("--shape {name}: unknown dtype {other}")),
-    };
+    let dtype =
+        DType::from_name(f[7]).ok_or_else(|| format!("--shape {name}: unknown dtype {}", f[7]))?;
     let (dim, heads) = (n(0)?, n(3)?);
     let config = Config {
         dim,
@@ -55,43 +49,5 @@ pub fn load(name: &str, shapes: &[(String, String)]) -> Result<Model, Box<dyn st
             .ok_or_else(|| format!("unknown model {other}"))?,
     };
     let (config, dtype) = synthetic(name, &spec)?;
-    let model = Model::random(config, 2024)?;
-    if dtype != DType::Q4_K {
-        return Ok(Model {
-            weights: model.weights.convert(dtype),
-            config: model.config,
-        });
-    }
-    // No K-quant quantizer: random Q4_K blocks with small scales (the
-    // kernels' speed does not depend on the values), F16 elsewhere.
-    let mut weights = model.weights.convert(DType::F16);
-    let mut rng = kvgpu::rng::XorShift::new(7);
-    for l in &mut weights.layers {
-        for t in [
-            &mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w1, &mut l.w2, &mut l.w3,
-        ] {
-            let row_bytes = DType::Q4_K.row_bytes(t.cols).ok_or(format!(
-                "{name}: {} columns are not whole Q4_K blocks",
-                t.cols
-            ))?;
-            let mut bytes: Vec<u8> = (0..t.rows * row_bytes)
-                .map(|_| rng.next_u32() as u8)
-                .collect();
-            for block in bytes.chunks_mut(DType::Q4_K.block_bytes()) {
-                block[..4].copy_from_slice(&[0x00, 0x14, 0x00, 0x10]); // d, dmin ~ 1e-3
-            }
-            let n = bytes.len();
-            *t = Tensor::from_shared(
-                DType::Q4_K,
-                t.rows,
-                t.cols,
-                std::sync::Arc::new(bytes),
-                0..n,
-            );
-        }
-    }
-    Ok(Model {
-        weights,
-        config: model.config,
-    })
+    Ok(Model::random_with(config, dtype, 2024)?)
 }

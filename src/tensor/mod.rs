@@ -1,18 +1,15 @@
 //! Weight tensors as stored in model files: a data type (f32, f16, bf16, or a
 //! GGML block quantization) and the raw little-endian bytes, shared with the
 //! file they came from (no copy). Quantized weights stay quantized on the GPU;
-//! this module holds the host-side dequantization that tests and the CPU
-//! reference use, and the Q8_0 / Q4_0 quantizers.
-//!
-//! Block layouts follow GGML (`ggml-common.h`): Q8_0 = f16 scale + 32 i8;
-//! Q4_0 = f16 scale + 16 bytes of 4-bit values (offset 8); Q4_K = 256 values
-//! in 8 sub-blocks with 6-bit scales and mins; Q6_K = 256 values, 6 bits each,
-//! with 16 i8 sub-block scales.
+//! [`blocks`] holds the host-side dequantization that tests and the CPU
+//! reference use, and GGML's quantizers.
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use half::{bf16, f16};
+mod blocks;
+
+pub use blocks::{dequantize, quantize, IQ4NL, QUANTIZERS};
 
 /// How a tensor's values are stored (GGML's names).
 #[allow(non_camel_case_types)]
@@ -32,11 +29,27 @@ pub enum DType {
     Q4_K,
     /// 256-value super-blocks: 6-bit values, 16 i8 sub-block scales, f16 scale.
     Q6_K,
+    /// 32-value blocks: f16 scale and min, 32 x 4-bit (d q + m).
+    Q4_1,
+    /// 32-value blocks: f16 scale, 32 x 5-bit (value - 16).
+    Q5_0,
+    /// 32-value blocks: f16 scale and min, 32 x 5-bit (d q + m).
+    Q5_1,
+    /// 32-value blocks: f16 scale, 32 x 4-bit indices into 16 non-linear levels.
+    IQ4_NL,
+    /// 256-value super-blocks: IQ4_NL's levels with 6-bit sub-block scales.
+    IQ4_XS,
+    /// 256-value super-blocks: 2-bit values, 4-bit sub-block scales and mins.
+    Q2_K,
+    /// 256-value super-blocks: 3-bit values, 6-bit sub-block scales.
+    Q3_K,
+    /// 256-value super-blocks: as Q4_K with a fifth bit per value.
+    Q5_K,
 }
 
 impl DType {
     /// Every supported type.
-    pub const ALL: [DType; 7] = [
+    pub const ALL: [DType; 15] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -44,6 +57,14 @@ impl DType {
         DType::Q4_0,
         DType::Q4_K,
         DType::Q6_K,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::IQ4_NL,
+        DType::IQ4_XS,
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q5_K,
     ];
 
     /// The type's entry in [`GGML_TYPES`].
@@ -83,6 +104,13 @@ impl DType {
         (cols / self.block_len()).checked_mul(self.block_bytes())
     }
 
+    /// The type GGML calls `name` (any case), e.g. "q4_k".
+    pub fn from_name(name: &str) -> Option<DType> {
+        DType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
     /// GGML's name for the type, e.g. "Q4_K".
     pub fn name(self) -> &'static str {
         self.ggml().name
@@ -114,7 +142,7 @@ impl GgmlType {
 
 /// The block table: every type GGML defines (`ggml-common.h`), so that the
 /// sizes of tensors kvgpu cannot compute with are still checked.
-pub const GGML_TYPES: [GgmlType; 20] = {
+pub const GGML_TYPES: [GgmlType; 31] = {
     const fn t(
         id: u32,
         name: &'static str,
@@ -134,23 +162,34 @@ pub const GGML_TYPES: [GgmlType; 20] = {
         t(0, "F32", 1, 4, Some(DType::F32)),
         t(1, "F16", 1, 2, Some(DType::F16)),
         t(2, "Q4_0", 32, 18, Some(DType::Q4_0)),
-        t(3, "Q4_1", 32, 20, None),
-        t(6, "Q5_0", 32, 22, None),
-        t(7, "Q5_1", 32, 24, None),
+        t(3, "Q4_1", 32, 20, Some(DType::Q4_1)),
+        t(6, "Q5_0", 32, 22, Some(DType::Q5_0)),
+        t(7, "Q5_1", 32, 24, Some(DType::Q5_1)),
         t(8, "Q8_0", 32, 34, Some(DType::Q8_0)),
         t(9, "Q8_1", 32, 36, None),
-        t(10, "Q2_K", 256, 84, None),
-        t(11, "Q3_K", 256, 110, None),
+        t(10, "Q2_K", 256, 84, Some(DType::Q2_K)),
+        t(11, "Q3_K", 256, 110, Some(DType::Q3_K)),
         t(12, "Q4_K", 256, 144, Some(DType::Q4_K)),
-        t(13, "Q5_K", 256, 176, None),
+        t(13, "Q5_K", 256, 176, Some(DType::Q5_K)),
         t(14, "Q6_K", 256, 210, Some(DType::Q6_K)),
         t(15, "Q8_K", 256, 292, None),
+        t(16, "IQ2_XXS", 256, 66, None),
+        t(17, "IQ2_XS", 256, 74, None),
+        t(18, "IQ3_XXS", 256, 98, None),
+        t(19, "IQ1_S", 256, 50, None),
+        t(20, "IQ4_NL", 32, 18, Some(DType::IQ4_NL)),
+        t(21, "IQ3_S", 256, 110, None),
+        t(22, "IQ2_S", 256, 82, None),
+        t(23, "IQ4_XS", 256, 136, Some(DType::IQ4_XS)),
         t(24, "I8", 1, 1, None),
         t(25, "I16", 1, 2, None),
         t(26, "I32", 1, 4, None),
         t(27, "I64", 1, 8, None),
         t(28, "F64", 1, 8, None),
+        t(29, "IQ1_M", 256, 56, None),
         t(30, "BF16", 1, 2, Some(DType::BF16)),
+        t(34, "TQ1_0", 256, 54, None),
+        t(35, "TQ2_0", 256, 66, None),
     ]
 };
 
@@ -283,6 +322,55 @@ impl Tensor {
         }
     }
 
+    /// A seeded random (rows, cols) tensor of `dtype` whose values have
+    /// root-mean-square `rms`: random values through [`quantize`] for the
+    /// types it writes, random blocks (with every f16 scale set alike) for
+    /// the others. For tests and benchmarks; `None` if `cols` is not a whole
+    /// number of blocks.
+    pub fn random(dtype: DType, rows: usize, cols: usize, rms: f32, seed: u64) -> Option<Tensor> {
+        let rng = &mut crate::rng::XorShift::new(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+        let n = rows * cols;
+        if QUANTIZERS.contains(&dtype) {
+            // Uniform in [-a, a) has rms a / sqrt(3).
+            let a = rms * 3f32.sqrt();
+            let values: Vec<f32> = (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * a).collect();
+            let bytes = quantize(dtype, &values, cols)?;
+            let len = bytes.len();
+            return Some(Tensor::from_shared(
+                dtype,
+                rows,
+                cols,
+                Arc::new(bytes),
+                0..len,
+            ));
+        }
+        let row_bytes = dtype.row_bytes(cols)?;
+        let mut bytes: Vec<u8> = (0..rows * row_bytes)
+            .map(|_| rng.next_u32() as u8)
+            .collect();
+        let set_scales = |bytes: &mut [u8], d: f32| {
+            for block in bytes.chunks_mut(dtype.block_bytes()) {
+                for &at in blocks::scale_offsets(dtype) {
+                    block[at..at + 2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+                }
+            }
+        };
+        // Values are linear in the scales: measure at 1, then scale to `rms`.
+        set_scales(&mut bytes, 1.0);
+        let mut values = vec![0.0; n];
+        dequantize(dtype, &bytes, &mut values);
+        let at_one = (values.iter().map(|v| v * v).sum::<f32>() / n.max(1) as f32).sqrt();
+        set_scales(&mut bytes, if at_one > 0.0 { rms / at_one } else { 0.0 });
+        let len = bytes.len();
+        Some(Tensor::from_shared(
+            dtype,
+            rows,
+            cols,
+            Arc::new(bytes),
+            0..len,
+        ))
+    }
+
     /// Converts the values to `dtype` (quantizing, with [`quantize`]).
     pub fn convert(&self, dtype: DType) -> Option<Tensor> {
         let bytes = quantize(dtype, &self.to_f32(), self.cols)?;
@@ -295,146 +383,6 @@ impl Tensor {
             0..n,
         ))
     }
-}
-
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-}
-
-/// Dequantizes whole blocks of `dtype` in `bytes` into `out`.
-pub fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) {
-    match dtype {
-        DType::F32 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-        DType::F16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        DType::BF16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        DType::Q8_0 => {
-            for (y, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(34)) {
-                let d = f16_at(b, 0);
-                for (j, y) in y.iter_mut().enumerate() {
-                    *y = b[2 + j] as i8 as f32 * d;
-                }
-            }
-        }
-        DType::Q4_0 => {
-            for (y, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(18)) {
-                let d = f16_at(b, 0);
-                for j in 0..16 {
-                    let q = b[2 + j];
-                    y[j] = ((q & 0xf) as i32 - 8) as f32 * d;
-                    y[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
-                }
-            }
-        }
-        DType::Q4_K => {
-            for (y, b) in out.chunks_exact_mut(256).zip(bytes.chunks_exact(144)) {
-                let d = f16_at(b, 0);
-                let dmin = f16_at(b, 2);
-                let scales = &b[4..16];
-                let qs = &b[16..144];
-                for (chunk, (y, q)) in y.chunks_exact_mut(64).zip(qs.chunks_exact(32)).enumerate() {
-                    let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-                    let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
-                    let (d1, min1) = (d * sc1 as f32, dmin * m1 as f32);
-                    let (d2, min2) = (d * sc2 as f32, dmin * m2 as f32);
-                    for l in 0..32 {
-                        y[l] = d1 * (q[l] & 0xf) as f32 - min1;
-                        y[l + 32] = d2 * (q[l] >> 4) as f32 - min2;
-                    }
-                }
-            }
-        }
-        DType::Q6_K => {
-            for (y, b) in out.chunks_exact_mut(256).zip(bytes.chunks_exact(210)) {
-                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
-                let d = f16_at(b, 208);
-                for half in 0..2 {
-                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
-                    let sc = &sc[8 * half..];
-                    let y = &mut y[128 * half..];
-                    for l in 0..32 {
-                        let is = l / 16;
-                        let q1 = ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) as i32 - 32;
-                        let q2 = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                        y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
-                        y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-                        y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-                        y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Scale and min of Q4_K sub-block `j` (GGML's `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    }
-}
-
-/// Encodes rows of `cols` f32 values as `dtype` (GGML's reference rounding).
-/// F32, F16, BF16, Q8_0 and Q4_0 are supported; `None` for K-quants or when
-/// `cols` is not a whole number of blocks.
-pub fn quantize(dtype: DType, values: &[f32], cols: usize) -> Option<Vec<u8>> {
-    if cols == 0 || !cols.is_multiple_of(dtype.block_len()) || !values.len().is_multiple_of(cols) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(values.len() / dtype.block_len() * dtype.block_bytes());
-    match dtype {
-        DType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
-        DType::F16 => out.extend(values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes())),
-        DType::BF16 => out.extend(values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes())),
-        DType::Q8_0 => {
-            for x in values.chunks_exact(32) {
-                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                out.extend(f16::from_f32(d).to_le_bytes());
-                out.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
-            }
-        }
-        DType::Q4_0 => {
-            for x in values.chunks_exact(32) {
-                let (mut amax, mut max) = (0f32, 0f32);
-                for &v in x {
-                    if amax < v.abs() {
-                        amax = v.abs();
-                        max = v;
-                    }
-                }
-                let d = max / -8.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                out.extend(f16::from_f32(d).to_le_bytes());
-                for j in 0..16 {
-                    let q0 = ((x[j] * id + 8.5) as i8).min(15) as u8;
-                    let q1 = ((x[j + 16] * id + 8.5) as i8).min(15) as u8;
-                    out.push(q0 | (q1 << 4));
-                }
-            }
-        }
-        DType::Q4_K | DType::Q6_K => return None,
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -475,5 +423,42 @@ mod tests {
                 max_abs_diff(&back, &x)
             );
         }
+    }
+
+    /// `tests/fixtures/ggml_quantize.dat` (made by `ggml_blocks.py`): random
+    /// rows (zeros, constants, ties, outliers among them) and their blocks
+    /// from llama.cpp's gguf-py (`gguf.quants.quantize`). Bit-exact.
+    #[test]
+    fn quantizers_match_llama_cpp_gguf_py() {
+        let data = include_bytes!("../../tests/fixtures/ggml_quantize.dat");
+        let mut at = 0;
+        let mut seen = Vec::new();
+        while at < data.len() {
+            let word = |i: usize| u32::from_le_bytes(data[i..i + 4].try_into().unwrap());
+            let (id, n) = (word(at), word(at + 4) as usize);
+            let dtype = GgmlType::from_id(id).and_then(|t| t.dtype).unwrap();
+            at += 8;
+            let values: Vec<f32> = data[at..at + n * 32 * 4]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            at += values.len() * 4;
+            let blocks = &data[at..at + n * dtype.block_bytes()];
+            at += blocks.len();
+            let ours = quantize(dtype, &values, 32).unwrap();
+            for (b, (o, r)) in ours
+                .chunks(dtype.block_bytes())
+                .zip(blocks.chunks(dtype.block_bytes()))
+                .enumerate()
+            {
+                assert_eq!(o, r, "{dtype:?} block {b} of {:?}", &values[32 * b..][..32]);
+            }
+            seen.push(dtype);
+        }
+        let block_types: Vec<DType> = QUANTIZERS
+            .into_iter()
+            .filter(|t| t.block_len() > 1)
+            .collect();
+        assert_eq!(seen, block_types);
     }
 }
