@@ -20,11 +20,9 @@
 struct Params {
     rows: u32,
     cols: u32,
-    dtype: u32,
     row_bytes: u32,
     out_offset: u32,
     mode: u32,
-    up_dtype: u32,
     up_row_bytes: u32,
     out_stride: u32,
     x_stride: u32,
@@ -70,6 +68,11 @@ const DTYPE_IQ4_XS: u32 = 11u;
 const DTYPE_Q2_K: u32 = 12u;
 const DTYPE_Q3_K: u32 = 13u;
 const DTYPE_Q5_K: u32 = 14u;
+
+// The weights' storage type (DTYPE_*): a pipeline constant, so each
+// pipeline holds only its type's decoder (the others compile away; one
+// pipeline per type a model uses, built on first use).
+override DTYPE: u32 = DTYPE_F32;
 
 // Matches `TEXELS_PER_ROW` in src/ops/matvec.rs.
 const TEXELS_PER_ROW: u32 = 4096u;

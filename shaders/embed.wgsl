@@ -4,7 +4,7 @@
 // dequant.wgsl is prepended to this file.
 //
 // Bindings (group 0):
-//   0 params: Params (uniform)       { rows, cols, dtype, row_bytes, out_offset (the chunk's first row), .., out_stride } (dequant.wgsl)
+//   0 params: Params (uniform)       { rows, cols, row_bytes, out_offset (the chunk's first row), .., out_stride } (dequant.wgsl)
 //   1 w:      texture_2d<u32>        (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 tokens: array<u32> (storage)   (n,)
 //   3 out:    array<f32> (storage)   (n, out_stride), cols values used per row
@@ -24,7 +24,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if c >= params.cols || token < params.out_offset || token - params.out_offset >= params.rows {
         return;
     }
-    let v = x8(w, params.dtype, (token - params.out_offset) * params.row_bytes, c);
+    let v = x8(w, DTYPE, (token - params.out_offset) * params.row_bytes, c);
     for (var i = 0u; i < min(8u, params.cols - c); i++) {
         out[t * params.out_stride + c + i] = v[i / 4u][i % 4u];
     }

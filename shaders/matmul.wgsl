@@ -8,7 +8,7 @@
 //   MODE_SWIGLU  out[t, out_offset + r]  = silu(W[r] . x[t]) * (W_up[r] . x[t])
 //
 // Bindings (group 0):
-//   0 params: Params (uniform, dequant.wgsl)    { rows, cols, dtype, row_bytes, out_offset, mode, up_dtype, up_row_bytes, out_stride, x_stride, first_token, tile }
+//   0 params: Params (uniform, dequant.wgsl)    { rows, cols, row_bytes, out_offset, mode, up_row_bytes, out_stride, x_stride, first_token, tile }
 //   1 w:      texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 step:   Step (uniform)                    { pos, n }
 //   3 x:      array<vec4<f32>, 4096> (uniform)  (tile, x_stride): the tile's input rows, 64 KiB from token first_token
@@ -36,6 +36,9 @@
 // would leave most threads' third and fourth rows past the end). A
 // pipeline constant: the unused sums and their weight fetches compile away.
 override FOUR_ROWS: bool = true;
+
+// The up projection's storage type (SwiGLU), as DTYPE (dequant.wgsl).
+override UP_DTYPE: u32 = DTYPE_F32;
 
 // Per token of the tile, the sums of rows r (a0..a7), r + 64 (b0..b7),
 // r + 128 (c0..c7) and r + 192 (d0..d7): named rather than indexed, as a private array indexed in a loop
@@ -281,13 +284,13 @@ fn main(
     // Rows r + 64 i past the last row repeat the first, and are not stored.
     let rows = array(r, row_or(r, 64u), row_or(r, 128u), row_or(r, 192u));
     let b = params.row_bytes;
-    rows_tile(w, params.dtype, rows[0] * b, rows[1] * b, rows[2] * b, rows[3] * b, b, params.cols);
+    rows_tile(w, DTYPE, rows[0] * b, rows[1] * b, rows[2] * b, rows[3] * b, b, params.cols);
     // The up projection's sums (SwiGLU), swapped with the accumulators around its pass.
     var u = array<f32, 32>();
     if params.mode == MODE_SWIGLU {
         u = swap(u);
         let ub = params.up_row_bytes;
-        rows_tile(w_up, params.up_dtype, rows[0] * ub, rows[1] * ub, rows[2] * ub, rows[3] * ub, ub, params.cols);
+        rows_tile(w_up, UP_DTYPE, rows[0] * ub, rows[1] * ub, rows[2] * ub, rows[3] * ub, ub, params.cols);
         u = swap(u);
     }
     // Each row's 8 tokens; a repeated row (past the last) is not stored.

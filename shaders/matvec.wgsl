@@ -10,7 +10,7 @@
 // pays nothing for it).
 //
 // Bindings (group 0):
-//   0 params: Params (uniform, dequant.wgsl)    { rows, cols, dtype, row_bytes, out_offset, mode, up_dtype, up_row_bytes,
+//   0 params: Params (uniform, dequant.wgsl)    { rows, cols, row_bytes, out_offset, mode, up_row_bytes,
 //                                                 out_stride, x_stride, first_token, tile (matmul only), eps (NORM only) }
 //   1 w:      texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 x:      array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values
@@ -34,6 +34,9 @@
 
 // Whether the input is RMS-normalised first (one pipeline each way).
 override NORM: bool = false;
+
+// The up projection's storage type (SwiGLU), as DTYPE (dequant.wgsl).
+override UP_DTYPE: u32 = DTYPE_F32;
 
 // x[k], times g[k] when the input is normalised (the scale is applied to the sum).
 fn input(k: u32) -> vec4<f32> {
@@ -261,10 +264,10 @@ fn main(
         }
         scale = 1.0 / sqrt((ss.x + ss.y + ss.z + ss.w) / f32(params.cols) + params.eps);
     }
-    let a = scale * row_dot(w, params.dtype, r * params.row_bytes, params.row_bytes, params.cols);
+    let a = scale * row_dot(w, DTYPE, r * params.row_bytes, params.row_bytes, params.cols);
     var b = 0.0;
     if params.mode == MODE_SWIGLU {
-        b = scale * row_dot(w_up, params.up_dtype, r * params.up_row_bytes, params.up_row_bytes, params.cols);
+        b = scale * row_dot(w_up, UP_DTYPE, r * params.up_row_bytes, params.up_row_bytes, params.cols);
     }
     project(params.out_offset + r, a, b);
 }

@@ -183,6 +183,11 @@ pub enum Error {
     )]
     ReadbackPending,
 
+    /// A chat template that is missing, does not parse or fails to render,
+    /// or a chat used with a session that holds something else.
+    #[error("chat: {0}")]
+    ChatTemplate(String),
+
     /// A call that needs at least one token got none.
     #[error("no tokens given")]
     EmptyInput,

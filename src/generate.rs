@@ -1,6 +1,8 @@
-//! The generation loop, with llama2.c `run.c` semantics: the prompt (BOS,
-//! dummy-prefix space, text) is fed (on the GPU, in prefill passes), then
-//! tokens are sampled until `steps` positions are done or the model emits BOS.
+//! The generation loop, with llama2.c `run.c` semantics: the prompt (BOS
+//! where the tokenizer adds one, dummy-prefix space, text) is fed (on the
+//! GPU, in prefill passes) and echoed as typed, then tokens are sampled
+//! until `steps` positions are done or the model emits one of the
+//! tokenizer's end tokens (run.c: BOS; GGUF: EOS, end of turn, ...).
 
 use std::time::Instant;
 
@@ -142,10 +144,16 @@ impl Decoder for NoCache {
 pub struct Generation {
     /// The text streamed out.
     pub text: String,
+    /// The tokens sampled, in order (the end token, if any, not included).
+    /// All but the last were run through the decoder; the last was not.
+    pub tokens: Vec<u32>,
     /// Prompt tokens, BOS included.
     pub prompt_tokens: usize,
-    /// Tokens sampled (the final BOS, if any, not counted).
+    /// Tokens sampled (the end token, if any, not counted).
     pub generated_tokens: usize,
+    /// Whether the model ended the text with an end token (else the length
+    /// or the cache's capacity ended it).
+    pub ended: bool,
     /// Positions decoded (prompt included).
     pub positions: usize,
     /// Seconds from the start to the first sampled token: the prompt's
@@ -183,18 +191,65 @@ pub fn generate<D: Decoder + ?Sized>(
     sampler: &mut Sampler,
     prompt: &str,
     length: impl Into<Length>,
-    mut emit: impl FnMut(&str),
+    emit: impl FnMut(&str),
 ) -> Result<Generation> {
     let mut prompt_tokens = tokenizer.encode_special(prompt, tokenizer.add_bos(), false)?;
     if prompt_tokens.is_empty() {
         prompt_tokens.push(tokenizer.bos()); // something to start from
     }
+    run(
+        decoder,
+        tokenizer,
+        sampler,
+        &prompt_tokens,
+        length.into(),
+        true,
+        emit,
+    )
+}
+
+/// [`generate`] from tokens (at least one) rather than text, without
+/// echoing them: for callers that build the prompt themselves, such as
+/// [`crate::Chat`]. The text is only what is sampled.
+pub fn generate_tokens<D: Decoder + ?Sized>(
+    decoder: &mut D,
+    tokenizer: &Tokenizer,
+    sampler: &mut Sampler,
+    prompt_tokens: &[u32],
+    length: impl Into<Length>,
+    emit: impl FnMut(&str),
+) -> Result<Generation> {
+    if prompt_tokens.is_empty() {
+        return Err(crate::error::Error::EmptyInput);
+    }
+    run(
+        decoder,
+        tokenizer,
+        sampler,
+        prompt_tokens,
+        length.into(),
+        false,
+        emit,
+    )
+}
+
+/// The loop of [`generate`] and [`generate_tokens`]; `echo` streams the
+/// prompt's text first.
+fn run<D: Decoder + ?Sized>(
+    decoder: &mut D,
+    tokenizer: &Tokenizer,
+    sampler: &mut Sampler,
+    prompt_tokens: &[u32],
+    length: Length,
+    echo: bool,
+    mut emit: impl FnMut(&str),
+) -> Result<Generation> {
     decoder
         .positions()
-        .reserve(&prompt_tokens, decoder.vocab_size())?;
+        .reserve(prompt_tokens, decoder.vocab_size())?;
     let room = decoder.positions().room();
     // The prompt's last token is decoded in the loop, with the sampled ones.
-    let steps = match length.into() {
+    let steps = match length {
         Length::Steps(0) => room,
         Length::Steps(steps) => steps,
         Length::NewTokens(n) => prompt_tokens.len() - 1 + n,
@@ -213,24 +268,34 @@ pub fn generate<D: Decoder + ?Sized>(
     let fed = (prompt_tokens.len() - 1).min(steps);
     let began = Instant::now();
     decoder.feed(&prompt_tokens[..fed])?;
-    for pair in prompt_tokens[..=fed].windows(2) {
-        out(&stream.push(tokenizer.decode(pair[0], pair[1])?), &mut text);
+    // The prompt as typed: a BOS the tokenizer added prints nothing; a
+    // first token without one is printed as if it followed BOS (no
+    // dummy-prefix space).
+    let mut prev = tokenizer.bos();
+    let first = usize::from(tokenizer.add_bos() && prompt_tokens[0] == tokenizer.bos());
+    for &t in prompt_tokens[first..=fed].iter().filter(|_| echo) {
+        out(&stream.push(tokenizer.decode(prev, t)?), &mut text);
+        prev = t;
     }
+    let mut sampled = Vec::new();
     let mut first_token_seconds = 0.0;
     let mut token = prompt_tokens[fed];
     let mut generated = 0;
     let mut positions = fed;
     let mut start = None;
+    let mut ended = false;
     while positions < steps {
         generated += 1;
         let next = decoder.next_token(token, sampler)?;
         positions += 1;
-        if next == tokenizer.bos() {
-            generated -= 1; // BOS ends the text; it is not part of it
+        if tokenizer.is_end(next) {
+            generated -= 1; // the end token is not part of the text
+            ended = true;
             break;
         }
         let piece = tokenizer.decode(token, next)?;
         out(&stream.push(piece), &mut text);
+        sampled.push(next);
         token = next;
         start.get_or_insert_with(|| {
             first_token_seconds = began.elapsed().as_secs_f64();
@@ -246,8 +311,10 @@ pub fn generate<D: Decoder + ?Sized>(
     };
     Ok(Generation {
         text,
+        tokens: sampled,
         prompt_tokens: prompt_tokens.len(),
         generated_tokens: generated,
+        ended,
         positions,
         first_token_seconds,
         tokens_per_second,

@@ -31,6 +31,7 @@
 mod error;
 pub mod files;
 mod frame_budget;
+pub mod perplexity;
 pub mod rng;
 pub mod rope;
 pub mod tensor;
@@ -57,9 +58,12 @@ mod session;
 pub mod cpu;
 pub mod generate;
 
+mod chat;
+
+pub use chat::{Chat, Message, Turn};
 pub use error::{Error, GgufError, Result};
 pub use frame_budget::FrameBudget;
-pub use generate::{generate, Decoder, Generation, Length, NoCache};
+pub use generate::{generate, generate_tokens, Decoder, Generation, Length, NoCache};
 pub use gpu::Gpu;
 pub use gpu_model::GpuModel;
 pub use kv_cache::{KvCache, KvDtype, Positions};

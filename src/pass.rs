@@ -409,3 +409,73 @@ impl Dispatches {
         }
     }
 }
+
+/// The logits of every token of a pass, for scoring text (perplexity) and
+/// verifying several tokens at once: the final norm over all rows, then the
+/// classifier as a matrix-matrix product. Bound by a session on first use
+/// (its (batch, vocab_size) buffer is not worth holding otherwise).
+#[derive(Debug)]
+pub(crate) struct AllLogits {
+    /// (batch, vocab_size) logits of each token of the pass.
+    pub logits: wgpu::Buffer,
+    final_norm: Dispatch,
+    classifier: Dispatch,
+}
+
+impl AllLogits {
+    /// Binds to `a`'s residual stream. Call inside an error scope.
+    pub fn bind(model: &GpuModel, a: &Activations, batch: usize) -> Self {
+        let c = model.config();
+        let device = &model.gpu().device;
+        let k = &model.kernels;
+        let sd = input_stride(c.dim);
+        let logits = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("all logits"),
+            size: (batch * c.vocab_size) as u64 * F32,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let final_norm = k.rmsnorm.bind(
+            device,
+            rmsnorm::Bindings {
+                out: &a.xb,
+                x: &a.x,
+                weight: &model.rms_final,
+                step: &a.step,
+                len: c.dim,
+                stride: sd,
+                eps: c.norm_eps,
+                rows: Rows::All,
+            },
+        );
+        let classifier = k.matmul.bind(
+            device,
+            matmul::Bindings {
+                out: &logits,
+                out_stride: c.vocab_size,
+                w: model.wcls.as_ref().unwrap_or(&model.token_embedding),
+                x: &a.xb,
+                x_stride: sd,
+                step: &a.step,
+                mode: Mode::Set,
+                tokens: batch,
+            },
+        );
+        Self {
+            logits,
+            final_norm,
+            classifier,
+        }
+    }
+
+    /// Records logits = classifier(rmsnorm(x)) for the `n` tokens of the
+    /// pass just recorded.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, n: usize) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("kvgpu all logits"),
+            timestamp_writes: None,
+        });
+        self.final_norm.record(&mut pass, n as u32);
+        self.classifier.record(&mut pass, n as u32);
+    }
+}

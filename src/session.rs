@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu_model::GpuModel;
 use crate::kv_cache::{self, KvCache, KvDtype};
 use crate::ops::Step;
-use crate::pass::{Activations, Dispatches, Readback, PASSES_PER_SUBMIT};
+use crate::pass::{Activations, AllLogits, Dispatches, Readback, PASSES_PER_SUBMIT};
 use crate::readback::{Kind, Output, Pending, ReadbackBuffer};
 use crate::sampler::Sampler;
 
@@ -84,6 +84,8 @@ pub struct Session {
     slot: usize,
     /// (vocab_size,) host copy of the last logits read back.
     logits_host: Vec<f32>,
+    /// Every token's logits ([`Session::prefill_all`]), bound on first use.
+    all_logits: Option<AllLogits>,
     pub(crate) submissions: u64,
 }
 
@@ -136,6 +138,7 @@ impl Session {
                 readback: ReadbackBuffer::new(&gpu.device, values * F32),
                 slot: 0,
                 logits_host: vec![0.0; c.vocab_size],
+                all_logits: None,
                 submissions: 0,
             })
         })
@@ -342,6 +345,44 @@ impl Session {
         let last = (tokens.len() - 1) / self.batch * self.batch;
         self.feed(&tokens[..last])?;
         self.logits_of(&tokens[last..])
+    }
+
+    /// Runs `tokens` at the next positions in prefill passes, like
+    /// [`Session::prefill`], and returns the logits after every one of them
+    /// (tokens.len(), vocab_size): to score a text (perplexity) or check
+    /// several tokens at once. One submit and one readback per pass; its
+    /// (prefill_tokens, vocab_size) logits buffer is allocated on first use.
+    pub fn prefill_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.reserve(tokens)?;
+        if tokens.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        let gpu = self.model.gpu().clone();
+        if self.all_logits.is_none() {
+            let all = gpu.scoped("binding all logits", || {
+                AllLogits::bind(&self.model, &self.activations, self.batch)
+            })?;
+            self.all_logits = Some(all);
+        }
+        let vocab = self.model.config().vocab_size;
+        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        for pass in tokens.chunks(self.batch) {
+            let positions = self.reserve(pass)?;
+            let mut encoder = self.encoder();
+            gpu.scoped("recording a pass", || {
+                let pos = positions.start;
+                self.stage(&mut encoder, pos, pass.len(), Some(pass));
+                self.record(&mut encoder, pos, pass.len(), Readback::Nothing);
+                let all = self.all_logits.as_ref().expect("bound above");
+                all.record(&mut encoder, pass.len());
+            })?;
+            self.submit(encoder)?;
+            self.cache.positions.commit(positions);
+            let all = self.all_logits.as_ref().expect("bound above");
+            let bytes = gpu.read_buffer(&all.logits, (pass.len() * vocab) as u64 * F32)?;
+            out.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
+        }
+        Ok(out)
     }
 
     /// Decodes `token` and picks the next one with `sampler`: on the GPU when

@@ -9,7 +9,7 @@ use std::path::Path;
 /// Bottom to top. Modules in one entry do not use each other.
 const LAYERS: &[&[&str]] = &[
     &["error"],
-    &["files", "frame_budget", "rng"],
+    &["files", "frame_budget", "perplexity", "rng"],
     &["test_util"],
     &["rope", "tensor"],
     &["gguf"],
@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["profile"],
     &["cpu"],
     &["generate"],
+    &["chat"],
     &["lib"],
 ];
 

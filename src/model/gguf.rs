@@ -115,7 +115,6 @@ impl Model {
                 "general.architecture".to_string(),
                 Value::String("llama".into()),
             ),
-            ("general.alignment".into(), Value::U32(32)),
             ("llama.context_length".into(), u(c.seq_len)),
             ("llama.embedding_length".into(), u(c.dim)),
             ("llama.block_count".into(), u(c.n_layers)),
@@ -132,6 +131,14 @@ impl Model {
         metadata.extend(tokenizer.gguf_metadata().ok_or_else(|| {
             Error::Tokenizer("only SentencePiece vocabularies can be written to GGUF".into())
         })?);
+        Ok(self.to_gguf_with(&metadata, dtype))
+    }
+
+    /// The model as a GGUF v3 file with `metadata` (e.g. a source GGUF
+    /// file's, tokenizer and chat template included) and every matrix
+    /// converted to `dtype` as [`Model::to_gguf`] does.
+    pub fn to_gguf_with(&self, metadata: &[(String, Value)], dtype: DType) -> Vec<u8> {
+        let model = self;
         let w = model.weights.convert(dtype);
         let mut named: Vec<(String, &Tensor)> =
             vec![("token_embd.weight".into(), &w.token_embedding)];
@@ -165,6 +172,24 @@ impl Model {
                 (name.clone(), dims, t.dtype, t.bytes())
             })
             .collect();
-        Ok(gguf::write(&metadata, &tensors, 32))
+        let mut metadata = metadata.to_vec();
+        metadata.retain(|(k, _)| k != "general.alignment" && k != "general.file_type");
+        metadata.push(("general.alignment".into(), Value::U32(32)));
+        // llama.cpp's `llama_ftype` of a file mostly of `dtype`.
+        let file_type = match dtype {
+            DType::F32 => Some(0),
+            DType::F16 => Some(1),
+            DType::Q4_0 => Some(2),
+            DType::Q4_1 => Some(3),
+            DType::Q8_0 => Some(7),
+            DType::Q5_0 => Some(8),
+            DType::Q5_1 => Some(9),
+            DType::BF16 => Some(32),
+            _ => None,
+        };
+        if let Some(t) = file_type {
+            metadata.push(("general.file_type".into(), Value::U32(t)));
+        }
+        gguf::write(&metadata, &tensors, 32)
     }
 }

@@ -2,8 +2,8 @@
 //! `shaders/embed.wgsl`.
 
 use super::projection::{bind_chunks, GpuTensor};
-use super::{grid_64, Dispatch, Needs, Shader, Variant};
-use crate::tensor::Tensor;
+use super::{grid_64, Dispatch, Needs, Pipelines, Shader, Variant};
+use crate::tensor::{DType, Tensor};
 
 /// `shaders/embed.wgsl` after `shaders/dequant.wgsl`.
 pub const SHADER: Shader = Shader {
@@ -14,7 +14,7 @@ pub const SHADER: Shader = Shader {
     ),
     needs: Needs {
         storage_buffers: 2,
-        uniform_bytes: 52,
+        uniform_bytes: 44,
         textures: 1,
         workgroup_bytes: 0,
         invocations: 64,
@@ -33,17 +33,25 @@ pub struct Bindings<'a> {
     pub tokens: &'a wgpu::Buffer,
 }
 
-/// The embedding kernel.
-#[derive(Clone, Debug)]
+/// The build for a table of `dtype`.
+pub fn variant(dtype: DType) -> Variant {
+    Variant {
+        shader: SHADER,
+        constants: vec![("DTYPE", dtype.gpu_id() as f64)],
+    }
+}
+
+/// The embedding kernel, one pipeline per storage type (compiled on first use).
+#[derive(Debug)]
 pub struct Embed {
-    pipeline: wgpu::ComputePipeline,
+    pipelines: Pipelines,
 }
 
 impl Embed {
-    /// Compiles the kernel.
+    /// Prepares the kernel.
     pub fn new(c: &super::Compiler) -> Self {
         Self {
-            pipeline: super::pipeline(c, Variant::plain(SHADER)),
+            pipelines: Pipelines::new(c, SHADER),
         }
     }
 
@@ -53,7 +61,7 @@ impl Embed {
         let groups = grid_64((b.table.cols as u32).div_ceil(8));
         bind_chunks(
             device,
-            &self.pipeline,
+            |dtype| self.pipelines.get(variant(dtype).constants),
             b.table,
             &[b.tokens.as_entire_binding(), b.out.as_entire_binding()],
             b.stride,

@@ -4,7 +4,8 @@
 //! [`GpuTensor`] as for `matvec`.
 
 use super::projection::{input_binding, GpuTensor, Mode, MAX_COLS};
-use super::{grid, Dispatch, Needs, Shader, Variant};
+use super::{grid, Dispatch, Needs, Pipelines, Shader, Variant};
+use crate::tensor::DType;
 
 /// `shaders/matmul.wgsl` after `shaders/prelude.wgsl` and `shaders/dequant.wgsl`.
 pub const SHADER: Shader = Shader {
@@ -23,14 +24,19 @@ pub const SHADER: Shader = Shader {
     },
 };
 
-/// Four rows per thread, 256 per workgroup.
-pub const FOUR_ROWS: Variant = Variant::plain(SHADER);
-
-/// Two rows per thread, 128 per workgroup.
-pub const TWO_ROWS: Variant = Variant {
-    shader: SHADER,
-    constants: &[("FOUR_ROWS", 0.0)],
-};
+/// The build for weights of `dtype` (and an up projection of `up`), four
+/// rows per thread (256 per workgroup) or two (128) (overrides FOUR_ROWS,
+/// DTYPE, UP_DTYPE).
+pub fn variant(four_rows: bool, dtype: DType, up: DType) -> Variant {
+    Variant {
+        shader: SHADER,
+        constants: vec![
+            ("FOUR_ROWS", f64::from(u8::from(four_rows))),
+            ("DTYPE", dtype.gpu_id() as f64),
+            ("UP_DTYPE", up.gpu_id() as f64),
+        ],
+    }
+}
 
 /// Most tokens per launch; matches the accumulators in matmul.wgsl.
 pub const TILE: usize = 8;
@@ -61,11 +67,11 @@ pub struct Bindings<'a> {
 }
 
 /// The matmul kernel: four rows per thread (256 per workgroup,
-/// `FOUR_ROWS`) and two (128 per workgroup).
-#[derive(Clone, Debug)]
+/// `FOUR_ROWS`) and two (128 per workgroup), per storage type (see
+/// [`variant`]; compiled on first use).
+#[derive(Debug)]
 pub struct Matmul {
-    four_rows: wgpu::ComputePipeline,
-    two_rows: wgpu::ComputePipeline,
+    pipelines: Pipelines,
 }
 
 /// Rows per thread for a matrix of `rows`: four (each input value serves
@@ -84,11 +90,10 @@ pub fn rows_per_thread(rows: usize) -> usize {
 }
 
 impl Matmul {
-    /// Compiles both builds.
+    /// Prepares the kernel.
     pub fn new(c: &super::Compiler) -> Self {
         Self {
-            four_rows: super::pipeline(c, FOUR_ROWS),
-            two_rows: super::pipeline(c, TWO_ROWS),
+            pipelines: Pipelines::new(c, SHADER),
         }
     }
 
@@ -99,22 +104,20 @@ impl Matmul {
     pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
         let tile = (MAX_COLS / b.x_stride).clamp(1, TILE);
         let per_thread = rows_per_thread(b.w.rows) as u32;
-        let pipeline = match per_thread {
-            4 => &self.four_rows,
-            _ => &self.two_rows,
-        };
-        let mut dispatch = Dispatch::empty(pipeline);
+        let mut dispatch = Dispatch::none();
         for first in (0..b.tokens).step_by(tile) {
-            for (mut params, view, up) in b.w.chunk_params(b.mode, b.out_stride) {
+            for (mut params, c, up) in b.w.chunk_params(b.mode, b.out_stride) {
+                let v = variant(per_thread == 4, c.dtype, up.dtype);
+                dispatch.set_pipeline(&self.pipelines.get(v.constants));
                 params.x_stride = b.x_stride as u32;
                 params.first_token = first as u32;
                 params.tile = tile as u32;
                 let resources = vec![
-                    wgpu::BindingResource::TextureView(view),
+                    wgpu::BindingResource::TextureView(&c.view),
                     b.step.as_entire_binding(),
                     input_binding(b.x, first, b.x_stride),
                     b.out.as_entire_binding(),
-                    wgpu::BindingResource::TextureView(up),
+                    wgpu::BindingResource::TextureView(&up.view),
                 ];
                 let groups = grid(params.rows.div_ceil(64 * per_thread));
                 dispatch.push_tile(

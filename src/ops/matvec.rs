@@ -3,8 +3,8 @@
 //! into row-chunks when larger than one texture. See `shaders/matvec.wgsl`.
 
 use super::projection::{input_binding, GpuTensor, Mode};
-use super::{grid, Dispatch, Needs, Shader, Variant};
-use crate::tensor::Tensor;
+use super::{grid, Dispatch, Needs, Pipelines, Shader, Variant};
+use crate::tensor::{DType, Tensor};
 
 /// `shaders/matvec.wgsl` after `shaders/dequant.wgsl`.
 pub const SHADER: Shader = Shader {
@@ -22,14 +22,18 @@ pub const SHADER: Shader = Shader {
     },
 };
 
-/// The plain build.
-pub const PLAIN: Variant = Variant::plain(SHADER);
-
-/// The build that normalises its input first (`NORM`).
-pub const NORMED: Variant = Variant {
-    shader: SHADER,
-    constants: &[("NORM", 1.0)],
-};
+/// The build for weights of `dtype` (and an up projection of `up`) that
+/// normalises its input first when `norm` (overrides NORM, DTYPE, UP_DTYPE).
+pub fn variant(norm: bool, dtype: DType, up: DType) -> Variant {
+    Variant {
+        shader: SHADER,
+        constants: vec![
+            ("NORM", f64::from(u8::from(norm))),
+            ("DTYPE", dtype.gpu_id() as f64),
+            ("UP_DTYPE", up.gpu_id() as f64),
+        ],
+    }
+}
 
 /// What a one-token projection reads and writes.
 pub struct Bindings<'a> {
@@ -48,37 +52,34 @@ pub struct Bindings<'a> {
     pub norm: Option<(&'a wgpu::Buffer, f32)>,
 }
 
-/// The matvec kernel, plain and with the RMSNorm of its input (override `NORM`).
-#[derive(Clone, Debug)]
+/// The matvec kernel, plain and with the RMSNorm of its input, per
+/// storage type (see [`variant`]; compiled on first use).
+#[derive(Debug)]
 pub struct Matvec {
-    plain: wgpu::ComputePipeline,
-    normed: wgpu::ComputePipeline,
+    pipelines: Pipelines,
 }
 
 impl Matvec {
-    /// Compiles both builds.
+    /// Prepares the kernel.
     pub fn new(c: &super::Compiler) -> Self {
         Self {
-            plain: super::pipeline(c, PLAIN),
-            normed: super::pipeline(c, NORMED),
+            pipelines: Pipelines::new(c, SHADER),
         }
     }
 
     /// Binds the projection of one token, `out (rows,) = w (rows, cols) @ x
     /// (cols,)` as `mode` says, one launch per chunk of `w`.
     pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
-        let pipeline = match b.norm {
-            Some(_) => &self.normed,
-            None => &self.plain,
-        };
-        let mut dispatch = Dispatch::empty(pipeline);
-        for (mut params, view, up) in b.w.chunk_params(b.mode, b.w.rows) {
+        let mut dispatch = Dispatch::none();
+        for (mut params, c, up) in b.w.chunk_params(b.mode, b.w.rows) {
+            let v = variant(b.norm.is_some(), c.dtype, up.dtype);
+            dispatch.set_pipeline(&self.pipelines.get(v.constants));
             params.eps = b.norm.map_or(0.0, |(_, eps)| eps);
             let resources = vec![
-                wgpu::BindingResource::TextureView(view),
+                wgpu::BindingResource::TextureView(&c.view),
                 input_binding(b.x, 0, 0),
                 b.out.as_entire_binding(),
-                wgpu::BindingResource::TextureView(up),
+                wgpu::BindingResource::TextureView(&up.view),
                 input_binding(b.norm.map_or(b.x, |(g, _)| g), 0, 0),
             ];
             // One thread per row.

@@ -52,12 +52,12 @@ pub struct Needs {
 }
 
 /// One pipeline kvgpu builds: a kernel and its pipeline-overridable constants.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Variant {
     /// The kernel.
     pub shader: Shader,
     /// Pipeline-overridable constants, e.g. `("NORM", 1.0)`.
-    pub constants: &'static [(&'static str, f64)],
+    pub constants: Constants,
 }
 
 impl Variant {
@@ -65,7 +65,7 @@ impl Variant {
     pub const fn plain(shader: Shader) -> Self {
         Self {
             shader,
-            constants: &[],
+            constants: Vec::new(),
         }
     }
 
@@ -73,7 +73,7 @@ impl Variant {
     #[cfg(test)]
     pub fn name(&self) -> String {
         let mut name = self.shader.name.to_string();
-        for (k, v) in self.constants {
+        for (k, v) in &self.constants {
             name += &format!(" {k}={v}");
         }
         name
@@ -83,18 +83,30 @@ impl Variant {
 /// Every pipeline [`Kernels::new`] builds (a test checks this against what
 /// it builds, and translates each for every backend).
 #[cfg(test)]
-pub const VARIANTS: [Variant; 10] = [
+pub const VARIANTS: [Variant; 5] = [
     Variant::plain(argmax::SHADER),
     Variant::plain(attention::SHADER),
     Variant::plain(attention_combine::SHADER),
-    Variant::plain(embed::SHADER),
-    matmul::FOUR_ROWS,
-    matmul::TWO_ROWS,
-    matvec::PLAIN,
-    matvec::NORMED,
     Variant::plain(rmsnorm::SHADER),
     Variant::plain(rope_append::SHADER),
 ];
+
+/// The weight-reading kernels' pipelines for every storage type (each
+/// type once as `DTYPE` and once as `UP_DTYPE`, and every build of each
+/// kernel), built on first use ([`Pipelines`]); the translation test
+/// covers them all.
+#[cfg(test)]
+pub fn specialized_variants() -> Vec<Variant> {
+    use crate::tensor::DType;
+    let mut out = Vec::new();
+    for (i, dtype) in DType::ALL.into_iter().enumerate() {
+        let up = DType::ALL[(i + 1) % DType::ALL.len()];
+        out.push(embed::variant(dtype));
+        out.push(matvec::variant(i % 2 == 0, dtype, up));
+        out.push(matmul::variant(i % 2 == 1, dtype, up));
+    }
+    out
+}
 
 /// Every kernel kvgpu uses (a test checks this against `shaders/`).
 pub const SHADERS: [Shader; 8] = [
@@ -138,7 +150,7 @@ impl Step {
 }
 
 /// Every kernel, compiled once per device.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Kernels {
     pub argmax: argmax::Argmax,
     pub attention: attention::Attention,
@@ -199,7 +211,8 @@ impl Kernels {
         Ok(())
     }
 
-    /// Compiles every kernel, through `cache` where the device has one.
+    /// Compiles every kernel (those that read weights: as each storage
+    /// type is first bound), through `cache` where the device has one.
     /// Call inside an error scope ([`crate::Gpu::scoped`]).
     pub fn new(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>) -> Self {
         let c = Compiler { device, cache };
@@ -228,6 +241,7 @@ fn pipeline(compiler: &Compiler, variant: Variant) -> wgpu::ComputePipeline {
     #[cfg(test)]
     testing::BUILT.with(|b| b.borrow_mut().push(variant.name()));
     let Variant { shader, constants } = variant;
+    let constants = &constants;
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(shader.name),
         source: wgpu::ShaderSource::Wgsl(shader.source.into()),
@@ -245,6 +259,53 @@ fn pipeline(compiler: &Compiler, variant: Variant) -> wgpu::ComputePipeline {
     })
 }
 
+/// A kernel's pipelines by their constants, each compiled on first use: the
+/// weight-reading kernels get one per storage type a model uses (a WGSL
+/// override), so none carries the decoders of the other types.
+#[derive(Debug)]
+pub struct Pipelines {
+    shader: Shader,
+    device: wgpu::Device,
+    cache: Option<wgpu::PipelineCache>,
+    /// (constants, pipeline), in the order first asked for.
+    built: std::sync::Mutex<Vec<(Constants, wgpu::ComputePipeline)>>,
+}
+
+/// Pipeline-overridable constants by name.
+pub type Constants = Vec<(&'static str, f64)>;
+
+impl Pipelines {
+    /// `shader`'s pipelines, compiled as asked for.
+    pub fn new(c: &Compiler, shader: Shader) -> Self {
+        Self {
+            shader,
+            device: c.device.clone(),
+            cache: c.cache.cloned(),
+            built: Default::default(),
+        }
+    }
+
+    /// The pipeline for `constants`, compiled the first time. Call inside
+    /// an error scope.
+    pub fn get(&self, constants: Constants) -> wgpu::ComputePipeline {
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, p)) = built.iter().find(|(c, _)| *c == constants) {
+            return p.clone();
+        }
+        let compiler = Compiler {
+            device: &self.device,
+            cache: self.cache.as_ref(),
+        };
+        let variant = Variant {
+            shader: self.shader,
+            constants: constants.clone(),
+        };
+        let p = pipeline(&compiler, variant);
+        built.push((constants, p.clone()));
+        p
+    }
+}
+
 /// One kernel launch (or several, for a weight split into row-chunks), bound
 /// once and recorded every step: the pipeline, a bind group per launch
 /// (binding 0 = its params uniform, then the buffers in order) and the grid,
@@ -252,10 +313,13 @@ fn pipeline(compiler: &Compiler, variant: Variant) -> wgpu::ComputePipeline {
 /// token count when recorded.
 #[derive(Debug)]
 pub struct Dispatch {
-    pipeline: wgpu::ComputePipeline,
-    /// (bind group, grid, first token): a launch whose first token is not
-    /// in the pass is skipped (matmul binds one launch per tile of tokens).
-    launches: Vec<(wgpu::BindGroup, [u32; 3], u32)>,
+    /// The pipelines its launches use (one, unless the chunks of a
+    /// weight differ in storage type); the last is the one `push` binds for.
+    pipelines: Vec<wgpu::ComputePipeline>,
+    /// (pipeline index, bind group, grid, first token): a launch whose
+    /// first token is not in the pass is skipped (matmul binds one launch
+    /// per tile of tokens).
+    launches: Vec<(usize, wgpu::BindGroup, [u32; 3], u32)>,
     /// Tokens per workgroup along z; 0: not per token (z as bound).
     tokens_per_z: u32,
 }
@@ -275,12 +339,29 @@ impl Dispatch {
         d
     }
 
+    /// A dispatch with no pipeline or launches yet: call
+    /// [`Dispatch::set_pipeline`] before adding launches.
+    pub fn none() -> Self {
+        Self {
+            pipelines: Vec::new(),
+            launches: Vec::new(),
+            tokens_per_z: 0,
+        }
+    }
+
     /// A dispatch of `pipeline` with no launches yet.
     pub fn empty(pipeline: &wgpu::ComputePipeline) -> Self {
         Self {
-            pipeline: pipeline.clone(),
+            pipelines: vec![pipeline.clone()],
             launches: Vec::new(),
             tokens_per_z: 0,
+        }
+    }
+
+    /// Makes later launches use `pipeline` (a chunk of another storage type).
+    pub fn set_pipeline(&mut self, pipeline: &wgpu::ComputePipeline) {
+        if self.pipelines.last() != Some(pipeline) {
+            self.pipelines.push(pipeline.clone());
         }
     }
 
@@ -333,24 +414,30 @@ impl Dispatch {
                 resource,
             })
             .collect();
+        let pipeline = self.pipelines.len() - 1;
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
-            layout: &self.pipeline.get_bind_group_layout(0),
+            layout: &self.pipelines[pipeline].get_bind_group_layout(0),
             entries: &entries,
         });
-        self.launches.push((bind_group, workgroups, first_token));
+        self.launches
+            .push((pipeline, bind_group, workgroups, first_token));
     }
 
     /// Number of kernel launches recorded for a pass of `n` tokens.
     pub fn launches(&self, n: u32) -> usize {
-        self.launches.iter().filter(|l| l.2 < n).count()
+        self.launches.iter().filter(|l| l.3 < n).count()
     }
 
-    /// Records the launch(es) into `pass` for a pass of `n` tokens (the
-    /// pipeline is set once).
+    /// Records the launch(es) into `pass` for a pass of `n` tokens (each
+    /// pipeline set once per run of launches that use it).
     pub fn record(&self, pass: &mut wgpu::ComputePass, n: u32) {
-        pass.set_pipeline(&self.pipeline);
-        for launch in self.launches.iter().filter(|l| l.2 < n) {
+        let mut set = None;
+        for launch in self.launches.iter().filter(|l| l.3 < n) {
+            if set != Some(launch.0) {
+                pass.set_pipeline(&self.pipelines[launch.0]);
+                set = Some(launch.0);
+            }
             self.dispatch(pass, launch, n);
         }
     }
@@ -358,18 +445,19 @@ impl Dispatch {
     /// Records the `i`-th launch of a pass of `n` tokens alone (to time it
     /// in a pass of its own).
     pub fn record_launch(&self, pass: &mut wgpu::ComputePass, i: usize, n: u32) {
-        let launch = self.launches.iter().filter(|l| l.2 < n).nth(i);
-        pass.set_pipeline(&self.pipeline);
-        self.dispatch(pass, launch.expect("launch index below launches(n)"), n);
+        let launch = self.launches.iter().filter(|l| l.3 < n).nth(i);
+        let launch = launch.expect("launch index below launches(n)");
+        pass.set_pipeline(&self.pipelines[launch.0]);
+        self.dispatch(pass, launch, n);
     }
 
     fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass,
-        launch: &(wgpu::BindGroup, [u32; 3], u32),
+        launch: &(usize, wgpu::BindGroup, [u32; 3], u32),
         n: u32,
     ) {
-        let (bind_group, [x, y, z], _) = launch;
+        let (_, bind_group, [x, y, z], _) = launch;
         let z = match self.tokens_per_z {
             0 => *z,
             t => n.div_ceil(t),

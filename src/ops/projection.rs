@@ -19,8 +19,6 @@ pub struct Params {
     pub rows: u32,
     /// Values per row.
     pub cols: u32,
-    /// [`DType::gpu_id`].
-    pub dtype: u32,
     /// Bytes per row.
     pub row_bytes: u32,
     /// Index of this chunk's first row in the whole (stacked) matrix: where
@@ -28,8 +26,6 @@ pub struct Params {
     pub out_offset: u32,
     /// 0 set, 1 add, 2 SwiGLU (see [`Mode`]).
     pub mode: u32,
-    /// [`DType::gpu_id`] of the up projection (SwiGLU).
-    pub up_dtype: u32,
     /// Bytes per row of the up projection (SwiGLU).
     pub up_row_bytes: u32,
     /// Values per token row in `out`.
@@ -245,13 +241,13 @@ impl GpuTensor {
         }
     }
 
-    /// `Params` of each chunk for `mode`, with the chunk's texture and the
-    /// up projection's (the same texture unless SwiGLU).
+    /// `Params` of each chunk for `mode`, with the chunk and the up
+    /// projection's (the same chunk unless SwiGLU).
     pub(crate) fn chunk_params<'a>(
         &'a self,
         mode: Mode<'a>,
         out_stride: usize,
-    ) -> impl Iterator<Item = (Params, &'a wgpu::TextureView, &'a wgpu::TextureView)> {
+    ) -> impl Iterator<Item = (Params, &'a Chunk, &'a Chunk)> {
         let row_bytes = |c: &Chunk| c.dtype.row_bytes(self.cols).expect("whole blocks") as u32;
         let up = match mode {
             Mode::SwiGlu { up } => Some(up),
@@ -263,7 +259,6 @@ impl GpuTensor {
             let params = Params {
                 rows: c.rows as u32,
                 cols: self.cols as u32,
-                dtype: c.dtype.gpu_id(),
                 row_bytes: row_bytes(c),
                 out_offset: c.start as u32,
                 mode: match mode {
@@ -271,7 +266,6 @@ impl GpuTensor {
                     Mode::Add => 1,
                     Mode::SwiGlu { .. } => 2,
                 },
-                up_dtype: u.dtype.gpu_id(),
                 up_row_bytes: row_bytes(u),
                 out_stride: out_stride as u32,
                 x_stride: 0,
@@ -279,25 +273,27 @@ impl GpuTensor {
                 tile: 1,
                 eps: 0.0,
             };
-            (params, &c.view, &u.view)
+            (params, c, u)
         })
     }
 }
 
-/// Binds `pipeline` once per chunk of `w`, output rows `out_stride` apart:
-/// the chunk's params and texture (binding 1), then `rest` (bindings 2..);
-/// `groups` gives the grid for a chunk of that many rows.
+/// Binds the pipeline for each chunk's storage type (`pipeline`) once per
+/// chunk of `w`, output rows `out_stride` apart: the chunk's params and
+/// texture (binding 1), then `rest` (bindings 2..); `groups` gives the grid
+/// for a chunk of that many rows.
 pub(crate) fn bind_chunks(
     device: &wgpu::Device,
-    pipeline: &wgpu::ComputePipeline,
+    pipeline: impl Fn(DType) -> wgpu::ComputePipeline,
     w: &GpuTensor,
     rest: &[wgpu::BindingResource],
     out_stride: usize,
     groups: impl Fn(u32) -> [u32; 3],
 ) -> Dispatch {
-    let mut dispatch = Dispatch::empty(pipeline);
-    for (params, view, _) in w.chunk_params(Mode::Set, out_stride) {
-        let resources = std::iter::once(wgpu::BindingResource::TextureView(view))
+    let mut dispatch = Dispatch::none();
+    for (params, c, _) in w.chunk_params(Mode::Set, out_stride) {
+        dispatch.set_pipeline(&pipeline(c.dtype));
+        let resources = std::iter::once(wgpu::BindingResource::TextureView(&c.view))
             .chain(rest.iter().cloned())
             .collect();
         dispatch.push_resources(

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::testing::require;
-use super::{Kernels, Needs, Variant, LIBRARIES, SHADERS, VARIANTS};
+use super::{specialized_variants, Kernels, Needs, Variant, LIBRARIES, SHADERS, VARIANTS};
 
 #[test]
 fn every_shader_parses_and_validates() {
@@ -119,18 +119,47 @@ fn every_shader_documents_its_bindings() {
 }
 
 /// `Kernels::new` builds exactly [`VARIANTS`], so the translation test
-/// below covers every pipeline that runs.
+/// below covers every pipeline that runs; a weight-reading kernel builds
+/// its storage type's pipeline when first bound, and only then.
 #[test]
 fn kernels_build_exactly_the_listed_variants() {
     let gpu = require!(super::testing::gpu());
-    super::testing::BUILT.with(|b| b.borrow_mut().clear());
-    gpu.scoped("compiling", || Kernels::new(&gpu.device, None))
+    let built = || super::testing::BUILT.with(|b| b.borrow_mut().drain(..).collect::<Vec<_>>());
+    built();
+    let kernels = gpu
+        .scoped("compiling", || Kernels::new(&gpu.device, None))
         .unwrap();
-    let mut built = super::testing::BUILT.with(|b| b.borrow().clone());
     let mut listed: Vec<String> = VARIANTS.iter().map(|v| v.name()).collect();
-    built.sort();
+    let mut first = built();
+    first.sort();
     listed.sort();
-    assert_eq!(built, listed);
+    assert_eq!(first, listed);
+    // A Q5_K table: its pipeline once, however often bound.
+    let table = super::testing::random_tensor(crate::tensor::DType::Q5_K, 3, 256, 1);
+    let table = gpu
+        .scoped("upload", || {
+            super::projection::GpuTensor::upload(&gpu.device, &gpu.queue, &table, 1 << 20, "t")
+        })
+        .unwrap()
+        .unwrap();
+    let out = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 1024,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    for _ in 0..2 {
+        let b = super::embed::Bindings {
+            out: &out,
+            stride: 256,
+            table: &table,
+            tokens: &out,
+        };
+        gpu.scoped("binding", || kernels.embed.bind(&gpu.device, b))
+            .unwrap();
+    }
+    let specialized = super::embed::variant(crate::tensor::DType::Q5_K);
+    assert_eq!(built(), [specialized.name()]);
 }
 
 /// The parsed, validated module of `variant`, its constants applied.
@@ -219,7 +248,8 @@ fn host_validate(tool: &str, args: &[&str], file: &Path) -> Option<Result<(), St
     }
 }
 
-/// Every pipeline kvgpu builds, translated by naga for Metal (MSL),
+/// Every pipeline kvgpu builds (every storage type of the weight-reading
+/// kernels), translated by naga for Metal (MSL),
 /// DX12 (HLSL, shader model 5.1), Vulkan (SPIR-V, checked by
 /// spirv-val) and GL ES 3.1 (GLSL, checked by glslangValidator): what
 /// wgpu does on those backends, without their hardware.
@@ -231,7 +261,8 @@ fn every_variant_translates_for_every_backend() {
     let mut fail = |variant: &Variant, backend: &str, e: String| {
         failures.push(format!("{} ({backend}): {e}", variant.name()))
     };
-    for (i, v) in VARIANTS.iter().enumerate() {
+    let variants: Vec<Variant> = VARIANTS.into_iter().chain(specialized_variants()).collect();
+    for (i, v) in variants.iter().enumerate() {
         let (m, info) = module(v);
         let stage = naga::ShaderStage::Compute;
         // Metal.

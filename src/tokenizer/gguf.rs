@@ -75,8 +75,19 @@ impl Tokenizer {
         let bos = id("tokenizer.ggml.bos_token_id", Some(1.min(n as u64 - 1)))?.expect("default");
         let eos = id("tokenizer.ggml.eos_token_id", Some(2.min(n as u64 - 1)))?.expect("default");
         let unknown = id("tokenizer.ggml.unknown_token_id", None)?;
+        let mut end_tokens = vec![bos, eos];
+        end_tokens.extend(id("tokenizer.ggml.eot_token_id", None)?);
+        end_tokens.extend(id("tokenizer.ggml.eom_token_id", None)?);
         let specials = special_tokens(tokens, &types);
-        match model {
+        end_tokens.extend(
+            specials
+                .iter()
+                .filter(|(text, _)| END_MARKERS.contains(&text.as_str()))
+                .map(|&(_, id)| id),
+        );
+        end_tokens.sort_unstable();
+        end_tokens.dedup();
+        let mut tokenizer = match model {
             "llama" => {
                 let scores: Vec<f32> = match g.floats("tokenizer.ggml.scores")? {
                     Some(s) if s.len() == n => s.iter().map(|&v| v as f32).collect(),
@@ -136,7 +147,10 @@ impl Tokenizer {
                 "tokenizer.ggml.model",
                 format!("unsupported tokenizer model {other:?} (llama, gpt2 are)"),
             )),
-        }
+        }?;
+        tokenizer.end_tokens = end_tokens;
+        tokenizer.chat_template = g.string("tokenizer.chat_template")?.map(str::to_string);
+        Ok(tokenizer)
     }
 
     /// A byte-level BPE from its token texts (GPT-2 byte characters), token
@@ -173,15 +187,11 @@ impl Tokenizer {
                     .collect(),
             })
             .collect();
+        // A byte with no token (SmolLM2 lacks 21) is skipped when encoding.
         let byte_token = chars
             .iter()
-            .map(|c| {
-                lookup
-                    .get(c.to_string().as_bytes())
-                    .copied()
-                    .ok_or_else(|| format!("no token for byte character {c:?}"))
-            })
-            .collect::<std::result::Result<Vec<u32>, String>>()?;
+            .map(|c| lookup.get(c.to_string().as_bytes()).copied())
+            .collect();
         let mut ranks = HashMap::with_capacity(merges.len());
         for (rank, m) in merges.iter().enumerate() {
             let (l, r) = m
@@ -213,6 +223,8 @@ impl Tokenizer {
             unknown,
             add_bos,
             specials: special_tokens(tokens, types),
+            end_tokens: vec![bos, eos],
+            chat_template: None,
         })
     }
 
@@ -283,6 +295,21 @@ impl Tokenizer {
         ])
     }
 }
+
+/// Control-token texts that end a turn or a document in the chat formats
+/// llama.cpp knows (its end-of-generation list).
+const END_MARKERS: [&str; 10] = [
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<end_of_turn>",
+    "<EOT>",
+    "<|return|>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+];
 
 /// Control (type 3) and user-defined (type 4) tokens as (text, id), longest
 /// first, so a special token's text is never split by a shorter one.

@@ -42,8 +42,10 @@ enum Merges {
     Rank {
         /// (left, right) -> (rank, merged token).
         ranks: HashMap<(u32, u32), (u32, u32)>,
-        /// (256,) token of each single byte.
-        byte_token: Vec<u32>,
+        /// (256,) token of each single byte; `None` for a byte the
+        /// vocabulary lacks, which encoding skips (as llama.cpp and Hugging
+        /// Face `tokenizers` do).
+        byte_token: Vec<Option<u32>>,
         pre: Box<PreTokenizer>,
     },
 }
@@ -68,6 +70,10 @@ pub struct Tokenizer {
     /// Control and user-defined tokens (text, id), longest first, matched in
     /// text by [`Tokenizer::encode_special`].
     specials: Vec<(String, u32)>,
+    /// Tokens that end a generation (see [`Tokenizer::end_tokens`]).
+    end_tokens: Vec<u32>,
+    /// The file's chat template (Jinja), if any.
+    chat_template: Option<String>,
 }
 
 impl Tokenizer {
@@ -149,6 +155,9 @@ impl Tokenizer {
             unknown,
             add_bos,
             specials,
+            // run.c stops at BOS.
+            end_tokens: vec![bos],
+            chat_template: None,
         };
         // Longest first, so a special token's text is never split by a shorter one.
         t.specials.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
@@ -173,6 +182,41 @@ impl Tokenizer {
     /// Whether a prompt starts with BOS by default.
     pub fn add_bos(&self) -> bool {
         self.add_bos
+    }
+
+    /// The tokens that end a generation. llama2.c tokenizers: BOS (run.c's
+    /// rule). GGUF tokenizers: BOS, EOS, the end-of-turn and end-of-message
+    /// tokens the file names (`eot_token_id`, `eom_token_id`), and control
+    /// tokens that are end markers (`<|im_end|>`, `<|eot_id|>`,
+    /// `<|endoftext|>`, `<end_of_turn>`, ...), as llama.cpp's
+    /// end-of-generation set.
+    pub fn end_tokens(&self) -> &[u32] {
+        &self.end_tokens
+    }
+
+    /// The chat template (Jinja) a GGUF file carries
+    /// (`tokenizer.chat_template`), for [`crate::Chat`].
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// The text of control token `id` (e.g. `<|im_start|>`), if it is one.
+    pub fn control_text(&self, id: u32) -> Option<&str> {
+        self.specials
+            .iter()
+            .find(|(_, t)| *t == id)
+            .map(|(s, _)| s.as_str())
+    }
+
+    /// Whether `token` ends a generation.
+    pub fn is_end(&self, token: u32) -> bool {
+        self.end_tokens.contains(&token)
+    }
+
+    /// Replaces the tokens that end a generation (empty: run to the
+    /// length asked for, like llama.cpp's `--ignore-eos`).
+    pub fn set_end_tokens(&mut self, tokens: Vec<u32>) {
+        self.end_tokens = tokens;
     }
 
     /// Encodes `text` (control-token text is encoded as plain text). With the
@@ -283,8 +327,10 @@ impl Tokenizer {
                 pre,
             } => {
                 for word in pre.split(text) {
-                    let mut symbols: Vec<u32> =
-                        word.bytes().map(|b| byte_token[b as usize]).collect();
+                    let mut symbols: Vec<u32> = word
+                        .bytes()
+                        .filter_map(|b| byte_token[b as usize])
+                        .collect();
                     loop {
                         let best = symbols
                             .windows(2)

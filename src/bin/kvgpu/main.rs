@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! kvgpu run -p "Once upon a time" -n 100 --temp 0.8
-//! kvgpu run -m SmolLM2-135M-Instruct.Q8_0.gguf -p "The capital of France is" -n 30 --temp 0
+//! kvgpu run -m SmolLM2-135M-Instruct.Q4_1.gguf -p "The capital of France is" -n 30 --temp 0
+//! kvgpu chat -m SmolLM2-135M-Instruct.Q4_1.gguf --system "Answer briefly."
 //! kvgpu bench --models stories260K,15M
 //! kvgpu quantize -m stories260K.bin --tokenizer tok512.bin --type q8_0 -o stories260K-q8_0.gguf
 //! ```
@@ -15,6 +16,8 @@
 //! default) downloaded there with a SHA-256 check.
 
 mod bench;
+mod chat;
+mod perplexity;
 mod quantize;
 mod run;
 
@@ -36,6 +39,11 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, streaming it to stdout.
     Run(run::Args),
+    /// Chat with an instruct model (its file's chat template); scripted
+    /// turns, one per line, when stdin is not a terminal.
+    Chat(chat::Args),
+    /// Perplexity of a text file, as llama.cpp's llama-perplexity scores it.
+    Perplexity(perplexity::Args),
     /// Measure decode, prefill and cache vs no-cache rates on this adapter.
     Bench(bench::Args),
     /// Write a model's weights as Q8_0, Q4_0, F16 or F32 GGUF.
@@ -46,6 +54,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(args) => run::main(args),
+        Command::Chat(args) => chat::main(args),
+        Command::Perplexity(args) => perplexity::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Quantize(args) => quantize::main(args),
     };
@@ -94,6 +104,28 @@ pub fn fetch(file: &kvgpu::files::Known) -> Result<PathBuf, String> {
             url = file.url,
         )
     })
+}
+
+/// The model at `model` (else stories260K, found or downloaded) and its
+/// tokenizer: the GGUF file's own, `tokenizer`, or the llama2.c one beside
+/// the checkpoint.
+pub fn load_model(
+    model: Option<&Path>,
+    tokenizer: Option<&Path>,
+) -> Result<(kvgpu::Model, kvgpu::Tokenizer), Box<dyn std::error::Error>> {
+    let path = match model {
+        Some(m) => m.to_path_buf(),
+        None => fetch(&kvgpu::files::STORIES260K)?,
+    };
+    let (weights, gguf_tokenizer) = kvgpu::Model::load(&path)?;
+    let vocab = weights.config.vocab_size;
+    let tokenizer = match (tokenizer, gguf_tokenizer) {
+        (Some(t), _) => load_tokenizer(t, vocab)?,
+        (None, Some(t)) => t,
+        (None, None) if model.is_none() => load_tokenizer(&fetch(&kvgpu::files::TOK512)?, vocab)?,
+        (None, None) => load_tokenizer(&tokenizer_beside(&path, vocab)?, vocab)?,
+    };
+    Ok((weights, tokenizer))
 }
 
 /// A llama2.c tokenizer, or an error saying what the file is instead when

@@ -8,10 +8,9 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvgpu::cpu::CpuSession;
-use kvgpu::files::{STORIES260K, TOK512};
 use kvgpu::{
-    generate, Decoder, Gpu, GpuModel, KvDtype, Length, Model, NoCache, Sampler, Session,
-    SessionOptions, Tokenizer,
+    generate, Decoder, Gpu, GpuModel, KvDtype, Length, NoCache, Sampler, Session, SessionOptions,
+    Tokenizer,
 };
 
 /// Generate text with a GGUF or llama2.c model.
@@ -63,6 +62,10 @@ pub struct Args {
     /// Also run the CPU reference on the same input and report its speed.
     #[arg(long)]
     compare_cpu: bool,
+    /// Keep generating past the model's end-of-sequence and end-of-turn
+    /// tokens (and, for llama2.c models, BOS).
+    #[arg(long)]
+    ignore_eos: bool,
 }
 
 /// Generates the text.
@@ -78,22 +81,11 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         sampler = sampler.with_top_k(k)?;
     }
     let loading = Instant::now();
-    let model_path = match &args.model {
-        Some(m) => m.clone(),
-        None => crate::fetch(&STORIES260K)?,
-    };
-    let (model, gguf_tokenizer) = Model::load(&model_path)?;
-    let vocab = model.config.vocab_size;
-    let tokenizer = match (&args.tokenizer, gguf_tokenizer) {
-        (Some(t), _) => crate::load_tokenizer(t, vocab)?,
-        (None, Some(t)) => t,
-        (None, None) if args.model.is_none() => {
-            crate::load_tokenizer(&crate::fetch(&TOK512)?, vocab)?
-        }
-        (None, None) => {
-            crate::load_tokenizer(&crate::tokenizer_beside(&model_path, vocab)?, vocab)?
-        }
-    };
+    let (model, mut tokenizer) =
+        crate::load_model(args.model.as_deref(), args.tokenizer.as_deref())?;
+    if args.ignore_eos {
+        tokenizer.set_end_tokens(Vec::new());
+    }
     let mut options = SessionOptions::default().kv_dtype(match args.kv_f16 {
         true => KvDtype::F16,
         false => KvDtype::F32,

@@ -29,11 +29,13 @@ use work::pass_work;
 /// copy bandwidth and launch costs.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Comma-separated models: stories260K, 15M, 110M, or names from --shape.
+    /// Comma-separated models: stories260K, 15M, 110M, smollm2 (the Q4_1
+    /// file in $KVGPU_MODELS), smollm2-<type> (its weights converted to
+    /// f16, q8_0, q4_0, ...), or names from --shape.
     #[arg(long, default_value = "stories260K,15M,110M")]
     models: String,
     /// Extra synthetic shape: name:dim,hidden,layers,heads,kv_heads,vocab,context,dtype
-    /// (f32|f16|q8_0|q4_0, or q4_k: random blocks, for speed only; F16 embedding).
+    /// (any weight type; K-quants and IQ4 are random blocks, for speed only).
     #[arg(long)]
     shape: Vec<String>,
     /// Tokens decoded per timed run.

@@ -40,6 +40,19 @@ pub fn load(name: &str, shapes: &[(String, String)]) -> Result<Model, Box<dyn st
             let path = crate::fetch(&kvgpu::files::STORIES260K)?;
             return Ok(Model::load_llama2c(path)?);
         }
+        "smollm2" => return smollm2(),
+        other if other.starts_with("smollm2-") => {
+            let dtype = DType::from_name(&other["smollm2-".len()..])
+                .filter(|t| kvgpu::tensor::QUANTIZERS.contains(t))
+                .ok_or_else(|| {
+                    format!("{other}: smollm2-<f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1>")
+                })?;
+            let model = smollm2()?;
+            return Ok(Model {
+                weights: model.weights.convert(dtype),
+                config: model.config,
+            });
+        }
         "15M" => "288,768,6,6,6,32000,256,f32".to_string(),
         "110M" => "768,2048,12,12,12,32000,1024,f16".to_string(),
         other => shapes
@@ -50,4 +63,11 @@ pub fn load(name: &str, shapes: &[(String, String)]) -> Result<Model, Box<dyn st
     };
     let (config, dtype) = synthetic(name, &spec)?;
     Ok(Model::random_with(config, dtype, 2024)?)
+}
+
+/// SmolLM2-135M-Instruct as published (Q4_1 weights, Q8_0 embedding), from
+/// `$KVGPU_MODELS` or the user cache folder.
+fn smollm2() -> Result<Model, Box<dyn std::error::Error>> {
+    let path = kvgpu::files::find("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    Ok(Model::load(path)?.0)
 }

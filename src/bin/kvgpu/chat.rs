@@ -1,0 +1,108 @@
+//! `kvgpu chat`: a conversation with an instruct model in its file's chat
+//! template. Each reply streams to stdout and stops at the end of the
+//! assistant's turn; the conversation stays in the KV cache, so a new turn
+//! prefills only its own tokens. On a terminal it asks for each turn; with
+//! stdin from a file or a pipe, each line is a user turn.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use kvgpu::{Chat, Gpu, GpuModel, Sampler, Session, SessionOptions};
+
+/// Chat with an instruct model.
+#[derive(clap::Args, Debug)]
+#[command(allow_negative_numbers = true)]
+pub struct Args {
+    /// Model: a GGUF file with a chat template.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// The system message.
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens per reply.
+    #[arg(short, long = "n-predict", value_name = "N", default_value_t = 512)]
+    n_predict: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, visible_alias = "temperature", default_value_t = 0.7)]
+    temp: f32,
+    /// Top-p (nucleus) threshold.
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    /// RNG seed [default: the current time]
+    #[arg(short, long)]
+    seed: Option<u64>,
+    /// KV cache capacity in positions [default: the model's context length]
+    #[arg(short, long = "ctx-size", value_name = "N")]
+    ctx_size: Option<usize>,
+    /// Use the first adapter whose name contains this.
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+/// Runs the conversation until stdin ends (or `/quit`).
+pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let mut sampler = Sampler::new(args.temp, args.top_p, seed)?;
+    let (model, tokenizer) = crate::load_model(Some(&args.model), None)?;
+    let mut chat = Chat::new(&tokenizer, args.system.as_deref())?;
+    let gpu = Gpu::new(args.adapter.as_deref())?;
+    let gpu_model = GpuModel::new(&gpu, &model)?;
+    let mut options = SessionOptions::default();
+    options.capacity = args.ctx_size;
+    let mut session = Session::with_options(&gpu_model, options)?;
+    let interactive = std::io::stdin().is_terminal();
+    let mut stdout = std::io::stdout();
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        if interactive {
+            print!("> ");
+            stdout.flush()?;
+        }
+        let Some(line) = lines.next().transpose()? else {
+            break;
+        };
+        let text = line.trim_end();
+        if text == "/quit" {
+            break;
+        }
+        if text.is_empty() {
+            continue;
+        }
+        let turn = chat.send(
+            &mut session,
+            &tokenizer,
+            &mut sampler,
+            text,
+            args.n_predict,
+            |piece| {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            },
+        );
+        match turn {
+            Ok(turn) => {
+                println!();
+                eprintln!(
+                    "[{} new tokens prefilled, {} generated{}, {} of {} positions in use]",
+                    turn.prefilled,
+                    turn.generated,
+                    if turn.ended { "" } else { ", cut at -n" },
+                    session.cache().len(),
+                    session.cache().capacity()
+                );
+            }
+            Err(kvgpu::Error::ContextFull { capacity }) => {
+                eprintln!(
+                    "The conversation fills the context ({capacity} positions): start a new chat, or give a larger -c."
+                );
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Conversations with instruct models: the model file's chat template (a
+//! Jinja program, rendered by minijinja) turns the messages into text, and
+//! the conversation stays in the session's KV cache, so each new user turn
+//! prefills only its own new tokens, never the earlier turns.
+//!
+//! How a turn finds its new tokens: the text the session holds (the turns
+//! as rendered, each reply as sampled) is a prefix of the conversation
+//! rendered with the new message; only the rest is tokenized and fed. A
+//! template that renders earlier turns differently once more follow (some
+//! drop old reasoning, say) breaks the prefix: the longest common run of
+//! tokens is kept and the rest is fed again.
+
+use minijinja::Environment;
+
+use crate::error::{Error, Result};
+use crate::generate::{generate_tokens, Length};
+use crate::sampler::Sampler;
+use crate::session::Session;
+use crate::tokenizer::Tokenizer;
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Message {
+    /// "system", "user" or "assistant".
+    pub role: String,
+    /// Its text.
+    pub content: String,
+}
+
+impl Message {
+    /// A message from `role`.
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// What one turn did.
+#[derive(Clone, Debug)]
+pub struct Turn {
+    /// The assistant's reply (the end-of-turn token not included).
+    pub reply: String,
+    /// Tokens run before the reply: the new turn's, and at most one left
+    /// from the previous reply (its last sampled token).
+    pub prefilled: usize,
+    /// Reply tokens sampled.
+    pub generated: usize,
+    /// Whether the model ended its turn (else `max_tokens` or the cache's
+    /// capacity cut it short).
+    pub ended: bool,
+}
+
+/// A conversation kept in one session's KV cache.
+#[derive(Debug)]
+pub struct Chat {
+    env: Environment<'static>,
+    messages: Vec<Message>,
+    /// The conversation's text that `tokens` (and `pending`) stand for.
+    text: String,
+    /// Tokens run through the session, in order (its positions).
+    tokens: Vec<u32>,
+    /// The reply's last sampled token, not run yet (the next turn runs it first).
+    pending: Option<u32>,
+    /// BOS and EOS as text, for templates that write `bos_token` / `eos_token`.
+    bos: String,
+    eos: String,
+}
+
+impl Chat {
+    /// A conversation in `tokenizer`'s chat template (from its GGUF file),
+    /// opening with `system`'s message when given. An error if the file
+    /// has no template or the template does not parse.
+    pub fn new(tokenizer: &Tokenizer, system: Option<&str>) -> Result<Self> {
+        let template = tokenizer
+            .chat_template()
+            .ok_or_else(|| Error::ChatTemplate("the model file has no chat template".into()))?;
+        Self::with_template(template, tokenizer, system)
+    }
+
+    /// A conversation in `template` (Jinja, as Hugging Face and llama.cpp
+    /// render chat templates: `messages`, `add_generation_prompt`,
+    /// `bos_token`, `eos_token`, `raise_exception`, Python string methods).
+    pub fn with_template(
+        template: &str,
+        tokenizer: &Tokenizer,
+        system: Option<&str>,
+    ) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template_owned("chat", template.to_string())
+            .map_err(|e| Error::ChatTemplate(e.to_string()))?;
+        let text_of = |id: u32| tokenizer.control_text(id).unwrap_or_default().to_string();
+        let chat = Self {
+            env,
+            messages: system
+                .map(|s| Message::new("system", s))
+                .into_iter()
+                .collect(),
+            text: String::new(),
+            tokens: Vec::new(),
+            pending: None,
+            bos: text_of(tokenizer.bos()),
+            eos: text_of(tokenizer.eos()),
+        };
+        chat.render(&chat.messages, true)?; // a template that cannot run fails now
+        Ok(chat)
+    }
+
+    /// The messages so far.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// The conversation as the template renders it, with the assistant's
+    /// turn opened when `add_generation_prompt`.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let template = self.env.get_template("chat").expect("added in new");
+        template
+            .render(minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos,
+                eos_token => self.eos,
+            })
+            .map_err(|e| Error::ChatTemplate(e.to_string()))
+    }
+
+    /// Sends the user's `text` and streams the reply through `emit`, up to
+    /// `max_tokens` tokens or the end of the assistant's turn. Only the new
+    /// turn's tokens are run before the reply. If the session cannot hold
+    /// them, the error is [`Error::ContextFull`] and nothing changes.
+    pub fn send(
+        &mut self,
+        session: &mut Session,
+        tokenizer: &Tokenizer,
+        sampler: &mut Sampler,
+        text: &str,
+        max_tokens: usize,
+        emit: impl FnMut(&str),
+    ) -> Result<Turn> {
+        let mut messages = self.messages.clone();
+        messages.push(Message::new("user", text));
+        let rendered = self.render(&messages, true)?;
+        if session.cache().len() != self.tokens.len() {
+            return Err(Error::ChatTemplate(format!(
+                "the session holds {} positions, this conversation {}: use a session only for its chat",
+                session.cache().len(),
+                self.tokens.len()
+            )));
+        }
+        // The tokens to keep, and the new ones (never none: the new turn
+        // holds at least the user's message).
+        let (keep, new) = match rendered.strip_prefix(&self.text) {
+            Some(rest) => {
+                let first = self.tokens.is_empty();
+                let bos = first && tokenizer.add_bos() && !rest.starts_with(&self.bos);
+                let mut new: Vec<u32> = self.pending.into_iter().collect();
+                new.extend(tokenizer.encode_special(rest, bos, false)?);
+                (self.tokens.len(), new)
+            }
+            None => {
+                let bos = tokenizer.add_bos() && !rendered.starts_with(&self.bos);
+                let all = tokenizer.encode_special(&rendered, bos, false)?;
+                let same = all.iter().zip(&self.tokens).take_while(|(a, b)| a == b);
+                let keep = same.count().min(all.len() - 1);
+                (keep, all[keep..].to_vec())
+            }
+        };
+        let capacity = session.cache().capacity();
+        if keep + new.len() > capacity {
+            return Err(Error::ContextFull { capacity });
+        }
+        if keep < self.tokens.len() {
+            session.truncate(keep)?;
+        }
+        let reply = generate_tokens(
+            session,
+            tokenizer,
+            sampler,
+            &new,
+            Length::NewTokens(max_tokens),
+            emit,
+        )?;
+        self.tokens.truncate(keep);
+        self.tokens.extend(&new);
+        // The loop runs every sampled token but the last, unless an end
+        // token (not kept) followed it.
+        let ran = match reply.ended {
+            true => reply.tokens.len(),
+            false => reply.tokens.len().saturating_sub(1),
+        };
+        self.tokens.extend(&reply.tokens[..ran]);
+        self.pending = reply.tokens.get(ran).copied();
+        self.text = rendered + &reply.text;
+        messages.push(Message::new("assistant", &reply.text));
+        self.messages = messages;
+        Ok(Turn {
+            reply: reply.text,
+            prefilled: new.len(),
+            generated: reply.tokens.len(),
+            ended: reply.ended,
+        })
+    }
+}
