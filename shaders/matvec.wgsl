@@ -22,8 +22,9 @@
 // x is a uniform buffer: every thread reads the same x[c], which software
 // adapters broadcast instead of loading per thread. F32, F16, Q8_0 and Q4_0
 // read 16 bytes at a time at any alignment (4 or 8 values, half a block or a
-// block), Q4_K a texel at a time, the other types 8 values at a time
-// (dequant.wgsl's x8 functions), and so do float rows' tails. Grids of
+// block; Q4_1, Q5_0, Q5_1 and IQ4_NL likewise, a block at a time), Q4_K a
+// texel at a time, the other types 8 values at a time (dequant.wgsl's x8
+// functions), and so do float rows' tails. Grids of
 // more than 65535 workgroups spill into y.
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -156,26 +157,74 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
             done = cols / 8u * 8u;
         }
         case DTYPE_Q4_1: {
-            for (var g = 0u; g < cols / 8u; g++) {
-                acc += dot8(q4_1x8(tex, row, 8u * g), g);
+            // Blocks of 20 bytes: f16 d and m, 16 bytes of nibbles as Q4_0's.
+            // d q + m summed: d (q . x) + m (sum of x).
+            for (var b = 0u; b < cols / 32u; b++) {
+                let at = row + 20u * b;
+                let dm = unpack2x16float(words_at(tex, at).x);
+                let q = words_at(tex, at + 4u);
+                var block = vec4<f32>(0.0);
+                var xs = vec4<f32>(0.0);
+                for (var k = 0u; k < 4u; k++) {
+                    let xl = input(8u * b + k);
+                    let xh = input(8u * b + 4u + k);
+                    block += nibbles(q[k]) * xl + nibbles(q[k] >> 4u) * xh;
+                    xs += xl + xh;
+                }
+                acc += dm.x * block + dm.y * xs;
             }
             done = cols;
         }
         case DTYPE_Q5_0: {
-            for (var g = 0u; g < cols / 8u; g++) {
-                acc += dot8(q5_0x8(tex, row, 8u * g), g);
+            // Blocks of 22 bytes: f16 d, u32 of fifth bits (bit v: value v),
+            // 16 bytes of nibbles as Q4_0's. value = d (q - 16).
+            for (var b = 0u; b < cols / 32u; b++) {
+                let at = row + 22u * b;
+                let head = words_at(tex, at);
+                let qh = (head.x >> 16u) | (head.y << 16u);
+                let q = words_at(tex, at + 6u);
+                var block = vec4<f32>(0.0);
+                for (var k = 0u; k < 4u; k++) {
+                    let lo = nibbles(q[k]) + fifths(qh, 4u * k) - 16.0;
+                    let hi = nibbles(q[k] >> 4u) + fifths(qh, 16u + 4u * k) - 16.0;
+                    block += lo * input(8u * b + k) + hi * input(8u * b + 4u + k);
+                }
+                acc += unpack2x16float(head.x).x * block;
             }
             done = cols;
         }
         case DTYPE_Q5_1: {
-            for (var g = 0u; g < cols / 8u; g++) {
-                acc += dot8(q5_1x8(tex, row, 8u * g), g);
+            // Blocks of 24 bytes: f16 d and m, u32 of fifth bits, nibbles. value = d q + m.
+            for (var b = 0u; b < cols / 32u; b++) {
+                let at = row + 24u * b;
+                let head = words_at(tex, at);
+                let dm = unpack2x16float(head.x);
+                let q = words_at(tex, at + 8u);
+                var block = vec4<f32>(0.0);
+                var xs = vec4<f32>(0.0);
+                for (var k = 0u; k < 4u; k++) {
+                    let xl = input(8u * b + k);
+                    let xh = input(8u * b + 4u + k);
+                    block += (nibbles(q[k]) + fifths(head.y, 4u * k)) * xl;
+                    block += (nibbles(q[k] >> 4u) + fifths(head.y, 16u + 4u * k)) * xh;
+                    xs += xl + xh;
+                }
+                acc += dm.x * block + dm.y * xs;
             }
             done = cols;
         }
         case DTYPE_IQ4_NL: {
-            for (var g = 0u; g < cols / 8u; g++) {
-                acc += dot8(iq4_nlx8(tex, row, 8u * g), g);
+            // Blocks of 18 bytes: f16 d, nibbles indexing IQ4_NL's 16 levels.
+            for (var b = 0u; b < cols / 32u; b++) {
+                let at = row + 18u * b;
+                let q = words_at(tex, at + 2u);
+                var block = vec4<f32>(0.0);
+                for (var k = 0u; k < 4u; k++) {
+                    let lo = iq4nl(vec4(q[k], q[k] >> 8u, q[k] >> 16u, q[k] >> 24u) & vec4(15u));
+                    let hi = iq4nl(vec4(q[k] >> 4u, q[k] >> 12u, q[k] >> 20u, q[k] >> 28u) & vec4(15u));
+                    block += lo * input(8u * b + k) + hi * input(8u * b + 4u + k);
+                }
+                acc += f16_at(tex, at) * block;
             }
             done = cols;
         }
@@ -221,6 +270,11 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
 // Values 8 g .. 8 g + 8 of a row times the input's.
 fn dot8(m: mat2x4<f32>, g: u32) -> vec4<f32> {
     return m[0] * input(2u * g) + m[1] * input(2u * g + 1u);
+}
+
+// Bits i .. i + 4 of h, each as 16 or 0 (the fifth bit of a 5-bit value).
+fn fifths(h: u32, i: u32) -> vec4<f32> {
+    return vec4<f32>(((vec4(h >> i) >> vec4(0u, 1u, 2u, 3u)) & vec4(1u)) << vec4(4u));
 }
 
 // The low nibbles of a word's 4 bytes, as f32.

@@ -178,3 +178,183 @@ fn too_many_new_tokens_are_announced_not_silently_cut() {
         &["capacity 100000", "16"],
     );
 }
+
+/// SmolLM2 as published: the prompt as typed, the end at EOS, and
+/// `--ignore-eos` running on past it.
+#[test]
+fn run_stops_at_end_of_sequence_unless_told_to_ignore_it() {
+    let model = require!(common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let prompt = "The capital of France is";
+    let args = [
+        "run",
+        "-m",
+        path(&model),
+        "-p",
+        prompt,
+        "-n",
+        "32",
+        "--temp",
+        "0",
+        "-c",
+        "64",
+    ];
+    let out = kvgpu(&args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout,
+        "The capital of France is Paris.\n\nThe answer is: 2018-01-22 12:12:53.\n"
+    );
+    assert!(stderr.contains("generated tokens: 29 "), "{stderr}");
+    let out = kvgpu(&[&args[..], &["--ignore-eos"]].concat());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("generated tokens: 32 "), "{stderr}");
+    assert!(stdout
+        .starts_with("The capital of France is Paris.\n\nThe answer is: 2018-01-22 12:12:53."));
+}
+
+/// Scripted turns from a pipe: one reply each, each turn prefilling only
+/// its own tokens.
+#[test]
+fn chat_reads_turns_from_stdin() {
+    use std::io::Write;
+    let model = require!(common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvgpu"))
+        .args([
+            "chat",
+            "-m",
+            path(&model),
+            "--temp",
+            "0",
+            "-n",
+            "16",
+            "-c",
+            "256",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"What is the capital of France?\nAnd of Italy?\n")
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("Paris") && stdout.contains("Rome"),
+        "{stdout}"
+    );
+    let prefilled: Vec<usize> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix('[')?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(prefilled.len(), 2, "{stderr}");
+    assert!(
+        prefilled[1] < prefilled[0],
+        "turn 2 ran only its own tokens: {stderr}"
+    );
+}
+
+/// Perplexity of a short text, then KL divergence of a run against itself.
+#[test]
+fn perplexity_and_kl_divergence_against_a_base() {
+    let dir = require!(common::models_dir());
+    let scratch = common::scratch("cli_perplexity");
+    let text_file = scratch.join("text.txt");
+    std::fs::write(&text_file, common::GREEDY).unwrap();
+    let base = scratch.join("base.kl");
+    let model = dir.join("stories260K.bin");
+    let args = [
+        "perplexity",
+        "-m",
+        path(&model),
+        "-f",
+        path(&text_file),
+        "-c",
+        "64",
+    ];
+    let out = kvgpu(&[&args[..], &["--kl-divergence-base", path(&base)]].concat());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let ppl = |s: &str| -> f64 {
+        let at = s.find("PPL = ").expect("a PPL line") + 6;
+        s[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    // The model's own greedy text: very predictable.
+    let p = ppl(&stdout);
+    assert!(p > 1.0 && p < 3.0, "{stdout}");
+    let out = kvgpu(
+        &[
+            &args[..],
+            &["--kl-divergence-base", path(&base), "--kl-divergence"],
+        ]
+        .concat(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("Same top p: 100.000 %"), "{stdout}");
+    let kld: f64 = stdout
+        .split("Mean KLD: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kld < 1e-4, "{stdout}");
+    // A base made from another chunking is refused, naming it.
+    fails_saying(
+        &[
+            "perplexity",
+            "-m",
+            path(&model),
+            "-f",
+            path(&text_file),
+            "-c",
+            "32",
+            "--kl-divergence-base",
+            path(&base),
+            "--kl-divergence",
+        ],
+        &["base.kl", "-c 64"],
+    );
+}
+
+/// quantize writes the new types and refuses those it cannot write.
+#[test]
+fn quantize_writes_q5_1_and_names_the_types_it_writes() {
+    let dir = require!(common::models_dir());
+    let scratch = common::scratch("cli_quantize");
+    let out_file = scratch.join("q5_1.gguf");
+    let model = dir.join("stories260K.bin");
+    let out = kvgpu(&[
+        "quantize",
+        "-m",
+        path(&model),
+        "--type",
+        "q5_1",
+        "-o",
+        path(&out_file),
+    ]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let (m, _) = kvgpu::Model::load(&out_file).unwrap();
+    assert_eq!(m.weights.layers[0].wq.dtype, kvgpu::DType::Q5_1);
+    let out = kvgpu(&["run", "-m", path(&out_file), "-n", "8", "--temp", "0"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    fails_saying(
+        &[
+            "quantize",
+            "-m",
+            path(&model),
+            "--type",
+            "q4_k",
+            "-o",
+            path(&out_file),
+        ],
+        &["q4_k", "q5_1"],
+    );
+}
