@@ -13,13 +13,14 @@
 // (sum_t e^(s_t - m) v_t, m = its max score, l = sum_t e^(s_t - m)) and
 // attention_combine.wgsl merges them.
 //
-// The cache holds f32 bits or packed f16 pairs (see rope_append.wgsl).
+// The cache holds f32 bits, packed f16 pairs, or Q8_0 / Q4_0 blocks
+// (kv.wgsl, prepended to this file), decoded value by value here.
 //
 // Bindings (group 0):
-//   0 params:   Params (uniform)      { n_heads, n_kv_heads, head_size, capacity, f16, out_stride, split, splits }
+//   0 params:   Params (uniform)      { n_heads, n_kv_heads, head_size, capacity, kv_dtype, out_stride, split, splits }
 //   1 step:     Step (uniform)        { pos, n }
 //   2 q:        array<f32> (storage)  (n, n_heads, head_size)
-//   3 k_cache:  array<u32> (storage)  (capacity, n_kv_heads * head_size) values, f32 or f16 pairs
+//   3 k_cache:  array<u32> (storage)  (capacity, kv_row_words) rows of n_kv_heads * head_size values (kv.wgsl)
 //   4 v_cache:  array<u32> (storage)  as k_cache
 //   5 scores:   array<f32> (storage)  (n, n_heads, capacity) scratch
 //   6 out:      array<f32> (storage)  (n, out_stride), n_heads * head_size values used per row
@@ -32,7 +33,7 @@ struct Params {
     n_kv_heads: u32,
     head_size: u32,
     capacity: u32,
-    f16: u32,
+    kv_dtype: u32,
     out_stride: u32,
     split: u32,
     splits: u32,
@@ -44,19 +45,27 @@ struct Params {
 @group(0) @binding(3) var<storage, read> k_cache: array<u32>;
 @group(0) @binding(4) var<storage, read> v_cache: array<u32>;
 
-// Value `i` of a cache, decoded.
-fn cached_k(i: u32) -> f32 {
-    if params.f16 == 0u {
-        return bitcast<f32>(k_cache[i]);
+// Value c of row t of a cache, decoded.
+fn cached_k(t: u32, c: u32) -> f32 {
+    let dtype = params.kv_dtype;
+    let kv_dim = params.n_kv_heads * params.head_size;
+    let row = t * kv_row_words(dtype, kv_dim);
+    var s = 0u;
+    if dtype >= KV_Q8_0 {
+        s = k_cache[row + c / 64u];
     }
-    return unpack2x16float(k_cache[i / 2u])[i % 2u];
+    return kv_value(dtype, k_cache[row + kv_word(dtype, kv_dim, c)], s, c);
 }
 
-fn cached_v(i: u32) -> f32 {
-    if params.f16 == 0u {
-        return bitcast<f32>(v_cache[i]);
+fn cached_v(t: u32, c: u32) -> f32 {
+    let dtype = params.kv_dtype;
+    let kv_dim = params.n_kv_heads * params.head_size;
+    let row = t * kv_row_words(dtype, kv_dim);
+    var s = 0u;
+    if dtype >= KV_Q8_0 {
+        s = v_cache[row + c / 64u];
     }
-    return unpack2x16float(v_cache[i / 2u])[i % 2u];
+    return kv_value(dtype, v_cache[row + kv_word(dtype, kv_dim, c)], s, c);
 }
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
@@ -96,7 +105,6 @@ fn main(
     }
     let end = min(n, start + params.split);
     let hs = params.head_size;
-    let kv_dim = params.n_kv_heads * hs;
     let kv_off = (h / (params.n_heads / params.n_kv_heads)) * hs;
     let q_off = (token * params.n_heads + h) * hs;
     let s_off = (token * params.n_heads + h) * params.capacity;
@@ -107,7 +115,7 @@ fn main(
     for (var t = start + lid; t < end; t += WG) {
         var dot = 0.0;
         for (var i = 0u; i < hs; i++) {
-            dot += q[q_off + i] * cached_k(t * kv_dim + kv_off + i);
+            dot += q[q_off + i] * cached_k(t, kv_off + i);
         }
         let s = dot / scale;
         scores[s_off + t] = s;
@@ -133,7 +141,7 @@ fn main(
     for (var i = lid; i < hs; i += WG) {
         var acc = 0.0;
         for (var t = start; t < end; t++) {
-            acc += scores[s_off + t] * cached_v(t * kv_dim + kv_off + i);
+            acc += scores[s_off + t] * cached_v(t, kv_off + i);
         }
         if whole {
             out[token * params.out_stride + h * hs + i] = acc / sum;

@@ -4,27 +4,30 @@
 // theta^(-2i / head_size); cos/sin from a table computed on the host, so
 // every adapter rotates by the same numbers), writes q to `q` and k, v into
 // slot pos of the layer's cache. The cache is never moved or copied: this is
-// the write. It holds f32 (one word per value) or f16 (a rotated pair packed
-// in one word with `pack2x16float`, so SHADER_F16 is not needed).
+// the write. It holds f32 (one word per value), f16 (a rotated pair packed
+// in one word with `pack2x16float`, so SHADER_F16 is not needed), or Q8_0 /
+// Q4_0 blocks quantized here (kv.wgsl, prepended to this file).
 //
 // Bindings (group 0):
-//   0 params:  Params (uniform)      { q_dim, kv_dim, head_size, capacity, f16 }
+//   0 params:  Params (uniform)      { q_dim, kv_dim, head_size, capacity, kv_dtype }
 //   1 step:    Step (uniform)        { pos, n }
 //   2 table:   array<f32> (storage)  (capacity, head_size / 2, 2) = (cos, sin)
 //   3 qkv:     array<f32> (storage)  (n, q_dim + 2 kv_dim) projections: q, k, v
 //   4 q:       array<f32> (storage)  (n, q_dim) rotated q
-//   5 k_cache: array<u32> (storage)  (capacity, kv_dim) f32 bits, or (capacity, kv_dim / 2) f16 pairs
+//   5 k_cache: array<u32> (storage)  (capacity, kv_row_words) rows as kv.wgsl lays them out
 //   6 v_cache: array<u32> (storage)  as k_cache
 //
 // One thread per pair of q (q_dim / 2 threads), grid z = token; pairs below
-// kv_dim / 2 also rotate k and store k and v.
+// kv_dim / 2 also rotate k and store k and v; with a quantized cache,
+// threads g below ceil(kv_dim / 64) instead rotate and quantize two whole
+// blocks (values 64 g .. 64 g + 64) of k, and of v.
 
 struct Params {
     q_dim: u32,
     kv_dim: u32,
     head_size: u32,
     capacity: u32,
-    f16: u32,
+    kv_dtype: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -51,23 +54,55 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let kv = params.kv_dim;
     let row = t * (params.q_dim + 2u * kv);
-    let at = 2u * (pos * (params.head_size / 2u) + (i % params.head_size) / 2u);
-    let cs = vec2(table[at], table[at + 1u]);
-    let qr = rotate(vec2(qkv[row + i], qkv[row + i + 1u]), cs);
+    let qr = rotate(vec2(qkv[row + i], qkv[row + i + 1u]), angle(pos, i));
     q[t * params.q_dim + i] = qr.x;
     q[t * params.q_dim + i + 1u] = qr.y;
-    if i < kv {
-        let k = rotate(vec2(qkv[row + params.q_dim + i], qkv[row + params.q_dim + i + 1u]), cs);
-        let v = vec2(qkv[row + params.q_dim + kv + i], qkv[row + params.q_dim + kv + i + 1u]);
-        let slot = pos * kv + i;
-        if params.f16 == 0u {
-            k_cache[slot] = bitcast<u32>(k.x);
-            k_cache[slot + 1u] = bitcast<u32>(k.y);
-            v_cache[slot] = bitcast<u32>(v.x);
-            v_cache[slot + 1u] = bitcast<u32>(v.y);
+    let dtype = params.kv_dtype;
+    let slot = pos * kv_row_words(dtype, kv);
+    let k_at = row + params.q_dim;
+    let v_at = k_at + kv;
+    if dtype >= KV_Q8_0 {
+        // Two blocks of k (rotated) and of v, quantized.
+        let g = gid.x;
+        if 64u * g >= kv {
+            return;
+        }
+        let two = 64u * g + 32u < kv;
+        var k = array<f32, 64>();
+        var v = array<f32, 64>();
+        for (var j = 0u; j < select(32u, 64u, two); j += 2u) {
+            let c = 64u * g + j;
+            let r = rotate(vec2(qkv[k_at + c], qkv[k_at + c + 1u]), angle(pos, c));
+            k[j] = r.x;
+            k[j + 1u] = r.y;
+            v[j] = qkv[v_at + c];
+            v[j + 1u] = qkv[v_at + c + 1u];
+        }
+        let kw = kv_quantize(dtype, k, two);
+        let vw = kv_quantize(dtype, v, two);
+        let words = 1u + select(4u, 8u, dtype == KV_Q8_0) * select(1u, 2u, two);
+        for (var w = 0u; w < words; w++) {
+            let at = slot + kv_quantized_word(dtype, kv, g, w);
+            k_cache[at] = kw[w];
+            v_cache[at] = vw[w];
+        }
+    } else if i < kv {
+        let k = rotate(vec2(qkv[k_at + i], qkv[k_at + i + 1u]), angle(pos, i));
+        let v = vec2(qkv[v_at + i], qkv[v_at + i + 1u]);
+        if dtype == KV_F32 {
+            k_cache[slot + i] = bitcast<u32>(k.x);
+            k_cache[slot + i + 1u] = bitcast<u32>(k.y);
+            v_cache[slot + i] = bitcast<u32>(v.x);
+            v_cache[slot + i + 1u] = bitcast<u32>(v.y);
         } else {
-            k_cache[slot / 2u] = pack2x16float(k);
-            v_cache[slot / 2u] = pack2x16float(v);
+            k_cache[slot + i / 2u] = pack2x16float(k);
+            v_cache[slot + i / 2u] = pack2x16float(v);
         }
     }
+}
+
+// (cos, sin) of the rotation of pair (c, c + 1) of a head at `pos`.
+fn angle(pos: u32, c: u32) -> vec2<f32> {
+    let at = 2u * (pos * (params.head_size / 2u) + (c % params.head_size) / 2u);
+    return vec2(table[at], table[at + 1u]);
 }

@@ -3,7 +3,7 @@
 //! against it at every position.
 
 use crate::error::Result;
-use crate::kv_cache::{self, KvDtype, Positions};
+use crate::kv_cache::{KvDtype, Positions};
 use crate::model::Model;
 use crate::ops::matvec::{self, CpuMode};
 use crate::ops::{attention, embed, rmsnorm, rope_append};
@@ -56,8 +56,8 @@ impl<'m> CpuSession<'m> {
     /// rounds values to f16 as they are appended).
     pub fn with_options(model: &'m Model, options: SessionOptions) -> Result<Self> {
         let c = &model.config;
-        let capacity = options.capacity.unwrap_or(c.seq_len);
-        kv_cache::check_capacity(c, capacity)?;
+        let capacity = options.capacity_for(c)?;
+        options.kv_dtype.check(c.kv_dim())?;
         let cache = c.n_layers * capacity * c.kv_dim();
         Ok(Self {
             model,

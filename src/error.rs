@@ -183,6 +183,17 @@ pub enum Error {
     )]
     ReadbackPending,
 
+    /// A KV cache byte budget that holds not even one position.
+    #[error(
+        "a KV cache budget of {budget} bytes holds no position: one takes {per_position} bytes"
+    )]
+    KvBudgetTooSmall {
+        /// The budget.
+        budget: u64,
+        /// Bytes of one position (all layers, K and V).
+        per_position: u64,
+    },
+
     /// A chat template that is missing, does not parse or fails to render,
     /// or a chat used with a session that holds something else.
     #[error("chat: {0}")]

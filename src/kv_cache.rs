@@ -7,34 +7,146 @@ use std::ops::Range;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::Config;
+use crate::tensor::{dequantize, quantize, DType};
 
-/// How the KV cache stores values. F16 halves the cache's memory; values are
-/// rounded to f16 when appended and attention accumulates in f32.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How the KV cache stores values. F16 halves the cache's memory, Q8_0
+/// and Q4_0 (GGML's 32-value blocks with an f16 scale) take 34/32 and
+/// 18/32 bytes a value; values are rounded (quantized) when appended and
+/// attention accumulates in f32.
+///
+/// A row of `kv_dim` values on the GPU: f32 bits; f16 pairs, one word each;
+/// or, quantized, the row's block scales as f16 pairs (`ceil(blocks / 2)`
+/// words) and then each block's data (Q8_0: 32 i8, 8 words; Q4_0: 16 bytes
+/// whose low nibbles are values 0..16 and high nibbles 16..32, 4 words).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum KvDtype {
     /// 4 bytes per value.
     #[default]
     F32,
     /// 2 bytes per value (packed in pairs; SHADER_F16 not needed).
     F16,
+    /// 32-value blocks of i8 with an f16 scale: 34 bytes per 32 values.
+    Q8_0,
+    /// 32-value blocks of 4-bit values (less 8) with an f16 scale: 18 bytes per 32 values.
+    Q4_0,
 }
 
 impl KvDtype {
-    /// Bytes per stored value.
-    pub fn bytes(self) -> u64 {
+    /// Every storage type.
+    pub const ALL: [KvDtype; 4] = [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0, KvDtype::Q4_0];
+
+    /// The id the kernels switch on (`KV_*` in shaders/kv.wgsl).
+    pub fn gpu_id(self) -> u32 {
+        self as u32
+    }
+
+    /// The block type of the quantized caches.
+    fn blocks(self) -> Option<DType> {
         match self {
-            KvDtype::F32 => 4,
-            KvDtype::F16 => 2,
+            KvDtype::Q8_0 => Some(DType::Q8_0),
+            KvDtype::Q4_0 => Some(DType::Q4_0),
+            _ => None,
         }
     }
 
-    /// `x` as the cache stores it, back in f32 (the host reference's rounding).
-    pub fn round(self, x: f32) -> f32 {
+    /// Whether a row of `kv_dim` values can be stored (quantized caches
+    /// need whole 32-value blocks).
+    pub fn fits(self, kv_dim: usize) -> bool {
+        self.blocks().is_none() || kv_dim.is_multiple_of(32)
+    }
+
+    /// [`KvDtype::fits`] as a result: [`Error::InvalidConfig`] naming the
+    /// type and the row width.
+    pub fn check(self, kv_dim: usize) -> Result<()> {
+        if self.fits(kv_dim) {
+            return Ok(());
+        }
+        Err(Error::InvalidConfig {
+            field: "kv_dtype",
+            value: kv_dim as i64,
+            reason: format!(
+                "a {self:?} KV cache needs rows of whole 32-value blocks; kv_dim is {kv_dim}"
+            ),
+        })
+    }
+
+    /// Bytes one position of a cache of this type takes for a model of
+    /// `config`, all layers, K and V: `2 x n_layers x row_bytes(kv_dim)`.
+    pub fn bytes_per_position(self, config: &Config) -> u64 {
+        2 * config.n_layers as u64 * self.row_bytes(config.kv_dim())
+    }
+
+    /// Bytes of one cache row of `kv_dim` values (a multiple of 4).
+    pub fn row_bytes(self, kv_dim: usize) -> u64 {
+        let n = kv_dim as u64;
         match self {
-            KvDtype::F32 => x,
-            KvDtype::F16 => half::f16::from_f32(x).to_f32(),
+            KvDtype::F32 => 4 * n,
+            KvDtype::F16 => 4 * n.div_ceil(2),
+            KvDtype::Q8_0 => 4 * scale_words(kv_dim) + n,
+            KvDtype::Q4_0 => 4 * scale_words(kv_dim) + n / 2,
         }
     }
+
+    /// `values` (one row) as the cache stores them, in the GPU layout.
+    pub fn encode_row(self, values: &[f32]) -> Vec<u8> {
+        match self.blocks() {
+            None => values
+                .iter()
+                .flat_map(|&v| match self {
+                    KvDtype::F32 => v.to_le_bytes().to_vec(),
+                    _ => half::f16::from_f32(v).to_le_bytes().to_vec(),
+                })
+                .collect(),
+            Some(dtype) => {
+                let blocks = quantize(dtype, values, values.len()).expect("whole blocks");
+                let mut scales = Vec::new();
+                let mut data = Vec::new();
+                for b in blocks.chunks_exact(dtype.block_bytes()) {
+                    scales.extend_from_slice(&b[..2]);
+                    data.extend_from_slice(&b[2..]);
+                }
+                scales.resize(4 * scale_words(values.len()) as usize, 0);
+                scales.extend(data);
+                scales
+            }
+        }
+    }
+
+    /// A row of `kv_dim` values back from the GPU layout.
+    pub fn decode_row(self, bytes: &[u8], kv_dim: usize) -> Vec<f32> {
+        match self.blocks() {
+            None if self == KvDtype::F32 => bytemuck::pod_collect_to_vec(&bytes[..4 * kv_dim]),
+            None => bytes[..2 * kv_dim]
+                .chunks_exact(2)
+                .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32())
+                .collect(),
+            Some(dtype) => {
+                let (scales, data) = bytes.split_at(4 * scale_words(kv_dim) as usize);
+                let per = dtype.block_bytes() - 2;
+                let mut blocks = Vec::new();
+                for b in 0..kv_dim / 32 {
+                    blocks.extend_from_slice(&scales[2 * b..2 * b + 2]);
+                    blocks.extend_from_slice(&data[per * b..per * (b + 1)]);
+                }
+                let mut out = vec![0.0; kv_dim];
+                dequantize(dtype, &blocks, &mut out);
+                out
+            }
+        }
+    }
+
+    /// `row` as the cache stores it, back in f32 (the host reference's rounding).
+    pub fn round_row(self, row: &mut [f32]) {
+        if self != KvDtype::F32 {
+            let back = self.decode_row(&self.encode_row(row), row.len());
+            row.copy_from_slice(&back);
+        }
+    }
+}
+
+/// Words of a quantized row's f16 block scales: two to a word.
+fn scale_words(kv_dim: usize) -> u64 {
+    (kv_dim as u64 / 32).div_ceil(2)
 }
 
 /// Which positions of a cache are filled: `0..len` of `capacity`. Every
@@ -151,7 +263,8 @@ impl KvCache {
     ) -> Result<Self> {
         check_capacity(config, capacity)?;
         let kv_dim = config.kv_dim();
-        let size = capacity as u64 * kv_dim as u64 * dtype.bytes();
+        dtype.check(kv_dim)?;
+        let size = capacity as u64 * dtype.row_bytes(kv_dim);
         let limits = device.limits();
         let limit = limits
             .max_storage_buffer_binding_size
@@ -206,14 +319,19 @@ impl KvCache {
         self.dtype
     }
 
-    /// Bytes allocated: `2 x n_layers x capacity x kv_dim x (4 for f32, 2 for f16)`.
+    /// Bytes allocated: `2 x n_layers x capacity x row bytes` ([`KvDtype::row_bytes`]: `kv_dim x` 4 for f32, 2 for f16, 34/32 for Q8_0, 18/32 for Q4_0).
     pub fn bytes(&self) -> u64 {
         self.capacity() as u64 * self.bytes_per_position()
     }
 
     /// Bytes one position takes across all layers (K and V).
     pub fn bytes_per_position(&self) -> u64 {
-        2 * self.layers.len() as u64 * self.kv_dim as u64 * self.dtype.bytes()
+        2 * self.layers.len() as u64 * self.dtype.row_bytes(self.kv_dim)
+    }
+
+    /// Bytes of the positions filled.
+    pub fn bytes_in_use(&self) -> u64 {
+        self.len() as u64 * self.bytes_per_position()
     }
 
     /// Empties the cache (no GPU work: slots are overwritten as they refill).
@@ -233,19 +351,17 @@ impl KvCache {
             layer,
             n_layers: self.layers.len(),
         })?;
-        let bytes = (self.len() * self.kv_dim) as u64 * self.dtype.bytes();
+        let row = self.dtype.row_bytes(self.kv_dim);
+        let bytes = self.len() as u64 * row;
         if bytes == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
         let read = |b| -> Result<Vec<f32>> {
             let raw = gpu.read_buffer(b, bytes)?;
-            Ok(match self.dtype {
-                KvDtype::F32 => bytemuck::pod_collect_to_vec(&raw),
-                KvDtype::F16 => raw
-                    .chunks_exact(2)
-                    .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32())
-                    .collect(),
-            })
+            Ok(raw
+                .chunks_exact(row as usize)
+                .flat_map(|r| self.dtype.decode_row(r, self.kv_dim))
+                .collect())
         };
         Ok((read(&lc.k)?, read(&lc.v)?))
     }

@@ -8,6 +8,7 @@ use std::ops::Range;
 use crate::error::{Error, Result};
 use crate::gpu_model::GpuModel;
 use crate::kv_cache::{self, KvCache, KvDtype};
+use crate::model::Config;
 use crate::ops::Step;
 use crate::pass::{Activations, AllLogits, Dispatches, Readback, PASSES_PER_SUBMIT};
 use crate::readback::{Kind, Output, Pending, ReadbackBuffer};
@@ -44,6 +45,9 @@ pub struct SessionOptions {
     /// the squares itself): `None` picks it for models narrower than
     /// [`NORM_IN_PROJECTION_BELOW`], where dispatches dominate.
     pub norm_in_projection: Option<bool>,
+    /// A byte budget for the KV cache: the capacity is as many positions as
+    /// fit (at most `capacity`, or the context length).
+    pub kv_budget: Option<u64>,
 }
 
 impl SessionOptions {
@@ -57,6 +61,33 @@ impl SessionOptions {
     pub fn kv_dtype(mut self, dtype: KvDtype) -> Self {
         self.kv_dtype = dtype;
         self
+    }
+
+    /// A KV cache of at most `bytes`: as many positions as fit.
+    pub fn kv_budget(mut self, bytes: u64) -> Self {
+        self.kv_budget = Some(bytes);
+        self
+    }
+
+    /// The KV cache capacity these options give a model of `config`: the
+    /// capacity asked for (else the context length), cut to what the byte
+    /// budget holds. A budget below one position is
+    /// [`Error::KvBudgetTooSmall`].
+    pub fn capacity_for(&self, config: &Config) -> Result<usize> {
+        let mut capacity = self.capacity.unwrap_or(config.seq_len);
+        if let Some(budget) = self.kv_budget {
+            let per_position = self.kv_dtype.bytes_per_position(config);
+            let fit = budget / per_position;
+            if fit == 0 {
+                return Err(Error::KvBudgetTooSmall {
+                    budget,
+                    per_position,
+                });
+            }
+            capacity = capacity.min(fit.min(usize::MAX as u64) as usize);
+        }
+        kv_cache::check_capacity(config, capacity)?;
+        Ok(capacity)
     }
 
     /// Folds the RMSNorms into the projections in decode steps, or not.
@@ -103,9 +134,8 @@ impl Session {
     /// A session with the given cache capacity and value type.
     pub fn with_options(model: &GpuModel, options: SessionOptions) -> Result<Self> {
         let c = model.config();
-        let capacity = options.capacity.unwrap_or(c.seq_len);
         // Checked outside the scope: a bad capacity is the caller's error, not the GPU's.
-        kv_cache::check_capacity(c, capacity)?;
+        let capacity = options.capacity_for(c)?;
         model.gpu().check_alive()?;
         let scores_per_token = (c.n_heads * capacity) as u64 * F32;
         let batch = (SCORES_BUDGET / scores_per_token).clamp(1, PREFILL_TOKENS as u64) as usize;
@@ -115,7 +145,7 @@ impl Session {
             .unwrap_or(c.dim < NORM_IN_PROJECTION_BELOW);
         let gpu = model.gpu();
         // What the allocations below ask for, should the device refuse them.
-        let kv_bytes = 2 * (c.n_layers * capacity * c.kv_dim()) as u64 * options.kv_dtype.bytes();
+        let kv_bytes = 2 * (c.n_layers * capacity) as u64 * options.kv_dtype.row_bytes(c.kv_dim());
         let refused = |e| match e {
             Error::OutOfMemory { limit: None, .. } => Error::OutOfMemory {
                 what: "a session's KV cache and activations".into(),

@@ -10,6 +10,7 @@ pub const SHADER: Shader = Shader {
     name: "attention",
     source: concat!(
         include_str!("../../shaders/prelude.wgsl"),
+        include_str!("../../shaders/kv.wgsl"),
         include_str!("../../shaders/attention.wgsl")
     ),
     needs: Needs {
@@ -33,8 +34,8 @@ pub struct Params {
     pub head_size: u32,
     /// Rows in the cache (and the stride of `scores`).
     pub capacity: u32,
-    /// 1 when the cache stores packed f16 pairs, 0 for f32.
-    pub f16: u32,
+    /// [`KvDtype::gpu_id`] of the cache.
+    pub kv_dtype: u32,
     /// Values from one token's row of `out` to the next.
     pub out_stride: u32,
     /// Positions per split.
@@ -109,7 +110,7 @@ impl Attention {
             n_kv_heads: s.n_kv_heads as u32,
             head_size: s.head_size as u32,
             capacity: s.capacity as u32,
-            f16: (s.kv_dtype == KvDtype::F16) as u32,
+            kv_dtype: s.kv_dtype.gpu_id(),
             out_stride: b.out_stride as u32,
             split: b.split as u32,
             splits: splits as u32,
@@ -186,9 +187,15 @@ mod tests {
             (4, 4, 8, 131),
             (3, 1, 70, 9),
             (1, 1, 2, 1),
+            // Whole 32-value blocks for the quantized caches: one, three.
+            (6, 2, 16, 37),
+            (4, 4, 24, 131),
         ];
-        for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+        for kv_dtype in KvDtype::ALL {
             for (i, &(n_heads, n_kv_heads, head_size, capacity)) in shapes.iter().enumerate() {
+                if !kv_dtype.fits(n_kv_heads * head_size) {
+                    continue;
+                }
                 let shape = Shape {
                     n_heads,
                     n_kv_heads,
@@ -203,11 +210,16 @@ mod tests {
                     .iter()
                     .map(|v| v * 8.0)
                     .collect();
-                let (kc, vc) = (
-                    rounded(&kc, kv_dtype),
-                    rounded(&random(capacity * kv_dim, seed + 1), kv_dtype),
+                let vc = random(capacity * kv_dim, seed + 1);
+                let (kcb, vcb) = (
+                    b.cache(&kc, kv_dim, kv_dtype),
+                    b.cache(&vc, kv_dim, kv_dtype),
                 );
-                let (kcb, vcb) = (b.cache(&kc, kv_dtype), b.cache(&vc, kv_dtype));
+                // The host reference reads what the GPU holds.
+                let (kc, vc) = (
+                    rounded(&kc, kv_dim, kv_dtype),
+                    rounded(&vc, kv_dim, kv_dtype),
+                );
                 // (first position, tokens): single queries at the first, middle and
                 // last positions; a pass of several causal queries.
                 let passes = [

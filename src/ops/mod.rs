@@ -122,9 +122,10 @@ pub const SHADERS: [Shader; 8] = [
 
 /// WGSL files that are not kernels but are prepended to kernels' source:
 /// `prelude` (the `Step` struct) to those that run the tokens of a pass,
-/// `dequant` (weight decoding) to those that read weights.
+/// `dequant` (weight decoding) to those that read weights, `kv` (cache
+/// rows) to those that read or write the KV cache.
 #[cfg(test)]
-pub const LIBRARIES: [&str; 2] = ["dequant", "prelude"];
+pub const LIBRARIES: [&str; 3] = ["dequant", "kv", "prelude"];
 
 /// Matches WGSL `Step` in shaders/prelude.wgsl: the pass's first position
 /// and its number of tokens, padded to 16 bytes.

@@ -9,6 +9,7 @@ pub const SHADER: Shader = Shader {
     name: "rope_append",
     source: concat!(
         include_str!("../../shaders/prelude.wgsl"),
+        include_str!("../../shaders/kv.wgsl"),
         include_str!("../../shaders/rope_append.wgsl")
     ),
     needs: Needs {
@@ -32,8 +33,8 @@ pub struct Params {
     pub head_size: u32,
     /// Rows in the cache.
     pub capacity: u32,
-    /// 1 when the cache stores packed f16 pairs, 0 for f32.
-    pub f16: u32,
+    /// [`KvDtype::gpu_id`] of the cache.
+    pub kv_dtype: u32,
 }
 
 /// Shape of the q and k/v rows and of the cache.
@@ -93,7 +94,7 @@ impl RopeAppend {
             kv_dim: s.kv_dim as u32,
             head_size: s.head_size as u32,
             capacity: s.capacity as u32,
-            f16: (s.kv_dtype == KvDtype::F16) as u32,
+            kv_dtype: s.kv_dtype.gpu_id(),
         };
         Dispatch::new(
             device,
@@ -126,8 +127,9 @@ pub fn cpu(
     append(k_cache, v_cache, &k, v, pos, dtype);
 }
 
-/// Host reference: row `pos` of each cache becomes k / v, rounded to f16
-/// when the cache stores f16 (the host cache itself stays f32).
+/// Host reference: row `pos` of each cache becomes k / v, rounded as the
+/// cache stores them (f16, or quantized and back; the host cache itself
+/// stays f32).
 pub fn append(
     k_cache: &mut [f32],
     v_cache: &mut [f32],
@@ -137,12 +139,10 @@ pub fn append(
     dtype: KvDtype,
 ) {
     let n = k.len();
-    let round = |x: &f32| dtype.round(*x);
-    for (dst, src) in k_cache[pos * n..(pos + 1) * n].iter_mut().zip(k) {
-        *dst = round(src);
-    }
-    for (dst, src) in v_cache[pos * n..(pos + 1) * n].iter_mut().zip(v) {
-        *dst = round(src);
+    for (cache, row) in [(k_cache, k), (v_cache, v)] {
+        let slot = &mut cache[pos * n..(pos + 1) * n];
+        slot.copy_from_slice(row);
+        dtype.round_row(slot);
     }
 }
 
@@ -157,7 +157,8 @@ mod tests {
         let b = require!(Bench::new());
         // Grouped-query: 6 query heads over 2 KV heads of size 10; full, partial
         // (first 6 dimensions) and Llama-3-style scaled rotations.
-        let (head_size, n_heads, n_kv_heads, capacity) = (10, 6, 2, 37);
+        // kv_dim 96: three quantized blocks, the last alone in its pair.
+        let (head_size, n_heads, n_kv_heads, capacity) = (16, 12, 6, 37);
         let (q_dim, kv_dim) = (n_heads * head_size, n_kv_heads * head_size);
         let width = q_dim + 2 * kv_dim;
         let rope = |rope_dim, theta, freq_factors| Rope {
@@ -167,13 +168,17 @@ mod tests {
             freq_factors,
         };
         let ropes = [
-            rope(10, 10000.0, None),
+            rope(16, 10000.0, None),
             rope(6, 500000.0, None),
-            rope(10, 500000.0, Some(vec![1.0, 1.5, 2.0, 8.0, 32.0])),
+            rope(
+                16,
+                500000.0,
+                Some(vec![1.0, 1.5, 2.0, 8.0, 32.0, 1.0, 4.0, 2.0]),
+            ),
         ];
         for rope in ropes {
             let table = b.buffer(&rope.table(capacity));
-            for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+            for kv_dtype in KvDtype::ALL {
                 let shape = Shape {
                     q_dim,
                     kv_dim,
@@ -182,7 +187,7 @@ mod tests {
                     kv_dtype,
                 };
                 let run = |qkv: &[f32], kc: &[f32], vc: &[f32], pos: usize, n: usize| {
-                    let (kcb, vcb) = (b.cache(kc, kv_dtype), b.cache(vc, kv_dtype));
+                    let (kcb, vcb) = (b.cache(kc, kv_dim, kv_dtype), b.cache(vc, kv_dim, kv_dtype));
                     let (qkvb, qb) = (b.buffer(qkv), b.buffer(&vec![f32::NAN; n * q_dim]));
                     let step = b.step(pos, n);
                     let d = b.kernels.rope_append.bind(
@@ -200,15 +205,15 @@ mod tests {
                     b.run(&d, n);
                     (
                         b.read(&qb),
-                        b.read_cache(&kcb, kv_dtype),
-                        b.read_cache(&vcb, kv_dtype),
+                        b.read_cache(&kcb, kv_dim, kv_dtype),
+                        b.read_cache(&vcb, kv_dim, kv_dtype),
                     )
                 };
                 // (first position, tokens): one token at the first and last slots, passes of several.
                 for (pos, n) in [(0, 1), (capacity - 1, 1), (0, 5), (17, 11)] {
                     let qkv = random(n * width, pos as u64 + 50);
-                    let kc0 = rounded(&random(capacity * kv_dim, 1), kv_dtype);
-                    let vc0 = rounded(&random(capacity * kv_dim, 2), kv_dtype);
+                    let kc0 = rounded(&random(capacity * kv_dim, 1), kv_dim, kv_dtype);
+                    let vc0 = rounded(&random(capacity * kv_dim, 2), kv_dim, kv_dtype);
                     let (q, k, v) = run(&qkv, &kc0, &vc0, pos, n);
                     let (mut eq, mut ek, mut ev) = (vec![0.0; n * q_dim], kc0.clone(), vc0.clone());
                     for (t, row) in qkv.chunks(width).enumerate() {
@@ -217,14 +222,19 @@ mod tests {
                     }
                     let what = format!("{kv_dtype:?} pos {pos} tokens {n} {rope:?}");
                     assert_close(&q, &eq, &format!("q {what}"));
-                    // The pass's slots within f32 rounding (f16: one f16 step); the others untouched.
-                    let step = if kv_dtype == KvDtype::F16 { 2e-3 } else { 0.0 };
-                    for (name, got, expect, before) in [("k", k, &ek, &kc0), ("v", v, &ev, &vc0)] {
+                    // The pass's slots as the host rounds them (within
+                    // cache_tolerance); the others untouched (as uploaded).
+                    let stored = |c: &[f32]| rounded(c, kv_dim, kv_dtype);
+                    for (name, got, expect, before) in
+                        [("k", k, &ek, stored(&kc0)), ("v", v, &ev, stored(&vc0))]
+                    {
                         for (i, (g, e)) in got.iter().zip(expect).enumerate() {
                             let slot = i / kv_dim;
                             if (pos..pos + n).contains(&slot) {
+                                let block = &expect[i / 32 * 32..(i / 32 + 1) * 32];
+                                let scale = block.iter().fold(0f32, |m, v| m.max(v.abs()));
                                 assert!(
-                                    (g - e).abs() <= 1e-4 + step * e.abs(),
+                                    (g - e).abs() <= cache_tolerance(kv_dtype, *e, scale),
                                     "{name} {what}: element {i}: {g} vs {e}"
                                 );
                             } else {
@@ -234,9 +244,13 @@ mod tests {
                     }
                 }
                 // Positions past capacity write nothing (the host never asks for them).
-                let kc0 = rounded(&random(capacity * kv_dim, 5), kv_dtype);
+                let kc0 = rounded(&random(capacity * kv_dim, 5), kv_dim, kv_dtype);
                 let (_, k, v) = run(&random(3 * width, 6), &kc0, &kc0, capacity, 3);
-                assert!(k == kc0 && v == kc0, "write past capacity must be dropped");
+                let stored = rounded(&kc0, kv_dim, kv_dtype);
+                assert!(
+                    k == stored && v == stored,
+                    "write past capacity must be dropped"
+                );
             }
         }
     }

@@ -355,45 +355,53 @@ pub fn magnitude(w: &Tensor, x: &[f32]) -> Vec<f32> {
     out
 }
 
-/// Host values as a cache buffer's contents: f32 bits, or f16 pairs.
-pub fn cache_bytes(values: &[f32], dtype: KvDtype) -> Vec<u8> {
-    match dtype {
-        KvDtype::F32 => bytemuck::cast_slice(values).to_vec(),
-        KvDtype::F16 => values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect(),
-    }
+/// Host values (rows of `kv_dim`) as a cache buffer's contents.
+pub fn cache_bytes(values: &[f32], kv_dim: usize, dtype: KvDtype) -> Vec<u8> {
+    values
+        .chunks(kv_dim)
+        .flat_map(|r| dtype.encode_row(r))
+        .collect()
 }
 
-/// A cache buffer's contents as host values.
-pub fn cache_values(bytes: &[u8], dtype: KvDtype) -> Vec<f32> {
-    match dtype {
-        KvDtype::F32 => bytemuck::pod_collect_to_vec(bytes),
-        KvDtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32())
-            .collect(),
-    }
+/// A cache buffer's contents (rows of `kv_dim`) as host values.
+pub fn cache_values(bytes: &[u8], kv_dim: usize, dtype: KvDtype) -> Vec<f32> {
+    let row = dtype.row_bytes(kv_dim) as usize;
+    bytes
+        .chunks_exact(row)
+        .flat_map(|r| dtype.decode_row(r, kv_dim))
+        .collect()
 }
 
 impl Bench {
-    pub fn cache(&self, values: &[f32], dtype: KvDtype) -> wgpu::Buffer {
+    pub fn cache(&self, values: &[f32], kv_dim: usize, dtype: KvDtype) -> wgpu::Buffer {
         self.gpu
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: None,
-                contents: &cache_bytes(values, dtype),
+                contents: &cache_bytes(values, kv_dim, dtype),
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             })
     }
 
-    pub fn read_cache(&self, b: &wgpu::Buffer, dtype: KvDtype) -> Vec<f32> {
-        cache_values(&self.gpu.read_buffer(b, b.size()).unwrap(), dtype)
+    pub fn read_cache(&self, b: &wgpu::Buffer, kv_dim: usize, dtype: KvDtype) -> Vec<f32> {
+        cache_values(&self.gpu.read_buffer(b, b.size()).unwrap(), kv_dim, dtype)
     }
 }
 
-/// Values as an f16 cache holds them.
-pub fn rounded(values: &[f32], dtype: KvDtype) -> Vec<f32> {
-    cache_values(&cache_bytes(values, dtype), dtype)
+/// Values as a cache of `dtype` holds them (what uploading them stores).
+pub fn rounded(values: &[f32], kv_dim: usize, dtype: KvDtype) -> Vec<f32> {
+    cache_values(&cache_bytes(values, kv_dim, dtype), kv_dim, dtype)
+}
+
+/// How far a cached value may be from the host reference's: f32 exact
+/// (within f32 rounding), f16 one f16 step, quantized one quantization
+/// step of the largest value `scale` (the f16 rounding of a block's scale
+/// on the GPU and the host may differ by an ulp).
+pub fn cache_tolerance(dtype: KvDtype, value: f32, scale: f32) -> f32 {
+    1e-4 + match dtype {
+        KvDtype::F32 => 0.0,
+        KvDtype::F16 => 2e-3 * value.abs(),
+        KvDtype::Q8_0 => scale / 127.0,
+        KvDtype::Q4_0 => scale / 7.0,
+    }
 }

@@ -37,6 +37,9 @@ pub struct Args {
     /// Use the first adapter whose name contains this.
     #[arg(long)]
     adapter: Option<String>,
+    /// KV cache storage: f32, f16, q8_0 or q4_0.
+    #[arg(long, value_name = "TYPE", default_value = "f32", value_parser = crate::parse_kv_type)]
+    kv_type: kvgpu::KvDtype,
 }
 
 /// Runs the conversation until stdin ends (or `/quit`).
@@ -51,7 +54,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut chat = Chat::new(&tokenizer, args.system.as_deref())?;
     let gpu = Gpu::new(args.adapter.as_deref())?;
     let gpu_model = GpuModel::new(&gpu, &model)?;
-    let mut options = SessionOptions::default();
+    let mut options = SessionOptions::default().kv_dtype(args.kv_type);
     options.capacity = args.ctx_size;
     let mut session = Session::with_options(&gpu_model, options)?;
     let interactive = std::io::stdin().is_terminal();

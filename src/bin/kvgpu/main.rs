@@ -128,6 +128,14 @@ pub fn load_model(
     Ok((weights, tokenizer))
 }
 
+/// A KV cache type by name: f32, f16, q8_0 or q4_0.
+pub fn parse_kv_type(name: &str) -> Result<kvgpu::KvDtype, String> {
+    kvgpu::KvDtype::ALL
+        .into_iter()
+        .find(|t| format!("{t:?}").eq_ignore_ascii_case(name))
+        .ok_or_else(|| format!("{name}: the KV cache types are f32, f16, q8_0 and q4_0"))
+}
+
 /// A llama2.c tokenizer, or an error saying what the file is instead when
 /// it is a model.
 pub fn load_tokenizer(path: &Path, vocab: usize) -> kvgpu::Result<kvgpu::Tokenizer> {

@@ -30,9 +30,9 @@ pub struct Args {
     /// Score at most this many chunks [default: all]
     #[arg(long, value_name = "N")]
     chunks: Option<usize>,
-    /// Store the KV cache as f16.
-    #[arg(long)]
-    kv_f16: bool,
+    /// KV cache storage: f32, f16, q8_0 or q4_0.
+    #[arg(long, value_name = "TYPE", default_value = "f32", value_parser = crate::parse_kv_type)]
+    kv_type: KvDtype,
     /// Save the scored log-probabilities here (or, with --kl-divergence, read them).
     #[arg(long, value_name = "FILE")]
     kl_divergence_base: Option<PathBuf>,
@@ -67,10 +67,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let vocab = model.config.vocab_size;
     let gpu = Gpu::new(args.adapter.as_deref())?;
     let gpu_model = GpuModel::new(&gpu, &model)?;
-    let mut options = SessionOptions::default().kv_dtype(match args.kv_f16 {
-        true => KvDtype::F16,
-        false => KvDtype::F32,
-    });
+    let mut options = SessionOptions::default().kv_dtype(args.kv_type);
     options.capacity = Some(n_ctx);
     let mut session = Session::with_options(&gpu_model, options)?;
     let first = first_scored(n_ctx);

@@ -53,8 +53,12 @@ pub struct Args {
     /// Use the first adapter whose name contains this (else WGPU_ADAPTER_NAME, else the default).
     #[arg(long)]
     adapter: Option<String>,
-    /// Store the KV cache as f16 (half the memory; values rounded to f16).
-    #[arg(long)]
+    /// KV cache storage: f32, f16 (half the memory), q8_0 (34/128 of f32's)
+    /// or q4_0 (18/128); values are rounded or quantized as they are appended.
+    #[arg(long, value_name = "TYPE", default_value = "f32", value_parser = crate::parse_kv_type)]
+    kv_type: KvDtype,
+    /// Same as --kv-type f16.
+    #[arg(long, conflicts_with = "kv_type")]
     kv_f16: bool,
     /// Decode without the KV cache: every token recomputes the whole prefix (for comparison).
     #[arg(long)]
@@ -88,7 +92,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut options = SessionOptions::default().kv_dtype(match args.kv_f16 {
         true => KvDtype::F16,
-        false => KvDtype::F32,
+        false => args.kv_type,
     });
     options.capacity = args.ctx_size;
     let capacity = args.ctx_size.unwrap_or(model.config.seq_len);
