@@ -109,6 +109,28 @@ impl<'m> CpuSession<'m> {
         self.positions.capacity()
     }
 
+    /// How cached values are rounded.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
+    }
+
+    /// Layer `layer`'s K and V rows `0..len`, each (len, kv_dim), as
+    /// stored (rounded as the cache type stores them). Panics past the last layer.
+    pub fn read_cache(&self, layer: usize) -> (Vec<f32>, Vec<f32>) {
+        let c = &self.model.config;
+        let (kv, len) = (c.kv_dim(), self.len());
+        let at = layer * self.capacity() * kv;
+        (
+            self.key_cache[at..at + len * kv].to_vec(),
+            self.value_cache[at..at + len * kv].to_vec(),
+        )
+    }
+
+    /// The (n_layers, capacity, kv_dim) key and value caches, for the shift.
+    pub(crate) fn caches(&mut self) -> (&mut [f32], &mut [f32]) {
+        (&mut self.key_cache, &mut self.value_cache)
+    }
+
     /// Forgets positions `len..`.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         self.positions.truncate(len)

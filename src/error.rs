@@ -183,6 +183,17 @@ pub enum Error {
     )]
     ReadbackPending,
 
+    /// A context shift that does not fit the filled positions.
+    #[error("cannot keep {n_keep} positions and drop {n_discard} of a cache holding {len} (drop at least one)")]
+    InvalidShift {
+        /// Positions kept at the start.
+        n_keep: usize,
+        /// Positions dropped after them.
+        n_discard: usize,
+        /// Positions filled.
+        len: usize,
+    },
+
     /// A KV cache byte budget that holds not even one position.
     #[error(
         "a KV cache budget of {budget} bytes holds no position: one takes {per_position} bytes"

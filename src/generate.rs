@@ -36,6 +36,9 @@ pub trait Decoder {
     fn feed(&mut self, tokens: &[u32]) -> Result<()>;
     /// Decodes a token and picks the next one.
     fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32>;
+    /// Drops positions `n_keep .. n_keep + n_discard`, moving the rest
+    /// down ([`Session::shift`]).
+    fn shift(&mut self, n_keep: usize, n_discard: usize) -> Result<()>;
 }
 
 impl Decoder for Session {
@@ -50,6 +53,9 @@ impl Decoder for Session {
     }
     fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32> {
         Session::next_token(self, token, sampler)
+    }
+    fn shift(&mut self, n_keep: usize, n_discard: usize) -> Result<()> {
+        Session::shift(self, n_keep, n_discard)
     }
 }
 
@@ -68,6 +74,9 @@ impl Decoder for CpuSession<'_> {
     fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32> {
         let logits = self.forward(token)?;
         Ok(sampler.sample(logits))
+    }
+    fn shift(&mut self, n_keep: usize, n_discard: usize) -> Result<()> {
+        CpuSession::shift(self, n_keep, n_discard)
     }
 }
 
@@ -137,6 +146,19 @@ impl Decoder for NoCache {
         self.positions_run += self.tokens.len() as u64;
         Ok(next)
     }
+    fn shift(&mut self, n_keep: usize, n_discard: usize) -> Result<()> {
+        // The prefix is recomputed anyway: drop the tokens.
+        let len = self.tokens.len();
+        if n_discard == 0 || n_keep + n_discard > len {
+            return Err(crate::error::Error::InvalidShift {
+                n_keep,
+                n_discard,
+                len,
+            });
+        }
+        self.tokens.drain(n_keep..n_keep + n_discard);
+        self.positions.truncate(len - n_discard)
+    }
 }
 
 /// What a generation produced and how fast.
@@ -163,6 +185,17 @@ pub struct Generation {
     /// the end of the first one (as run.c), so pipeline warm-up is
     /// excluded; 0 if only one.
     pub tokens_per_second: f64,
+}
+
+/// What a generation does when the cache is full ([`generate_shifting`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContextShift {
+    /// Positions kept at the start (attention sinks; the prompt's start).
+    pub keep: usize,
+    /// Positions dropped after them each time; `None`: half of the rest,
+    /// as llama.cpp. A small fixed number (1: StreamingLLM) keeps a window
+    /// of `capacity - keep` recent positions.
+    pub discard: Option<usize>,
 }
 
 /// How long a generation runs; it stops earlier at the cache's capacity.
@@ -203,6 +236,45 @@ pub fn generate<D: Decoder + ?Sized>(
         sampler,
         &prompt_tokens,
         length.into(),
+        None,
+        true,
+        emit,
+    )
+}
+
+/// [`generate`] of `new_tokens` tokens that shifts the context
+/// ([`Decoder::shift`]) whenever the cache is full, instead of stopping
+/// there: memory stays at the cache's capacity for any length. The prompt
+/// must fit the cache, and `shift.keep` leave room to decode.
+pub fn generate_shifting<D: Decoder + ?Sized>(
+    decoder: &mut D,
+    tokenizer: &Tokenizer,
+    sampler: &mut Sampler,
+    prompt: &str,
+    new_tokens: usize,
+    shift: ContextShift,
+    emit: impl FnMut(&str),
+) -> Result<Generation> {
+    let capacity = decoder.capacity();
+    if shift.keep + 2 > capacity || shift.discard == Some(0) {
+        return Err(crate::error::Error::InvalidShift {
+            n_keep: shift.keep,
+            n_discard: shift.discard.unwrap_or(0),
+            len: capacity,
+        });
+    }
+    let mut prompt_tokens = tokenizer.encode_special(prompt, tokenizer.add_bos(), false)?;
+    if prompt_tokens.is_empty() {
+        prompt_tokens.push(tokenizer.bos());
+    }
+    let length = Length::NewTokens(new_tokens);
+    run(
+        decoder,
+        tokenizer,
+        sampler,
+        &prompt_tokens,
+        length,
+        Some(shift),
         true,
         emit,
     )
@@ -228,19 +300,23 @@ pub fn generate_tokens<D: Decoder + ?Sized>(
         sampler,
         prompt_tokens,
         length.into(),
+        None,
         false,
         emit,
     )
 }
 
-/// The loop of [`generate`] and [`generate_tokens`]; `echo` streams the
-/// prompt's text first.
+/// The loop of [`generate`], [`generate_tokens`] and
+/// [`generate_shifting`]; `echo` streams the prompt's text first; `shift`
+/// shifts the context when the cache is full instead of stopping.
+#[allow(clippy::too_many_arguments)]
 fn run<D: Decoder + ?Sized>(
     decoder: &mut D,
     tokenizer: &Tokenizer,
     sampler: &mut Sampler,
     prompt_tokens: &[u32],
     length: Length,
+    shift: Option<ContextShift>,
     echo: bool,
     mut emit: impl FnMut(&str),
 ) -> Result<Generation> {
@@ -254,7 +330,12 @@ fn run<D: Decoder + ?Sized>(
         Length::Steps(steps) => steps,
         Length::NewTokens(n) => prompt_tokens.len() - 1 + n,
     };
-    let steps = steps.min(room);
+    // Past capacity only when shifting.
+    let steps = if shift.is_some() {
+        steps
+    } else {
+        steps.min(room)
+    };
     let mut stream = TextStream::new();
     let mut text = String::new();
     let mut out = |s: &str, text: &mut String| {
@@ -285,6 +366,10 @@ fn run<D: Decoder + ?Sized>(
     let mut start = None;
     let mut ended = false;
     while positions < steps {
+        if let Some(shift) = shift.filter(|_| decoder.positions().room() == 0) {
+            let rest = decoder.len() - shift.keep;
+            decoder.shift(shift.keep, shift.discard.unwrap_or(rest / 2).clamp(1, rest))?;
+        }
         generated += 1;
         let next = decoder.next_token(token, sampler)?;
         positions += 1;

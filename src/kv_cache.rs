@@ -280,8 +280,10 @@ impl KvCache {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size,
-                // COPY_SRC: lets tests and tools read the cache back.
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                // COPY_SRC, COPY_DST: reads back, context shifts, restores.
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         };

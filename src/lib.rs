@@ -54,6 +54,7 @@ pub mod sampler;
 mod pass;
 mod profile;
 mod session;
+mod shift;
 
 pub mod cpu;
 pub mod generate;
@@ -63,7 +64,10 @@ mod chat;
 pub use chat::{Chat, Message, Turn};
 pub use error::{Error, GgufError, Result};
 pub use frame_budget::FrameBudget;
-pub use generate::{generate, generate_tokens, Decoder, Generation, Length, NoCache};
+pub use generate::{
+    generate, generate_shifting, generate_tokens, ContextShift, Decoder, Generation, Length,
+    NoCache,
+};
 pub use gpu::Gpu;
 pub use gpu_model::GpuModel;
 pub use kv_cache::{KvCache, KvDtype, Positions};

@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["session"],
     &["profile"],
     &["cpu"],
+    &["shift"],
     &["generate"],
     &["chat"],
     &["lib"],

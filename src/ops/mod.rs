@@ -12,6 +12,7 @@ pub mod argmax;
 pub mod attention;
 pub mod attention_combine;
 pub mod embed;
+pub mod kv_shift;
 pub mod matmul;
 pub mod matvec;
 pub mod projection;
@@ -83,10 +84,11 @@ impl Variant {
 /// Every pipeline [`Kernels::new`] builds (a test checks this against what
 /// it builds, and translates each for every backend).
 #[cfg(test)]
-pub const VARIANTS: [Variant; 5] = [
+pub const VARIANTS: [Variant; 6] = [
     Variant::plain(argmax::SHADER),
     Variant::plain(attention::SHADER),
     Variant::plain(attention_combine::SHADER),
+    Variant::plain(kv_shift::SHADER),
     Variant::plain(rmsnorm::SHADER),
     Variant::plain(rope_append::SHADER),
 ];
@@ -109,11 +111,12 @@ pub fn specialized_variants() -> Vec<Variant> {
 }
 
 /// Every kernel kvgpu uses (a test checks this against `shaders/`).
-pub const SHADERS: [Shader; 8] = [
+pub const SHADERS: [Shader; 9] = [
     argmax::SHADER,
     attention::SHADER,
     attention_combine::SHADER,
     embed::SHADER,
+    kv_shift::SHADER,
     matmul::SHADER,
     matvec::SHADER,
     rmsnorm::SHADER,
@@ -157,6 +160,7 @@ pub struct Kernels {
     pub attention: attention::Attention,
     pub attention_combine: attention_combine::AttentionCombine,
     pub embed: embed::Embed,
+    pub kv_shift: kv_shift::KvShift,
     pub matmul: matmul::Matmul,
     pub matvec: matvec::Matvec,
     pub rmsnorm: rmsnorm::RmsNorm,
@@ -222,6 +226,7 @@ impl Kernels {
             attention: attention::Attention::new(&c),
             attention_combine: attention_combine::AttentionCombine::new(&c),
             embed: embed::Embed::new(&c),
+            kv_shift: kv_shift::KvShift::new(&c),
             matmul: matmul::Matmul::new(&c),
             matvec: matvec::Matvec::new(&c),
             rmsnorm: rmsnorm::RmsNorm::new(&c),

@@ -358,6 +358,7 @@ fn every_kernel_has_a_test_beside_it() {
         ("attention", include_str!("attention.rs")),
         ("attention_combine", include_str!("attention_combine.rs")),
         ("embed", include_str!("embed.rs")),
+        ("kv_shift", include_str!("kv_shift.rs")),
         ("matmul", include_str!("matmul.rs")),
         ("matvec", include_str!("matvec.rs")),
         ("rmsnorm", include_str!("rmsnorm.rs")),

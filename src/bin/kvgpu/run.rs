@@ -9,8 +9,8 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvgpu::cpu::CpuSession;
 use kvgpu::{
-    generate, Decoder, Gpu, GpuModel, KvDtype, Length, NoCache, Sampler, Session, SessionOptions,
-    Tokenizer,
+    generate, generate_shifting, ContextShift, Decoder, Gpu, GpuModel, KvDtype, Length, NoCache,
+    Sampler, Session, SessionOptions, Tokenizer,
 };
 
 /// Generate text with a GGUF or llama2.c model.
@@ -70,6 +70,22 @@ pub struct Args {
     /// tokens (and, for llama2.c models, BOS).
     #[arg(long)]
     ignore_eos: bool,
+    /// When the KV cache is full, drop old positions and go on (llama.cpp's
+    /// context shift) instead of stopping: -n can exceed -c.
+    #[arg(long, requires = "n_predict")]
+    context_shift: bool,
+    /// Positions a context shift keeps at the start (attention sinks).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        requires = "context_shift"
+    )]
+    keep: usize,
+    /// Positions each shift drops [default: half of those after --keep];
+    /// 1 keeps a sliding window of the last -c minus --keep (StreamingLLM).
+    #[arg(long, value_name = "N", requires = "context_shift")]
+    discard: Option<usize>,
 }
 
 /// Generates the text.
@@ -120,6 +136,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         cache.dtype()
     );
     let dispatches = session.dispatches_per_token();
+    let bytes_per_position = cache.bytes_per_position();
     let (mut cached, mut uncached) = (None, None);
     let decoder: &mut dyn Decoder = match args.no_cache {
         true => uncached.insert(NoCache::new(session)),
@@ -128,17 +145,33 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut stdout = std::io::stdout();
     let started = Instant::now();
-    let run = generate(
-        decoder,
-        &tokenizer,
-        &mut sampler.clone(),
-        &args.prompt,
-        length,
-        |piece| {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
-        },
-    )?;
+    let emit = |piece: &str| {
+        let _ = stdout.write_all(piece.as_bytes());
+        let _ = stdout.flush();
+    };
+    let run = match (args.context_shift, args.n_predict) {
+        (true, Some(n)) => {
+            let shift = ContextShift {
+                keep: args.keep,
+                discard: args.discard,
+            };
+            let sampler = &mut sampler.clone();
+            generate_shifting(decoder, &tokenizer, sampler, &args.prompt, n, shift, emit)?
+        }
+        _ => generate(
+            decoder,
+            &tokenizer,
+            &mut sampler.clone(),
+            &args.prompt,
+            length,
+            emit,
+        )?,
+    };
+    let in_use = format!(
+        "KV in use: {} bytes ({} positions)",
+        decoder.len() as u64 * bytes_per_position,
+        decoder.len()
+    );
     let wall = started.elapsed();
     println!();
     let work = match &uncached {
@@ -150,6 +183,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         ),
         None => format!("{dispatches} dispatches/token"),
     };
+    let kv = format!("{kv} | {in_use}");
     eprintln!(
         "adapter: {} | load {:.2} s | weights: {} bytes | prompt tokens: {} (first token after {:.3} s) | generated tokens: {} | {:.1} tok/s ({} positions in {:.2} s) | {work} | {kv}",
         gpu.describe(),
@@ -196,7 +230,7 @@ fn length(
     let fed = prompt - 1;
     Ok(match (args.n_predict, args.steps) {
         (Some(n), _) => {
-            if fed + n > capacity {
+            if fed + n > capacity && !args.context_shift {
                 eprintln!(
                     "warning: -n {n} after a {prompt}-token prompt needs {} positions, but the KV cache holds {capacity} (-c): generating at most {} tokens",
                     fed + n,
