@@ -212,4 +212,72 @@ impl Chat {
             ended: reply.ended,
         })
     }
+
+    /// Saves the conversation: `session`'s cache (see [`Session::save`]),
+    /// the token left to run, `sampler`'s state and the messages.
+    pub fn save(
+        &self,
+        session: &Session,
+        path: impl AsRef<std::path::Path>,
+        sampler: &Sampler,
+    ) -> Result<()> {
+        let mut extra = Vec::new();
+        let mut put = |s: &str| {
+            extra.extend((s.len() as u32).to_le_bytes());
+            extra.extend(s.as_bytes());
+        };
+        put(&self.text);
+        for m in &self.messages {
+            put(&m.role);
+            put(&m.content);
+        }
+        session.save(path, &self.tokens, self.pending, Some(sampler), &extra)
+    }
+
+    /// Restores a conversation [`Chat::save`] wrote into `session` and
+    /// returns it with its sampler. A file that is not such a save leaves
+    /// the session as it was ([`Error::Snapshot`]).
+    pub fn restore(
+        tokenizer: &Tokenizer,
+        session: &mut Session,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<(Self, Option<Sampler>)> {
+        let path = path.as_ref();
+        let bad = || Error::Snapshot {
+            path: path.to_path_buf(),
+            error: crate::error::SnapshotError::Field("chat", 0),
+        };
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let snapshot =
+            crate::snapshot::Snapshot::from_bytes(&bytes).map_err(|error| Error::Snapshot {
+                path: path.to_path_buf(),
+                error,
+            })?;
+        // The messages first: a file that holds none is refused before the session changes.
+        let mut strings = Vec::new();
+        let mut rest = snapshot.extra.as_slice();
+        while !rest.is_empty() {
+            let n = rest.get(..4).ok_or_else(bad)?;
+            let n = u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize;
+            let s = rest.get(4..4 + n).ok_or_else(bad)?;
+            strings.push(String::from_utf8(s.to_vec()).map_err(|_| bad())?);
+            rest = &rest[4 + n..];
+        }
+        if strings.len() % 2 != 1 {
+            return Err(bad());
+        }
+        let mut chat = Chat::new(tokenizer, None)?;
+        chat.text = strings.remove(0);
+        chat.messages = strings
+            .chunks(2)
+            .map(|m| Message::new(&m[0], &m[1]))
+            .collect();
+        let saved = session.restore(path)?;
+        chat.tokens = saved.tokens;
+        chat.pending = saved.next;
+        Ok((chat, saved.sampler))
+    }
 }

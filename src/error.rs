@@ -183,6 +183,15 @@ pub enum Error {
     )]
     ReadbackPending,
 
+    /// A saved KV cache that cannot be restored (see [`SnapshotError`]).
+    #[error("{path}: {error}")]
+    Snapshot {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        error: SnapshotError,
+    },
+
     /// A context shift that does not fit the filled positions.
     #[error("cannot keep {n_keep} positions and drop {n_discard} of a cache holding {len} (drop at least one)")]
     InvalidShift {
@@ -442,5 +451,45 @@ pub enum GgufError {
         key: String,
         /// What is wrong.
         reason: String,
+    },
+}
+
+/// Why a saved KV cache ([`crate::snapshot`]) cannot be restored.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The file does not start as a kvgpu snapshot.
+    #[error("not a kvgpu KV cache snapshot")]
+    NotASnapshot,
+    /// A format version this build does not read.
+    #[error("snapshot format version {0}; this kvgpu reads version 1")]
+    Version(u32),
+    /// The file ends before what its header promises.
+    #[error("the snapshot is cut short")]
+    Truncated,
+    /// The checksum does not match: the bytes were changed.
+    #[error("the snapshot is corrupted (checksum mismatch)")]
+    Checksum,
+    /// A header field holds a value that cannot be.
+    #[error("the snapshot's {0} field holds {1}, which cannot be")]
+    Field(&'static str, u64),
+    /// Saved from another model (its fingerprint or shape differ).
+    #[error("the snapshot was saved from another model")]
+    OtherModel,
+    /// Saved from a cache of another storage type.
+    #[error("the snapshot holds a {file} KV cache; this session's is {session}")]
+    OtherCacheType {
+        /// The file's (`KvDtype::name`).
+        file: &'static str,
+        /// The session's.
+        session: &'static str,
+    },
+    /// More positions than the session holds.
+    #[error("the snapshot holds {len} positions; this session's cache holds {capacity}")]
+    TooLong {
+        /// Positions saved.
+        len: usize,
+        /// The session's capacity.
+        capacity: usize,
     },
 }

@@ -171,6 +171,11 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     /// Prompt tokens, BOS included.
     pub prompt_tokens: usize,
+    /// The prompt's tokens (BOS included), then the sampled ones: the
+    /// decoder has run all but the last (which, unless an end token
+    /// followed it, is the next step's input) since the generation began,
+    /// shifts aside.
+    pub all_tokens: Vec<u32>,
     /// Tokens sampled (the end token, if any, not counted).
     pub generated_tokens: usize,
     /// Whether the model ended the text with an end token (else the length
@@ -396,6 +401,7 @@ fn run<D: Decoder + ?Sized>(
     };
     Ok(Generation {
         text,
+        all_tokens: prompt_tokens.iter().chain(&sampled).copied().collect(),
         tokens: sampled,
         prompt_tokens: prompt_tokens.len(),
         generated_tokens: generated,

@@ -51,6 +51,8 @@ pub struct GpuModel {
     /// (seq_len, head_size / 2, 2) RoPE cos/sin, see [`Rope::table`](crate::rope::Rope::table).
     pub(crate) rope_table: wgpu::Buffer,
     weight_bytes: u64,
+    /// [`Weights::fingerprint`](crate::model::Weights::fingerprint) of the model.
+    fingerprint: u64,
 }
 
 impl GpuModel {
@@ -165,6 +167,7 @@ impl GpuModel {
                     wgpu::BufferUsages::STORAGE,
                 ),
                 weight_bytes: w.bytes(),
+                fingerprint: w.fingerprint(c),
             })
         })?
     }
@@ -172,6 +175,11 @@ impl GpuModel {
     /// The model's hyper-parameters.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The model's fingerprint (its shape and tensor table), as saved KV caches carry it.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The device the model lives on.

@@ -35,6 +35,16 @@ impl KvDtype {
     /// Every storage type.
     pub const ALL: [KvDtype; 4] = [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0, KvDtype::Q4_0];
 
+    /// The type's name, as `--kv-type` takes it: "f32", "f16", "q8_0", "q4_0".
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+            KvDtype::Q8_0 => "q8_0",
+            KvDtype::Q4_0 => "q4_0",
+        }
+    }
+
     /// The id the kernels switch on (`KV_*` in shaders/kv.wgsl).
     pub fn gpu_id(self) -> u32 {
         self as u32
@@ -344,6 +354,13 @@ impl KvCache {
     /// Keeps positions `0..len`, forgetting the rest (rollback).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         self.positions.truncate(len)
+    }
+
+    /// Marks positions `0..len` filled (their rows were written whole:
+    /// a restored snapshot). `len` is at most the capacity.
+    pub(crate) fn set_len(&mut self, len: usize) {
+        self.positions.reset();
+        self.positions.commit(0..len);
     }
 
     /// Copies layer `layer`'s K and V rows `0..len` back to the host, each

@@ -55,6 +55,7 @@ mod pass;
 mod profile;
 mod session;
 mod shift;
+pub mod snapshot;
 
 pub mod cpu;
 pub mod generate;
@@ -62,7 +63,7 @@ pub mod generate;
 mod chat;
 
 pub use chat::{Chat, Message, Turn};
-pub use error::{Error, GgufError, Result};
+pub use error::{Error, GgufError, Result, SnapshotError};
 pub use frame_budget::FrameBudget;
 pub use generate::{
     generate, generate_shifting, generate_tokens, ContextShift, Decoder, Generation, Length,

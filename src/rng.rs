@@ -14,6 +14,11 @@ impl XorShift {
         Self { state: seed }
     }
 
+    /// The generator's state (seeding a new one with it continues the sequence).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     /// run.c's `random_u32`.
     pub fn next_u32(&mut self) -> u32 {
         self.state ^= self.state >> 12;

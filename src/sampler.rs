@@ -50,6 +50,27 @@ impl Sampler {
     }
 
     /// Samples only among the `k` most likely tokens (ties at the k-th
+    /// The settings and random state, to save: (temperature, top-p, top-k,
+    /// rng state); [`Sampler::from_parts`] makes the same sampler again.
+    pub fn parts(&self) -> (f32, f32, Option<usize>, u64) {
+        (self.temperature, self.top_p, self.top_k, self.rng.state())
+    }
+
+    /// A sampler from [`Sampler::parts`]: it samples as the saved one would
+    /// have from there on.
+    pub fn from_parts(
+        temperature: f32,
+        top_p: f32,
+        top_k: Option<usize>,
+        rng: u64,
+    ) -> Result<Self> {
+        let mut s = Self::new(temperature, top_p, rng)?;
+        if let Some(k) = top_k {
+            s = s.with_top_k(k)?;
+        }
+        Ok(s)
+    }
+
     /// logit kept), before top-p; run.c has no top-k. `k` of 0 is an error.
     pub fn with_top_k(mut self, k: usize) -> Result<Self> {
         if k == 0 {

@@ -358,3 +358,63 @@ fn quantize_writes_q5_1_and_names_the_types_it_writes() {
         &["q4_k", "q5_1"],
     );
 }
+
+/// 100 tokens, saved; a new process restores them and runs 100 more: the
+/// text equals 200 tokens in one run, greedy and seeded.
+#[test]
+fn save_and_restore_across_processes_continue_byte_for_byte() {
+    let dir = require!(common::models_dir());
+    let scratch = common::scratch("cli_state");
+    let model = dir.join("stories260K.bin");
+    let state = scratch.join("state.kvs");
+    for temp in ["0", "1.0"] {
+        let base = [
+            "run",
+            "-m",
+            path(&model),
+            "--temp",
+            temp,
+            "-s",
+            "7",
+            "--ignore-eos",
+        ];
+        let whole = kvgpu(&[&base[..], &["-n", "200"]].concat());
+        let first = kvgpu(&[&base[..], &["-n", "100", "--save-state", path(&state)]].concat());
+        // The saved sampler goes on; the flags given here do not matter.
+        let rest = kvgpu(&[
+            "run",
+            "-m",
+            path(&model),
+            "--temp",
+            "0.5",
+            "-s",
+            "1",
+            "--ignore-eos",
+            "-n",
+            "100",
+            "--load-state",
+            path(&state),
+        ]);
+        for out in [&whole, &first, &rest] {
+            assert!(out.status.success(), "{}", text(out).1);
+        }
+        let joined = format!("{}{}", text(&first).0.trim_end_matches('\n'), text(&rest).0);
+        assert_eq!(joined, text(&whole).0, "temperature {temp}");
+    }
+    // A damaged file is named and refused.
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&state, bytes).unwrap();
+    fails_saying(
+        &[
+            "run",
+            "-m",
+            path(&model),
+            "-n",
+            "5",
+            "--load-state",
+            path(&state),
+        ],
+        &["state.kvs", "cut short"],
+    );
+}

@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["gpu_model", "sampler"],
     &["pass"],
     &["session"],
-    &["profile"],
+    &["profile", "snapshot"],
     &["cpu"],
     &["shift"],
     &["generate"],

@@ -278,3 +278,40 @@ fn a_full_context_is_a_typed_error_and_changes_nothing() {
     assert!(chat.messages().is_empty());
     assert_eq!(session.cache().len(), 0);
 }
+
+#[test]
+fn a_saved_chat_goes_on_in_another_session_as_it_would_have() {
+    let (model, tok) = require!(load());
+    let gpu = require!(common::gpu());
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let path = common::scratch("chat_save").join("chat.kvs");
+    let turns = ["What is the capital of France?", "And of Italy?"];
+    // Both turns in one session.
+    let mut session = Session::new(&gm, Some(256)).unwrap();
+    let mut chat = Chat::new(&tok, None).unwrap();
+    let mut sampler = Sampler::new(0.7, 0.9, 11).unwrap();
+    let mut whole = Vec::new();
+    for t in turns {
+        let turn = chat
+            .send(&mut session, &tok, &mut sampler, t, 12, |_| {})
+            .unwrap();
+        whole.push(turn.reply);
+        if whole.len() == 1 {
+            chat.save(&session, &path, &sampler).unwrap();
+        }
+    }
+    // The second turn after a restore into a fresh session.
+    let mut fresh = Session::new(&gm, Some(256)).unwrap();
+    let (mut restored, saved) = Chat::restore(&tok, &mut fresh, &path).unwrap();
+    assert_eq!(restored.messages().len(), 2);
+    let mut sampler = saved.unwrap();
+    let turn = restored
+        .send(&mut fresh, &tok, &mut sampler, turns[1], 12, |_| {})
+        .unwrap();
+    assert_eq!(turn.reply, whole[1]);
+    assert!(
+        turn.prefilled < 30,
+        "only the new turn ran: {}",
+        turn.prefilled
+    );
+}

@@ -203,6 +203,38 @@ impl Weights {
         all
     }
 
+    /// A hash of the model's shape and tensor table (FNV-1a, 64 bits): the
+    /// config and each tensor's type and dimensions. Saved KV caches carry
+    /// it, so one is never restored onto another model.
+    pub fn fingerprint(&self, config: &Config) -> u64 {
+        let mut h = Fnv::default();
+        for v in [
+            config.dim,
+            config.hidden_dim,
+            config.n_layers,
+            config.n_heads,
+            config.n_kv_heads,
+            config.vocab_size,
+            config.seq_len,
+            config.rope_dim,
+            usize::from(config.shared_classifier),
+        ] {
+            h.write(&(v as u64).to_le_bytes());
+        }
+        for v in [config.norm_eps, config.rope_theta] {
+            h.write(&v.to_bits().to_le_bytes());
+        }
+        for f in config.rope_freq_factors.iter().flatten() {
+            h.write(&f.to_bits().to_le_bytes());
+        }
+        for t in self.tensors() {
+            h.write(&t.dtype.ggml_id().to_le_bytes());
+            h.write(&(t.rows as u64).to_le_bytes());
+            h.write(&(t.cols as u64).to_le_bytes());
+        }
+        h.0
+    }
+
     /// Bytes of all weights as stored.
     pub fn bytes(&self) -> u64 {
         self.tensors().iter().map(|t| t.bytes().len() as u64).sum()
@@ -238,6 +270,25 @@ impl Weights {
                 .collect(),
             rms_final: self.rms_final.clone(),
             wcls: self.wcls.as_ref().map(conv),
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: a small hash for fingerprints and checksums.
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf29ce484222325)
+    }
+}
+
+impl Fnv {
+    /// Hashes `bytes` in.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100000001b3);
         }
     }
 }

@@ -2,7 +2,8 @@
 //! template. Each reply streams to stdout and stops at the end of the
 //! assistant's turn; the conversation stays in the KV cache, so a new turn
 //! prefills only its own tokens. On a terminal it asks for each turn; with
-//! stdin from a file or a pipe, each line is a user turn.
+//! stdin from a file or a pipe, each line is a user turn. `/save FILE` and
+//! `/load FILE` keep a conversation (cache included) across runs; `/quit` ends.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -71,6 +72,31 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let text = line.trim_end();
         if text == "/quit" {
             break;
+        }
+        if let Some(path) = text.strip_prefix("/save ") {
+            chat.save(&session, path.trim(), &sampler)?;
+            eprintln!(
+                "[saved {} positions to {}]",
+                session.cache().len(),
+                path.trim()
+            );
+            continue;
+        }
+        if let Some(path) = text.strip_prefix("/load ") {
+            match Chat::restore(&tokenizer, &mut session, path.trim()) {
+                Ok((restored, saved)) => {
+                    chat = restored;
+                    sampler = saved.unwrap_or(sampler);
+                    eprintln!(
+                        "[loaded {} messages, {} positions from {}]",
+                        chat.messages().len(),
+                        session.cache().len(),
+                        path.trim()
+                    );
+                }
+                Err(e) => eprintln!("[not loaded: {e}]"),
+            }
+            continue;
         }
         if text.is_empty() {
             continue;

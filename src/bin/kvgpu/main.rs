@@ -132,7 +132,7 @@ pub fn load_model(
 pub fn parse_kv_type(name: &str) -> Result<kvgpu::KvDtype, String> {
     kvgpu::KvDtype::ALL
         .into_iter()
-        .find(|t| format!("{t:?}").eq_ignore_ascii_case(name))
+        .find(|t| t.name().eq_ignore_ascii_case(name))
         .ok_or_else(|| format!("{name}: the KV cache types are f32, f16, q8_0 and q4_0"))
 }
 

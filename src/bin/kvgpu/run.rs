@@ -86,6 +86,13 @@ pub struct Args {
     /// 1 keeps a sliding window of the last -c minus --keep (StreamingLLM).
     #[arg(long, value_name = "N", requires = "context_shift")]
     discard: Option<usize>,
+    /// After generating, save the KV cache, tokens and sampler state here.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["no_cache", "context_shift"])]
+    save_state: Option<PathBuf>,
+    /// Restore a saved state and go on from it (-n more tokens; the
+    /// sampler goes on as saved).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["no_cache", "prompt", "context_shift"], requires = "n_predict")]
+    load_state: Option<PathBuf>,
 }
 
 /// Generates the text.
@@ -126,7 +133,25 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let gpu_model = GpuModel::with_progress(&gpu, &model, |done, _| bar.set_position(done))?;
     bar.finish_and_clear();
     let load_time = loading.elapsed();
-    let session = Session::with_options(&gpu_model, options)?;
+    let mut session = Session::with_options(&gpu_model, options)?;
+    // A saved state: its cache, its next token and its sampler.
+    let resume = match &args.load_state {
+        Some(path) => {
+            let saved = session.restore(path)?;
+            if let Some(s) = saved.sampler.clone() {
+                sampler = s;
+            }
+            let next = saved.next.ok_or_else(|| {
+                format!(
+                    "{}: the saved generation had ended (at an end token)",
+                    path.display()
+                )
+            })?;
+            Some((saved.tokens, next))
+        }
+        None => None,
+    };
+    let cpu_sampler = sampler.clone();
     let cache = session.cache();
     let kv = format!(
         "KV cache: {} bytes ({} positions x {} bytes, {:?})",
@@ -149,19 +174,22 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let _ = stdout.write_all(piece.as_bytes());
         let _ = stdout.flush();
     };
-    let run = match (args.context_shift, args.n_predict) {
-        (true, Some(n)) => {
+    let mut run = match (&resume, args.context_shift, args.n_predict) {
+        (Some((_, next)), _, Some(n)) => {
+            kvgpu::generate_tokens(decoder, &tokenizer, &mut sampler, &[*next], n, emit)?
+        }
+        (_, true, Some(n)) => {
             let shift = ContextShift {
                 keep: args.keep,
                 discard: args.discard,
             };
-            let sampler = &mut sampler.clone();
+            let sampler = &mut sampler;
             generate_shifting(decoder, &tokenizer, sampler, &args.prompt, n, shift, emit)?
         }
         _ => generate(
             decoder,
             &tokenizer,
-            &mut sampler.clone(),
+            &mut sampler,
             &args.prompt,
             length,
             emit,
@@ -172,6 +200,18 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         decoder.len() as u64 * bytes_per_position,
         decoder.len()
     );
+    if let Some((saved, _)) = resume {
+        // The whole sequence: the restored positions, then this run's.
+        run.all_tokens.splice(0..0, saved);
+    }
+    if let (Some(path), Some(session)) = (&args.save_state, cached.as_ref()) {
+        // The last token sampled is the next step's input, unless an end token ended the run.
+        let len = session.len();
+        let next = (!run.ended)
+            .then(|| run.all_tokens.get(len).copied())
+            .flatten();
+        session.save(path, &run.all_tokens[..len], next, Some(&sampler), &[])?;
+    }
     let wall = started.elapsed();
     println!();
     let work = match &uncached {
@@ -201,7 +241,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let reference = generate(
             &mut cpu,
             &tokenizer,
-            &mut sampler.clone(),
+            &mut cpu_sampler.clone(),
             &args.prompt,
             length,
             |_| {},
