@@ -34,7 +34,7 @@ pub fn first_scored(n_ctx: usize) -> usize {
     n_ctx / 2
 }
 
-/// log softmax(logits)[i] for every i, in f64.
+/// `log softmax(logits)` for every token, in f64.
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
     let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();

@@ -1,7 +1,7 @@
 //! Weight tensors as stored in model files: a data type (f32, f16, bf16, or a
 //! GGML block quantization) and the raw little-endian bytes, shared with the
 //! file they came from (no copy). Quantized weights stay quantized on the GPU;
-//! [`blocks`] holds the host-side dequantization that tests and the CPU
+//! `blocks.rs` holds the host-side dequantization that tests and the CPU
 //! reference use, and GGML's quantizers.
 
 use std::ops::Range;
