@@ -122,6 +122,12 @@ fn kv_quantize(dtype: u32, v: array<f32, 64>, two: bool) -> array<u32, 17> {
     return out;
 }
 
+// How many of kv_quantize's words hold something: the scales, and 8 (Q8_0)
+// or 4 (Q4_0) data words per block.
+fn kv_quantized_words(dtype: u32, two: bool) -> u32 {
+    return 1u + select(4u, 8u, dtype == KV_Q8_0) * select(1u, 2u, two);
+}
+
 // Where kv_quantize's words go in a row: its word i (0: scales, then
 // data) of block pair g.
 fn kv_quantized_word(dtype: u32, kv_dim: u32, g: u32, i: u32) -> u32 {

@@ -71,8 +71,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             k[j + 1u] = p.y;
         }
         let words = kv_quantize(dtype, k, two);
-        let n = 1u + select(4u, 8u, dtype == KV_Q8_0) * select(1u, 2u, two);
-        for (var w = 0u; w < n; w++) {
+        for (var w = 0u; w < kv_quantized_words(dtype, two); w++) {
             k_cache[row + kv_quantized_word(dtype, kv, g, w)] = words[w];
         }
         return;

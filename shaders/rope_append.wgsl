@@ -80,8 +80,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         let kw = kv_quantize(dtype, k, two);
         let vw = kv_quantize(dtype, v, two);
-        let words = 1u + select(4u, 8u, dtype == KV_Q8_0) * select(1u, 2u, two);
-        for (var w = 0u; w < words; w++) {
+        for (var w = 0u; w < kv_quantized_words(dtype, two); w++) {
             let at = slot + kv_quantized_word(dtype, kv, g, w);
             k_cache[at] = kw[w];
             v_cache[at] = vw[w];
