@@ -288,14 +288,14 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         if args.no_cache_models.split(',').any(|n| n == name) {
             cache_rows.extend(cache_vs_no_cache(name, &model, &gm, &lengths, &m)?);
         }
-        let per_layer_pos = 2 * c.kv_dim() as u64;
         kv_rows.push(KvRow {
             model: name.to_string(),
             layers: c.n_layers,
             context: c.seq_len,
-            per_position: per_layer_pos * c.n_layers as u64,
-            per_layer: per_layer_pos * c.seq_len as u64,
-            total: per_layer_pos * c.n_layers as u64 * c.seq_len as u64,
+            per_position: kvgpu::KvDtype::ALL
+                .iter()
+                .map(|t| t.fits(c.kv_dim()).then(|| t.bytes_per_position(c)))
+                .collect(),
         });
         rows.push(m.row);
         profiles.extend(m.profiles);

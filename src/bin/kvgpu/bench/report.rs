@@ -33,17 +33,14 @@ pub struct Row {
     pub copy_fraction: f64,
 }
 
-/// KV cache memory of one model, F32 (F16 is half).
+/// KV cache memory of one model.
 pub struct KvRow {
     pub model: String,
     pub layers: usize,
     pub context: usize,
-    /// Values per position, all layers, K and V.
-    pub per_position: u64,
-    /// Values per layer at full context, K and V.
-    pub per_layer: u64,
-    /// Values at full context.
-    pub total: u64,
+    /// Bytes per position, all layers, K and V, for each cache type
+    /// (`KvDtype::ALL`; `None` where rows are not whole quantized blocks).
+    pub per_position: Vec<Option<u64>>,
 }
 
 /// Generating `tokens` tokens with and without the KV cache.
@@ -96,19 +93,37 @@ pub fn print_rows(rows: &[Row], prompt: usize) {
 
 /// The KV memory table.
 pub fn print_kv(kv_rows: &[KvRow]) {
-    println!("\nKV cache memory (F16 is half of F32):\n");
-    println!("| model | layers | context | F32 bytes/token | F32 bytes/layer (full context) | F32 total | F16 total |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("\nKV cache memory, bytes per position and at full context (2 x layers x context x row bytes):\n");
+    let names: Vec<&str> = kvgpu::KvDtype::ALL.iter().map(|t| t.name()).collect();
+    println!(
+        "| model | layers | context | {} | {} |",
+        names
+            .iter()
+            .map(|n| format!("{n}/position"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        names
+            .iter()
+            .map(|n| format!("{n} total"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|---|---|{}", "---|".repeat(2 * names.len()));
     for r in kv_rows {
+        let cell = |p: &Option<u64>, times: u64| p.map_or("-".into(), |p| (p * times).to_string());
+        let per: Vec<String> = r.per_position.iter().map(|p| cell(p, 1)).collect();
+        let total: Vec<String> = r
+            .per_position
+            .iter()
+            .map(|p| cell(p, r.context as u64))
+            .collect();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             r.model,
             r.layers,
             r.context,
-            r.per_position * 4,
-            r.per_layer * 4,
-            r.total * 4,
-            r.total * 2
+            per.join(" | "),
+            total.join(" | ")
         );
     }
 }
