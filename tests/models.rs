@@ -12,6 +12,7 @@ fn model_files_are_present_or_their_tests_are_skipped_on_purpose() {
         "tok512.bin",
         "stories260K.gguf",
         "stories260K-f16.gguf",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
     ]
     .into_iter()
     .filter_map(|name| match kvgpu::files::find(name) {
