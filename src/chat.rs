@@ -149,6 +149,13 @@ impl Chat {
         max_tokens: usize,
         emit: impl FnMut(&str),
     ) -> Result<Turn> {
+        if max_tokens == 0 {
+            // A turn whose reply may not have a token would leave its last
+            // prompt token unrun: refused before anything changes.
+            return Err(Error::ChatTemplate(
+                "a reply needs max_tokens of at least 1".into(),
+            ));
+        }
         let mut messages = self.messages.clone();
         messages.push(Message::new("user", text));
         let rendered = self.render(&messages, true)?;
@@ -247,15 +254,7 @@ impl Chat {
             path: path.to_path_buf(),
             error: crate::error::SnapshotError::Field("chat", 0),
         };
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let snapshot =
-            crate::snapshot::Snapshot::from_bytes(&bytes).map_err(|error| Error::Snapshot {
-                path: path.to_path_buf(),
-                error,
-            })?;
+        let snapshot = crate::snapshot::Snapshot::read(path)?;
         // The messages first: a file that holds none is refused before the session changes.
         let mut strings = Vec::new();
         let mut rest = snapshot.extra.as_slice();
@@ -275,7 +274,7 @@ impl Chat {
             .chunks(2)
             .map(|m| Message::new(&m[0], &m[1]))
             .collect();
-        let saved = session.restore(path)?;
+        let saved = session.restore_from(path, snapshot)?;
         chat.tokens = saved.tokens;
         chat.pending = saved.next;
         Ok((chat, saved.sampler))

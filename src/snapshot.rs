@@ -86,6 +86,18 @@ impl<'a> Reader<'a> {
 }
 
 impl Snapshot {
+    /// Reads and parses the snapshot at `path` ([`Snapshot::from_bytes`]).
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Snapshot::from_bytes(&bytes).map_err(|error| Error::Snapshot {
+            path: path.to_path_buf(),
+            error,
+        })
+    }
+
     /// The file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
@@ -256,15 +268,16 @@ impl Session {
     /// left as it was.
     pub fn restore(&mut self, path: impl AsRef<Path>) -> Result<Snapshot> {
         let path = path.as_ref();
+        let s = Snapshot::read(path)?;
+        self.restore_from(path, s)
+    }
+
+    /// [`Session::restore`] of a snapshot already read from `path` (named in errors).
+    pub(crate) fn restore_from(&mut self, path: &Path, mut s: Snapshot) -> Result<Snapshot> {
         let fail = |error| Error::Snapshot {
             path: path.to_path_buf(),
             error,
         };
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut s = Snapshot::from_bytes(&bytes).map_err(fail)?;
         let c = self.model.config();
         if s.fingerprint != self.model.fingerprint()
             || (s.n_layers, s.kv_dim) != (c.n_layers, c.kv_dim())

@@ -275,6 +275,10 @@ fn a_full_context_is_a_typed_error_and_changes_nothing() {
         matches!(e, kvgpu::Error::ContextFull { capacity: 40 }),
         "{e}"
     );
+    let e = chat
+        .send(&mut session, &tok, &mut Sampler::greedy(), "Hi", 0, |_| {})
+        .unwrap_err();
+    assert!(matches!(e, kvgpu::Error::ChatTemplate(_)), "{e}");
     assert!(chat.messages().is_empty());
     assert_eq!(session.cache().len(), 0);
 }
