@@ -1,6 +1,7 @@
 // Attention over the KV cache for each token t of the pass, at position
 // pos = step.pos + t (causal: positions 0..=pos; the pass's own K/V are
-// already in the cache). Grouped-query: query head h reads K/V head
+// already in the cache), or, with a paged pool, at its own position through
+// its own sequence's page table (prelude.wgsl). Grouped-query: query head h reads K/V head
 // h / (n_heads / n_kv_heads).
 //
 //   score[t] = q_h . k_cache[t, kv_head] / sqrt(head_size)
@@ -25,6 +26,7 @@
 //   5 scores:   array<f32> (storage)  (n, n_heads, capacity) scratch
 //   6 out:      array<f32> (storage)  (n, out_stride), n_heads * head_size values used per row
 //   7 partials: array<f32> (storage)  (n, n_heads, splits, head_size + 2): o, then m and l
+//   8 paging:   array<u32> (storage)  (2 n + tables) positions and page tables (prelude.wgsl); unread when flat
 //
 // The softmax subtracts the maximum score first, so large scores cannot overflow.
 
@@ -32,7 +34,7 @@ struct Params {
     n_heads: u32,
     n_kv_heads: u32,
     head_size: u32,
-    capacity: u32,
+    capacity: u32, // positions a token may attend to (the stride of `scores`)
     kv_dtype: u32,
     out_stride: u32,
     split: u32,
@@ -45,11 +47,20 @@ struct Params {
 @group(0) @binding(3) var<storage, read> k_cache: array<u32>;
 @group(0) @binding(4) var<storage, read> v_cache: array<u32>;
 
-// Value c of row t of a cache, decoded.
-fn cached_k(t: u32, c: u32) -> f32 {
+// The first word of the cache row holding position p of the pass's token.
+fn row_word(token: u32, p: u32) -> u32 {
+    let words = kv_row_words(params.kv_dtype, params.n_kv_heads * params.head_size);
+    if step.page == 0u {
+        return p * words;
+    }
+    let table = paging[2u * token + 1u];
+    return (paging[table + p / step.page] * step.page + p % step.page) * words;
+}
+
+// Value c of the cache row starting at word `row`, decoded.
+fn cached_k(row: u32, c: u32) -> f32 {
     let dtype = params.kv_dtype;
     let kv_dim = params.n_kv_heads * params.head_size;
-    let row = t * kv_row_words(dtype, kv_dim);
     var s = 0u;
     if dtype >= KV_Q8_0 {
         s = k_cache[row + c / 64u];
@@ -57,10 +68,9 @@ fn cached_k(t: u32, c: u32) -> f32 {
     return kv_value(dtype, k_cache[row + kv_word(dtype, kv_dim, c)], s, c);
 }
 
-fn cached_v(t: u32, c: u32) -> f32 {
+fn cached_v(row: u32, c: u32) -> f32 {
     let dtype = params.kv_dtype;
     let kv_dim = params.n_kv_heads * params.head_size;
-    let row = t * kv_row_words(dtype, kv_dim);
     var s = 0u;
     if dtype >= KV_Q8_0 {
         s = v_cache[row + c / 64u];
@@ -70,6 +80,7 @@ fn cached_v(t: u32, c: u32) -> f32 {
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(8) var<storage, read> paging: array<u32>;
 
 const WG: u32 = 64u;
 var<workgroup> partial: array<f32, WG>;
@@ -97,7 +108,10 @@ fn main(
 ) {
     let h = wg.x;
     let token = wg.z;
-    let pos = step.pos + token;
+    var pos = step.pos + token;
+    if step.page != 0u {
+        pos = paging[2u * token];
+    }
     let n = pos + 1u; // positions attended to
     let start = wg.y * params.split;
     if h >= params.n_heads || token >= step.n || pos >= params.capacity || start >= n {
@@ -113,9 +127,10 @@ fn main(
     // Scores and their maximum.
     var m = -3.402823e38;
     for (var t = start + lid; t < end; t += WG) {
+        let row = row_word(token, t);
         var dot = 0.0;
         for (var i = 0u; i < hs; i++) {
-            dot += q[q_off + i] * cached_k(t, kv_off + i);
+            dot += q[q_off + i] * cached_k(row, kv_off + i);
         }
         let s = dot / scale;
         scores[s_off + t] = s;
@@ -141,7 +156,7 @@ fn main(
     for (var i = lid; i < hs; i += WG) {
         var acc = 0.0;
         for (var t = start; t < end; t++) {
-            acc += scores[s_off + t] * cached_v(t, kv_off + i);
+            acc += scores[s_off + t] * cached_v(row_word(token, t), kv_off + i);
         }
         if whole {
             out[token * params.out_stride + h * hs + i] = acc / sum;

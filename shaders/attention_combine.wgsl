@@ -1,5 +1,6 @@
 // Merges the split-K partial results of attention.wgsl for each token t of
-// the pass (position pos = step.pos + t) whose positions span several
+// the pass (position pos = step.pos + t, or its entry in `paging` with a
+// paged pool, prelude.wgsl) whose positions span several
 // splits: with split s holding o_s = sum_t e^(score_t - m_s) v_t, its max
 // score m_s and l_s = sum_t e^(score_t - m_s),
 //
@@ -13,6 +14,7 @@
 //   1 step:     Step (uniform)        { pos, n }
 //   2 partials: array<f32> (storage)  (n, n_heads, splits, head_size + 2): o, then m and l
 //   3 out:      array<f32> (storage)  (n, out_stride), n_heads * head_size values used per row
+//   4 paging:   array<u32> (storage)  (2 n + tables) positions and page tables; unread when flat
 //
 // One workgroup per (query head, token); threads own the head's dimensions.
 
@@ -29,6 +31,7 @@ struct Params {
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> partials: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> paging: array<u32>;
 
 @compute @workgroup_size(64)
 fn main(
@@ -37,7 +40,10 @@ fn main(
 ) {
     let h = wg.x;
     let token = wg.z;
-    let pos = step.pos + token;
+    var pos = step.pos + token;
+    if step.page != 0u {
+        pos = paging[2u * token];
+    }
     let n = pos + 1u;
     if h >= params.n_heads || token >= step.n || pos >= params.capacity || n <= params.split {
         return;

@@ -1,5 +1,6 @@
 // RoPE and append to the KV cache, for each token t of the pass at position
-// pos = step.pos + t: rotates each (even, odd) pair of the token's q and k by
+// pos = step.pos + t (or, with a paged pool, its own position, written into
+// the row its sequence's page table gives: prelude.wgsl): rotates each (even, odd) pair of the token's q and k by
 // the position's angle (as llama2.c: pair i of a head uses frequency
 // theta^(-2i / head_size); cos/sin from a table computed on the host, so
 // every adapter rotates by the same numbers), writes q to `q` and k, v into
@@ -16,6 +17,7 @@
 //   4 q:       array<f32> (storage)  (n, q_dim) rotated q
 //   5 k_cache: array<u32> (storage)  (capacity, kv_row_words) rows as kv.wgsl lays them out
 //   6 v_cache: array<u32> (storage)  as k_cache
+//   7 paging:  array<u32> (storage)  (2 n + tables) positions and page tables; unread when flat
 //
 // One thread per pair of q (q_dim / 2 threads), grid z = token; pairs below
 // kv_dim / 2 also rotate k and store k and v; with a quantized cache,
@@ -37,6 +39,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> q: array<f32>;
 @group(0) @binding(5) var<storage, read_write> k_cache: array<u32>;
 @group(0) @binding(6) var<storage, read_write> v_cache: array<u32>;
+@group(0) @binding(7) var<storage, read> paging: array<u32>;
 
 fn rotate(a: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
     return vec2(a.x * cs.x - a.y * cs.y, a.x * cs.y + a.y * cs.x);
@@ -46,19 +49,28 @@ fn rotate(a: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = 2u * gid.x;
     let t = gid.z;
-    let pos = step.pos + t;
-    // The host never steps past capacity; the check keeps a bad `pos` from
-    // landing in another slot.
-    if i >= params.q_dim || t >= step.n || pos >= params.capacity {
+    if t >= step.n {
         return;
     }
+    var pos = step.pos + t;
+    var slot_row = pos;
+    if step.page != 0u {
+        pos = paging[2u * t];
+        let table = paging[2u * t + 1u];
+        slot_row = paging[table + pos / step.page] * step.page + pos % step.page;
+    }
+    let dtype = params.kv_dtype;
     let kv = params.kv_dim;
+    let slot = slot_row * kv_row_words(dtype, kv);
+    // The host never steps past capacity; the check keeps a bad position or
+    // page from landing in another slot or outside the cache.
+    if i >= params.q_dim || pos >= params.capacity || slot >= arrayLength(&k_cache) {
+        return;
+    }
     let row = t * (params.q_dim + 2u * kv);
     let qr = rotate(vec2(qkv[row + i], qkv[row + i + 1u]), angle(pos, i));
     q[t * params.q_dim + i] = qr.x;
     q[t * params.q_dim + i + 1u] = qr.y;
-    let dtype = params.kv_dtype;
-    let slot = pos * kv_row_words(dtype, kv);
     let k_at = row + params.q_dim;
     let v_at = k_at + kv;
     if dtype >= KV_Q8_0 {

@@ -134,6 +134,22 @@ pub enum Error {
         capacity: usize,
     },
 
+    /// A paged KV pool has too few pages left for what was asked.
+    #[error("the KV pool has {available} pages left but this needs {needed} (end or truncate a sequence, or make a bigger pool)")]
+    PoolExhausted {
+        /// Pages needed: new ones, and copies of shared ones written into.
+        needed: usize,
+        /// Pages free or cached.
+        available: usize,
+    },
+
+    /// An [`Engine`](crate::Engine) sequence id that is not (or no longer) there.
+    #[error("no sequence {id} in this engine (it was removed, or is another engine's)")]
+    UnknownSequence {
+        /// The id.
+        id: u64,
+    },
+
     /// The KV cache is full: a step past capacity was asked for.
     #[error("KV cache is full: all {capacity} positions are used (truncate or reset it)")]
     ContextFull {

@@ -272,6 +272,17 @@ impl KvCache {
         dtype: KvDtype,
     ) -> Result<Self> {
         check_capacity(config, capacity)?;
+        Self::allocate(device, config, capacity, dtype)
+    }
+
+    /// Allocates `rows` rows for every layer of `config` (a paged pool's
+    /// rows may outnumber the context). Call inside an error scope.
+    pub(crate) fn allocate(
+        device: &wgpu::Device,
+        config: &Config,
+        capacity: usize,
+        dtype: KvDtype,
+    ) -> Result<Self> {
         let kv_dim = config.kv_dim();
         dtype.check(kv_dim)?;
         let size = capacity as u64 * dtype.row_bytes(kv_dim);

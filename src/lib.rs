@@ -52,6 +52,7 @@ mod gpu_model;
 pub mod sampler;
 
 mod pass;
+mod pool;
 mod profile;
 mod session;
 mod shift;
@@ -61,8 +62,10 @@ pub mod cpu;
 pub mod generate;
 
 mod chat;
+mod engine;
 
 pub use chat::{Chat, Message, Turn};
+pub use engine::{Engine, EngineOptions, EngineStats, PoolMemory, SeqId, SequenceMemory};
 pub use error::{Error, GgufError, Result, SnapshotError};
 pub use frame_budget::FrameBudget;
 pub use generate::{
@@ -74,6 +77,7 @@ pub use gpu_model::GpuModel;
 pub use kv_cache::{KvCache, KvDtype, Positions};
 pub use model::{Config, LayerWeights, Model, Weights};
 pub use pass::{ATTENTION_SPLIT, PASSES_PER_SUBMIT};
+pub use pool::PageCounts;
 pub use profile::Profile;
 pub use readback::{Output, Pending};
 pub use sampler::Sampler;

@@ -44,6 +44,10 @@ pub(crate) struct Activations {
     pub step: wgpu::Buffer,
     /// (batch,) u32 tokens of the pass.
     pub tokens: wgpu::Buffer,
+    /// (paging_words,) u32 each token's position and its sequence's page
+    /// table, for a pass over a paged pool (prelude.wgsl); one unread word
+    /// for a flat cache.
+    pub paging: wgpu::Buffer,
     /// (batch, sd) residual stream (a decode step's projections read it as
     /// their uniform input and normalise it themselves).
     pub x: wgpu::Buffer,
@@ -73,9 +77,10 @@ pub(crate) struct Activations {
 }
 
 impl Activations {
-    /// Allocates the buffers of a pass of up to `batch` tokens over a cache
-    /// of `capacity` positions. Call inside an error scope.
-    pub fn new(model: &GpuModel, batch: usize, capacity: usize) -> Self {
+    /// Allocates the buffers of a pass of up to `batch` tokens, each
+    /// attending to at most `capacity` positions, with `paging_words` of
+    /// page tables (1 for a flat cache). Call inside an error scope.
+    pub fn new(model: &GpuModel, batch: usize, capacity: usize, paging_words: usize) -> Self {
         let c = model.config();
         let device = &model.gpu().device;
         let buffer = |label, len: usize, usage: wgpu::BufferUsages| {
@@ -92,14 +97,24 @@ impl Activations {
             let values = (batch - 1) * stride + MAX_COLS;
             buffer(label, values, U::STORAGE | U::UNIFORM)
         };
+        let gathered = |label, stride: usize| {
+            let values = (batch - 1) * stride + MAX_COLS;
+            buffer(
+                label,
+                values,
+                U::STORAGE | U::UNIFORM | U::COPY_SRC | U::COPY_DST,
+            )
+        };
         let (d, kv, hs) = (c.dim, c.kv_dim(), c.head_size());
         let (sd, sh) = (input_stride(d), input_stride(c.hidden_dim));
         let splits = capacity.div_ceil(ATTENTION_SPLIT);
         Self {
             step: buffer("step", 4, U::UNIFORM | U::COPY_DST),
             tokens: buffer("tokens", batch, U::STORAGE | U::COPY_DST),
-            x: input("x", sd),
-            xb: input("xb", sd),
+            paging: buffer("paging", paging_words, U::STORAGE | U::COPY_DST),
+            // COPY_*: a paged pass gathers the rows whose logits it reads.
+            x: gathered("x", sd),
+            xb: gathered("xb", sd),
             qkv: act("qkv", d + 2 * kv),
             q: act("q", d),
             att: input("att", sd),
@@ -176,13 +191,15 @@ pub(crate) struct Dispatches {
 }
 
 impl Dispatches {
-    /// Binds every dispatch of a pass of up to `batch` tokens to `a` and
-    /// `cache`, in the order [`Dispatches::each`] runs them. Call inside an
-    /// error scope.
+    /// Binds every dispatch of a pass of up to `batch` tokens, each at a
+    /// position below `capacity`, to `a` and `cache` (a flat cache of
+    /// `capacity` rows, or a paged pool), in the order [`Dispatches::each`]
+    /// runs them. Call inside an error scope.
     pub fn bind(
         model: &GpuModel,
         a: &Activations,
         cache: &KvCache,
+        capacity: usize,
         batch: usize,
         norm_in_projection: bool,
     ) -> Self {
@@ -190,7 +207,7 @@ impl Dispatches {
         let device = &model.gpu().device;
         let k = &model.kernels;
         let eps = c.norm_eps;
-        let (d, kv, capacity) = (c.dim, c.kv_dim(), cache.capacity());
+        let (d, kv) = (c.dim, c.kv_dim());
         let (sd, sh) = (input_stride(d), input_stride(c.hidden_dim));
         let norm = |out, weight, rows| {
             k.rmsnorm.bind(
@@ -273,6 +290,7 @@ impl Dispatches {
                             v_cache: &kc.v,
                             qkv: &a.qkv,
                             step: &a.step,
+                            paging: &a.paging,
                             table: &model.rope_table,
                             shape: rope_append::Shape {
                                 q_dim: d,
@@ -294,6 +312,7 @@ impl Dispatches {
                             scores: &a.scores,
                             partials: &a.partials,
                             step: &a.step,
+                            paging: &a.paging,
                             shape: attention::Shape {
                                 n_heads: c.n_heads,
                                 n_kv_heads: c.n_kv_heads,
@@ -311,6 +330,7 @@ impl Dispatches {
                             out_stride: sd,
                             partials: &a.partials,
                             step: &a.step,
+                            paging: &a.paging,
                             n_heads: c.n_heads,
                             head_size: c.head_size(),
                             capacity,
@@ -359,17 +379,18 @@ impl Dispatches {
         }
     }
 
-    /// Calls `f` with each dispatch of a pass of `n` tokens at positions
-    /// `pos..pos + n`, in order, and its name.
+    /// Calls `f` with each dispatch of a pass of `n` tokens, in order, and
+    /// its name; `attended` is the most positions a token of the pass
+    /// attends to (`pos + n` for a pass at positions `pos..pos + n`).
     pub fn each(
         &self,
-        pos: usize,
+        attended: usize,
         n: usize,
         readback: Readback,
         mut f: impl FnMut(&'static str, &Dispatch),
     ) {
         // Split-K attention needs its merge once a token attends to more than one split.
-        let split_k = pos + n > ATTENTION_SPLIT;
+        let split_k = attended > ATTENTION_SPLIT;
         // Token embedding: each token's row becomes its residual stream x.
         f("embed", &self.embed);
         let decode = n == 1;

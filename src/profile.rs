@@ -67,9 +67,10 @@ impl Session {
         }
         let pos = positions.start;
         let mut names = Vec::new();
-        self.dispatches.each(pos, n, Readback::Argmax, |name, d| {
-            names.extend(std::iter::repeat_n(name, d.launches(n as u32)))
-        });
+        self.dispatches
+            .each(pos + n, n, Readback::Argmax, |name, d| {
+                names.extend(std::iter::repeat_n(name, d.launches(n as u32)))
+            });
         let count = 2 * names.len() as u32;
         let ticks = gpu.scoped("profiling a pass", || {
             let queries = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -87,20 +88,21 @@ impl Session {
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             self.stage(&mut encoder, pos, n, Some(tokens));
             let mut i = 0;
-            self.dispatches.each(pos, n, Readback::Argmax, |name, d| {
-                for launch in 0..d.launches(n as u32) {
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some(name),
-                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                            query_set: &queries,
-                            beginning_of_pass_write_index: Some(2 * i),
-                            end_of_pass_write_index: Some(2 * i + 1),
-                        }),
-                    });
-                    d.record_launch(&mut pass, launch, n as u32);
-                    i += 1;
-                }
-            });
+            self.dispatches
+                .each(pos + n, n, Readback::Argmax, |name, d| {
+                    for launch in 0..d.launches(n as u32) {
+                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some(name),
+                            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                                query_set: &queries,
+                                beginning_of_pass_write_index: Some(2 * i),
+                                end_of_pass_write_index: Some(2 * i + 1),
+                            }),
+                        });
+                        d.record_launch(&mut pass, launch, n as u32);
+                        i += 1;
+                    }
+                });
             encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
             gpu.queue.submit([encoder.finish()]);
             resolved

@@ -156,8 +156,8 @@ impl Session {
         };
         gpu.scoped("creating a session", || {
             let cache = KvCache::new(&gpu.device, c, capacity, options.kv_dtype)?;
-            let activations = Activations::new(model, batch, capacity);
-            let dispatches = Dispatches::bind(model, &activations, &cache, batch, fold);
+            let activations = Activations::new(model, batch, capacity, 1);
+            let dispatches = Dispatches::bind(model, &activations, &cache, capacity, batch, fold);
             let values = c.vocab_size.max(PASSES_PER_SUBMIT) as u64;
             Ok(Self {
                 model: model.clone(),
@@ -229,7 +229,7 @@ impl Session {
         let mut n = 0;
         let pos = self.cache.len();
         self.dispatches
-            .each(pos, 1, Readback::Argmax, |_, d| n += d.launches(1));
+            .each(pos + 1, 1, Readback::Argmax, |_, d| n += d.launches(1));
         n
     }
 
@@ -549,6 +549,6 @@ impl Session {
             timestamp_writes: None,
         });
         self.dispatches
-            .each(pos, n, read, |_, d| d.record(&mut pass, n as u32));
+            .each(pos + n, n, read, |_, d| d.record(&mut pass, n as u32));
     }
 }

@@ -14,7 +14,7 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/attention.wgsl")
     ),
     needs: Needs {
-        storage_buffers: 6,
+        storage_buffers: 7,
         uniform_bytes: 32,
         textures: 0,
         workgroup_bytes: 256,
@@ -78,6 +78,9 @@ pub struct Bindings<'a> {
     pub partials: &'a wgpu::Buffer,
     /// The pass's [`Step`](super::Step) uniform.
     pub step: &'a wgpu::Buffer,
+    /// (2 n + tables) u32 each token's position and page table when
+    /// `step` is paged (prelude.wgsl); unread for a flat cache.
+    pub paging: &'a wgpu::Buffer,
     /// Heads, head size, capacity and cache storage.
     pub shape: Shape,
     /// Positions per split.
@@ -120,7 +123,7 @@ impl Attention {
             &self.pipeline,
             bytemuck::bytes_of(&params),
             &[
-                b.step, b.q, b.k_cache, b.v_cache, b.scores, b.out, b.partials,
+                b.step, b.q, b.k_cache, b.v_cache, b.scores, b.out, b.partials, b.paging,
             ],
             [s.n_heads as u32, splits as u32, 1],
         )
@@ -255,6 +258,7 @@ mod tests {
                             scores: &scores,
                             partials: &partials,
                             step: &step,
+                            paging: &b.u32s(&[0]),
                             shape,
                             split,
                         },
@@ -267,6 +271,7 @@ mod tests {
                             out_stride,
                             partials: &partials,
                             step: &step,
+                            paging: &b.u32s(&[0]),
                             n_heads,
                             head_size,
                             capacity,
@@ -296,6 +301,111 @@ mod tests {
                         &expect,
                         &format!("attention {shape:?} at pos {pos}, {n} tokens, split {split}"),
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn paged_attention_reads_each_tokens_own_sequence_through_its_page_table() {
+        let b = require!(Bench::new());
+        let (n_heads, n_kv_heads, head_size) = (4, 2, 16);
+        let kv_dim = n_kv_heads * head_size;
+        // Two sequences of 13 and 9 positions in pages of 3 and 4 rows; the
+        // pass's tokens attend at their own positions, sequences mixed.
+        let lens = [13, 9];
+        let tokens = [(0, 12), (1, 8), (0, 5), (1, 0), (0, 3)];
+        let capacity = 16;
+        for kv_dtype in KvDtype::ALL {
+            for page in [3, 4] {
+                let shape = Shape {
+                    n_heads,
+                    n_kv_heads,
+                    head_size,
+                    capacity,
+                    kv_dtype,
+                };
+                let ks: Vec<Vec<f32>> = lens
+                    .iter()
+                    .enumerate()
+                    .map(|(s, &len)| {
+                        random(len * kv_dim, 70 + s as u64)
+                            .iter()
+                            .map(|v| v * 8.0)
+                            .collect()
+                    })
+                    .map(|k: Vec<f32>| rounded(&k, kv_dim, kv_dtype))
+                    .collect();
+                let vs: Vec<Vec<f32>> = lens
+                    .iter()
+                    .enumerate()
+                    .map(|(s, &len)| {
+                        rounded(&random(len * kv_dim, 80 + s as u64), kv_dim, kv_dtype)
+                    })
+                    .collect();
+                let (kpool, paging, _) = paged_pool(&ks, kv_dim, page, &tokens);
+                let (vpool, _, _) = paged_pool(&vs, kv_dim, page, &tokens);
+                let n = tokens.len();
+                let q_dim = n_heads * head_size;
+                let q: Vec<f32> = random(n * q_dim, 90).iter().map(|v| v * 8.0).collect();
+                for split in [capacity, 4] {
+                    let (qb, ob) = (b.buffer(&q), b.buffer(&vec![f32::NAN; n * q_dim]));
+                    let scores = b.buffer(&vec![0.0; n * n_heads * capacity]);
+                    let splits = capacity.div_ceil(split);
+                    let partials =
+                        b.buffer(&vec![f32::NAN; n * n_heads * splits * (head_size + 2)]);
+                    let (kcb, vcb) = (
+                        b.cache(&kpool, kv_dim, kv_dtype),
+                        b.cache(&vpool, kv_dim, kv_dtype),
+                    );
+                    let (step, pagingb) = (b.paged_step(n, page), b.u32s(&paging));
+                    let d = b.kernels.attention.bind(
+                        &b.gpu.device,
+                        Bindings {
+                            out: &ob,
+                            out_stride: q_dim,
+                            q: &qb,
+                            k_cache: &kcb,
+                            v_cache: &vcb,
+                            scores: &scores,
+                            partials: &partials,
+                            step: &step,
+                            paging: &pagingb,
+                            shape,
+                            split,
+                        },
+                    );
+                    b.run(&d, n);
+                    let combine = b.kernels.attention_combine.bind(
+                        &b.gpu.device,
+                        attention_combine::Bindings {
+                            out: &ob,
+                            out_stride: q_dim,
+                            partials: &partials,
+                            step: &step,
+                            paging: &pagingb,
+                            n_heads,
+                            head_size,
+                            capacity,
+                            split,
+                        },
+                    );
+                    b.run(&combine, n);
+                    let mut expect = vec![0.0; n * q_dim];
+                    for (t, &(s, pos)) in tokens.iter().enumerate() {
+                        let o = &mut expect[t * q_dim..(t + 1) * q_dim];
+                        cpu(
+                            o,
+                            &q[t * q_dim..(t + 1) * q_dim],
+                            &ks[s],
+                            &vs[s],
+                            pos,
+                            shape,
+                        );
+                    }
+                    let what =
+                        format!("paged attention {kv_dtype:?}, pages of {page}, split {split}");
+                    assert_close(&b.read(&ob), &expect, &what);
                 }
             }
         }

@@ -11,7 +11,7 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/attention_combine.wgsl")
     ),
     needs: Needs {
-        storage_buffers: 2,
+        storage_buffers: 3,
         uniform_bytes: 24,
         textures: 0,
         workgroup_bytes: 0,
@@ -48,11 +48,14 @@ pub struct Bindings<'a> {
     pub partials: &'a wgpu::Buffer,
     /// The pass's [`Step`](super::Step) uniform.
     pub step: &'a wgpu::Buffer,
+    /// (2 n + tables) u32 each token's position when `step` is paged
+    /// (prelude.wgsl); unread for a flat cache.
+    pub paging: &'a wgpu::Buffer,
     /// Query heads.
     pub n_heads: usize,
     /// Size of one head.
     pub head_size: usize,
-    /// Rows in the cache.
+    /// Positions a token may attend to.
     pub capacity: usize,
     /// Positions per split.
     pub split: usize,
@@ -87,7 +90,7 @@ impl AttentionCombine {
             device,
             &self.pipeline,
             bytemuck::bytes_of(&params),
-            &[b.step, b.partials, b.out],
+            &[b.step, b.partials, b.out, b.paging],
             [b.n_heads as u32, 1, 1],
         )
         .batched(1)
@@ -161,6 +164,7 @@ mod tests {
                     scores: &scores,
                     partials: &partials,
                     step: &step,
+                    paging: &b.u32s(&[0]),
                     shape,
                     split,
                 },
@@ -174,6 +178,7 @@ mod tests {
                     out_stride: q_dim,
                     partials: &partials,
                     step: &step,
+                    paging: &b.u32s(&[0]),
                     n_heads,
                     head_size,
                     capacity,

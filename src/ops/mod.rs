@@ -130,25 +130,40 @@ pub const SHADERS: [Shader; 9] = [
 #[cfg(test)]
 pub const LIBRARIES: [&str; 3] = ["dequant", "kv", "prelude"];
 
-/// Matches WGSL `Step` in shaders/prelude.wgsl: the pass's first position
-/// and its number of tokens, padded to 16 bytes.
+/// Matches WGSL `Step` in shaders/prelude.wgsl: the pass's first position,
+/// its number of tokens and the KV cache's page size (0: flat), padded to
+/// 16 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Step {
-    /// Position of the pass's first token.
+    /// Position of the pass's first token (flat cache).
     pub pos: u32,
     /// Tokens in the pass.
     pub n: u32,
-    _pad: [u32; 2],
+    /// Positions per page of a paged pool; 0 for a flat cache.
+    pub page: u32,
+    _pad: u32,
 }
 
 impl Step {
-    /// A pass of `n` tokens from position `pos`.
+    /// A pass of `n` tokens from position `pos` over a flat cache.
     pub fn new(pos: usize, n: usize) -> Self {
         Self {
             pos: pos as u32,
             n: n as u32,
-            _pad: [0; 2],
+            page: 0,
+            _pad: 0,
+        }
+    }
+
+    /// A pass of `n` tokens over a pool of `page`-position pages, each
+    /// token's position and page table in the kernels' `paging` binding.
+    pub fn paged(n: usize, page: usize) -> Self {
+        Self {
+            pos: 0,
+            n: n as u32,
+            page: page as u32,
+            _pad: 0,
         }
     }
 }

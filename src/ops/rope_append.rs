@@ -13,7 +13,7 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/rope_append.wgsl")
     ),
     needs: Needs {
-        storage_buffers: 5,
+        storage_buffers: 6,
         uniform_bytes: 20,
         textures: 0,
         workgroup_bytes: 0,
@@ -66,6 +66,9 @@ pub struct Bindings<'a> {
     pub step: &'a wgpu::Buffer,
     /// (positions, head_size / 2, 2) cos/sin, [`Rope::table`](crate::rope::Rope::table) on the GPU.
     pub table: &'a wgpu::Buffer,
+    /// (2 n + tables) u32 each token's position and page table when
+    /// `step` is paged (prelude.wgsl); unread for a flat cache.
+    pub paging: &'a wgpu::Buffer,
     /// Widths and cache storage.
     pub shape: Shape,
 }
@@ -100,7 +103,7 @@ impl RopeAppend {
             device,
             &self.pipeline,
             bytemuck::bytes_of(&params),
-            &[b.step, b.table, b.qkv, b.q, b.k_cache, b.v_cache],
+            &[b.step, b.table, b.qkv, b.q, b.k_cache, b.v_cache, b.paging],
             grid_64(s.q_dim as u32 / 2),
         )
         .batched(1)
@@ -198,6 +201,7 @@ mod tests {
                             v_cache: &vcb,
                             qkv: &qkvb,
                             step: &step,
+                            paging: &b.u32s(&[0]),
                             table: &table,
                             shape,
                         },
@@ -251,6 +255,92 @@ mod tests {
                     k == stored && v == stored,
                     "write past capacity must be dropped"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn paged_append_writes_each_token_into_its_sequence_page() {
+        let b = require!(Bench::new());
+        let (q_dim, kv_dim, head_size) = (64, 32, 16);
+        let width = q_dim + 2 * kv_dim;
+        let rope = Rope {
+            head_size,
+            rope_dim: head_size,
+            theta: 10000.0,
+            freq_factors: None,
+        };
+        let capacity = 16;
+        let table = b.buffer(&rope.table(capacity));
+        // Two sequences of 10 and 7 positions in pages of 4; the pass writes
+        // position 9 of the first, 6 of the second and 2 of the first.
+        let lens = [10, 7];
+        let tokens = [(0, 9), (1, 6), (0, 2)];
+        for kv_dtype in KvDtype::ALL {
+            let caches: Vec<Vec<f32>> = lens
+                .iter()
+                .map(|&len| rounded(&random(len * kv_dim, len as u64), kv_dim, kv_dtype))
+                .collect();
+            let (pool, paging, pages) = paged_pool(&caches, kv_dim, 4, &tokens);
+            let n = tokens.len();
+            let qkv = random(n * width, 33);
+            let (kcb, vcb) = (
+                b.cache(&pool, kv_dim, kv_dtype),
+                b.cache(&pool, kv_dim, kv_dtype),
+            );
+            let (qkvb, qb) = (b.buffer(&qkv), b.buffer(&vec![f32::NAN; n * q_dim]));
+            let (step, pagingb) = (b.paged_step(n, 4), b.u32s(&paging));
+            let shape = Shape {
+                q_dim,
+                kv_dim,
+                head_size,
+                capacity,
+                kv_dtype,
+            };
+            let d = b.kernels.rope_append.bind(
+                &b.gpu.device,
+                Bindings {
+                    q: &qb,
+                    k_cache: &kcb,
+                    v_cache: &vcb,
+                    qkv: &qkvb,
+                    step: &step,
+                    paging: &pagingb,
+                    table: &table,
+                    shape,
+                },
+            );
+            b.run(&d, n);
+            let (q, k, v) = (
+                b.read(&qb),
+                b.read_cache(&kcb, kv_dim, kv_dtype),
+                b.read_cache(&vcb, kv_dim, kv_dtype),
+            );
+            // Each sequence's logical cache with its token's rows written by
+            // the host reference, then laid out in its pages.
+            let (mut ek, mut ev) = (caches.clone(), caches.clone());
+            let mut eq = vec![0.0; n * q_dim];
+            for (t, &(s, pos)) in tokens.iter().enumerate() {
+                let row = &qkv[t * width..(t + 1) * width];
+                let q = &mut eq[t * q_dim..(t + 1) * q_dim];
+                cpu(q, &mut ek[s], &mut ev[s], row, pos, &rope, kv_dtype);
+            }
+            let what = format!("paged append {kv_dtype:?}");
+            assert_close(&q, &eq, &format!("q {what}"));
+            for (name, got, expect) in [("k", &k, &ek), ("v", &v, &ev)] {
+                for (s, cache) in expect.iter().enumerate() {
+                    for (pos, row) in cache.chunks(kv_dim).enumerate() {
+                        let at = pages[s][pos / 4] as usize * 4 + pos % 4;
+                        let got = &got[at * kv_dim..][..kv_dim];
+                        let scale = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        for (g, e) in got.iter().zip(row) {
+                            assert!(
+                                (g - e).abs() <= cache_tolerance(kv_dtype, *e, scale),
+                                "{name} {what}: sequence {s} position {pos}: {g} vs {e}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }

@@ -109,6 +109,17 @@ impl Bench {
             })
     }
 
+    /// The step uniform of a pass of `n` tokens over a pool of `page`-position pages.
+    pub fn paged_step(&self, n: usize, page: usize) -> wgpu::Buffer {
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&[0, n as u32, page as u32, 0]),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
     /// Runs `d` for a pass of `n` tokens.
     pub fn run(&self, d: &Dispatch, n: usize) {
         self.gpu
@@ -389,6 +400,56 @@ impl Bench {
 }
 
 /// Values as a cache of `dtype` holds them (what uploading them stores).
+/// A pool of `page`-row pages holding each sequence's (len, kv_dim)
+/// `caches` in scattered pages (sequence s's page i at pool page
+/// `pages[s][i]`), and the `paging` words of a pass whose token t is at
+/// position `tokens[t].1` of sequence `tokens[t].0`: the pool (rows,
+/// kv_dim) as f32 and the paging words.
+pub fn paged_pool(
+    caches: &[Vec<f32>],
+    kv_dim: usize,
+    page: usize,
+    tokens: &[(usize, usize)],
+) -> (Vec<f32>, Vec<u32>, Vec<Vec<u32>>) {
+    let tables: Vec<usize> = caches
+        .iter()
+        .map(|c| (c.len() / kv_dim).div_ceil(page))
+        .collect();
+    let total: usize = tables.iter().sum();
+    // Pages handed out back to front, sequences interleaved.
+    let mut pages = vec![Vec::new(); caches.len()];
+    let mut next = total as u32;
+    for i in 0..tables.iter().max().copied().unwrap_or(0) {
+        for (s, &n) in tables.iter().enumerate() {
+            if i < n {
+                next -= 1;
+                pages[s].push(next);
+            }
+        }
+    }
+    let mut pool = vec![0.0; total * page * kv_dim];
+    for (cache, table) in caches.iter().zip(&pages) {
+        for (pos, row) in cache.chunks(kv_dim).enumerate() {
+            let at = table[pos / page] as usize * page + pos % page;
+            pool[at * kv_dim..][..kv_dim].copy_from_slice(row);
+        }
+    }
+    let mut paging = Vec::new();
+    let mut table_at = vec![0; caches.len()];
+    let mut words = 2 * tokens.len();
+    for (s, table) in pages.iter().enumerate() {
+        table_at[s] = words;
+        words += table.len();
+    }
+    for &(s, pos) in tokens {
+        paging.extend([pos as u32, table_at[s] as u32]);
+    }
+    for table in &pages {
+        paging.extend(table);
+    }
+    (pool, paging, pages)
+}
+
 pub fn rounded(values: &[f32], kv_dim: usize, dtype: KvDtype) -> Vec<f32> {
     cache_values(&cache_bytes(values, kv_dim, dtype), kv_dim, dtype)
 }
