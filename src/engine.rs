@@ -203,8 +203,6 @@ pub struct Engine {
     logits_host: Vec<f32>,
     sequences: BTreeMap<SeqId, Sequence>,
     next_id: u64,
-    /// (from, to) pages to copy before the next pass.
-    copies: Vec<(u32, u32)>,
     /// (2 n + tables,) the next pass's positions and page tables.
     paging: Vec<u32>,
     /// (n,) the next pass's tokens.
@@ -257,7 +255,7 @@ impl Engine {
             Ok(Self {
                 model: model.clone(),
                 cache,
-                pool: PagePool::new(pages),
+                pool: PagePool::new(pages, page_size),
                 page_size,
                 context,
                 batch,
@@ -269,7 +267,6 @@ impl Engine {
                 logits_host: vec![0.0; values as usize],
                 sequences: BTreeMap::new(),
                 next_id: 0,
-                copies: Vec::new(),
                 paging: Vec::with_capacity(paging_words),
                 tokens: Vec::with_capacity(batch),
                 stats: EngineStats::default(),
@@ -299,7 +296,10 @@ impl Engine {
 
     /// What the engine has done.
     pub fn stats(&self) -> EngineStats {
-        self.stats
+        EngineStats {
+            page_copies: self.pool.copied(),
+            ..self.stats
+        }
     }
 
     /// A new sequence holding `prompt`, to be run by the next steps. Its
@@ -311,17 +311,9 @@ impl Engine {
     pub fn add(&mut self, prompt: &[u32]) -> Result<SeqId> {
         self.check_tokens(prompt, 0)?;
         let p = self.page_size;
-        let reusable = prompt.len().saturating_sub(1) / p;
-        let mut found = Vec::new();
-        let mut hashes = Vec::new();
-        for i in 0..reusable {
-            let hash = page_hash(hashes.last().copied(), &prompt[i * p..(i + 1) * p]);
-            let Some(page) = self.pool.find(hash) else {
-                break;
-            };
-            found.push(page);
-            hashes.push(hash);
-        }
+        let (found, hashes) = self
+            .pool
+            .find_prefix(prompt, prompt.len().saturating_sub(1) / p);
         // Cached pages taken back leave the allocatable set.
         let cached = found
             .iter()
@@ -367,14 +359,12 @@ impl Engine {
         for &page in &child.pages {
             self.pool.retain(page);
         }
-        if let Err(e) = self.check_pages(&child, pending.len()) {
+        if let Err(e) = self.append(&mut child, &pending) {
             for &page in &child.pages {
                 self.pool.release(page);
             }
             return Err(e);
         }
-        self.append(&mut child, &pending)
-            .expect("pages counted above");
         Ok(self.insert(child))
     }
 
@@ -393,8 +383,7 @@ impl Engine {
             .ok_or(Error::UnknownSequence { id: id.0 })?;
         let result = self
             .check_tokens(tokens, sequence.tokens.len())
-            .and_then(|()| self.check_pages(&sequence, tokens.len()))
-            .map(|()| self.append(&mut sequence, tokens).expect("pages counted"));
+            .and_then(|()| self.append(&mut sequence, tokens));
         self.sequences.insert(id, sequence);
         result
     }
@@ -420,7 +409,7 @@ impl Engine {
         sequence.logits_row = None;
         let dropped = sequence.pages.split_off(len.div_ceil(p));
         for page in dropped {
-            self.release(page);
+            self.pool.release(page);
         }
         Ok(())
     }
@@ -433,7 +422,7 @@ impl Engine {
             .remove(&id)
             .ok_or(Error::UnknownSequence { id: id.0 })?;
         for page in sequence.pages {
-            self.release(page);
+            self.pool.release(page);
         }
         Ok(())
     }
@@ -526,11 +515,11 @@ impl Engine {
         if m > 0 {
             self.readback.claim(&gpu.device)?;
         }
+        let copies = self.pool.take_copies();
         let encoder = gpu.scoped("recording an engine pass", || {
-            self.record(n, attended, &outputs)
+            self.record(&copies, n, attended, &outputs)
         })?;
         gpu.scoped("decoding", || gpu.queue.submit([encoder.finish()]))?;
-        self.copies.clear();
         self.stats.passes += 1;
         self.stats.tokens += n as u64;
         if m > 0 {
@@ -577,11 +566,12 @@ impl Engine {
         plan
     }
 
-    /// Records the pending page copies and the pass of `n` tokens (staged
-    /// in `self.paging` and `self.tokens`), then the logits of `outputs`
-    /// (sequence, row of the pass) into the readback buffer.
+    /// Records the page `copies` (from, to), the pass of `n` tokens
+    /// (staged in `self.paging` and `self.tokens`), then the logits of
+    /// `outputs` (sequence, row of the pass) into the readback buffer.
     fn record(
         &self,
+        copies: &[(u32, u32)],
         n: usize,
         attended: usize,
         outputs: &[(SeqId, usize)],
@@ -595,7 +585,7 @@ impl Engine {
             });
         // Copy-on-write: each page through the scratch, every layer's K and V.
         let page = self.page_bytes() / (2 * self.cache.layers.len() as u64);
-        for &(from, to) in &self.copies {
+        for &(from, to) in copies {
             let buffers = self.cache.layers.iter().flat_map(|l| [&l.k, &l.v]);
             for (i, b) in buffers.clone().enumerate() {
                 let at = i as u64 * page;
@@ -674,58 +664,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Checks that the pool has the pages `s` needs to append `count`
-    /// tokens: new pages, and a copy of each shared page written into.
-    fn check_pages(&self, s: &Sequence, count: usize) -> Result<()> {
-        let (start, end) = (s.tokens.len(), s.tokens.len() + count);
-        if count == 0 {
-            return Ok(());
-        }
-        let p = self.page_size;
-        let needed = (start / p..end.div_ceil(p))
-            .filter(|&i| s.pages.get(i).is_none_or(|&page| self.pool.refs(page) > 1))
-            .count();
-        let available = self.pool.available();
-        if needed > available {
-            return Err(Error::PoolExhausted { needed, available });
-        }
-        Ok(())
-    }
-
-    /// Appends `tokens` to `s`, making the pages they land in its own: new
-    /// pages past its table, a copy of any page it shares (copy-on-write),
-    /// and a page it alone holds forgotten by the prefix map before it is
-    /// rewritten. [`Engine::check_pages`] first: `None` if a page ran out.
-    fn append(&mut self, s: &mut Sequence, tokens: &[u32]) -> Option<()> {
-        if tokens.is_empty() {
-            return Some(());
-        }
-        let p = self.page_size;
+    /// Appends `tokens` to `s`, the pages they land in made its own
+    /// ([`PagePool::write`]); checked first, changing nothing on an error.
+    fn append(&mut self, s: &mut Sequence, tokens: &[u32]) -> Result<()> {
         let (start, end) = (s.tokens.len(), s.tokens.len() + tokens.len());
-        for i in start / p..end.div_ceil(p) {
-            match s.pages.get(i).copied() {
-                None => s.pages.push(self.pool.alloc()?),
-                Some(page) if self.pool.refs(page) > 1 => {
-                    let copy = self.pool.alloc()?;
-                    self.pool.release(page);
-                    self.copies.push((page, copy));
-                    self.stats.page_copies += 1;
-                    s.pages[i] = copy;
-                }
-                Some(page) => self.pool.forget(page),
-            }
-        }
+        self.pool.check_write(&s.pages, start, end)?;
+        self.pool
+            .write(&mut s.pages, start, end)
+            .expect("pages checked");
         s.tokens.extend_from_slice(tokens);
-        s.hashes.truncate(start / p);
-        Some(())
-    }
-
-    /// One holder fewer for `page`; a page freed drops its pending copy.
-    fn release(&mut self, page: u32) {
-        self.pool.release(page);
-        if self.pool.refs(page) == 0 {
-            self.copies.retain(|&(_, to)| to != page);
-        }
+        s.hashes.truncate(start / self.page_size);
+        Ok(())
     }
 
     fn insert(&mut self, sequence: Sequence) -> SeqId {

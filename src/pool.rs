@@ -13,6 +13,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
+use crate::error::{Error, Result};
+
 /// The hash a full page is remembered by: of the previous page's hash and
 /// this page's tokens, so it names the whole prefix up to the page's end
 /// (token content and position).
@@ -41,9 +43,16 @@ pub struct PageCounts {
     pub free: usize,
 }
 
-/// Free pages, reference counts and the prefix map of a paged pool.
+/// Free pages, reference counts and the prefix map of a paged pool, and
+/// the page copies that copy-on-write owes the GPU.
 #[derive(Debug)]
 pub(crate) struct PagePool {
+    /// Positions per page.
+    page_size: usize,
+    /// (from, to) pages to copy before the next pass.
+    copies: Vec<(u32, u32)>,
+    /// Pages copied since the pool was made.
+    copied: u64,
     /// (pages,) how many sequences hold each page.
     refs: Vec<u32>,
     /// (pages,) the prefix hash of a remembered full page.
@@ -60,9 +69,12 @@ pub(crate) struct PagePool {
 }
 
 impl PagePool {
-    /// A pool of `pages` free pages.
-    pub fn new(pages: usize) -> Self {
+    /// A pool of `pages` free pages of `page_size` positions.
+    pub fn new(pages: usize, page_size: usize) -> Self {
         Self {
+            page_size,
+            copies: Vec::new(),
+            copied: 0,
             refs: vec![0; pages],
             hash: vec![None; pages],
             released: vec![0; pages],
@@ -108,12 +120,13 @@ impl PagePool {
     }
 
     /// One holder fewer: the last one leaves a remembered page cached, any
-    /// other free.
+    /// other free (and drops a copy into it still owed).
     pub fn release(&mut self, page: u32) {
         let p = page as usize;
         debug_assert!(self.refs[p] > 0, "release of a page nobody holds");
         self.refs[p] -= 1;
         if self.refs[p] == 0 {
+            self.copies.retain(|&(_, to)| to != page);
             if self.hash[p].is_some() {
                 self.clock += 1;
                 self.released[p] = self.clock;
@@ -145,6 +158,76 @@ impl PagePool {
         self.by_hash.get(&hash).copied()
     }
 
+    /// The pages a prompt's whole-page prefix is remembered by, at most
+    /// `max_pages` of them, and their hashes; the first page not remembered
+    /// ends the prefix.
+    pub fn find_prefix(&self, tokens: &[u32], max_pages: usize) -> (Vec<u32>, Vec<u64>) {
+        let (mut pages, mut hashes) = (Vec::new(), Vec::new());
+        for chunk in tokens.chunks_exact(self.page_size).take(max_pages) {
+            let hash = page_hash(hashes.last().copied(), chunk);
+            let Some(page) = self.find(hash) else {
+                break;
+            };
+            pages.push(page);
+            hashes.push(hash);
+        }
+        (pages, hashes)
+    }
+
+    /// Checks that the pool has the pages a sequence holding `table` needs
+    /// to write positions `start..end`: a new page past the table, and a
+    /// copy of each page it shares; else [`Error::PoolExhausted`].
+    pub fn check_write(&self, table: &[u32], start: usize, end: usize) -> Result<()> {
+        if start == end {
+            return Ok(());
+        }
+        let p = self.page_size;
+        let needed = (start / p..end.div_ceil(p))
+            .filter(|&i| table.get(i).is_none_or(|&page| self.refs(page) > 1))
+            .count();
+        let available = self.available();
+        if needed > available {
+            return Err(Error::PoolExhausted { needed, available });
+        }
+        Ok(())
+    }
+
+    /// Makes the pages of positions `start..end` of `table` its own: new
+    /// pages past its end, a copy of any page it shares (copy-on-write,
+    /// owed to the GPU until [`PagePool::take_copies`]), and a page it alone
+    /// holds forgotten by the prefix map before it is rewritten.
+    /// [`PagePool::check_write`] first: `None` if a page ran out.
+    pub fn write(&mut self, table: &mut Vec<u32>, start: usize, end: usize) -> Option<()> {
+        if start == end {
+            return Some(());
+        }
+        let p = self.page_size;
+        for i in start / p..end.div_ceil(p) {
+            match table.get(i).copied() {
+                None => table.push(self.alloc()?),
+                Some(page) if self.refs(page) > 1 => {
+                    let copy = self.alloc()?;
+                    self.release(page);
+                    self.copies.push((page, copy));
+                    self.copied += 1;
+                    table[i] = copy;
+                }
+                Some(page) => self.forget(page),
+            }
+        }
+        Some(())
+    }
+
+    /// The page copies owed, (from, to), in order; the pool owes none after.
+    pub fn take_copies(&mut self) -> Vec<(u32, u32)> {
+        std::mem::take(&mut self.copies)
+    }
+
+    /// Pages copied since the pool was made.
+    pub fn copied(&self) -> u64 {
+        self.copied
+    }
+
     /// Page counts.
     pub fn counts(&self) -> PageCounts {
         PageCounts {
@@ -163,7 +246,7 @@ mod tests {
 
     #[test]
     fn pages_are_freed_cached_reused_and_evicted_oldest_first() {
-        let mut pool = PagePool::new(3);
+        let mut pool = PagePool::new(3, 2);
         let (a, b, c) = (
             pool.alloc().unwrap(),
             pool.alloc().unwrap(),

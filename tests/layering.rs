@@ -19,13 +19,14 @@ const LAYERS: &[&[&str]] = &[
     &["kv_cache", "readback"],
     &["ops"],
     &["gpu_model", "sampler"],
-    &["pass"],
+    &["pass", "pool"],
     &["session"],
     &["profile", "snapshot"],
     &["cpu"],
     &["shift"],
     &["generate"],
-    &["chat"],
+    &["chat", "engine"],
+    &["parallel"],
     &["lib"],
 ];
 

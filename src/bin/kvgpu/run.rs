@@ -9,8 +9,8 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvgpu::cpu::CpuSession;
 use kvgpu::{
-    generate, generate_shifting, ContextShift, Decoder, Gpu, GpuModel, KvDtype, Length, NoCache,
-    Sampler, Session, SessionOptions, Tokenizer,
+    generate, generate_parallel, generate_shifting, ContextShift, Decoder, Engine, EngineOptions,
+    Gpu, GpuModel, KvDtype, Length, NoCache, Sampler, Session, SessionOptions, Tokenizer,
 };
 
 /// Generate text with a GGUF or llama2.c model.
@@ -93,6 +93,11 @@ pub struct Args {
     /// sampler goes on as saved).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["no_cache", "prompt", "context_shift"], requires = "n_predict")]
     load_state: Option<PathBuf>,
+    /// Sample N continuations of the prompt together (seeds seed, seed + 1,
+    /// ...): the prompt runs once, then is forked in a paged KV pool; each
+    /// step decodes all of them in one pass. Printed when all are done.
+    #[arg(long, value_name = "N", conflicts_with_all = ["no_cache", "context_shift", "save_state", "load_state", "compare_cpu"])]
+    parallel: Option<usize>,
 }
 
 /// Generates the text.
@@ -121,6 +126,9 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let capacity = args.ctx_size.unwrap_or(model.config.seq_len);
     let length = length(args, &tokenizer, capacity)?;
 
+    if args.parallel.is_some_and(|n| n == 0) {
+        return Err("--parallel takes at least 1".into());
+    }
     let gpu = Gpu::new(args.adapter.as_deref())?;
     let bar = ProgressBar::new(model.weights.bytes()).with_style(
         ProgressStyle::with_template("uploading weights {bar:40} {bytes}/{total_bytes} ({eta})")
@@ -133,6 +141,10 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let gpu_model = GpuModel::with_progress(&gpu, &model, |done, _| bar.set_position(done))?;
     bar.finish_and_clear();
     let load_time = loading.elapsed();
+    if let Some(n) = args.parallel {
+        let kv_dtype = options.kv_dtype;
+        return parallel(args, &gpu_model, &tokenizer, sampler, n, length, kv_dtype);
+    }
     let mut session = Session::with_options(&gpu_model, options)?;
     // A saved state: its cache, its next token and its sampler.
     let resume = match &args.load_state {
@@ -252,6 +264,71 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             reference.text == run.text
         );
     }
+    Ok(())
+}
+
+/// `--parallel N`: N continuations of the prompt through an engine whose
+/// pool holds them all, each printed under its number; a summary line with
+/// the aggregate rate and the pool's memory against N separate caches.
+fn parallel(
+    args: &Args,
+    model: &GpuModel,
+    tokenizer: &Tokenizer,
+    sampler: Sampler,
+    n: usize,
+    length: Length,
+    kv_dtype: KvDtype,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let c = model.config();
+    let context = args.ctx_size.unwrap_or(c.seq_len);
+    let prompt = tokenizer.encode_special(&args.prompt, tokenizer.add_bos(), false)?;
+    let new_tokens = match length {
+        Length::NewTokens(t) => t,
+        Length::Steps(s) => s.min(context).saturating_sub(prompt.len()).max(1),
+    };
+    let page = 16.min(context);
+    // Each continuation's pages, the prompt's counted once per fork: room for all.
+    let per_sequence = (prompt.len() + new_tokens).min(context).div_ceil(page) + 1;
+    let options = EngineOptions::default()
+        .context(context)
+        .page_size(page)
+        .pages(n * per_sequence)
+        .kv_dtype(kv_dtype);
+    let mut engine = Engine::new(model, options)?;
+    let (temperature, top_p, top_k, seed) = sampler.parts();
+    let mut samplers = (0..n as u64)
+        .map(|i| Sampler::from_parts(temperature, top_p, top_k, seed.wrapping_add(i)))
+        .collect::<kvgpu::Result<Vec<_>>>()?;
+    let run = generate_parallel(
+        &mut engine,
+        tokenizer,
+        &mut samplers,
+        &args.prompt,
+        new_tokens,
+        |_, _| {},
+    )?;
+    for (i, text) in run.texts.iter().enumerate() {
+        println!(
+            "--- continuation {} (seed {}) ---",
+            i + 1,
+            seed.wrapping_add(i as u64)
+        );
+        println!("{}{text}", args.prompt);
+    }
+    let peak = run.peak;
+    let flat = n as u64 * context as u64 * kv_dtype.bytes_per_position(c);
+    eprintln!(
+        "{n} continuations | prompt tokens: {} (run once, first token after {:.3} s) | generated tokens: {} | {:.1} tok/s all together | KV pool peak: {} pages of {} positions held ({} shared), {} bytes (N flat caches of -c: {} bytes)",
+        run.prompt_tokens,
+        run.first_token_seconds,
+        run.generated(),
+        run.generated() as f64 / run.seconds,
+        peak.pages.held,
+        peak.page_size,
+        peak.pages.shared,
+        peak.held_bytes,
+        flat
+    );
     Ok(())
 }
 

@@ -14,6 +14,7 @@
 //! F16), or `--shape name:dim,hidden,layers,heads,kv_heads,vocab,context,dtype`.
 
 mod adapter;
+mod batch;
 mod models;
 mod report;
 mod work;
@@ -60,6 +61,10 @@ pub struct Args {
     /// Print JSON rows instead of markdown tables.
     #[arg(long)]
     json: bool,
+    /// Batch sizes for the many-sequence table (`Engine`: one pass per
+    /// step decodes every sequence), e.g. 1,2,4,8,16; empty to skip.
+    #[arg(long, default_value = "")]
+    batch: String,
 }
 
 /// Seconds to decode `t` greedy tokens from token 1 at position 0 (the
@@ -270,6 +275,15 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse())
         .collect::<Result<_, _>>()?;
+    let batches: Vec<usize> = args
+        .batch
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    if batches.contains(&0) {
+        return Err("--batch sizes are at least 1".into());
+    }
     let gpu = Gpu::new(None)?;
     let copy = adapter::copy_bandwidth(&gpu);
     let (floor, launch) = adapter::launch_costs(&gpu);
@@ -280,6 +294,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let (mut rows, mut kv_rows, mut cache_rows, mut profiles) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut batch_rows = Vec::new();
     for name in args.models.split(',') {
         let model = models::load(name, &shapes)?;
         let c = &model.config;
@@ -297,11 +312,23 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 .map(|t| t.fits(c.kv_dim()).then(|| t.bytes_per_position(c)))
                 .collect(),
         });
+        let session_tok_s = m.row.decode_tok_s;
+        batch_rows.extend(batch::measure(
+            name,
+            &gm,
+            &batches,
+            args.tokens,
+            args.runs,
+            session_tok_s,
+        )?);
         rows.push(m.row);
         profiles.extend(m.profiles);
     }
     if args.json {
         report::print_json(&rows, &cache_rows)?;
+        for r in &batch_rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
         return Ok(());
     }
     println!(
@@ -315,6 +342,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     report::print_rows(&rows, args.prompt);
     report::print_kv(&kv_rows);
     report::print_cache(&cache_rows);
+    batch::print(&batch_rows, args.tokens);
     for (what, p) in &profiles {
         report::print_profile(what, p);
     }
