@@ -7,7 +7,8 @@
 //   score[t] = q_h . k_cache[t, kv_head] / sqrt(head_size)
 //   out_h    = sum_t softmax(score)[t] * v_cache[t, kv_head]
 //
-// Split-K (flash-decoding): the positions are cut into splits of `split`,
+// Split-K (flash-decoding): the positions are cut into splits of `split`
+// (at most MAX_SPLIT),
 // one workgroup per (query head, split, token), so long contexts spread over
 // many workgroups. A token whose positions fit one split gets its output
 // here; otherwise each split writes its unnormalised partial result
@@ -50,7 +51,7 @@ struct Params {
 // The first word of the cache row holding position p of the pass's token.
 fn row_word(token: u32, p: u32) -> u32 {
     let words = kv_row_words(params.kv_dtype, params.n_kv_heads * params.head_size);
-    if step.page == 0u {
+    if !PAGED {
         return p * words;
     }
     let table = paging[2u * token + 1u];
@@ -84,6 +85,10 @@ fn cached_v(row: u32, c: u32) -> f32 {
 
 const WG: u32 = 64u;
 var<workgroup> partial: array<f32, WG>;
+// PAGED: the first word of each of the split's cache rows, found once
+// through the page table and read by every thread of the weighted sum.
+const MAX_SPLIT: u32 = 256u;
+var<workgroup> rows: array<u32, MAX_SPLIT>;
 
 // Reduces `partial` to its maximum (is_max) or sum, leaving it in every thread's hands.
 fn reduce(lid: u32, is_max: bool) -> f32 {
@@ -109,7 +114,7 @@ fn main(
     let h = wg.x;
     let token = wg.z;
     var pos = step.pos + token;
-    if step.page != 0u {
+    if PAGED {
         pos = paging[2u * token];
     }
     let n = pos + 1u; // positions attended to
@@ -128,6 +133,9 @@ fn main(
     var m = -3.402823e38;
     for (var t = start + lid; t < end; t += WG) {
         let row = row_word(token, t);
+        if PAGED {
+            rows[t - start] = row;
+        }
         var dot = 0.0;
         for (var i = 0u; i < hs; i++) {
             dot += q[q_off + i] * cached_k(row, kv_off + i);
@@ -153,10 +161,15 @@ fn main(
     // Weighted sum of values: each thread owns some of the head's dimensions.
     let whole = n <= params.split; // one split: the final output
     let p_off = ((token * params.n_heads + h) * params.splits + wg.y) * (hs + 2u);
+    let words = kv_row_words(params.kv_dtype, params.n_kv_heads * hs);
     for (var i = lid; i < hs; i += WG) {
         var acc = 0.0;
         for (var t = start; t < end; t++) {
-            acc += scores[s_off + t] * cached_v(row_word(token, t), kv_off + i);
+            var row = t * words;
+            if PAGED {
+                row = rows[t - start];
+            }
+            acc += scores[s_off + t] * cached_v(row, kv_off + i);
         }
         if whole {
             out[token * params.out_stride + h * hs + i] = acc / sum;

@@ -41,7 +41,7 @@ fn main(
     let h = wg.x;
     let token = wg.z;
     var pos = step.pos + token;
-    if step.page != 0u {
+    if PAGED {
         pos = paging[2u * token];
     }
     let n = pos + 1u;

@@ -15,3 +15,8 @@ struct Step {
     page: u32,
 }
 
+// Built with the override PAGED = true, the kernels that touch the cache
+// (rope_append, attention, attention_combine) read through `paging`; the
+// flat build (a `Session`) compiles none of it.
+override PAGED: bool = false;
+

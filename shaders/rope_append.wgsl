@@ -54,7 +54,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var pos = step.pos + t;
     var slot_row = pos;
-    if step.page != 0u {
+    if PAGED {
         pos = paging[2u * t];
         let table = paging[2u * t + 1u];
         slot_row = paging[table + pos / step.page] * step.page + pos % step.page;

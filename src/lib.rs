@@ -63,6 +63,7 @@ pub mod generate;
 
 mod chat;
 mod engine;
+mod lookup;
 mod parallel;
 
 pub use chat::{Chat, Message, Turn};
@@ -76,6 +77,7 @@ pub use generate::{
 pub use gpu::Gpu;
 pub use gpu_model::GpuModel;
 pub use kv_cache::{KvCache, KvDtype, Positions};
+pub use lookup::{Lookup, LookupStats};
 pub use model::{Config, LayerWeights, Model, Weights};
 pub use parallel::{generate_parallel, Continuations};
 pub use pass::{ATTENTION_SPLIT, PASSES_PER_SUBMIT};

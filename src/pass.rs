@@ -193,13 +193,14 @@ pub(crate) struct Dispatches {
 impl Dispatches {
     /// Binds every dispatch of a pass of up to `batch` tokens, each at a
     /// position below `capacity`, to `a` and `cache` (a flat cache of
-    /// `capacity` rows, or a paged pool), in the order [`Dispatches::each`]
-    /// runs them. Call inside an error scope.
+    /// `capacity` rows, or, `paged`, a pool of pages), in the order
+    /// [`Dispatches::each`] runs them. Call inside an error scope.
     pub fn bind(
         model: &GpuModel,
         a: &Activations,
         cache: &KvCache,
         capacity: usize,
+        paged: bool,
         batch: usize,
         norm_in_projection: bool,
     ) -> Self {
@@ -291,6 +292,7 @@ impl Dispatches {
                             qkv: &a.qkv,
                             step: &a.step,
                             paging: &a.paging,
+                            paged,
                             table: &model.rope_table,
                             shape: rope_append::Shape {
                                 q_dim: d,
@@ -313,6 +315,7 @@ impl Dispatches {
                             partials: &a.partials,
                             step: &a.step,
                             paging: &a.paging,
+                            paged,
                             shape: attention::Shape {
                                 n_heads: c.n_heads,
                                 n_kv_heads: c.n_kv_heads,
@@ -331,6 +334,7 @@ impl Dispatches {
                             partials: &a.partials,
                             step: &a.step,
                             paging: &a.paging,
+                            paged,
                             n_heads: c.n_heads,
                             head_size: c.head_size(),
                             capacity,

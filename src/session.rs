@@ -157,7 +157,8 @@ impl Session {
         gpu.scoped("creating a session", || {
             let cache = KvCache::new(&gpu.device, c, capacity, options.kv_dtype)?;
             let activations = Activations::new(model, batch, capacity, 1);
-            let dispatches = Dispatches::bind(model, &activations, &cache, capacity, batch, fold);
+            let dispatches =
+                Dispatches::bind(model, &activations, &cache, capacity, false, batch, fold);
             let values = c.vocab_size.max(PASSES_PER_SUBMIT) as u64;
             Ok(Self {
                 model: model.clone(),

@@ -418,3 +418,37 @@ fn save_and_restore_across_processes_continue_byte_for_byte() {
         &["state.kvs", "cut short"],
     );
 }
+
+#[test]
+fn parallel_continuations_equal_runs_with_their_seeds() {
+    let dir = require!(common::models_dir());
+    let bin = dir.join("stories260K.bin");
+    let common = [
+        "run",
+        "-m",
+        path(&bin),
+        "-p",
+        "Once upon a time",
+        "-n",
+        "30",
+        "--temp",
+        "1",
+    ];
+    let out = kvgpu(&[&common[..], &["--parallel", "3", "-s", "40"]].concat());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("3 continuations"), "{stderr}");
+    for (i, seed) in ["40", "41", "42"].iter().enumerate() {
+        let solo = kvgpu(&[&common[..], &["-s", seed]].concat());
+        let (solo_text, _) = text(&solo);
+        let header = format!("--- continuation {} (seed {seed}) ---\n", i + 1);
+        assert!(
+            stdout.contains(&format!("{header}{solo_text}")),
+            "continuation {} differs from `run -s {seed}`:\n{stdout}\nvs\n{solo_text}",
+            i + 1
+        );
+    }
+    let zero = kvgpu(&[&common[..], &["--parallel", "0"]].concat());
+    assert!(!zero.status.success());
+    assert!(text(&zero).1.contains("--parallel takes at least 1"));
+}

@@ -51,6 +51,10 @@ impl Run {
     /// Tokens equal, logits within the tolerance; returns the largest
     /// relative difference.
     fn check(&self, solo: &Run, what: &str) -> f32 {
+        self.check_within(solo, LOGIT_TOLERANCE, what)
+    }
+
+    fn check_within(&self, solo: &Run, tolerance: f32, what: &str) -> f32 {
         assert_eq!(
             self.tokens, solo.tokens,
             "{what}: tokens differ from the solo run"
@@ -60,7 +64,7 @@ impl Run {
             let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
             let diff = common::max_abs_diff(a, b) / scale;
             assert!(
-                diff <= LOGIT_TOLERANCE,
+                diff <= tolerance,
                 "{what}: step {step}: logits differ by {diff} (relative)"
             );
             worst = worst.max(diff);
@@ -417,5 +421,41 @@ fn bad_requests_are_typed_errors_that_change_nothing() {
         EngineOptions::default().context(513),
     ] {
         assert!(Engine::new(&model, bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn a_quantized_pool_decodes_as_a_quantized_session() {
+    let (model, tok) = require!(setup());
+    for kv_dtype in [
+        kvgpu::KvDtype::F16,
+        kvgpu::KvDtype::Q8_0,
+        kvgpu::KvDtype::Q4_0,
+    ] {
+        let options = EngineOptions::default().kv_dtype(kv_dtype).pass_tokens(8);
+        let mut engine = Engine::new(&model, options).unwrap();
+        let all = requests(&tok, 4);
+        let runs = batched(&mut engine, &all);
+        for (i, (run, r)) in runs.iter().zip(&all).enumerate() {
+            let session = kvgpu::SessionOptions::default().kv_dtype(kv_dtype);
+            let mut s = Session::with_options(&model, session).unwrap();
+            let mut sampler = r.sampler.clone();
+            let mut alone = Run::default();
+            let mut logits = s.prefill(&r.prompt).unwrap().to_vec();
+            for _ in 0..r.steps {
+                let next = sampler.sample(&logits);
+                alone.push(next, logits);
+                logits = s.forward(next).unwrap().to_vec();
+            }
+            // A value computed in another order can round to the next f16
+            // or quantization step: looser than the f32 pool.
+            let tolerance = match kv_dtype {
+                kvgpu::KvDtype::F16 => 1e-3,
+                _ => 2e-2,
+            };
+            let what = format!("{kv_dtype:?} pool, sequence {i}");
+            let worst = run.check_within(&alone, tolerance, &what);
+            println!("{what}: largest relative logit difference {worst:e}");
+        }
     }
 }

@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["cpu"],
     &["shift"],
     &["generate"],
-    &["chat", "engine"],
+    &["chat", "engine", "lookup"],
     &["parallel"],
     &["lib"],
 ];

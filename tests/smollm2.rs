@@ -319,3 +319,85 @@ fn a_saved_chat_goes_on_in_another_session_as_it_would_have() {
         turn.prefilled
     );
 }
+
+#[test]
+fn sequences_decoded_together_equal_their_solo_runs() {
+    let (model, tok) = require!(load());
+    let gpu = require!(common::gpu());
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let steps = 12;
+    let prompts = [
+        "Once upon a time",
+        "The capital of France is",
+        "Write a haiku",
+    ];
+    let samplers = || {
+        [
+            Sampler::greedy(),
+            Sampler::greedy(),
+            Sampler::new(0.8, 0.9, 3).unwrap(),
+        ]
+    };
+    let encode = |p: &str| tok.encode(p, tok.add_bos(), false).unwrap();
+    // Solo: one session each.
+    let mut solo = Vec::new();
+    for (prompt, mut sampler) in prompts.iter().zip(samplers()) {
+        let mut s = Session::new(&gm, Some(64)).unwrap();
+        let mut logits = s.prefill(&encode(prompt)).unwrap().to_vec();
+        let mut out = Vec::new();
+        for _ in 0..steps {
+            let next = sampler.sample(&logits);
+            out.push(next);
+            logits = s.forward(next).unwrap().to_vec();
+        }
+        solo.push(out);
+    }
+    // Together: one engine, the third joining two steps later.
+    let options = kvgpu::EngineOptions::default().context(64).pages(16);
+    let mut engine = kvgpu::Engine::new(&gm, options).unwrap();
+    let mut ids = [None; 3];
+    let mut out = vec![Vec::new(); 3];
+    let mut samplers = samplers();
+    let joins = [0, 0, 2];
+    for step in 0.. {
+        for (i, prompt) in prompts.iter().enumerate() {
+            if step == joins[i] {
+                ids[i] = Some(engine.add(&encode(prompt)).unwrap());
+            }
+        }
+        for id in engine.step().unwrap() {
+            let i = ids.iter().position(|&x| x == Some(id)).unwrap();
+            let next = samplers[i].sample(engine.logits(id).unwrap());
+            out[i].push(next);
+            if out[i].len() < steps {
+                engine.push(id, next).unwrap();
+            }
+        }
+        if out.iter().all(|o| o.len() == steps) {
+            break;
+        }
+    }
+    assert_eq!(out, solo);
+}
+
+#[test]
+fn prompt_lookup_repeats_a_paragraph_with_the_plain_greedy_text() {
+    let (model, tok) = require!(load());
+    let gpu = require!(common::gpu());
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let prompt = "Copy this sentence exactly: The old lighthouse keeper climbed the stairs every night to light the lamp.\nCopy: The old";
+    let expect = greedy(&gm, &tok, prompt, 24);
+    let mut lookup = kvgpu::Lookup::new(Session::new(&gm, Some(256)).unwrap(), 8);
+    let run = generate(
+        &mut lookup,
+        &tok,
+        &mut Sampler::greedy(),
+        prompt,
+        Length::NewTokens(24),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(run.text, expect.text);
+    let s = lookup.stats();
+    assert!(s.accepted > 0, "{s:?}");
+}

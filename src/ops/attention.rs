@@ -2,7 +2,7 @@
 //! for long contexts. See `shaders/attention.wgsl`; its second half is
 //! [`attention_combine`](super::attention_combine).
 
-use super::{Dispatch, Needs, Shader, Variant};
+use super::{Dispatch, Needs, Pipelines, Shader, Variant};
 use crate::kv_cache::KvDtype;
 
 /// `shaders/attention.wgsl` after `shaders/prelude.wgsl`.
@@ -17,10 +17,14 @@ pub const SHADER: Shader = Shader {
         storage_buffers: 7,
         uniform_bytes: 32,
         textures: 0,
-        workgroup_bytes: 256,
+        workgroup_bytes: 256 + 4 * MAX_SPLIT as u32,
         invocations: 64,
     },
 };
+
+/// Most positions per split: the rows of a split are kept in workgroup
+/// memory (`MAX_SPLIT` in attention.wgsl).
+pub const MAX_SPLIT: usize = 256;
 
 /// Matches WGSL `Params` in attention.wgsl.
 #[repr(C)]
@@ -81,6 +85,8 @@ pub struct Bindings<'a> {
     /// (2 n + tables) u32 each token's position and page table when
     /// `step` is paged (prelude.wgsl); unread for a flat cache.
     pub paging: &'a wgpu::Buffer,
+    /// Whether the cache is a paged pool (the PAGED build) or flat.
+    pub paged: bool,
     /// Heads, head size, capacity and cache storage.
     pub shape: Shape,
     /// Positions per split.
@@ -88,9 +94,11 @@ pub struct Bindings<'a> {
 }
 
 /// The attention kernel.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Attention {
     pipeline: wgpu::ComputePipeline,
+    /// The PAGED build, compiled on first use (by an `Engine`).
+    paged: Pipelines,
 }
 
 impl Attention {
@@ -98,6 +106,7 @@ impl Attention {
     pub fn new(c: &super::Compiler) -> Self {
         Self {
             pipeline: super::pipeline(c, Variant::plain(SHADER)),
+            paged: Pipelines::new(c, SHADER),
         }
     }
 
@@ -106,6 +115,10 @@ impl Attention {
     /// positions cut into splits of `split`, one workgroup each: a token whose
     /// positions span several splits leaves its partial results in `partials`.
     pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
+        assert!(
+            (1..=MAX_SPLIT).contains(&b.split),
+            "attention splits hold 1..={MAX_SPLIT} positions"
+        );
         let s = b.shape;
         let splits = s.capacity.div_ceil(b.split);
         let params = Params {
@@ -118,9 +131,10 @@ impl Attention {
             split: b.split as u32,
             splits: splits as u32,
         };
+        let paged = b.paged.then(|| self.paged.get(super::paged()));
         Dispatch::new(
             device,
-            &self.pipeline,
+            paged.as_ref().unwrap_or(&self.pipeline),
             bytemuck::bytes_of(&params),
             &[
                 b.step, b.q, b.k_cache, b.v_cache, b.scores, b.out, b.partials, b.paging,
@@ -259,6 +273,7 @@ mod tests {
                             partials: &partials,
                             step: &step,
                             paging: &b.u32s(&[0]),
+                            paged: false,
                             shape,
                             split,
                         },
@@ -272,6 +287,7 @@ mod tests {
                             partials: &partials,
                             step: &step,
                             paging: &b.u32s(&[0]),
+                            paged: false,
                             n_heads,
                             head_size,
                             capacity,
@@ -371,6 +387,7 @@ mod tests {
                             partials: &partials,
                             step: &step,
                             paging: &pagingb,
+                            paged: true,
                             shape,
                             split,
                         },
@@ -384,6 +401,7 @@ mod tests {
                             partials: &partials,
                             step: &step,
                             paging: &pagingb,
+                            paged: true,
                             n_heads,
                             head_size,
                             capacity,

@@ -1,7 +1,7 @@
 //! The second half of split-K attention: merges the partial results of the
 //! splits of a long context. See `shaders/attention_combine.wgsl`.
 
-use super::{Dispatch, Needs, Shader, Variant};
+use super::{Dispatch, Needs, Pipelines, Shader, Variant};
 
 /// `shaders/attention_combine.wgsl` after `shaders/prelude.wgsl`.
 pub const SHADER: Shader = Shader {
@@ -51,6 +51,8 @@ pub struct Bindings<'a> {
     /// (2 n + tables) u32 each token's position when `step` is paged
     /// (prelude.wgsl); unread for a flat cache.
     pub paging: &'a wgpu::Buffer,
+    /// Whether the cache is a paged pool (the PAGED build) or flat.
+    pub paged: bool,
     /// Query heads.
     pub n_heads: usize,
     /// Size of one head.
@@ -62,9 +64,11 @@ pub struct Bindings<'a> {
 }
 
 /// The split-K merge kernel.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct AttentionCombine {
     pipeline: wgpu::ComputePipeline,
+    /// The PAGED build, compiled on first use (by an `Engine`).
+    paged: Pipelines,
 }
 
 impl AttentionCombine {
@@ -72,6 +76,7 @@ impl AttentionCombine {
     pub fn new(c: &super::Compiler) -> Self {
         Self {
             pipeline: super::pipeline(c, Variant::plain(SHADER)),
+            paged: Pipelines::new(c, SHADER),
         }
     }
 
@@ -86,9 +91,10 @@ impl AttentionCombine {
             split: b.split as u32,
             splits: b.capacity.div_ceil(b.split) as u32,
         };
+        let paged = b.paged.then(|| self.paged.get(super::paged()));
         Dispatch::new(
             device,
-            &self.pipeline,
+            paged.as_ref().unwrap_or(&self.pipeline),
             bytemuck::bytes_of(&params),
             &[b.step, b.partials, b.out, b.paging],
             [b.n_heads as u32, 1, 1],
@@ -165,6 +171,7 @@ mod tests {
                     partials: &partials,
                     step: &step,
                     paging: &b.u32s(&[0]),
+                    paged: false,
                     shape,
                     split,
                 },
@@ -179,6 +186,7 @@ mod tests {
                     partials: &partials,
                     step: &step,
                     paging: &b.u32s(&[0]),
+                    paged: false,
                     n_heads,
                     head_size,
                     capacity,

@@ -107,6 +107,16 @@ pub fn specialized_variants() -> Vec<Variant> {
         out.push(matvec::variant(i % 2 == 0, dtype, up));
         out.push(matmul::variant(i % 2 == 1, dtype, up));
     }
+    for shader in [
+        attention::SHADER,
+        attention_combine::SHADER,
+        rope_append::SHADER,
+    ] {
+        out.push(Variant {
+            shader,
+            constants: paged(),
+        });
+    }
     out
 }
 
@@ -294,6 +304,12 @@ pub struct Pipelines {
 
 /// Pipeline-overridable constants by name.
 pub type Constants = Vec<(&'static str, f64)>;
+
+/// The constants of the PAGED build of the kernels that touch the KV cache
+/// (shaders/prelude.wgsl).
+pub fn paged() -> Constants {
+    vec![("PAGED", 1.0)]
+}
 
 impl Pipelines {
     /// `shader`'s pipelines, compiled as asked for.

@@ -1,7 +1,7 @@
 //! Rotary position embedding of q and k, and the append of k and v to the
 //! KV cache, in one kernel. See `shaders/rope_append.wgsl`.
 
-use super::{grid_64, Dispatch, Needs, Shader, Variant};
+use super::{grid_64, Dispatch, Needs, Pipelines, Shader, Variant};
 use crate::kv_cache::KvDtype;
 
 /// `shaders/rope_append.wgsl` after `shaders/prelude.wgsl`.
@@ -69,14 +69,18 @@ pub struct Bindings<'a> {
     /// (2 n + tables) u32 each token's position and page table when
     /// `step` is paged (prelude.wgsl); unread for a flat cache.
     pub paging: &'a wgpu::Buffer,
+    /// Whether the cache is a paged pool (the PAGED build) or flat.
+    pub paged: bool,
     /// Widths and cache storage.
     pub shape: Shape,
 }
 
 /// The RoPE + append kernel.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RopeAppend {
     pipeline: wgpu::ComputePipeline,
+    /// The PAGED build, compiled on first use (by an `Engine`).
+    paged: Pipelines,
 }
 
 impl RopeAppend {
@@ -84,6 +88,7 @@ impl RopeAppend {
     pub fn new(c: &super::Compiler) -> Self {
         Self {
             pipeline: super::pipeline(c, Variant::plain(SHADER)),
+            paged: Pipelines::new(c, SHADER),
         }
     }
 
@@ -99,9 +104,10 @@ impl RopeAppend {
             capacity: s.capacity as u32,
             kv_dtype: s.kv_dtype.gpu_id(),
         };
+        let paged = b.paged.then(|| self.paged.get(super::paged()));
         Dispatch::new(
             device,
-            &self.pipeline,
+            paged.as_ref().unwrap_or(&self.pipeline),
             bytemuck::bytes_of(&params),
             &[b.step, b.table, b.qkv, b.q, b.k_cache, b.v_cache, b.paging],
             grid_64(s.q_dim as u32 / 2),
@@ -202,6 +208,7 @@ mod tests {
                             qkv: &qkvb,
                             step: &step,
                             paging: &b.u32s(&[0]),
+                            paged: false,
                             table: &table,
                             shape,
                         },
@@ -306,6 +313,7 @@ mod tests {
                     qkv: &qkvb,
                     step: &step,
                     paging: &pagingb,
+                    paged: true,
                     table: &table,
                     shape,
                 },

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvgpu::cpu::CpuSession;
 use kvgpu::{
     generate, generate_parallel, generate_shifting, ContextShift, Decoder, Engine, EngineOptions,
-    Gpu, GpuModel, KvDtype, Length, NoCache, Sampler, Session, SessionOptions, Tokenizer,
+    Gpu, GpuModel, KvDtype, Length, Lookup, NoCache, Sampler, Session, SessionOptions, Tokenizer,
 };
 
 /// Generate text with a GGUF or llama2.c model.
@@ -98,6 +98,11 @@ pub struct Args {
     /// step decodes all of them in one pass. Printed when all are done.
     #[arg(long, value_name = "N", conflicts_with_all = ["no_cache", "context_shift", "save_state", "load_state", "compare_cpu"])]
     parallel: Option<usize>,
+    /// Greedy decoding with prompt lookup: up to N tokens guessed from
+    /// earlier in the context are checked in one batched pass (same text
+    /// as plain greedy decoding, several tokens a pass where it repeats).
+    #[arg(long, value_name = "N", conflicts_with_all = ["no_cache", "save_state", "load_state", "parallel"])]
+    lookup: Option<usize>,
 }
 
 /// Generates the text.
@@ -128,6 +133,9 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 
     if args.parallel.is_some_and(|n| n == 0) {
         return Err("--parallel takes at least 1".into());
+    }
+    if args.lookup.is_some() && !sampler.is_greedy() {
+        return Err("--lookup decodes greedily: add --temp 0".into());
     }
     let gpu = Gpu::new(args.adapter.as_deref())?;
     let bar = ProgressBar::new(model.weights.bytes()).with_style(
@@ -174,10 +182,11 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let dispatches = session.dispatches_per_token();
     let bytes_per_position = cache.bytes_per_position();
-    let (mut cached, mut uncached) = (None, None);
-    let decoder: &mut dyn Decoder = match args.no_cache {
-        true => uncached.insert(NoCache::new(session)),
-        false => cached.insert(session),
+    let (mut cached, mut uncached, mut lookup) = (None, None, None);
+    let decoder: &mut dyn Decoder = match (args.no_cache, args.lookup) {
+        (true, _) => uncached.insert(NoCache::new(session)),
+        (false, Some(n)) => lookup.insert(Lookup::new(session, n)),
+        (false, None) => cached.insert(session),
     };
 
     let mut stdout = std::io::stdout();
@@ -234,6 +243,20 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             run.positions
         ),
         None => format!("{dispatches} dispatches/token"),
+    };
+    let work = match &lookup {
+        Some(l) => {
+            let s = l.stats();
+            format!(
+                "{work} | prompt lookup: {} verify passes + {} plain steps, {} of {} drafted tokens accepted ({:.0}%)",
+                s.verify_passes,
+                s.plain_steps,
+                s.accepted,
+                s.drafted,
+                100.0 * s.acceptance()
+            )
+        }
+        None => work,
     };
     let kv = format!("{kv} | {in_use}");
     eprintln!(

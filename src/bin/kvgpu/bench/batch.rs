@@ -86,6 +86,54 @@ pub fn measure(
     Ok(rows)
 }
 
+/// Time to first token of a prompt of `prefix + 13` tokens run whole, and
+/// of a second one sharing its first `prefix` tokens, whose whole pages the
+/// pool still holds: (seconds cold, seconds warm, tokens reused), medians
+/// of `runs`. `None` when the context is too short.
+pub fn prefix_reuse(
+    gm: &GpuModel,
+    prefix: usize,
+    runs: usize,
+) -> kvgpu::Result<Option<(f64, f64, u64)>> {
+    let c = gm.config();
+    let len = prefix + 13;
+    if c.seq_len < len {
+        return Ok(None);
+    }
+    let prompt = |tail: u32| -> Vec<u32> {
+        (0..len as u32)
+            .map(|i| match i < prefix as u32 {
+                true => (i * 7919 + 1) % c.vocab_size as u32,
+                false => (i * 31 + tail) % c.vocab_size as u32,
+            })
+            .collect()
+    };
+    let options = EngineOptions::default().context(len);
+    let first_token = |engine: &mut Engine, tokens: &[u32]| -> kvgpu::Result<f64> {
+        let started = Instant::now();
+        let id = engine.add(tokens)?;
+        while !engine.step()?.contains(&id) {}
+        let seconds = started.elapsed().as_secs_f64();
+        engine.remove(id)?;
+        Ok(seconds)
+    };
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for run in 0..=runs as u32 {
+        // A fresh pool each run: nothing cached for the cold prompt.
+        let mut engine = Engine::new(gm, options)?;
+        let reused = engine.stats().reused;
+        let t_cold = first_token(&mut engine, &prompt(3 * run))?;
+        let t_warm = first_token(&mut engine, &prompt(3 * run + 1))?;
+        if run > 0 {
+            cold.push(t_cold);
+            warm.push(t_warm);
+        }
+        debug_assert!(engine.stats().reused > reused);
+    }
+    let reused = (prefix / options.page_size * options.page_size) as u64;
+    Ok(Some((median(cold), median(warm), reused)))
+}
+
 /// The batch table.
 pub fn print(rows: &[BatchRow], tokens: usize) {
     if rows.is_empty() {

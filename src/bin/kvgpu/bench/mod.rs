@@ -294,7 +294,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let (mut rows, mut kv_rows, mut cache_rows, mut profiles) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut batch_rows = Vec::new();
+    let (mut batch_rows, mut reuse_rows) = (Vec::new(), Vec::new());
     for name in args.models.split(',') {
         let model = models::load(name, &shapes)?;
         let c = &model.config;
@@ -321,6 +321,11 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             args.runs,
             session_tok_s,
         )?);
+        if !batches.is_empty() {
+            if let Some(r) = batch::prefix_reuse(&gm, 300, args.runs)? {
+                reuse_rows.push((name.to_string(), r));
+            }
+        }
         rows.push(m.row);
         profiles.extend(m.profiles);
     }
@@ -343,6 +348,14 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     report::print_kv(&kv_rows);
     report::print_cache(&cache_rows);
     batch::print(&batch_rows, args.tokens);
+    for (name, (cold, warm, reused)) in &reuse_rows {
+        println!(
+            "{name}: time to first token of a 313-token prompt: {:.1} ms run whole, {:.1} ms when its first {reused} tokens' pages are reused ({:.1}x)",
+            cold * 1e3,
+            warm * 1e3,
+            cold / warm
+        );
+    }
     for (what, p) in &profiles {
         report::print_profile(what, p);
     }
