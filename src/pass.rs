@@ -443,6 +443,8 @@ impl Dispatches {
 pub(crate) struct AllLogits {
     /// (batch, vocab_size) logits of each token of the pass.
     pub logits: wgpu::Buffer,
+    /// (batch, vocab_size) MAP_READ: the logits read back.
+    pub readback: crate::readback::ReadbackBuffer,
     final_norm: Dispatch,
     classifier: Dispatch,
 }
@@ -486,8 +488,10 @@ impl AllLogits {
                 tokens: batch,
             },
         );
+        let bytes = (batch * c.vocab_size) as u64 * F32;
         Self {
             logits,
+            readback: crate::readback::ReadbackBuffer::new(device, bytes),
             final_norm,
             classifier,
         }

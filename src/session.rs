@@ -382,7 +382,8 @@ impl Session {
     /// [`Session::prefill`], and returns the logits after every one of them
     /// (tokens.len(), vocab_size): to score a text (perplexity) or check
     /// several tokens at once. One submit and one readback per pass; its
-    /// (prefill_tokens, vocab_size) logits buffer is allocated on first use.
+    /// (prefill_tokens, vocab_size) logits and readback buffers are
+    /// allocated on first use.
     pub fn prefill_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.reserve(tokens)?;
         if tokens.is_empty() {
@@ -396,22 +397,30 @@ impl Session {
             self.all_logits = Some(all);
         }
         let vocab = self.model.config().vocab_size;
-        let mut out = Vec::with_capacity(tokens.len() * vocab);
-        for pass in tokens.chunks(self.batch) {
+        let mut out = vec![0.0f32; tokens.len() * vocab];
+        for (pass, logits) in tokens
+            .chunks(self.batch)
+            .zip(out.chunks_mut(self.batch * vocab))
+        {
             let positions = self.reserve(pass)?;
             let mut encoder = self.encoder();
+            let all = self.all_logits.as_ref().expect("bound above");
+            all.readback.claim(&gpu.device)?;
             gpu.scoped("recording a pass", || {
                 let pos = positions.start;
                 self.stage(&mut encoder, pos, pass.len(), Some(pass));
                 self.record(&mut encoder, pos, pass.len(), Readback::Nothing);
                 let all = self.all_logits.as_ref().expect("bound above");
                 all.record(&mut encoder, pass.len());
+                let bytes = logits.len() as u64 * F32;
+                encoder.copy_buffer_to_buffer(&all.logits, 0, &all.readback.buffer, 0, bytes);
             })?;
             self.submit(encoder)?;
             self.cache.positions.commit(positions);
             let all = self.all_logits.as_ref().expect("bound above");
-            let bytes = gpu.read_buffer(&all.logits, (pass.len() * vocab) as u64 * F32)?;
-            out.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
+            let kind = Kind::Logits(logits.len());
+            let pending = Pending::new(&gpu.device, &all.readback, kind);
+            pending.wait_into(bytemuck::cast_slice_mut(logits))?;
         }
         Ok(out)
     }
