@@ -1,6 +1,7 @@
 //! Several sequences decoded together by one `Engine` over a paged KV pool:
-//! three prompts joining at different steps, a fork of the first, greedy
-//! and sampled, then each text and the pool's memory report.
+//! three prompts joining at different steps, a fork of the first (sharing
+//! its full pages), greedy and sampled, then each text and the pool's
+//! memory report.
 //!
 //! ```text
 //! cargo run --release --example sequences -- stories260K.bin tok512.bin
@@ -31,17 +32,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut ids = Vec::new();
     let mut texts = Vec::new();
     for step in 0..48 {
-        // A new prompt every 8 steps; the first one forked at step 4.
+        // A new prompt every 8 steps; the first one forked at step 20.
         if step % 8 == 0 && step / 8 < prompts.len() {
             let tokens = tokenizer.encode(prompts[step / 8], tokenizer.add_bos(), false)?;
             ids.push(engine.add(&tokens)?);
             samplers.push(kvgpu::Sampler::greedy());
             texts.push(prompts[step / 8].to_string());
         }
-        if step == 4 {
+        if step == 20 {
             ids.push(engine.fork(ids[0])?);
             samplers.push(kvgpu::Sampler::new(1.0, 0.9, 7)?);
-            texts.push(format!("{} (fork, sampled)", texts[0]));
+            texts.push(texts[0].clone());
         }
         for id in engine.step()? {
             let i = ids.iter().position(|&x| x == id).expect("ours");
@@ -52,8 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             engine.push(id, next)?;
         }
     }
-    for text in &texts {
-        println!("{text}\n");
+    for (id, text) in ids.iter().zip(&texts) {
+        println!("{id}: {text}\n");
     }
     let m = engine.memory();
     println!(
@@ -68,11 +69,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         m.pages.free,
         m.held_bytes
     );
-    for (id, text) in engine.sequences().zip(&texts) {
+    for &id in &ids {
         let s = engine.sequence_memory(id)?;
-        let name: String = text.chars().take(24).collect();
         println!(
-            "{id} ({name}...): {} pages ({} shared), {} bytes",
+            "{id}: {} pages ({} shared), {} bytes",
             s.pages, s.shared, s.bytes
         );
     }

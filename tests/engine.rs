@@ -194,13 +194,17 @@ fn forks_share_the_prompt_pages_and_copy_a_shared_partial_page_once_per_writer()
     assert_eq!((per_sequence.pages, per_sequence.shared), (13, 13));
     let mut samplers: Vec<Sampler> = seeds.iter().map(|&s| sampler(s)).collect();
     let mut runs: Vec<Run> = forks.iter().map(|_| Run::default()).collect();
-    // Each fork's first token comes from the prompt's logits.
-    for (i, &id) in forks.iter().enumerate() {
-        let logits = engine.logits(id).unwrap().to_vec();
-        let next = samplers[i].sample(&logits);
-        runs[i].push(next, logits);
-        engine.push(id, next).unwrap();
-    }
+    // Each fork samples from its logits and appends what it sampled.
+    let mut sample_all = |engine: &mut Engine| {
+        for (i, &id) in forks.iter().enumerate() {
+            let logits = engine.logits(id).unwrap().to_vec();
+            let next = samplers[i].sample(&logits);
+            runs[i].push(next, logits);
+            engine.push(id, next).unwrap();
+        }
+    };
+    // The first tokens come from the prompt's logits.
+    sample_all(&mut engine);
     assert_eq!(
         engine.stats().page_copies,
         8,
@@ -208,15 +212,9 @@ fn forks_share_the_prompt_pages_and_copy_a_shared_partial_page_once_per_writer()
     );
     let m = engine.memory();
     assert_eq!((m.pages.held, m.pages.shared), (12 + 1 + 8, 12), "{m:?}");
-    while runs[0].tokens.len() < steps {
-        let ready = engine.step().unwrap();
-        assert_eq!(ready, forks);
-        for (i, &id) in forks.iter().enumerate() {
-            let logits = engine.logits(id).unwrap().to_vec();
-            let next = samplers[i].sample(&logits);
-            runs[i].push(next, logits);
-            engine.push(id, next).unwrap();
-        }
+    for _ in 1..steps {
+        assert_eq!(engine.step().unwrap(), forks);
+        sample_all(&mut engine);
     }
     assert_eq!(
         engine.stats().page_copies,
