@@ -160,7 +160,9 @@ struct Sequence {
 }
 
 /// Many sequences over one [`GpuModel`] and one paged KV pool, decoded a
-/// pass per step. See the [module docs](self).
+/// pass per step: projections as matrix-matrix products over the pass's
+/// tokens, attention per token through its sequence's page table; pages
+/// shared by forks and by prompts with a common prefix, copied on write.
 ///
 /// ```no_run
 /// # fn main() -> kvgpu::Result<()> {
