@@ -18,6 +18,10 @@ use crate::kv_cache::Positions;
 use crate::sampler::Sampler;
 use crate::session::Session;
 
+/// Shortest run of recent tokens looked up in the context: a single token
+/// recurs too often to predict what follows it.
+const MIN_NGRAM: usize = 2;
+
 /// Longest run of recent tokens looked up in the context (then shorter ones).
 const NGRAM: usize = 3;
 
@@ -98,7 +102,7 @@ impl Lookup {
     /// of the history's last `NGRAM` (or fewer) tokens.
     fn draft(&self) -> &[u32] {
         let h = &self.history;
-        for n in (1..=NGRAM.min(h.len().saturating_sub(1))).rev() {
+        for n in (MIN_NGRAM..=NGRAM.min(h.len().saturating_sub(1))).rev() {
             let tail = &h[h.len() - n..];
             if let Some(start) = (0..h.len() - n).rev().find(|&s| &h[s..s + n] == tail) {
                 let from = start + n;
