@@ -10,7 +10,7 @@
 // Q4_0 blocks quantized here (kv.wgsl, prepended to this file).
 //
 // Bindings (group 0):
-//   0 params:  Params (uniform)      { q_dim, kv_dim, head_size, capacity, kv_dtype }
+//   0 params:  Params (uniform)      { q_dim, kv_dim, head_size, capacity (positions a token may take), kv_dtype }
 //   1 step:    Step (uniform)        { pos, n }
 //   2 table:   array<f32> (storage)  (capacity, head_size / 2, 2) = (cos, sin)
 //   3 qkv:     array<f32> (storage)  (n, q_dim + 2 kv_dim) projections: q, k, v

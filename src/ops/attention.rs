@@ -36,7 +36,8 @@ pub struct Params {
     pub n_kv_heads: u32,
     /// Size of one head.
     pub head_size: u32,
-    /// Rows in the cache (and the stride of `scores`).
+    /// Positions a token may attend to: a flat cache's rows, a paged
+    /// sequence's context (and the stride of `scores`).
     pub capacity: u32,
     /// [`KvDtype::gpu_id`] of the cache.
     pub kv_dtype: u32,
@@ -57,7 +58,7 @@ pub struct Shape {
     pub n_kv_heads: usize,
     /// Size of one head.
     pub head_size: usize,
-    /// Rows in the cache.
+    /// Positions a token may take: a flat cache's rows, a paged sequence's context.
     pub capacity: usize,
     /// How the cache stores values.
     pub kv_dtype: KvDtype,

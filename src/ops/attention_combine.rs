@@ -27,7 +27,7 @@ pub struct Params {
     pub n_heads: u32,
     /// Size of one head.
     pub head_size: u32,
-    /// Rows in the cache.
+    /// Positions a token may take: a flat cache's rows, a paged sequence's context.
     pub capacity: u32,
     /// Values from one token's row of `out` to the next.
     pub out_stride: u32,

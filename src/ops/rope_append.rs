@@ -31,7 +31,7 @@ pub struct Params {
     pub kv_dim: u32,
     /// Size of one head.
     pub head_size: u32,
-    /// Rows in the cache.
+    /// Positions a token may take: a flat cache's rows, a paged sequence's context.
     pub capacity: u32,
     /// [`KvDtype::gpu_id`] of the cache.
     pub kv_dtype: u32,
@@ -46,7 +46,7 @@ pub struct Shape {
     pub kv_dim: usize,
     /// Size of one head.
     pub head_size: usize,
-    /// Rows in the cache.
+    /// Positions a token may take: a flat cache's rows, a paged sequence's context.
     pub capacity: usize,
     /// How the cache stores values.
     pub kv_dtype: KvDtype,
