@@ -101,10 +101,13 @@ impl Gpu {
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("kvgpu"),
                 required_limits: adapter.limits(),
-                // GPU time per kernel (Session::profile), and a pipeline
-                // cache for the kernels, where the adapter has them.
+                // GPU time per kernel (Session::profile), a pipeline cache
+                // for the kernels, and subgroups for their faster builds,
+                // where the adapter has them.
                 required_features: adapter.features()
-                    & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::PIPELINE_CACHE),
+                    & (wgpu::Features::TIMESTAMP_QUERY
+                        | wgpu::Features::PIPELINE_CACHE
+                        | wgpu::Features::SUBGROUP),
                 ..Default::default()
             })
             .await?;

@@ -249,7 +249,7 @@ impl Dispatches {
                 mode,
                 tokens: batch,
             };
-            k.matmul.bind(device, b)
+            k.matmul_for_device().bind(device, b)
         };
         let cls: &GpuTensor = model.wcls.as_ref().unwrap_or(&model.token_embedding);
         // Decode steps read the residual stream x and normalise it in the
@@ -475,7 +475,7 @@ impl AllLogits {
                 rows: Rows::All,
             },
         );
-        let classifier = k.matmul.bind(
+        let classifier = k.matmul_for_device().bind(
             device,
             matmul::Bindings {
                 out: &logits,

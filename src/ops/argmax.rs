@@ -13,6 +13,7 @@ pub const SHADER: Shader = Shader {
         textures: 0,
         workgroup_bytes: 2048,
         invocations: 256,
+        subgroups: false,
     },
 };
 

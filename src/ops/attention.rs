@@ -19,6 +19,7 @@ pub const SHADER: Shader = Shader {
         textures: 0,
         workgroup_bytes: 256 + 4 * MAX_SPLIT as u32,
         invocations: 64,
+        subgroups: false,
     },
 };
 

@@ -7,29 +7,50 @@ use super::projection::{input_binding, GpuTensor, Mode, MAX_COLS};
 use super::{grid, Dispatch, Needs, Pipelines, Shader, Variant};
 use crate::tensor::DType;
 
-/// `shaders/matmul.wgsl` after `shaders/prelude.wgsl` and `shaders/dequant.wgsl`.
+/// `shaders/matmul.wgsl` after `shaders/prelude.wgsl`, `shaders/dequant.wgsl`
+/// and `shaders/matmul_tile.wgsl`: every thread reads its inputs.
 pub const SHADER: Shader = Shader {
     name: "matmul",
     source: concat!(
         include_str!("../../shaders/prelude.wgsl"),
         include_str!("../../shaders/dequant.wgsl"),
+        include_str!("../../shaders/matmul_tile.wgsl"),
         include_str!("../../shaders/matmul.wgsl")
     ),
+    needs: NEEDS,
+};
+
+/// The same product with each input read shared across a subgroup
+/// (`shaders/matmul_subgroup.wgsl` in place of `shaders/matmul.wgsl`).
+pub const SUBGROUP_SHADER: Shader = Shader {
+    name: "matmul_subgroup",
+    source: concat!(
+        include_str!("../../shaders/prelude.wgsl"),
+        include_str!("../../shaders/dequant.wgsl"),
+        include_str!("../../shaders/matmul_tile.wgsl"),
+        include_str!("../../shaders/matmul_subgroup.wgsl")
+    ),
     needs: Needs {
-        storage_buffers: 1,
-        uniform_bytes: 65536,
-        textures: 2,
-        workgroup_bytes: 0,
-        invocations: 64,
+        subgroups: true,
+        ..NEEDS
     },
 };
 
-/// The build for weights of `dtype` (and an up projection of `up`), four
+const NEEDS: Needs = Needs {
+    storage_buffers: 1,
+    uniform_bytes: 65536,
+    textures: 2,
+    workgroup_bytes: 0,
+    invocations: 64,
+    subgroups: false,
+};
+
+/// `shader`'s build for weights of `dtype` (and an up projection of `up`), four
 /// rows per thread (256 per workgroup) or two (128) (overrides FOUR_ROWS,
 /// DTYPE, UP_DTYPE).
-pub fn variant(four_rows: bool, dtype: DType, up: DType) -> Variant {
+pub fn variant(shader: Shader, four_rows: bool, dtype: DType, up: DType) -> Variant {
     Variant {
-        shader: SHADER,
+        shader,
         constants: vec![
             ("FOUR_ROWS", f64::from(u8::from(four_rows))),
             ("DTYPE", dtype.gpu_id() as f64),
@@ -66,11 +87,12 @@ pub struct Bindings<'a> {
     pub tokens: usize,
 }
 
-/// The matmul kernel: four rows per thread (256 per workgroup,
-/// `FOUR_ROWS`) and two (128 per workgroup), per storage type (see
-/// [`variant`]; compiled on first use).
+/// A build of the matmul kernel ([`SHADER`] or [`SUBGROUP_SHADER`]): four
+/// rows per thread (256 per workgroup, `FOUR_ROWS`) and two (128 per
+/// workgroup), per storage type (see [`variant`]; compiled on first use).
 #[derive(Debug)]
 pub struct Matmul {
+    shader: Shader,
     pipelines: Pipelines,
 }
 
@@ -82,7 +104,7 @@ pub fn rows_per_thread(rows: usize) -> usize {
     // Rows computed, counting repeats: whole workgroups, then the last one's
     // threads (at most 64) times rows per thread.
     let work = |per: usize| rows / (64 * per) * 64 * per + (rows % (64 * per)).min(64) * per;
-    if work(4) <= work(2) {
+    if 4 * work(4) <= 5 * work(2) {
         4
     } else {
         2
@@ -90,10 +112,11 @@ pub fn rows_per_thread(rows: usize) -> usize {
 }
 
 impl Matmul {
-    /// Prepares the kernel.
-    pub fn new(c: &super::Compiler) -> Self {
+    /// Prepares `shader`'s build of the kernel.
+    pub fn new(c: &super::Compiler, shader: Shader) -> Self {
         Self {
-            pipelines: Pipelines::new(c, SHADER),
+            shader,
+            pipelines: Pipelines::new(c, shader),
         }
     }
 
@@ -107,7 +130,7 @@ impl Matmul {
         let mut dispatch = Dispatch::none();
         for first in (0..b.tokens).step_by(tile) {
             for (mut params, c, up) in b.w.chunk_params(b.mode, b.out_stride) {
-                let v = variant(per_thread == 4, c.dtype, up.dtype);
+                let v = variant(self.shader, per_thread == 4, c.dtype, up.dtype);
                 dispatch.set_pipeline(&self.pipelines.get(v.constants));
                 params.x_stride = b.x_stride as u32;
                 params.first_token = first as u32;
@@ -150,8 +173,8 @@ mod tests {
     #[test]
     fn matmul_matches_cpu_for_every_dtype() {
         // Four rows per thread where two would not leave less work in vain.
-        let per_thread = [64, 172, 301, 768, 1000, 2048].map(matmul::rows_per_thread);
-        assert_eq!(per_thread, [2, 2, 2, 4, 4, 4]);
+        let per_thread = [64, 172, 301, 576, 768, 1000, 2048].map(matmul::rows_per_thread);
+        assert_eq!(per_thread, [2, 4, 2, 4, 4, 4, 4]);
         // Partial and whole tiles of 8 tokens.
         check_projections(&[2, 8, 13]);
     }

@@ -19,6 +19,7 @@ pub const SHADER: Shader = Shader {
         textures: 2,
         workgroup_bytes: 0,
         invocations: 64,
+        subgroups: false,
     },
 };
 
@@ -151,7 +152,16 @@ mod tests {
         };
         let gw = upload(&b, &p.w, 128 << 20);
         let x = random(1, 4);
-        let got = project(&b, &p, &gw, None, &x, &vec![f32::NAN; p.w.rows], false);
+        let got = project(
+            &b,
+            &b.kernels.matmul,
+            &p,
+            &gw,
+            None,
+            &x,
+            &vec![f32::NAN; p.w.rows],
+            false,
+        );
         let mut expect = vec![0.0; p.w.rows];
         matvec::cpu(&mut expect, &p.w, &x, CpuMode::Set);
         assert_close(&got, &expect, &p.what);

@@ -50,6 +50,10 @@ pub struct Needs {
     pub workgroup_bytes: u32,
     /// Invocations per workgroup (all in x).
     pub invocations: u32,
+    /// Subgroups of at least 8 invocations (wgpu's `SUBGROUP`): such a
+    /// kernel is a faster build of another, used where the device has them
+    /// ([`subgroups_of_8`]).
+    pub subgroups: bool,
 }
 
 /// One pipeline kvgpu builds: a kernel and its pipeline-overridable constants.
@@ -105,7 +109,13 @@ pub fn specialized_variants() -> Vec<Variant> {
         let up = DType::ALL[(i + 1) % DType::ALL.len()];
         out.push(embed::variant(dtype));
         out.push(matvec::variant(i % 2 == 0, dtype, up));
-        out.push(matmul::variant(i % 2 == 1, dtype, up));
+        out.push(matmul::variant(matmul::SHADER, i % 2 == 1, dtype, up));
+        out.push(matmul::variant(
+            matmul::SUBGROUP_SHADER,
+            i % 2 == 0,
+            dtype,
+            up,
+        ));
     }
     for shader in [
         attention::SHADER,
@@ -121,13 +131,14 @@ pub fn specialized_variants() -> Vec<Variant> {
 }
 
 /// Every kernel kvgpu uses (a test checks this against `shaders/`).
-pub const SHADERS: [Shader; 9] = [
+pub const SHADERS: [Shader; 10] = [
     argmax::SHADER,
     attention::SHADER,
     attention_combine::SHADER,
     embed::SHADER,
     kv_shift::SHADER,
     matmul::SHADER,
+    matmul::SUBGROUP_SHADER,
     matvec::SHADER,
     rmsnorm::SHADER,
     rope_append::SHADER,
@@ -138,7 +149,7 @@ pub const SHADERS: [Shader; 9] = [
 /// `dequant` (weight decoding) to those that read weights, `kv` (cache
 /// rows) to those that read or write the KV cache.
 #[cfg(test)]
-pub const LIBRARIES: [&str; 3] = ["dequant", "kv", "prelude"];
+pub const LIBRARIES: [&str; 4] = ["dequant", "kv", "matmul_tile", "prelude"];
 
 /// Matches WGSL `Step` in shaders/prelude.wgsl: the pass's first position,
 /// its number of tokens and the KV cache's page size (0: flat), padded to
@@ -187,16 +198,20 @@ pub struct Kernels {
     pub embed: embed::Embed,
     pub kv_shift: kv_shift::KvShift,
     pub matmul: matmul::Matmul,
+    pub matmul_subgroup: matmul::Matmul,
     pub matvec: matvec::Matvec,
     pub rmsnorm: rmsnorm::RmsNorm,
     pub rope_append: rope_append::RopeAppend,
+    /// Whether the device runs the subgroup builds ([`subgroups_of_8`]).
+    subgroups: bool,
 }
 
 impl Kernels {
     /// Checks that the device's `limits` allow every kernel; the first
     /// shortfall is an [`Error::DeviceLimit`] naming the kernel.
     pub fn check_limits(limits: &wgpu::Limits) -> Result<()> {
-        for s in SHADERS {
+        // A kernel that needs subgroups is built only where the device has them.
+        for s in SHADERS.iter().filter(|s| !s.needs.subgroups) {
             let n = s.needs;
             let checks = [
                 (
@@ -252,12 +267,31 @@ impl Kernels {
             attention_combine: attention_combine::AttentionCombine::new(&c),
             embed: embed::Embed::new(&c),
             kv_shift: kv_shift::KvShift::new(&c),
-            matmul: matmul::Matmul::new(&c),
+            matmul: matmul::Matmul::new(&c, matmul::SHADER),
+            matmul_subgroup: matmul::Matmul::new(&c, matmul::SUBGROUP_SHADER),
             matvec: matvec::Matvec::new(&c),
             rmsnorm: rmsnorm::RmsNorm::new(&c),
             rope_append: rope_append::RopeAppend::new(&c),
+            subgroups: subgroups_of_8(device),
         }
     }
+
+    /// The matrix-matrix kernel for this device: the subgroup build where
+    /// it has subgroups of at least 8, else the plain one.
+    pub fn matmul_for_device(&self) -> &matmul::Matmul {
+        match self.subgroups {
+            true => &self.matmul_subgroup,
+            false => &self.matmul,
+        }
+    }
+}
+
+/// Whether `device` runs kernels that need subgroups: wgpu's `SUBGROUP`
+/// feature enabled, and no subgroup smaller than 8 invocations (their
+/// input reads are shared 8 ways).
+pub fn subgroups_of_8(device: &wgpu::Device) -> bool {
+    device.features().contains(wgpu::Features::SUBGROUP)
+        && device.adapter_info().subgroup_min_size >= 8
 }
 
 /// What the ops compile their pipelines with.

@@ -360,7 +360,17 @@ mod tests {
         };
         for n in [1, 9] {
             let x = random(n * 256, 5);
-            let got = project(&b, &p, &gw, None, &x, &vec![f32::NAN; n * 59], false);
+            let matmul = b.kernels.matmul_for_device();
+            let got = project(
+                &b,
+                matmul,
+                &p,
+                &gw,
+                None,
+                &x,
+                &vec![f32::NAN; n * 59],
+                false,
+            );
             let mut expect = vec![0.0; n * 59];
             matmul::cpu(&mut expect, &p.w, &x, CpuMode::Set);
             assert_close(&got, &expect, &format!("{} tokens {n}", p.what));

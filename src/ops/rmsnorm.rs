@@ -15,6 +15,7 @@ pub const SHADER: Shader = Shader {
         textures: 0,
         workgroup_bytes: 1024,
         invocations: 256,
+        subgroups: false,
     },
 };
 

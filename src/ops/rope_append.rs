@@ -18,6 +18,7 @@ pub const SHADER: Shader = Shader {
         textures: 0,
         workgroup_bytes: 0,
         invocations: 64,
+        subgroups: false,
     },
 };
 

@@ -22,14 +22,7 @@ fn every_shader_parses_and_validates() {
                 continue;
             }
         };
-        // No optional features: the kernels must run on every adapter. The
-        // one capability is `unpack2x16float`'s, which every wgpu adapter but
-        // WebGL 2 has (wgpu's downlevel flag SHADER_F16_IN_F32).
-        let mut validator = naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
-        );
-        if let Err(e) = validator.validate(&module) {
+        if let Err(e) = validator(shader.needs).validate(&module) {
             failures.push(e.emit_to_string_with_path(shader.source, &path));
         }
         let has_main = module
@@ -41,6 +34,25 @@ fn every_shader_parses_and_validates() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A validator with the capabilities a kernel may use: `unpack2x16float`'s,
+/// which every wgpu adapter but WebGL 2 has (wgpu's downlevel flag
+/// SHADER_F16_IN_F32), and subgroup operations for the builds that need
+/// them (used only where the device has them); no other optional feature,
+/// so that the kernels run on every adapter.
+fn validator(needs: Needs) -> naga::valid::Validator {
+    use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet};
+    let mut capabilities = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    if needs.subgroups {
+        capabilities |= Capabilities::SUBGROUP;
+    }
+    let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities);
+    if needs.subgroups {
+        v.subgroup_stages(ShaderStages::COMPUTE);
+        v.subgroup_operations(SubgroupOperationSet::BASIC | SubgroupOperationSet::BALLOT);
+    }
+    v
 }
 
 fn shader_files() -> BTreeSet<String> {
@@ -167,11 +179,7 @@ fn module(variant: &Variant) -> (naga::Module, naga::valid::ModuleInfo) {
     let source = variant.shader.source;
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
-    let mut validator = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
-    );
-    let info = validator
+    let info = validator(variant.shader.needs)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
     let constants = variant
@@ -198,6 +206,7 @@ fn needs_match_the_shaders() {
             textures: 0,
             workgroup_bytes: 0,
             invocations: 0,
+            subgroups: false,
         };
         let mut layouter = naga::proc::Layouter::default();
         layouter.update(m.to_ctx()).unwrap();
@@ -213,6 +222,12 @@ fn needs_match_the_shaders() {
         }
         let main = m.entry_points.iter().find(|e| e.name == "main").unwrap();
         found.invocations = main.workgroup_size.iter().product();
+        found.subgroups = main.function.arguments.iter().any(|a| {
+            matches!(
+                a.binding,
+                Some(naga::Binding::BuiltIn(naga::BuiltIn::SubgroupInvocationId))
+            )
+        });
         if s.needs != found {
             wrong.push(format!(
                 "{}: declares {:?}, its source {found:?}",
@@ -252,7 +267,9 @@ fn host_validate(tool: &str, args: &[&str], file: &Path) -> Option<Result<(), St
 /// kernels), translated by naga for Metal (MSL),
 /// DX12 (HLSL, shader model 5.1), Vulkan (SPIR-V, checked by
 /// spirv-val) and GL ES 3.1 (GLSL, checked by glslangValidator): what
-/// wgpu does on those backends, without their hardware.
+/// wgpu does on those backends, without their hardware. Subgroup builds:
+/// MSL 2.4, shader model 6.0, SPIR-V 1.3, and no GL (wgpu offers
+/// subgroups on none of its GL adapters).
 #[test]
 fn every_variant_translates_for_every_backend() {
     let dir = std::env::temp_dir().join(format!("kvgpu-translate-{}", std::process::id()));
@@ -266,8 +283,11 @@ fn every_variant_translates_for_every_backend() {
         let (m, info) = module(v);
         let stage = naga::ShaderStage::Compute;
         // Metal.
+        // Subgroup builds need the versions that have subgroup operations
+        // (wgpu offers SUBGROUP on those alone, and never on GL).
+        let subgroups = v.shader.needs.subgroups;
         let options = naga::back::msl::Options {
-            lang_version: (2, 1),
+            lang_version: if subgroups { (2, 4) } else { (2, 1) },
             ..Default::default()
         };
         let pipeline = naga::back::msl::PipelineOptions {
@@ -280,7 +300,11 @@ fn every_variant_translates_for_every_backend() {
         // DX12.
         let mut hlsl = String::new();
         let options = naga::back::hlsl::Options {
-            shader_model: naga::back::hlsl::ShaderModel::V5_1,
+            shader_model: if subgroups {
+                naga::back::hlsl::ShaderModel::V6_0
+            } else {
+                naga::back::hlsl::ShaderModel::V5_1
+            },
             ..Default::default()
         };
         let pipeline = naga::back::hlsl::PipelineOptions {
@@ -292,7 +316,7 @@ fn every_variant_translates_for_every_backend() {
         }
         // Vulkan.
         let options = naga::back::spv::Options {
-            lang_version: (1, 0),
+            lang_version: if subgroups { (1, 3) } else { (1, 0) },
             ..Default::default()
         };
         let pipeline = naga::back::spv::PipelineOptions {
@@ -304,13 +328,17 @@ fn every_variant_translates_for_every_backend() {
             Ok(words) => {
                 let file = dir.join(format!("{i}.spv"));
                 std::fs::write(&file, bytemuck::cast_slice::<u32, u8>(&words)).unwrap();
-                let args = ["--target-env", "vulkan1.0"];
+                let env = if subgroups { "vulkan1.1" } else { "vulkan1.0" };
+                let args = ["--target-env", env];
                 if let Some(Err(e)) = host_validate("spirv-val", &args, &file) {
                     fail(v, "spirv-val", e);
                 }
             }
         }
         // GL ES 3.1.
+        if subgroups {
+            continue;
+        }
         let mut glsl = String::new();
         let options = naga::back::glsl::Options {
             version: naga::back::glsl::Version::Embedded {
@@ -349,7 +377,8 @@ fn every_variant_translates_for_every_backend() {
 }
 
 /// Each op's file defines its CPU twin and holds tests, and a test binds
-/// its kernel (in that file or through the shared projection harness).
+/// each of its kernels (in that file or through the shared projection
+/// harness).
 #[test]
 fn every_kernel_has_a_test_beside_it() {
     let harness = include_str!("testing.rs");
@@ -360,6 +389,7 @@ fn every_kernel_has_a_test_beside_it() {
         ("embed", include_str!("embed.rs")),
         ("kv_shift", include_str!("kv_shift.rs")),
         ("matmul", include_str!("matmul.rs")),
+        ("matmul_subgroup", include_str!("matmul.rs")),
         ("matvec", include_str!("matvec.rs")),
         ("rmsnorm", include_str!("rmsnorm.rs")),
         ("rope_append", include_str!("rope_append.rs")),
@@ -373,11 +403,18 @@ fn every_kernel_has_a_test_beside_it() {
             .split("#[cfg(test)]\nmod tests")
             .nth(1)
             .unwrap_or_else(|| panic!("kernel {} has no tests module", s.name));
-        let bound = format!("kernels.{}.bind(", s.name);
+        // `kernels.NAME.bind(`, or `kernels.NAME` handed to a binding helper.
+        let named = |text: &str| {
+            let name = format!("kernels.{}", s.name);
+            text.match_indices(&name).any(|(at, _)| {
+                let next = text[at + name.len()..].chars().next();
+                !next.is_some_and(|c| c.is_alphanumeric() || c == '_')
+            })
+        };
         assert!(
             source.contains("pub fn cpu(")
                 && tests.contains("#[test]")
-                && (tests.contains(&bound) || harness.contains(&bound)),
+                && (named(tests) || named(harness)),
             "kernel {}: needs a CPU twin, tests beside it, and a test that binds it",
             s.name
         );

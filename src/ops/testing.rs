@@ -225,9 +225,11 @@ pub fn projections() -> Vec<(Projection, u64)> {
 }
 
 /// GPU result of `p` for `n` tokens of `x` (n, cols) over `base` (n, rows):
-/// matvec (n = 1) or matmul.
+/// matvec (n = 1) or `matmul`'s build.
+#[allow(clippy::too_many_arguments)]
 pub fn project(
     b: &Bench,
+    matmul: &matmul::Matmul,
     p: &Projection,
     gw: &GpuTensor,
     gup: Option<&GpuTensor>,
@@ -271,7 +273,7 @@ pub fn project(
         out[t * out_stride..][..rows].copy_from_slice(row);
     }
     let (xb, ob, step) = (b.input(&padded), b.buffer(&out), b.step(0, n));
-    let d = b.kernels.matmul.bind(
+    let d = matmul.bind(
         &b.gpu.device,
         matmul::Bindings {
             out: &ob,
@@ -299,6 +301,10 @@ pub fn project(
 /// reference for every projection: `out = W x`, `out += W x`, SwiGLU.
 pub fn check_projections(tokens: &[usize]) {
     let b = require!(Bench::new());
+    let mut builds = vec![("matmul", &b.kernels.matmul)];
+    if super::subgroups_of_8(&b.gpu.device) {
+        builds.push(("matmul_subgroup", &b.kernels.matmul_subgroup));
+    }
     for (p, limit) in projections() {
         let (gw, gup) = match &p.up {
             Some(up) => {
@@ -323,7 +329,6 @@ pub fn check_projections(tokens: &[usize]) {
                 if add && p.up.is_some() {
                     continue;
                 }
-                let got = project(&b, &p, &gw, gup.as_ref(), &x, &base, add);
                 let mut expect = base.clone();
                 let mode = match (&p.up, add) {
                     (Some(up), _) => CpuMode::SwiGlu { up },
@@ -331,7 +336,6 @@ pub fn check_projections(tokens: &[usize]) {
                     (None, false) => CpuMode::Set,
                 };
                 matmul::cpu(&mut expect, &p.w, &x, mode);
-                let what = format!("{} tokens {n}{}", p.what, if add { " +=" } else { "" });
                 // f32 sums in another order: error relative to the sum of |terms|.
                 let mut bound = magnitude(&p.w, &x);
                 if let Some(up) = &p.up {
@@ -344,12 +348,18 @@ pub fn check_projections(tokens: &[usize]) {
                         bound[i] = (1.0 + bound[i] + a[i].abs()) * (1.0 + mb[i] + b[i].abs());
                     }
                 }
-                for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
-                    let tolerance = 1e-5 * (1.0 + bound[i] + base[i].abs());
-                    assert!(
-                        (g - e).abs() <= tolerance,
-                        "{what}: element {i}: gpu {g} vs cpu {e} (tolerance {tolerance})"
-                    );
+                // Each matmul build the device runs (n = 1 is matvec's).
+                for (build, matmul) in builds.iter().take(if n == 1 { 1 } else { builds.len() }) {
+                    let got = project(&b, matmul, &p, &gw, gup.as_ref(), &x, &base, add);
+                    let add = if add { " +=" } else { "" };
+                    let what = format!("{} tokens {n}{add} ({build})", p.what);
+                    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+                        let tolerance = 1e-5 * (1.0 + bound[i] + base[i].abs());
+                        assert!(
+                            (g - e).abs() <= tolerance,
+                            "{what}: element {i}: gpu {g} vs cpu {e} (tolerance {tolerance})"
+                        );
+                    }
                 }
             }
         }
