@@ -1,4 +1,4 @@
-// Weight decoding, prepended to matvec.wgsl, matmul.wgsl and embed.wgsl (not
+// Weight decoding, prepended to matvec_row.wgsl, matmul_tile.wgsl and embed.wgsl (not
 // a kernel on its own). Weights are the model file's raw little-endian bytes: F32, F16,
 // BF16, or GGML blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, Q2_K,
 // Q3_K, Q4_K, Q5_K, Q6_K; layouts in src/tensor/blocks.rs), read at any byte
@@ -31,7 +31,7 @@ struct Params {
     eps: f32,
 }
 
-// Projection modes (matvec.wgsl, matmul.wgsl).
+// Projection modes (matvec_row.wgsl, matmul_tile.wgsl).
 const MODE_SET: u32 = 0u;
 const MODE_ADD: u32 = 1u;
 const MODE_SWIGLU: u32 = 2u;

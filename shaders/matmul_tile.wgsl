@@ -4,7 +4,7 @@
 // `input8` and `main`): for each token t of a tile of up to 8 tokens of the
 // pass and each row r of a weight matrix (or one row-chunk of it) stored as
 // any dtype of dequant.wgsl, whose source is prepended to this file, by
-// `mode` (as matvec.wgsl):
+// `mode` (as matvec_row.wgsl):
 //   MODE_SET     out[t, out_offset + r]  = W[r] . x[t]
 //   MODE_ADD     out[t, out_offset + r] += W[r] . x[t]
 //   MODE_SWIGLU  out[t, out_offset + r]  = silu(W[r] . x[t]) * (W_up[r] . x[t])

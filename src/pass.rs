@@ -235,7 +235,7 @@ impl Dispatches {
                 mode,
                 norm,
             };
-            k.matvec.bind(device, b)
+            k.matvec_for_device().bind(device, b)
         };
         // A pass of several: out[t] (op)= W x[t].
         let many = |out, out_stride, w, x, x_stride, mode| {

@@ -1,6 +1,6 @@
 //! Projection of a prompt's tokens in one pass: `out[t] = W x[t]` (or `+=`,
 //! or SwiGLU) for every token, tiled so each weight is read once per 8
-//! tokens. See `shaders/matmul.wgsl`; the weights are a
+//! tokens. See `shaders/matmul_tile.wgsl`; the weights are a
 //! [`GpuTensor`] as for `matvec`.
 
 use super::projection::{input_binding, GpuTensor, Mode, MAX_COLS};
@@ -59,7 +59,7 @@ pub fn variant(shader: Shader, four_rows: bool, dtype: DType, up: DType) -> Vari
     }
 }
 
-/// Most tokens per launch; matches the accumulators in matmul.wgsl.
+/// Most tokens per launch; matches the accumulators in matmul_tile.wgsl.
 pub const TILE: usize = 8;
 
 /// What a prefill projection reads and writes, for up to `tokens` tokens

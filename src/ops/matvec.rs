@@ -1,33 +1,53 @@
 //! Projection of one token: `out = W x` (or `+=`, or SwiGLU of two
 //! matrices), W (rows, cols) in any [`DType`](crate::tensor::DType), split
-//! into row-chunks when larger than one texture. See `shaders/matvec.wgsl`.
+//! into row-chunks when larger than one texture. See `shaders/matvec_row.wgsl`.
 
 use super::projection::{input_binding, GpuTensor, Mode};
 use super::{grid, Dispatch, Needs, Pipelines, Shader, Variant};
 use crate::tensor::{DType, Tensor};
 
-/// `shaders/matvec.wgsl` after `shaders/dequant.wgsl`.
+/// `shaders/matvec.wgsl` after `shaders/dequant.wgsl` and
+/// `shaders/matvec_row.wgsl`: every thread reads its inputs.
 pub const SHADER: Shader = Shader {
     name: "matvec",
     source: concat!(
         include_str!("../../shaders/dequant.wgsl"),
+        include_str!("../../shaders/matvec_row.wgsl"),
         include_str!("../../shaders/matvec.wgsl")
     ),
+    needs: NEEDS,
+};
+
+/// The same product with each input read shared across a subgroup
+/// (`shaders/matvec_subgroup.wgsl` in place of `shaders/matvec.wgsl`).
+pub const SUBGROUP_SHADER: Shader = Shader {
+    name: "matvec_subgroup",
+    source: concat!(
+        include_str!("../../shaders/dequant.wgsl"),
+        include_str!("../../shaders/matvec_row.wgsl"),
+        include_str!("../../shaders/matvec_subgroup.wgsl")
+    ),
     needs: Needs {
-        storage_buffers: 1,
-        uniform_bytes: 65536,
-        textures: 2,
-        workgroup_bytes: 0,
-        invocations: 64,
-        subgroups: false,
+        subgroups: true,
+        ..NEEDS
     },
 };
 
-/// The build for weights of `dtype` (and an up projection of `up`) that
-/// normalises its input first when `norm` (overrides NORM, DTYPE, UP_DTYPE).
-pub fn variant(norm: bool, dtype: DType, up: DType) -> Variant {
+const NEEDS: Needs = Needs {
+    storage_buffers: 1,
+    uniform_bytes: 65536,
+    textures: 2,
+    workgroup_bytes: 0,
+    invocations: 64,
+    subgroups: false,
+};
+
+/// `shader`'s build for weights of `dtype` (and an up projection of `up`)
+/// that normalises its input first when `norm` (overrides NORM, DTYPE,
+/// UP_DTYPE).
+pub fn variant(shader: Shader, norm: bool, dtype: DType, up: DType) -> Variant {
     Variant {
-        shader: SHADER,
+        shader,
         constants: vec![
             ("NORM", f64::from(u8::from(norm))),
             ("DTYPE", dtype.gpu_id() as f64),
@@ -53,18 +73,21 @@ pub struct Bindings<'a> {
     pub norm: Option<(&'a wgpu::Buffer, f32)>,
 }
 
-/// The matvec kernel, plain and with the RMSNorm of its input, per
-/// storage type (see [`variant`]; compiled on first use).
+/// A build of the matvec kernel ([`SHADER`] or [`SUBGROUP_SHADER`]), plain
+/// and with the RMSNorm of its input, per storage type (see [`variant`];
+/// compiled on first use).
 #[derive(Debug)]
 pub struct Matvec {
+    shader: Shader,
     pipelines: Pipelines,
 }
 
 impl Matvec {
-    /// Prepares the kernel.
-    pub fn new(c: &super::Compiler) -> Self {
+    /// Prepares `shader`'s build of the kernel.
+    pub fn new(c: &super::Compiler, shader: Shader) -> Self {
         Self {
-            pipelines: Pipelines::new(c, SHADER),
+            shader,
+            pipelines: Pipelines::new(c, shader),
         }
     }
 
@@ -73,7 +96,7 @@ impl Matvec {
     pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
         let mut dispatch = Dispatch::none();
         for (mut params, c, up) in b.w.chunk_params(b.mode, b.w.rows) {
-            let v = variant(b.norm.is_some(), c.dtype, up.dtype);
+            let v = variant(self.shader, b.norm.is_some(), c.dtype, up.dtype);
             dispatch.set_pipeline(&self.pipelines.get(v.constants));
             params.eps = b.norm.map_or(0.0, |(_, eps)| eps);
             let resources = vec![
@@ -154,7 +177,7 @@ mod tests {
         let x = random(1, 4);
         let got = project(
             &b,
-            &b.kernels.matmul,
+            builds(&b)[0],
             &p,
             &gw,
             None,
@@ -192,14 +215,16 @@ mod tests {
                 .unwrap()
                 .unwrap();
             let gb = norm_weights(&b.gpu.device, "g", &g);
-            for swiglu in [false, true] {
+            for ((build, matvec, _), swiglu) in
+                builds(&b).into_iter().flat_map(|b| [(b, false), (b, true)])
+            {
                 let (mode, cpu_mode) = match swiglu {
                     true => (Mode::SwiGlu { up: &gup }, CpuMode::SwiGlu { up: &up }),
                     false => (Mode::Set, CpuMode::Set),
                 };
                 let ob = b.buffer(&vec![f32::NAN; rows]);
                 let xb = b.input(&x);
-                let d = b.kernels.matvec.bind(
+                let d = matvec.bind(
                     &b.gpu.device,
                     Bindings {
                         out: &ob,
@@ -227,7 +252,7 @@ mod tests {
                     let tolerance = 1e-5 * (1.0 + bound[i] + e.abs());
                     assert!(
                         (g - e).abs() <= tolerance,
-                        "{dtype:?} {rows}x{cols} swiglu {swiglu}: element {i}: {g} vs {e}"
+                        "{dtype:?} {rows}x{cols} swiglu {swiglu} ({build} build): element {i}: {g} vs {e}"
                     );
                 }
             }

@@ -108,7 +108,13 @@ pub fn specialized_variants() -> Vec<Variant> {
     for (i, dtype) in DType::ALL.into_iter().enumerate() {
         let up = DType::ALL[(i + 1) % DType::ALL.len()];
         out.push(embed::variant(dtype));
-        out.push(matvec::variant(i % 2 == 0, dtype, up));
+        out.push(matvec::variant(matvec::SHADER, i % 2 == 0, dtype, up));
+        out.push(matvec::variant(
+            matvec::SUBGROUP_SHADER,
+            i % 2 == 1,
+            dtype,
+            up,
+        ));
         out.push(matmul::variant(matmul::SHADER, i % 2 == 1, dtype, up));
         out.push(matmul::variant(
             matmul::SUBGROUP_SHADER,
@@ -131,7 +137,7 @@ pub fn specialized_variants() -> Vec<Variant> {
 }
 
 /// Every kernel kvgpu uses (a test checks this against `shaders/`).
-pub const SHADERS: [Shader; 10] = [
+pub const SHADERS: [Shader; 11] = [
     argmax::SHADER,
     attention::SHADER,
     attention_combine::SHADER,
@@ -140,6 +146,7 @@ pub const SHADERS: [Shader; 10] = [
     matmul::SHADER,
     matmul::SUBGROUP_SHADER,
     matvec::SHADER,
+    matvec::SUBGROUP_SHADER,
     rmsnorm::SHADER,
     rope_append::SHADER,
 ];
@@ -149,7 +156,7 @@ pub const SHADERS: [Shader; 10] = [
 /// `dequant` (weight decoding) to those that read weights, `kv` (cache
 /// rows) to those that read or write the KV cache.
 #[cfg(test)]
-pub const LIBRARIES: [&str; 4] = ["dequant", "kv", "matmul_tile", "prelude"];
+pub const LIBRARIES: [&str; 5] = ["dequant", "kv", "matmul_tile", "matvec_row", "prelude"];
 
 /// Matches WGSL `Step` in shaders/prelude.wgsl: the pass's first position,
 /// its number of tokens and the KV cache's page size (0: flat), padded to
@@ -200,6 +207,7 @@ pub struct Kernels {
     pub matmul: matmul::Matmul,
     pub matmul_subgroup: matmul::Matmul,
     pub matvec: matvec::Matvec,
+    pub matvec_subgroup: matvec::Matvec,
     pub rmsnorm: rmsnorm::RmsNorm,
     pub rope_append: rope_append::RopeAppend,
     /// Whether the device runs the subgroup builds ([`subgroups_of_8`]).
@@ -269,7 +277,8 @@ impl Kernels {
             kv_shift: kv_shift::KvShift::new(&c),
             matmul: matmul::Matmul::new(&c, matmul::SHADER),
             matmul_subgroup: matmul::Matmul::new(&c, matmul::SUBGROUP_SHADER),
-            matvec: matvec::Matvec::new(&c),
+            matvec: matvec::Matvec::new(&c, matvec::SHADER),
+            matvec_subgroup: matvec::Matvec::new(&c, matvec::SUBGROUP_SHADER),
             rmsnorm: rmsnorm::RmsNorm::new(&c),
             rope_append: rope_append::RopeAppend::new(&c),
             subgroups: subgroups_of_8(device),
@@ -282,6 +291,15 @@ impl Kernels {
         match self.subgroups {
             true => &self.matmul_subgroup,
             false => &self.matmul,
+        }
+    }
+
+    /// The matrix-vector kernel for this device, chosen as
+    /// [`Kernels::matmul_for_device`].
+    pub fn matvec_for_device(&self) -> &matvec::Matvec {
+        match self.subgroups {
+            true => &self.matvec_subgroup,
+            false => &self.matvec,
         }
     }
 }

@@ -391,6 +391,7 @@ fn every_kernel_has_a_test_beside_it() {
         ("matmul", include_str!("matmul.rs")),
         ("matmul_subgroup", include_str!("matmul.rs")),
         ("matvec", include_str!("matvec.rs")),
+        ("matvec_subgroup", include_str!("matvec.rs")),
         ("rmsnorm", include_str!("rmsnorm.rs")),
         ("rope_append", include_str!("rope_append.rs")),
     ];

@@ -224,12 +224,24 @@ pub fn projections() -> Vec<(Projection, u64)> {
     out
 }
 
+/// The builds of the projection kernels the test device runs: every
+/// thread reading its inputs, and (where it has subgroups of at least 8)
+/// each read shared across a subgroup.
+pub fn builds(b: &Bench) -> Vec<(&'static str, &matvec::Matvec, &matmul::Matmul)> {
+    let mut out = vec![("plain", &b.kernels.matvec, &b.kernels.matmul)];
+    if super::subgroups_of_8(&b.gpu.device) {
+        let subgroup = (&b.kernels.matvec_subgroup, &b.kernels.matmul_subgroup);
+        out.push(("subgroup", subgroup.0, subgroup.1));
+    }
+    out
+}
+
 /// GPU result of `p` for `n` tokens of `x` (n, cols) over `base` (n, rows):
-/// matvec (n = 1) or `matmul`'s build.
+/// `build`'s matvec (n = 1) or matmul.
 #[allow(clippy::too_many_arguments)]
 pub fn project(
     b: &Bench,
-    matmul: &matmul::Matmul,
+    build: (&str, &matvec::Matvec, &matmul::Matmul),
     p: &Projection,
     gw: &GpuTensor,
     gup: Option<&GpuTensor>,
@@ -246,7 +258,7 @@ pub fn project(
     };
     if n == 1 {
         let xb = b.input(x);
-        let d = b.kernels.matvec.bind(
+        let d = build.1.bind(
             &b.gpu.device,
             matvec::Bindings {
                 out: &ob,
@@ -273,7 +285,7 @@ pub fn project(
         out[t * out_stride..][..rows].copy_from_slice(row);
     }
     let (xb, ob, step) = (b.input(&padded), b.buffer(&out), b.step(0, n));
-    let d = matmul.bind(
+    let d = build.2.bind(
         &b.gpu.device,
         matmul::Bindings {
             out: &ob,
@@ -301,10 +313,6 @@ pub fn project(
 /// reference for every projection: `out = W x`, `out += W x`, SwiGLU.
 pub fn check_projections(tokens: &[usize]) {
     let b = require!(Bench::new());
-    let mut builds = vec![("matmul", &b.kernels.matmul)];
-    if super::subgroups_of_8(&b.gpu.device) {
-        builds.push(("matmul_subgroup", &b.kernels.matmul_subgroup));
-    }
     for (p, limit) in projections() {
         let (gw, gup) = match &p.up {
             Some(up) => {
@@ -348,11 +356,10 @@ pub fn check_projections(tokens: &[usize]) {
                         bound[i] = (1.0 + bound[i] + a[i].abs()) * (1.0 + mb[i] + b[i].abs());
                     }
                 }
-                // Each matmul build the device runs (n = 1 is matvec's).
-                for (build, matmul) in builds.iter().take(if n == 1 { 1 } else { builds.len() }) {
-                    let got = project(&b, matmul, &p, &gw, gup.as_ref(), &x, &base, add);
+                for build in builds(&b) {
+                    let got = project(&b, build, &p, &gw, gup.as_ref(), &x, &base, add);
                     let add = if add { " +=" } else { "" };
-                    let what = format!("{} tokens {n}{add} ({build})", p.what);
+                    let what = format!("{} tokens {n}{add} ({} build)", p.what, build.0);
                     for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
                         let tolerance = 1e-5 * (1.0 + bound[i] + base[i].abs());
                         assert!(
