@@ -13,7 +13,8 @@ use crate::sampler::Sampler;
 use crate::session::Session;
 use crate::tokenizer::{TextStream, Tokenizer};
 
-/// Something that decodes one token per call at the next position: the GPU
+/// Something that decodes tokens at the next positions, one per call (a
+/// greedy GPU session: blocks of them, [`Decoder::next_tokens`]): the GPU
 /// [`Session`], the [`CpuSession`] reference or [`NoCache`].
 pub trait Decoder {
     /// Which positions are filled, of how many the cache holds.
@@ -36,6 +37,21 @@ pub trait Decoder {
     fn feed(&mut self, tokens: &[u32]) -> Result<()>;
     /// Decodes a token and picks the next one.
     fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32>;
+    /// Decodes `token` and picks the next one, then (at most `steps` in all)
+    /// decodes each pick and picks again, stopping after a token of `stop`;
+    /// returns the picks. A [`Session`] decoding greedily runs them as one
+    /// block on the GPU ([`Session::greedy_block`]: one submit and one
+    /// readback); otherwise one token a call.
+    fn next_tokens(
+        &mut self,
+        token: u32,
+        sampler: &mut Sampler,
+        steps: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>> {
+        let _ = (steps, stop);
+        Ok(vec![self.next_token(token, sampler)?])
+    }
     /// Drops positions `n_keep .. n_keep + n_discard`, moving the rest
     /// down ([`Session::shift`]).
     fn shift(&mut self, n_keep: usize, n_discard: usize) -> Result<()>;
@@ -53,6 +69,18 @@ impl Decoder for Session {
     }
     fn next_token(&mut self, token: u32, sampler: &mut Sampler) -> Result<u32> {
         Session::next_token(self, token, sampler)
+    }
+    fn next_tokens(
+        &mut self,
+        token: u32,
+        sampler: &mut Sampler,
+        steps: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>> {
+        match sampler.is_greedy() && steps > 1 {
+            true => self.greedy_block(token, steps, stop),
+            false => Ok(vec![Session::next_token(self, token, sampler)?]),
+        }
     }
     fn shift(&mut self, n_keep: usize, n_discard: usize) -> Result<()> {
         Session::shift(self, n_keep, n_discard)
@@ -285,6 +313,11 @@ pub fn generate_shifting<D: Decoder + ?Sized>(
     )
 }
 
+/// Most greedy steps [`generate`] runs in one submit (one readback): on
+/// lavapipe launches dominate and the gain is small; on hardware a submit
+/// and a readback cost more than a small model's step.
+pub const GREEDY_BLOCK: usize = 16;
+
 /// [`generate`] from tokens (at least one) rather than text, without
 /// echoing them: for callers that build the prompt themselves, such as
 /// [`crate::Chat`]. The text is only what is sampled.
@@ -370,27 +403,37 @@ fn run<D: Decoder + ?Sized>(
     let mut positions = fed;
     let mut start = None;
     let mut ended = false;
-    while positions < steps {
+    while positions < steps && !ended {
         if let Some(shift) = shift.filter(|_| decoder.positions().room() == 0) {
             let rest = decoder.len() - shift.keep;
             decoder.shift(shift.keep, shift.discard.unwrap_or(rest / 2).clamp(1, rest))?;
         }
-        generated += 1;
-        let next = decoder.next_token(token, sampler)?;
-        positions += 1;
-        if tokenizer.is_end(next) {
-            generated -= 1; // the end token is not part of the text
-            ended = true;
-            break;
+        // After the first token (its latency is the prompt's), greedy
+        // sessions decode blocks of steps per submit, within the length and
+        // the room left.
+        let block = match start {
+            None => 1,
+            Some(_) => (steps - positions)
+                .min(decoder.positions().room())
+                .min(GREEDY_BLOCK),
+        };
+        let picks = decoder.next_tokens(token, sampler, block, tokenizer.end_tokens())?;
+        for next in picks {
+            positions += 1;
+            if tokenizer.is_end(next) {
+                ended = true; // the end token is not part of the text
+                break;
+            }
+            generated += 1;
+            let piece = tokenizer.decode(token, next)?;
+            out(&stream.push(piece), &mut text);
+            sampled.push(next);
+            token = next;
+            start.get_or_insert_with(|| {
+                first_token_seconds = began.elapsed().as_secs_f64();
+                (Instant::now(), positions)
+            });
         }
-        let piece = tokenizer.decode(token, next)?;
-        out(&stream.push(piece), &mut text);
-        sampled.push(next);
-        token = next;
-        start.get_or_insert_with(|| {
-            first_token_seconds = began.elapsed().as_secs_f64();
-            (Instant::now(), positions)
-        });
     }
     out(&stream.finish(), &mut text);
     let tokens_per_second = match start {

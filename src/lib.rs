@@ -72,7 +72,7 @@ pub use error::{Error, GgufError, Result, SnapshotError};
 pub use frame_budget::FrameBudget;
 pub use generate::{
     generate, generate_shifting, generate_tokens, ContextShift, Decoder, Generation, Length,
-    NoCache,
+    NoCache, GREEDY_BLOCK,
 };
 pub use gpu::Gpu;
 pub use gpu_model::GpuModel;

@@ -49,6 +49,25 @@ fn prompted_text_equals_llama2c() {
     check_text("Zoo", 60, Sampler::greedy(), ZOO);
 }
 
+#[test]
+fn greedy_generation_runs_blocks_of_steps_per_submit_and_stops_where_the_text_ends() {
+    let (model, tok) = require!(common::stories());
+    let gpu = require!(common::gpu());
+    let mut s = session(&gpu, &model);
+    // The whole context: the story ends at BOS (run.c's end) inside a block.
+    let gpu_run = generate(&mut s, &tok, &mut Sampler::greedy(), "", 0, |_| {}).unwrap();
+    let mut cpu = CpuSession::new(&model, None).unwrap();
+    let cpu_run = generate(&mut cpu, &tok, &mut Sampler::greedy(), "", 0, |_| {}).unwrap();
+    assert!(gpu_run.ended && gpu_run.positions < s.cache().capacity() - kvgpu::GREEDY_BLOCK);
+    assert_eq!(gpu_run.text, cpu_run.text);
+    assert_eq!(gpu_run.positions, cpu_run.positions);
+    // The cache ends at the end token, not at the end of its block.
+    assert_eq!(s.len(), gpu_run.positions);
+    // The first token alone (its latency), then one submit per block.
+    let blocks = (gpu_run.positions - 1).div_ceil(kvgpu::GREEDY_BLOCK) as u64;
+    assert_eq!(s.submissions(), 1 + blocks);
+}
+
 /// Tolerance for GPU vs CPU logits: both f32; the GPU sums in another order.
 const LOGIT_TOLERANCE: f32 = 1e-3;
 
