@@ -12,6 +12,16 @@ fn xg4(k: u32) -> vec4<f32> {
     return x[k] * g[k];
 }
 
+// x[0..4 n4] . x[0..4 n4], summed in every thread.
+fn sum_squares(n4: u32) -> f32 {
+    var ss = vec4<f32>(0.0);
+    for (var k = 0u; k < n4; k++) {
+        let v = x[k];
+        ss += v * v;
+    }
+    return ss.x + ss.y + ss.z + ss.w;
+}
+
 @compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,

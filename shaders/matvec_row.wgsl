@@ -1,16 +1,16 @@
 // Matrix-vector product (projection) for one token, the part both builds
 // share (matvec.wgsl reads the inputs in every thread, matvec_subgroup.wgsl
-// shares each read across a subgroup; either defines `x4`, `xg4` and
-// `main`): for each row r of a weight matrix (or one row-chunk of it)
+// shares each read across a subgroup; either defines `x4`, `xg4`,
+// `sum_squares` and `main`): for each row r of a weight matrix (or one row-chunk of it)
 // stored as any dtype of dequant.wgsl, whose source is prepended to this
 // file, by `mode`:
 //   MODE_SET     out[out_offset + r]  = W[r] . x
 //   MODE_ADD     out[out_offset + r] += W[r] . x      (residual add in the epilogue)
 //   MODE_SWIGLU  out[out_offset + r]  = silu(W[r] . x) * (W_up[r] . x)  (gate, up and SiLU in one pass)
 // Built with the override NORM = true, x is first replaced by rmsnorm(x) * g
-// (the RMSNorm before the projection, computed by every thread from the
-// uniform x: one dispatch fewer per norm; a constant, so the plain pipeline
-// pays nothing for it).
+// (the RMSNorm before the projection, its sum of squares computed by every
+// thread from the uniform x, or by a subgroup together: one dispatch fewer
+// per norm; a constant, so the plain pipeline pays nothing for it).
 //
 // Bindings (group 0):
 //   0 params: Params (uniform, dequant.wgsl)    { rows, cols, row_bytes, out_offset, mode, up_row_bytes,
@@ -311,15 +311,10 @@ fn q4k_byte(head: vec4<u32>, i: u32) -> u32 {
 fn row(group: u32, lid: u32) {
     let r = group * 64u + lid;
     let computed = select(0u, r, r < params.rows);
-    // RMSNorm: every thread sums the same squares from the uniform x.
+    // RMSNorm: every thread gets the same sum of squares of the uniform x.
     var scale = 1.0;
     if NORM {
-        var ss = vec4<f32>(0.0);
-        for (var k = 0u; k < (params.cols + 3u) / 4u; k++) {
-            let v = x4(k);
-            ss += v * v;
-        }
-        scale = 1.0 / sqrt((ss.x + ss.y + ss.z + ss.w) / f32(params.cols) + params.eps);
+        scale = 1.0 / sqrt(sum_squares((params.cols + 3u) / 4u) / f32(params.cols) + params.eps);
     }
     let a = scale * row_dot(w, DTYPE, computed * params.row_bytes, params.row_bytes, params.cols);
     var b = 0.0;

@@ -25,6 +25,21 @@ fn xg4(k: u32) -> vec4<f32> {
     return broadcast4(x[k][i] * g[k][i]);
 }
 
+// x[0..4 n4] . x[0..4 n4]: the i-th of a subgroup's m threads sums every
+// m-th vec4 from its i-th, then the subgroup adds the threads' sums (i and m
+// count the threads running, whatever the subgroup's size: every thread of
+// a subgroup gets the same sum, and subgroups of one size the same bits).
+fn sum_squares(n4: u32) -> f32 {
+    let i = subgroupExclusiveAdd(1u);
+    let m = subgroupAdd(1u);
+    var ss = vec4<f32>(0.0);
+    for (var k = i; k < n4; k += m) {
+        let v = x[k];
+        ss += v * v;
+    }
+    return subgroupAdd(ss.x + ss.y + ss.z + ss.w);
+}
+
 @compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,

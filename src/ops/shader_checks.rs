@@ -50,7 +50,12 @@ fn validator(needs: Needs) -> naga::valid::Validator {
     let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities);
     if needs.subgroups {
         v.subgroup_stages(ShaderStages::COMPUTE);
-        v.subgroup_operations(SubgroupOperationSet::BASIC | SubgroupOperationSet::BALLOT);
+        // wgpu's SUBGROUP promises these on every backend (Vulkan: basic,
+        // vote, arithmetic, ballot, shuffle, quad).
+        let ops = SubgroupOperationSet::BASIC
+            | SubgroupOperationSet::BALLOT
+            | SubgroupOperationSet::ARITHMETIC;
+        v.subgroup_operations(ops);
     }
     v
 }
