@@ -1,7 +1,10 @@
 // Weight decoding, prepended to matvec_row.wgsl, matmul_tile.wgsl and embed.wgsl (not
 // a kernel on its own). Weights are the model file's raw little-endian bytes: F32, F16,
 // BF16, or GGML blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, Q2_K,
-// Q3_K, Q4_K, Q5_K, Q6_K; layouts in src/tensor/blocks.rs), read at any byte
+// Q3_K, Q4_K, Q5_K, Q6_K; layouts in src/tensor/blocks.rs), Q8_0, Q4_0,
+// IQ4_NL and Q4_1 blocks regrouped on upload (`grouped_blocks` in
+// src/ops/projection.rs: per group of 8 blocks, or 4 of Q4_1, one texel of
+// their f16 headers, then each block's quants as whole texels), read at any byte
 // alignment, 8 values at a time from whole 16-byte texels, decoded to f32
 // with the same operations in the same order as the host (bit-exact). The bytes live in an rgba32uint texture used as linear
 // memory, 16 bytes a texel and TEXELS_PER_ROW texels a texture row: software
@@ -16,7 +19,8 @@
 // matmul, embed), matching `Params` in src/ops/matvec.rs: the matrix (or
 // row-chunk) shape and storage, where its outputs go, and what to do with
 // them (`mode`); then matmul's tile of tokens; then the epsilon of matvec's
-// RMSNorm of its input (pipelines built with NORM).
+// RMSNorm of its input (pipelines built with NORM); then the shape of the
+// q, k and v rows and the cache storage (matvec built with ROPE).
 struct Params {
     rows: u32,
     cols: u32,
@@ -29,6 +33,10 @@ struct Params {
     first_token: u32,
     tile: u32,
     eps: f32,
+    q_dim: u32,
+    kv_dim: u32,
+    head_size: u32,
+    kv_dtype: u32,
 }
 
 // Projection modes (matvec_row.wgsl, matmul_tile.wgsl).
@@ -223,25 +231,49 @@ fn bf16x8(tex: texture_2d<u32>, row: u32, c: u32) -> mat2x4<f32> {
     return mat2x4(vec4(lo.x, hi.x, lo.y, hi.y), vec4(lo.z, hi.z, lo.w, hi.w));
 }
 
+// The first texel of block b's group (grouped blocks: `blocks` a group,
+// `quant_texels` texels of quants each) in a row starting at byte `row`
+// (rows of grouped blocks start on a texel).
+fn group_texel(row: u32, b: u32, blocks: u32, quant_texels: u32) -> u32 {
+    return row / 16u + (b / blocks) * (1u + blocks * quant_texels);
+}
+
+// f16 header j of a group's header texel (8 of them).
+fn half_of(head: vec4<u32>, j: u32) -> f32 {
+    return unpack2x16float(head[j / 2u] >> ((j % 2u) * 16u)).x;
+}
+
+// Values v .. v + 8 (v % 8 == 0) of a 32-value block of nibbles `q` (value
+// v < 16 in byte v's low nibble, v + 16 in its high one).
+fn nibbles_of(q: vec4<u32>, v: u32) -> U8x8 {
+    let w = select(q.xy, q.zw, v % 16u >= 8u);
+    let s = vec4((v / 16u) * 4u);
+    return U8x8((u8x4(w.x) >> s) & vec4(15u), (u8x4(w.y) >> s) & vec4(15u));
+}
+
 fn q8_0x8(tex: texture_2d<u32>, row: u32, c: u32) -> mat2x4<f32> {
-    // 8 of the block's 32 bytes.
-    let block = row + (c / 32u) * 34u;
-    let q = words_at(tex, block + 2u + c % 32u);
-    let d = f16_at(tex, block);
-    return mat2x4(d * i8x4(q.x), d * i8x4(q.y));
+    // 8 of the block's 32 bytes (2 texels).
+    let b = c / 32u;
+    let t0 = group_texel(row, b, 8u, 2u);
+    let d = half_of(texel(tex, t0), b % 8u);
+    let q = texel(tex, t0 + 1u + 2u * (b % 8u) + (c % 32u) / 16u);
+    let w = select(q.xy, q.zw, c % 16u >= 8u);
+    return mat2x4(d * i8x4(w.x), d * i8x4(w.y));
 }
 
 fn q4_0x8(tex: texture_2d<u32>, row: u32, c: u32) -> mat2x4<f32> {
-    let block = row + (c / 32u) * 18u;
-    let q = floats(nibbles8(tex, block + 2u, c % 32u));
-    let d = f16_at(tex, block);
+    let b = c / 32u;
+    let t0 = group_texel(row, b, 8u, 1u);
+    let d = half_of(texel(tex, t0), b % 8u);
+    let q = floats(nibbles_of(texel(tex, t0 + 1u + b % 8u), c % 32u));
     return mat2x4(d * (q[0] - 8.0), d * (q[1] - 8.0));
 }
 
 fn q4_1x8(tex: texture_2d<u32>, row: u32, c: u32) -> mat2x4<f32> {
-    let block = row + (c / 32u) * 20u;
-    let dm = unpack2x16float(words_at(tex, block).x);
-    let q = floats(nibbles8(tex, block + 4u, c % 32u));
+    let b = c / 32u;
+    let t0 = group_texel(row, b, 4u, 1u);
+    let dm = unpack2x16float(texel(tex, t0)[b % 4u]);
+    let q = floats(nibbles_of(texel(tex, t0 + 1u + b % 4u), c % 32u));
     return mat2x4(dm.x * q[0] + dm.y, dm.x * q[1] + dm.y);
 }
 
@@ -266,9 +298,10 @@ fn q5_1x8(tex: texture_2d<u32>, row: u32, c: u32) -> mat2x4<f32> {
 }
 
 fn iq4_nlx8(tex: texture_2d<u32>, row: u32, c: u32) -> mat2x4<f32> {
-    let block = row + (c / 32u) * 18u;
-    let q = nibbles8(tex, block + 2u, c % 32u);
-    let d = f16_at(tex, block);
+    let b = c / 32u;
+    let t0 = group_texel(row, b, 8u, 1u);
+    let d = half_of(texel(tex, t0), b % 8u);
+    let q = nibbles_of(texel(tex, t0 + 1u + b % 8u), c % 32u);
     return mat2x4(d * iq4nl(q.a), d * iq4nl(q.b));
 }
 

@@ -208,13 +208,14 @@ fn rows_tile(tex: texture_2d<u32>, dtype: u32, r1: u32, r2: u32, r3: u32, r4: u3
             }
         }
         case DTYPE_Q4_1: {
-            // A block (32 values) of each row at a time: its 20 bytes fetched
-            // once (2 texels), then its four groups of 8 decoded from them.
+            // A block (32 values) of each row at a time: its scales' texel
+            // and its nibbles' (dequant.wgsl's groups), then its four
+            // groups of 8 decoded from them.
             for (var b = 0u; b < cols / 32u; b++) {
-                let k1 = q4_1_block(tex, r1 + 20u * b);
-                let k2 = q4_1_block(tex, r2 + 20u * b);
-                let k3 = q4_1_block(tex, r3 + 20u * b);
-                let k4 = q4_1_block(tex, r4 + 20u * b);
+                let k1 = q4_1_block(tex, r1, b);
+                let k2 = q4_1_block(tex, r2, b);
+                let k3 = q4_1_block(tex, r3, b);
+                let k4 = q4_1_block(tex, r4, b);
                 let g = 4u * b;
                 accumulate(q4_1_group(k1, 0u), q4_1_group(k2, 0u), q4_1_group(k3, 0u), q4_1_group(k4, 0u), g);
                 accumulate(q4_1_group(k1, 1u), q4_1_group(k2, 1u), q4_1_group(k3, 1u), q4_1_group(k4, 1u), g + 1u);
@@ -276,25 +277,17 @@ fn rows_tile(tex: texture_2d<u32>, dtype: u32, r1: u32, r2: u32, r3: u32, r4: u3
     }
 }
 
-// A Q4_1 block's 20 bytes from byte `at` (a multiple of 4, as every Q4_1
-// row starts on one): f16 d and m, then 16 bytes of nibbles (value v < 16
-// in byte v's low nibble, v + 16 in its high one). Two texel fetches,
-// whichever word of the first texel the block starts at.
+// Block b of a Q4_1 row starting at byte `row`: f16 d and m, and 16 bytes
+// of nibbles (value v < 16 in byte v's low nibble, v + 16 in its high
+// one). Two texel fetches (dequant.wgsl's groups of 4 blocks).
 struct Q4_1Block {
     dm: vec2<f32>,
     q: vec4<u32>,
 }
 
-fn q4_1_block(tex: texture_2d<u32>, at: u32) -> Q4_1Block {
-    let a = texel(tex, at / 16u);
-    let b = texel(tex, at / 16u + 1u);
-    let f = (at % 16u) / 4u;
-    let head = select(select(select(a.x, a.y, f == 1u), a.z, f == 2u), a.w, f == 3u);
-    let q1 = vec4(a.yzw, b.x);
-    let q2 = vec4(a.zw, b.xy);
-    let q3 = vec4(a.w, b.xyz);
-    let q = select(select(select(q1, q2, f == 1u), q3, f == 2u), b, f == 3u);
-    return Q4_1Block(unpack2x16float(head), q);
+fn q4_1_block(tex: texture_2d<u32>, row: u32, b: u32) -> Q4_1Block {
+    let t0 = group_texel(row, b, 4u, 1u);
+    return Q4_1Block(unpack2x16float(texel(tex, t0)[b % 4u]), texel(tex, t0 + 1u + b % 4u));
 }
 
 // Values 8 k .. 8 k + 8 of a Q4_1 block: d q + m.

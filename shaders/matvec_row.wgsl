@@ -12,21 +12,34 @@
 // thread from the uniform x, or by a subgroup together: one dispatch fewer
 // per norm; a constant, so the plain pipeline pays nothing for it).
 //
+// Built with the override ROPE = true, the projection is a decode step's
+// QKV (rows: q_dim of q, kv_dim of k, kv_dim of v) into a flat f32 or f16
+// cache, and its epilogue does rope_append.wgsl's work for the token (one
+// launch fewer): rows 2i and 2i + 1 meet in workgroup memory, q's pair is
+// rotated into `out`, k's rotated and v's stored into row step.pos of the
+// caches.
+//
 // Bindings (group 0):
-//   0 params: Params (uniform, dequant.wgsl)    { rows, cols, row_bytes, out_offset, mode, up_row_bytes,
-//                                                 out_stride, x_stride, first_token, tile (matmul only), eps (NORM only) }
-//   1 w:      texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
-//   2 x:      array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values
-//   3 out:    array<f32> (storage)              (out_offset + rows,)
-//   4 w_up:   texture_2d<u32>                   (rows, up_row_bytes) raw bytes; MODE_SWIGLU only (else w again)
-//   5 g:      array<vec4<f32>, 4096> (uniform)  (cols,) RMSNorm weights, zero-padded; NORM only (else x again)
+//   0 params:  Params (uniform, dequant.wgsl)    { rows, cols, row_bytes, out_offset, mode, up_row_bytes,
+//                                                  out_stride, x_stride, first_token, tile (matmul only), eps (NORM only),
+//                                                  q_dim, kv_dim, head_size, kv_dtype (ROPE only) }
+//   1 w:       texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
+//   2 x:       array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values
+//   3 out:     array<f32> (storage)              (out_offset + rows,); ROPE: (q_dim,) rotated q
+//   4 w_up:    texture_2d<u32>                   (rows, up_row_bytes) raw bytes; MODE_SWIGLU only (else w again)
+//   5 g:       array<vec4<f32>, 4096> (uniform)  (cols,) RMSNorm weights, zero-padded; NORM only (else x again)
+//   6 step:    RopeStep (uniform)                { pos, n, page }: the pass's Step (prelude.wgsl); ROPE only (else x)
+//   7 table:   array<f32> (storage)              (capacity, head_size / 2, 2) = (cos, sin); ROPE only (else out)
+//   8 k_cache: array<u32> (storage)              (capacity, kv_dim) f32, or (capacity, kv_dim / 2) f16 pairs; ROPE only (else out)
+//   9 v_cache: array<u32> (storage)              as k_cache
 //
 // One thread per row, 64 rows per workgroup, f32 accumulation, no barriers.
 // x is a uniform buffer: every thread reads the same x[c] (software
 // adapters still gather it thread by thread where its address changes in a
-// loop, hence the subgroup build). F32, F16, Q8_0 and Q4_0
-// read 16 bytes at a time at any alignment (4 or 8 values, half a block or a
-// block; Q4_1, Q5_0, Q5_1 and IQ4_NL likewise, a block at a time), Q4_K a
+// loop, hence the subgroup build). F32 and F16 read 16 bytes at a time at
+// any alignment (4 or 8 values), Q8_0, Q4_0, Q4_1 and IQ4_NL a texel of a
+// group's scales and then each block's texels (regrouped on upload), Q5_0
+// and Q5_1 a block at a time, Q4_K a
 // texel at a time, the other types 8 values at a time (dequant.wgsl's x8
 // functions), and so do float rows' tails. Grids of
 // more than 65535 workgroups spill into y.
@@ -36,6 +49,24 @@
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var w_up: texture_2d<u32>;
 @group(0) @binding(5) var<uniform> g: array<vec4<f32>, 4096>;
+@group(0) @binding(6) var<uniform> step: RopeStep;
+// Only read; read_write so that other builds can bind `out` here.
+@group(0) @binding(7) var<storage, read_write> table: array<f32>;
+@group(0) @binding(8) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(9) var<storage, read_write> v_cache: array<u32>;
+
+// Whether the epilogue rotates and appends (the QKV of a decode step).
+override ROPE: bool = false;
+
+// prelude.wgsl's Step.
+struct RopeStep {
+    pos: u32,
+    n: u32,
+    page: u32,
+}
+
+// Each thread's result, for its pair's other thread (ROPE).
+var<workgroup> results: array<f32, 64>;
 
 // Whether the input is RMS-normalised first (one pipeline each way).
 override NORM: bool = false;
@@ -91,33 +122,44 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
             done = cols / 8u * 8u;
         }
         case DTYPE_Q8_0: {
-            // Blocks of 34 bytes: f16 scale, 32 x i8.
-            for (var b = 0u; b < cols / 32u; b++) {
-                let at = row + 34u * b;
-                var block = vec4<f32>(0.0);
-                for (var h = 0u; h < 2u; h++) {
-                    let q = words_at(tex, at + 2u + 16u * h);
-                    let x0 = 8u * b + 4u * h;
-                    block += i8x4(q.x) * input(x0) + i8x4(q.y) * input(x0 + 1u);
-                    block += i8x4(q.z) * input(x0 + 2u) + i8x4(q.w) * input(x0 + 3u);
+            // Groups of 8 blocks (dequant.wgsl): a texel of their f16
+            // scales, then 32 x i8 a block (2 texels).
+            let blocks = cols / 32u;
+            for (var g = 0u; g < (blocks + 7u) / 8u; g++) {
+                let t0 = row / 16u + 17u * g;
+                let head = texel(tex, t0);
+                for (var j = 0u; j < min(8u, blocks - 8u * g); j++) {
+                    let b = 8u * g + j;
+                    var block = vec4<f32>(0.0);
+                    for (var h = 0u; h < 2u; h++) {
+                        let q = texel(tex, t0 + 1u + 2u * j + h);
+                        let x0 = 8u * b + 4u * h;
+                        block += i8x4(q.x) * input(x0) + i8x4(q.y) * input(x0 + 1u);
+                        block += i8x4(q.z) * input(x0 + 2u) + i8x4(q.w) * input(x0 + 3u);
+                    }
+                    acc += half_of(head, j) * block;
                 }
-                acc += f16_at(tex, at) * block;
             }
             done = cols;
         }
         case DTYPE_Q4_0: {
-            // Blocks of 18 bytes: f16 scale, 16 bytes of nibbles (low: values 0..16, high: 16..32).
-            for (var b = 0u; b < cols / 32u; b++) {
-                let at = row + 18u * b;
-                let q = words_at(tex, at + 2u);
-                var block = vec4<f32>(0.0);
-                for (var k = 0u; k < 4u; k++) {
-                    let w = q[k];
-                    let lo = vec4<f32>(vec4(w, w >> 8u, w >> 16u, w >> 24u) & vec4(15u)) - 8.0;
-                    let hi = vec4<f32>(vec4(w >> 4u, w >> 12u, w >> 20u, w >> 28u) & vec4(15u)) - 8.0;
-                    block += lo * input(8u * b + k) + hi * input(8u * b + 4u + k);
+            // Groups of 8 blocks: a texel of their f16 scales, then 16 bytes
+            // of nibbles a block (low: values 0..16, high: 16..32).
+            let blocks = cols / 32u;
+            for (var g = 0u; g < (blocks + 7u) / 8u; g++) {
+                let t0 = row / 16u + 9u * g;
+                let head = texel(tex, t0);
+                for (var j = 0u; j < min(8u, blocks - 8u * g); j++) {
+                    let b = 8u * g + j;
+                    let q = texel(tex, t0 + 1u + j);
+                    var block = vec4<f32>(0.0);
+                    for (var k = 0u; k < 4u; k++) {
+                        let lo = nibbles(q[k]) - 8.0;
+                        let hi = nibbles(q[k] >> 4u) - 8.0;
+                        block += lo * input(8u * b + k) + hi * input(8u * b + 4u + k);
+                    }
+                    acc += half_of(head, j) * block;
                 }
-                acc += f16_at(tex, at) * block;
             }
             done = cols;
         }
@@ -163,21 +205,27 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
             done = cols / 8u * 8u;
         }
         case DTYPE_Q4_1: {
-            // Blocks of 20 bytes: f16 d and m, 16 bytes of nibbles as Q4_0's.
-            // d q + m summed: d (q . x) + m (sum of x).
-            for (var b = 0u; b < cols / 32u; b++) {
-                let at = row + 20u * b;
-                let dm = unpack2x16float(words_at(tex, at).x);
-                let q = words_at(tex, at + 4u);
-                var block = vec4<f32>(0.0);
-                var xs = vec4<f32>(0.0);
-                for (var k = 0u; k < 4u; k++) {
-                    let xl = input(8u * b + k);
-                    let xh = input(8u * b + 4u + k);
-                    block += nibbles(q[k]) * xl + nibbles(q[k] >> 4u) * xh;
-                    xs += xl + xh;
+            // Groups of 4 blocks: a texel of their f16 (d, m) pairs, then 16
+            // bytes of nibbles a block as Q4_0's. d q + m summed: d (q . x)
+            // + m (sum of x).
+            let blocks = cols / 32u;
+            for (var g = 0u; g < (blocks + 3u) / 4u; g++) {
+                let t0 = row / 16u + 5u * g;
+                let head = texel(tex, t0);
+                for (var j = 0u; j < min(4u, blocks - 4u * g); j++) {
+                    let b = 4u * g + j;
+                    let dm = unpack2x16float(head[j]);
+                    let q = texel(tex, t0 + 1u + j);
+                    var block = vec4<f32>(0.0);
+                    var xs = vec4<f32>(0.0);
+                    for (var k = 0u; k < 4u; k++) {
+                        let xl = input(8u * b + k);
+                        let xh = input(8u * b + 4u + k);
+                        block += nibbles(q[k]) * xl + nibbles(q[k] >> 4u) * xh;
+                        xs += xl + xh;
+                    }
+                    acc += dm.x * block + dm.y * xs;
                 }
-                acc += dm.x * block + dm.y * xs;
             }
             done = cols;
         }
@@ -220,17 +268,22 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
             done = cols;
         }
         case DTYPE_IQ4_NL: {
-            // Blocks of 18 bytes: f16 d, nibbles indexing IQ4_NL's 16 levels.
-            for (var b = 0u; b < cols / 32u; b++) {
-                let at = row + 18u * b;
-                let q = words_at(tex, at + 2u);
-                var block = vec4<f32>(0.0);
-                for (var k = 0u; k < 4u; k++) {
-                    let lo = iq4nl(vec4(q[k], q[k] >> 8u, q[k] >> 16u, q[k] >> 24u) & vec4(15u));
-                    let hi = iq4nl(vec4(q[k] >> 4u, q[k] >> 12u, q[k] >> 20u, q[k] >> 28u) & vec4(15u));
-                    block += lo * input(8u * b + k) + hi * input(8u * b + 4u + k);
+            // Grouped as Q4_0: nibbles indexing IQ4_NL's 16 levels.
+            let blocks = cols / 32u;
+            for (var g = 0u; g < (blocks + 7u) / 8u; g++) {
+                let t0 = row / 16u + 9u * g;
+                let head = texel(tex, t0);
+                for (var j = 0u; j < min(8u, blocks - 8u * g); j++) {
+                    let b = 8u * g + j;
+                    let q = texel(tex, t0 + 1u + j);
+                    var block = vec4<f32>(0.0);
+                    for (var k = 0u; k < 4u; k++) {
+                        let lo = iq4nl(vec4(q[k], q[k] >> 8u, q[k] >> 16u, q[k] >> 24u) & vec4(15u));
+                        let hi = iq4nl(vec4(q[k] >> 4u, q[k] >> 12u, q[k] >> 20u, q[k] >> 28u) & vec4(15u));
+                        block += lo * input(8u * b + k) + hi * input(8u * b + 4u + k);
+                    }
+                    acc += half_of(head, j) * block;
                 }
-                acc += f16_at(tex, at) * block;
             }
             done = cols;
         }
@@ -321,7 +374,71 @@ fn row(group: u32, lid: u32) {
     if params.mode == MODE_SWIGLU {
         b = scale * row_dot(w_up, UP_DTYPE, computed * params.up_row_bytes, params.up_row_bytes, params.cols);
     }
+    if ROPE {
+        // Chunks and workgroups start on even rows: a pair is two neighbours.
+        results[lid] = a;
+        workgroupBarrier();
+        if r < params.rows && lid % 2u == 0u {
+            rope_append(params.out_offset + r, vec2(a, results[lid + 1u]));
+        }
+        return;
+    }
     if r < params.rows {
         project(params.out_offset + r, a, b);
     }
+}
+
+// Rows o and o + 1 (o even) of a QKV projection, as rope_append.wgsl
+// stores them for one token at position step.pos: q rotated into `out`, k
+// rotated and v into the caches' row step.pos (f32, or an f16 pair a word).
+fn rope_append(o: u32, v: vec2<f32>) {
+    let pos = step.pos;
+    let kv = params.kv_dim;
+    if o < params.q_dim {
+        let q = rotate(v, angle(pos, o));
+        out[o] = q.x;
+        out[o + 1u] = q.y;
+        return;
+    }
+    let is_k = o < params.q_dim + kv;
+    let c = select(o - params.q_dim - kv, o - params.q_dim, is_k);
+    let value = select(v, rotate(v, angle(pos, c)), is_k);
+    // The host never steps past capacity; the check keeps a bad position
+    // from landing outside the cache.
+    if params.kv_dtype == 0u {
+        // f32 (KvDtype F32)
+        let at = pos * kv + c;
+        if at + 1u >= arrayLength(&k_cache) {
+            return;
+        }
+        if is_k {
+            k_cache[at] = bitcast<u32>(value.x);
+            k_cache[at + 1u] = bitcast<u32>(value.y);
+        } else {
+            v_cache[at] = bitcast<u32>(value.x);
+            v_cache[at + 1u] = bitcast<u32>(value.y);
+        }
+    } else {
+        // f16 pairs (KvDtype F16)
+        let at = pos * (kv / 2u) + c / 2u;
+        if at >= arrayLength(&k_cache) {
+            return;
+        }
+        if is_k {
+            k_cache[at] = pack2x16float(value);
+        } else {
+            v_cache[at] = pack2x16float(value);
+        }
+    }
+}
+
+// As rope_append.wgsl: a pair rotated by (cos, sin), and the (cos, sin) of
+// pair (c, c + 1) of a head at `pos`.
+fn rotate(a: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
+    return vec2(a.x * cs.x - a.y * cs.y, a.x * cs.y + a.y * cs.x);
+}
+
+fn angle(pos: u32, c: u32) -> vec2<f32> {
+    let at = 2u * (pos * (params.head_size / 2u) + (c % params.head_size) / 2u);
+    return vec2(table[at], table[at + 1u]);
 }

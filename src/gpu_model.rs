@@ -81,7 +81,8 @@ impl GpuModel {
             .min(limits.max_buffer_size);
         let chunk_limit = GpuTensor::chunk_limit(&gpu.device);
         for t in w.tensors() {
-            let row = t.row_bytes() as u64;
+            let row =
+                projection::gpu_row_bytes(t.dtype, t.cols).expect("checked at creation") as u64;
             if row > chunk_limit {
                 return Err(Error::ModelTooLarge {
                     what: format!("one row of a {:?}", t),

@@ -5,7 +5,7 @@
 //! the same order with the same comments.
 
 use crate::gpu_model::GpuModel;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvDtype};
 use crate::ops::projection::{input_stride, GpuTensor, Mode, MAX_COLS};
 use crate::ops::rmsnorm::Rows;
 use crate::ops::{
@@ -161,6 +161,7 @@ struct LayerDispatches {
     att_norm: Dispatch,
     /// qkv = Wqkv n
     qkv: Projection,
+    /// q = rope(q), cache ∪ (rope(k), v); in the decode QKV's epilogue where the cache allows.
     rope_append: Dispatch,
     attention: Dispatch,
     /// Merges attention's splits; recorded only when a token of the pass
@@ -188,6 +189,9 @@ pub(crate) struct Dispatches {
     argmax: Dispatch,
     /// Whether decode steps fold the RMSNorms into the projections.
     norm_in_projection: bool,
+    /// Whether a decode step's QKV projection rotates and appends (no
+    /// rope_append launch).
+    rope_in_qkv: bool,
 }
 
 impl Dispatches {
@@ -226,17 +230,20 @@ impl Dispatches {
             )
         };
         // One token: out (op)= W x, x a uniform row; with `norm`, x is
-        // replaced by rmsnorm(x) * g first.
-        let one = |out, w, x, mode, norm| {
+        // replaced by rmsnorm(x) * g first; with `rope`, W is QKV and the
+        // epilogue rotates and appends.
+        let one_rope = |out, w, x, mode, norm, rope| {
             let b = matvec::Bindings {
                 out,
                 w,
                 x,
                 mode,
                 norm,
+                rope,
             };
             k.matvec_for_device().bind(device, b)
         };
+        let one = |out, w, x, mode, norm| one_rope(out, w, x, mode, norm, None);
         // A pass of several: out[t] (op)= W x[t].
         let many = |out, out_stride, w, x, x_stride, mode| {
             let b = matmul::Bindings {
@@ -259,6 +266,16 @@ impl Dispatches {
             false => (&a.xb, None),
         };
         let folded = |g| fold.map(|()| (g, eps));
+        // A decode step's QKV rotates and appends in its epilogue where the
+        // cache is flat f32 or f16 (quantized blocks span threads: their own kernel).
+        let rope_in_qkv = !paged && matches!(cache.dtype(), KvDtype::F32 | KvDtype::F16);
+        let shape = rope_append::Shape {
+            q_dim: d,
+            kv_dim: kv,
+            head_size: c.head_size(),
+            capacity,
+            kv_dtype: cache.dtype(),
+        };
         // Token embedding: each token's row becomes its residual stream x.
         let embed = k.embed.bind(
             device,
@@ -280,7 +297,26 @@ impl Dispatches {
                     // (q, k, v) = Wqkv rmsnorm(x).
                     att_norm: norm(&a.xb, &w.rms_att, Rows::All),
                     qkv: Projection {
-                        decode: one(&a.qkv, &w.wqkv, decode_input, Mode::Set, folded(&w.rms_att)),
+                        decode: match rope_in_qkv {
+                            // q = rope(Wq n), cache row pos = (rope(Wk n), Wv n)
+                            true => one_rope(
+                                &a.q,
+                                &w.wqkv,
+                                decode_input,
+                                Mode::Set,
+                                folded(&w.rms_att),
+                                Some(matvec::RopeAppend {
+                                    step: &a.step,
+                                    table: &model.rope_table,
+                                    k_cache: &kc.k,
+                                    v_cache: &kc.v,
+                                    shape,
+                                }),
+                            ),
+                            false => {
+                                one(&a.qkv, &w.wqkv, decode_input, Mode::Set, folded(&w.rms_att))
+                            }
+                        },
                         prefill: many(&a.qkv, d + 2 * kv, &w.wqkv, &a.xb, sd, Mode::Set),
                     },
                     rope_append: k.rope_append.bind(
@@ -294,13 +330,7 @@ impl Dispatches {
                             paging: &a.paging,
                             paged,
                             table: &model.rope_table,
-                            shape: rope_append::Shape {
-                                q_dim: d,
-                                kv_dim: kv,
-                                head_size: c.head_size(),
-                                capacity,
-                                kv_dtype: cache.dtype(),
-                            },
+                            shape,
                         },
                     ),
                     attention: k.attention.bind(
@@ -371,6 +401,7 @@ impl Dispatches {
                 Mode::Set,
                 Some((&model.rms_final, eps)),
             ),
+            rope_in_qkv,
             argmax: k.argmax.bind(
                 device,
                 argmax::Bindings {
@@ -407,7 +438,9 @@ impl Dispatches {
                 f("attention_norm", &l.att_norm);
             }
             f("qkv", l.qkv.of(n));
-            f("rope_append", &l.rope_append);
+            if !(decode && self.rope_in_qkv) {
+                f("rope_append", &l.rope_append);
+            }
             f("attention", &l.attention);
             if split_k {
                 f("attention_combine", &l.attention_combine);

@@ -4,6 +4,7 @@
 
 use super::projection::{input_binding, GpuTensor, Mode};
 use super::{grid, Dispatch, Needs, Pipelines, Shader, Variant};
+use crate::kv_cache::KvDtype;
 use crate::tensor::{DType, Tensor};
 
 /// `shaders/matvec.wgsl` after `shaders/dequant.wgsl` and
@@ -34,22 +35,23 @@ pub const SUBGROUP_SHADER: Shader = Shader {
 };
 
 const NEEDS: Needs = Needs {
-    storage_buffers: 1,
+    storage_buffers: 4,
     uniform_bytes: 65536,
     textures: 2,
-    workgroup_bytes: 0,
+    workgroup_bytes: 256,
     invocations: 64,
     subgroups: false,
 };
 
 /// `shader`'s build for weights of `dtype` (and an up projection of `up`)
-/// that normalises its input first when `norm` (overrides NORM, DTYPE,
-/// UP_DTYPE).
-pub fn variant(shader: Shader, norm: bool, dtype: DType, up: DType) -> Variant {
+/// that normalises its input first when `norm`, and rotates and appends
+/// in its epilogue when `rope` (overrides NORM, ROPE, DTYPE, UP_DTYPE).
+pub fn variant(shader: Shader, norm: bool, rope: bool, dtype: DType, up: DType) -> Variant {
     Variant {
         shader,
         constants: vec![
             ("NORM", f64::from(u8::from(norm))),
+            ("ROPE", f64::from(u8::from(rope))),
             ("DTYPE", dtype.gpu_id() as f64),
             ("UP_DTYPE", up.gpu_id() as f64),
         ],
@@ -71,6 +73,27 @@ pub struct Bindings<'a> {
     /// build); `g` (cols,) is a UNIFORM buffer of at least `INPUT_BYTES`
     /// (see [`norm_weights`](super::projection::norm_weights)).
     pub norm: Option<(&'a wgpu::Buffer, f32)>,
+    /// `Some`: `w` is a QKV projection (q, then k, then v rows; row-chunks
+    /// of even rows), `mode` is `Set`, and the epilogue does
+    /// [`rope_append`](super::rope_append)'s work for the one token of the
+    /// pass (the ROPE build): `out` (q_dim,) gets the rotated q, the
+    /// caches' row `step.pos` the rotated k and v.
+    pub rope: Option<RopeAppend<'a>>,
+}
+
+/// Where the ROPE build's epilogue writes (see [`Bindings::rope`]).
+pub struct RopeAppend<'a> {
+    /// The pass's [`Step`](super::Step) uniform.
+    pub step: &'a wgpu::Buffer,
+    /// (capacity, head_size / 2, 2) cos/sin, [`Rope::table`](crate::rope::Rope::table) on the GPU.
+    pub table: &'a wgpu::Buffer,
+    /// (capacity, kv_dim) keys of a flat cache.
+    pub k_cache: &'a wgpu::Buffer,
+    /// (capacity, kv_dim) values, likewise.
+    pub v_cache: &'a wgpu::Buffer,
+    /// Widths and cache storage: f32 or f16 (quantized caches append in
+    /// their own kernel, whose blocks span threads).
+    pub shape: super::rope_append::Shape,
 }
 
 /// A build of the matvec kernel ([`SHADER`] or [`SUBGROUP_SHADER`]), plain
@@ -96,15 +119,39 @@ impl Matvec {
     pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
         let mut dispatch = Dispatch::none();
         for (mut params, c, up) in b.w.chunk_params(b.mode, b.w.rows) {
-            let v = variant(self.shader, b.norm.is_some(), c.dtype, up.dtype);
+            let rope = b.rope.as_ref();
+            let v = variant(
+                self.shader,
+                b.norm.is_some(),
+                rope.is_some(),
+                c.dtype,
+                up.dtype,
+            );
             dispatch.set_pipeline(&self.pipelines.get(v.constants));
             params.eps = b.norm.map_or(0.0, |(_, eps)| eps);
+            if let Some(r) = rope {
+                debug_assert!(matches!(r.shape.kv_dtype, KvDtype::F32 | KvDtype::F16));
+                debug_assert!(c.start % 2 == 0, "a chunk of QKV starts on an odd row");
+                params.q_dim = r.shape.q_dim as u32;
+                params.kv_dim = r.shape.kv_dim as u32;
+                params.head_size = r.shape.head_size as u32;
+                params.kv_dtype = r.shape.kv_dtype.gpu_id();
+            }
+            // Other builds bind x and out in the ROPE build's slots.
+            let (step, table, k_cache, v_cache) = match rope {
+                Some(r) => (r.step.as_entire_binding(), r.table, r.k_cache, r.v_cache),
+                None => (input_binding(b.x, 0, 0), b.out, b.out, b.out),
+            };
             let resources = vec![
                 wgpu::BindingResource::TextureView(&c.view),
                 input_binding(b.x, 0, 0),
                 b.out.as_entire_binding(),
                 wgpu::BindingResource::TextureView(&up.view),
                 input_binding(b.norm.map_or(b.x, |(g, _)| g), 0, 0),
+                step,
+                table.as_entire_binding(),
+                k_cache.as_entire_binding(),
+                v_cache.as_entire_binding(),
             ];
             // One thread per row.
             let groups = grid(params.rows.div_ceil(64));
@@ -191,6 +238,105 @@ mod tests {
     }
 
     #[test]
+    fn qkv_with_rope_append_matches_matvec_then_rope_append() {
+        use crate::ops::rope_append::{self, Shape};
+        use crate::rope::Rope;
+        let b = require!(Bench::new());
+        // The ROPE build: q = rope(Wq x) into out, rope(Wk x) and Wv x into
+        // the caches' row pos; every other row untouched. 9 query heads over
+        // 3 KV heads of 16 (SmolLM2's grouping): 240 rows, 4 workgroups, or
+        // row-chunks of 18 (Q8_0) and 4 rows (F16).
+        let (head_size, n_heads, n_kv_heads, capacity) = (16, 9, 3, 7);
+        let (q_dim, kv_dim) = (n_heads * head_size, n_kv_heads * head_size);
+        let rows = q_dim + 2 * kv_dim;
+        let rope = Rope {
+            head_size,
+            rope_dim: head_size,
+            theta: 10000.0,
+            freq_factors: None,
+        };
+        let table = b.buffer(&rope.table(capacity));
+        for (dtype, cols, limit) in [
+            (DType::F32, 64, 128 << 20),
+            (DType::Q4_1, 160, 128 << 20),
+            (DType::Q8_0, 96, 2048),
+            (DType::F16, 40, 4 * 80 + 1),
+        ] {
+            let w = random_tensor(dtype, rows, cols, 3);
+            let gw = upload(&b, &w, limit);
+            let x = random(cols, 5);
+            let mut qkv = vec![0.0; rows];
+            matvec::cpu(&mut qkv, &w, &x, CpuMode::Set);
+            for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+                let shape = Shape {
+                    q_dim,
+                    kv_dim,
+                    head_size,
+                    capacity,
+                    kv_dtype,
+                };
+                for ((build, matvec, _), pos) in builds(&b)
+                    .into_iter()
+                    .flat_map(|b| [(b, 0), (b, capacity - 1), (b, 4)])
+                {
+                    let k0 = rounded(&random(capacity * kv_dim, 1), kv_dim, kv_dtype);
+                    let v0 = rounded(&random(capacity * kv_dim, 2), kv_dim, kv_dtype);
+                    let (kcb, vcb) = (
+                        b.cache(&k0, kv_dim, kv_dtype),
+                        b.cache(&v0, kv_dim, kv_dtype),
+                    );
+                    let (ob, xb, step) = (
+                        b.buffer(&vec![f32::NAN; q_dim]),
+                        b.input(&x),
+                        b.step(pos, 1),
+                    );
+                    let d = matvec.bind(
+                        &b.gpu.device,
+                        Bindings {
+                            out: &ob,
+                            w: &gw,
+                            x: &xb,
+                            mode: Mode::Set,
+                            norm: None,
+                            rope: Some(RopeAppend {
+                                step: &step,
+                                table: &table,
+                                k_cache: &kcb,
+                                v_cache: &vcb,
+                                shape,
+                            }),
+                        },
+                    );
+                    b.run(&d, 1);
+                    let (mut eq, mut ek, mut ev) = (vec![0.0; q_dim], k0.clone(), v0.clone());
+                    rope_append::cpu(&mut eq, &mut ek, &mut ev, &qkv, pos, &rope, kv_dtype);
+                    let what =
+                        format!("{dtype:?} {rows}x{cols} {kv_dtype:?} pos {pos} ({build} build)");
+                    assert_close(&b.read(&ob), &eq, &format!("q {what}"));
+                    let read = |c| b.read_cache(c, kv_dim, kv_dtype);
+                    for (name, got, expect, before) in
+                        [("k", read(&kcb), ek, k0), ("v", read(&vcb), ev, v0)]
+                    {
+                        for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+                            if i / kv_dim == pos {
+                                // f32 sums in another order, then rounded as the cache stores them.
+                                let tolerance =
+                                    1e-4 * (1.0 + e.abs()) + cache_tolerance(kv_dtype, *e, e.abs());
+                                assert!(
+                                    (g - e).abs() <= tolerance,
+                                    "{name} {what}: element {i}: {g} vs {e}"
+                                );
+                            } else {
+                                assert_eq!(g, &before[i], "{name} {what}: element {i} touched");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn matvec_with_rmsnorm_matches_norm_then_matvec() {
         let b = require!(Bench::new());
         // The NORM pipeline: out = W (rmsnorm(x) * g), for the set and SwiGLU
@@ -232,6 +378,7 @@ mod tests {
                         x: &xb,
                         mode,
                         norm: Some((&gb, 1e-5)),
+                        rope: None,
                     },
                 );
                 b.run(&d, 1);

@@ -108,10 +108,13 @@ pub fn specialized_variants() -> Vec<Variant> {
     for (i, dtype) in DType::ALL.into_iter().enumerate() {
         let up = DType::ALL[(i + 1) % DType::ALL.len()];
         out.push(embed::variant(dtype));
-        out.push(matvec::variant(matvec::SHADER, i % 2 == 0, dtype, up));
+        // NORM and ROPE each on and off across the types, in both builds.
+        let (norm, rope) = (i % 2 == 0, i % 4 < 2);
+        out.push(matvec::variant(matvec::SHADER, norm, rope, dtype, up));
         out.push(matvec::variant(
             matvec::SUBGROUP_SHADER,
-            i % 2 == 1,
+            !norm,
+            !rope,
             dtype,
             up,
         ));

@@ -38,6 +38,14 @@ pub struct Params {
     pub tile: u32,
     /// Added to the mean square in the RMSNorm of the input (matvec built with NORM).
     pub eps: f32,
+    /// Length of q, the first rows of a QKV projection (matvec built with ROPE).
+    pub q_dim: u32,
+    /// Length of k and of v, the rows after q (ROPE).
+    pub kv_dim: u32,
+    /// Size of one head (ROPE).
+    pub head_size: u32,
+    /// [`KvDtype::gpu_id`](crate::kv_cache::KvDtype::gpu_id) of the cache (ROPE: f32 or f16).
+    pub kv_dtype: u32,
 }
 
 /// What a projection does with `W x`.
@@ -83,6 +91,63 @@ pub fn input_binding(x: &wgpu::Buffer, first: usize, stride: usize) -> wgpu::Bin
     })
 }
 
+/// How blocks of 32 values with a header lie on the GPU, for the types
+/// whose blocks do not fill whole 16-byte texels in the file (Q8_0's 34
+/// bytes, Q4_0's and IQ4_NL's 18, Q4_1's 20): `(blocks, header bytes,
+/// quant bytes)` per group of `blocks` blocks, laid out as one texel of the
+/// group's headers (f16 d; Q4_1 f16 d and m) and then its blocks' quants,
+/// whole texels each; a row's last group may have fewer blocks. A kernel
+/// then reads each block's quants as aligned texels, where the file's
+/// layout takes two fetches and shifts per 16 bytes. Other types are
+/// uploaded as the file has them.
+pub fn grouped_blocks(dtype: DType) -> Option<(usize, usize, usize)> {
+    match dtype {
+        DType::Q8_0 => Some((8, 2, 32)),
+        DType::Q4_0 | DType::IQ4_NL => Some((8, 2, 16)),
+        DType::Q4_1 => Some((4, 4, 16)),
+        _ => None,
+    }
+}
+
+/// Bytes of a row of `cols` values of `dtype` on the GPU: the file's, or
+/// with [`grouped_blocks`] a texel of headers per group (the same bytes
+/// when the row's blocks fill whole groups). `None` if `cols` is not whole
+/// blocks.
+pub fn gpu_row_bytes(dtype: DType, cols: usize) -> Option<usize> {
+    let file = dtype.row_bytes(cols)?;
+    let Some((per_group, _, quants)) = grouped_blocks(dtype) else {
+        return Some(file);
+    };
+    let blocks = cols / 32;
+    let partial = blocks % per_group;
+    Some(
+        (blocks / per_group) * (16 + per_group * quants)
+            + usize::from(partial > 0) * (16 + partial * quants),
+    )
+}
+
+/// `t`'s rows in the GPU's layout ([`gpu_row_bytes`] each).
+fn gpu_bytes(t: &Tensor) -> Vec<u8> {
+    let Some((per_group, header, quants)) = grouped_blocks(t.dtype) else {
+        return t.bytes().to_vec();
+    };
+    let block = header + quants;
+    let mut out = Vec::with_capacity(t.rows * gpu_row_bytes(t.dtype, t.cols).unwrap_or(0));
+    for row in t.bytes().chunks(t.row_bytes()) {
+        for group in row.chunks(per_group * block) {
+            let start = out.len();
+            for b in group.chunks(block) {
+                out.extend_from_slice(&b[..header]);
+            }
+            out.resize(start + 16, 0);
+            for b in group.chunks(block) {
+                out.extend_from_slice(&b[header..]);
+            }
+        }
+    }
+    out
+}
+
 /// Rows `start..start + rows` of a weight matrix in one texture.
 #[derive(Clone, Debug)]
 pub struct Chunk {
@@ -96,7 +161,8 @@ pub struct Chunk {
     pub view: wgpu::TextureView,
 }
 
-/// A weight matrix on the GPU, raw bytes as in the file, in row-chunks that
+/// A weight matrix on the GPU, the file's bytes (blocks of some types
+/// regrouped: [`grouped_blocks`]), in row-chunks that
 /// each fit one rgba32uint texture used as linear memory (see
 /// shaders/dequant.wgsl). A stacked matrix (Q, K and V as one projection)
 /// may mix storage types, one per chunk.
@@ -118,10 +184,12 @@ impl GpuTensor {
     }
 
     /// Rows of `t` per chunk of at most `limit` bytes (and at most
-    /// [`GpuTensor::chunk_limit`]); `what` names the tensor in errors.
+    /// [`GpuTensor::chunk_limit`]), even where `t` is split and two fit (a
+    /// QKV projection's RoPE pairs stay in one chunk); `what` names the
+    /// tensor in errors.
     fn rows_per_chunk(device: &wgpu::Device, t: &Tensor, limit: u64, what: &str) -> Result<usize> {
         let limit = limit.min(Self::chunk_limit(device));
-        let row_bytes = t.row_bytes() as u64;
+        let row_bytes = gpu_row_bytes(t.dtype, t.cols).expect("whole blocks") as u64;
         let rows = (limit / row_bytes.max(1)).min(t.rows as u64) as usize;
         if rows == 0 || row_bytes > u32::MAX as u64 {
             return Err(Error::ModelTooLarge {
@@ -130,7 +198,10 @@ impl GpuTensor {
                 limit,
             });
         }
-        Ok(rows)
+        Ok(match rows < t.rows && rows > 1 {
+            true => rows / 2 * 2,
+            false => rows,
+        })
     }
 
     /// Uploads `t`, splitting it into row-chunks of at most `limit` bytes
@@ -199,11 +270,10 @@ impl GpuTensor {
             let mut start = 0;
             while start < t.rows {
                 let end = (start + rows_per_chunk).min(t.rows);
-                let data = t.slice_rows(start..end);
-                let texels = (data.bytes().len() as u64).div_ceil(16).max(1);
+                let mut padded = gpu_bytes(&t.slice_rows(start..end));
+                let texels = (padded.len() as u64).div_ceil(16).max(1);
                 let width = texels.min(max_width);
                 let height = texels.div_ceil(width);
-                let mut padded = data.bytes().to_vec();
                 padded.resize((width * height * 16) as usize, 0);
                 let texture = device.create_texture_with_data(
                     queue,
@@ -248,7 +318,7 @@ impl GpuTensor {
         mode: Mode<'a>,
         out_stride: usize,
     ) -> impl Iterator<Item = (Params, &'a Chunk, &'a Chunk)> {
-        let row_bytes = |c: &Chunk| c.dtype.row_bytes(self.cols).expect("whole blocks") as u32;
+        let row_bytes = |c: &Chunk| gpu_row_bytes(c.dtype, self.cols).expect("whole blocks") as u32;
         let up = match mode {
             Mode::SwiGlu { up } => Some(up),
             _ => None,
@@ -272,6 +342,10 @@ impl GpuTensor {
                 first_token: 0,
                 tile: 1,
                 eps: 0.0,
+                q_dim: 0,
+                kv_dim: 0,
+                head_size: 0,
+                kv_dtype: 0,
             };
             (params, c, u)
         })
@@ -317,10 +391,54 @@ pub fn norm_weights(device: &wgpu::Device, label: &str, g: &[f32]) -> wgpu::Buff
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::ops::matmul;
     use crate::ops::matvec::CpuMode;
     use crate::ops::testing::*;
+
+    #[test]
+    fn grouped_blocks_put_a_groups_headers_in_one_texel_before_its_quants() {
+        // Q4_1, 2 rows of 5 blocks (a group of 4 and one of 1): block b of
+        // row r has header bytes [r, b, r, b] and quant bytes 100 + 16 b + i.
+        let blocks = 5;
+        let mut file = Vec::new();
+        for r in 0..2u8 {
+            for b in 0..blocks as u8 {
+                file.extend_from_slice(&[r, b, r, b]);
+                file.extend((0..16).map(|i| 100 + 16 * b + i));
+            }
+        }
+        let t = Tensor::from_shared(DType::Q4_1, 2, 32 * blocks, Arc::new(file), 0..200);
+        let row = gpu_row_bytes(DType::Q4_1, 32 * blocks).unwrap();
+        assert_eq!(row, 80 + 32);
+        let gpu = gpu_bytes(&t);
+        assert_eq!(gpu.len(), 2 * row);
+        for r in 0..2u8 {
+            let at = r as usize * row;
+            // First group: 4 headers, then 4 blocks of quants.
+            let headers: Vec<u8> = (0..4u8).flat_map(|b| [r, b, r, b]).collect();
+            assert_eq!(gpu[at..at + 16], headers[..]);
+            for b in 0..4 {
+                let q = &gpu[at + 16 + 16 * b..][..16];
+                assert!(q
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &v)| v as usize == 100 + 16 * b + i));
+            }
+            // Last group: one header, zero padding, one block of quants.
+            assert_eq!(
+                gpu[at + 80..at + 96],
+                [r, 4, r, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            );
+            assert_eq!(gpu[at + 96], 164);
+        }
+        // Whole groups take the file's bytes; other types keep the file's layout.
+        assert_eq!(gpu_row_bytes(DType::Q8_0, 256), DType::Q8_0.row_bytes(256));
+        assert_eq!(gpu_row_bytes(DType::Q8_0, 576), Some(2 * 272 + 16 + 2 * 32));
+        assert_eq!(gpu_row_bytes(DType::Q5_0, 576), DType::Q5_0.row_bytes(576));
+    }
 
     #[test]
     fn stacked_projection_mixes_storage_types() {

@@ -197,6 +197,8 @@ pub fn projections() -> Vec<(Projection, u64)> {
             // Four rows per thread (matmul), the last workgroup partly filled.
             (1000, n, big),
             (67, 2 * n, 999),
+            // Grouped blocks (projection::grouped_blocks): two whole groups and part of one.
+            (3, 19 * n, big),
         ] {
             add(random_tensor(dtype, rows, cols, rows as u64), None, limit);
         }
@@ -266,6 +268,7 @@ pub fn project(
                 x: &xb,
                 mode,
                 norm: None,
+                rope: None,
             },
         );
         b.run(&d, n);
