@@ -142,9 +142,10 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
             }
             done = cols;
         }
-        case DTYPE_Q4_0: {
+        case DTYPE_Q4_0, DTYPE_IQ4_NL: {
             // Groups of 8 blocks: a texel of their f16 scales, then 16 bytes
-            // of nibbles a block (low: values 0..16, high: 16..32).
+            // of nibbles a block (low: values 0..16, high: 16..32): Q4_0's
+            // values q - 8, IQ4_NL's its 16 levels.
             let blocks = cols / 32u;
             for (var g = 0u; g < (blocks + 7u) / 8u; g++) {
                 let t0 = row / 16u + 9u * g;
@@ -154,8 +155,8 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
                     let q = texel(tex, t0 + 1u + j);
                     var block = vec4<f32>(0.0);
                     for (var k = 0u; k < 4u; k++) {
-                        let lo = nibbles(q[k]) - 8.0;
-                        let hi = nibbles(q[k] >> 4u) - 8.0;
+                        let lo = levels(dtype, q[k]);
+                        let hi = levels(dtype, q[k] >> 4u);
                         block += lo * input(8u * b + k) + hi * input(8u * b + 4u + k);
                     }
                     acc += half_of(head, j) * block;
@@ -267,26 +268,6 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
             }
             done = cols;
         }
-        case DTYPE_IQ4_NL: {
-            // Grouped as Q4_0: nibbles indexing IQ4_NL's 16 levels.
-            let blocks = cols / 32u;
-            for (var g = 0u; g < (blocks + 7u) / 8u; g++) {
-                let t0 = row / 16u + 9u * g;
-                let head = texel(tex, t0);
-                for (var j = 0u; j < min(8u, blocks - 8u * g); j++) {
-                    let b = 8u * g + j;
-                    let q = texel(tex, t0 + 1u + j);
-                    var block = vec4<f32>(0.0);
-                    for (var k = 0u; k < 4u; k++) {
-                        let lo = iq4nl(vec4(q[k], q[k] >> 8u, q[k] >> 16u, q[k] >> 24u) & vec4(15u));
-                        let hi = iq4nl(vec4(q[k] >> 4u, q[k] >> 12u, q[k] >> 20u, q[k] >> 28u) & vec4(15u));
-                        block += lo * input(8u * b + k) + hi * input(8u * b + 4u + k);
-                    }
-                    acc += half_of(head, j) * block;
-                }
-            }
-            done = cols;
-        }
         case DTYPE_IQ4_XS: {
             for (var g = 0u; g < cols / 8u; g++) {
                 acc += dot8(iq4_xsx8(tex, row, 8u * g), g);
@@ -334,6 +315,16 @@ fn dot8(m: mat2x4<f32>, g: u32) -> vec4<f32> {
 // Bits i .. i + 4 of h, each as 16 or 0 (the fifth bit of a 5-bit value).
 fn fifths(h: u32, i: u32) -> vec4<f32> {
     return vec4<f32>(((vec4(h >> i) >> vec4(0u, 1u, 2u, 3u)) & vec4(1u)) << vec4(4u));
+}
+
+// The values of the low nibbles of a word's 4 bytes: Q4_0's q - 8, or
+// IQ4_NL's levels.
+fn levels(dtype: u32, w: u32) -> vec4<f32> {
+    let n = vec4(w, w >> 8u, w >> 16u, w >> 24u) & vec4(15u);
+    if dtype == DTYPE_IQ4_NL {
+        return iq4nl(n);
+    }
+    return vec4<f32>(n) - 8.0;
 }
 
 // The low nibbles of a word's 4 bytes, as f32.
