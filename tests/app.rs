@@ -216,11 +216,12 @@ fn kernels_are_compiled_once_per_device_for_every_model() {
     let first = GpuModel::new(&gpu, &common::tiny_model(16)).unwrap();
     assert_eq!(pipelines() - before, 6, "the kernels that read no weights");
     // The first session binds the weight kernels for F32, its only type:
-    // embed, matvec plain and normed, matmul (two rows a thread).
+    // embed, matvec plain, normed, and normed with RoPE + append (QKV),
+    // matmul (two rows a thread).
     let mut s = Session::new(&first, None).unwrap();
     s.forward_greedy(1).unwrap();
     let compiled = pipelines() - before;
-    assert_eq!(compiled, 10, "every variant it uses, once");
+    assert_eq!(compiled, 11, "every variant it uses, once");
     // Another model, through a clone of the Gpu: nothing compiled again.
     let second = GpuModel::new(&gpu.clone(), &common::tiny_model(32)).unwrap();
     let mut s = Session::new(&second, None).unwrap();
