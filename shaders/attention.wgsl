@@ -15,11 +15,18 @@
 // (sum_t e^(s_t - m) v_t, m = its max score, l = sum_t e^(s_t - m)) and
 // attention_combine.wgsl merges them.
 //
+// Built with PER_TOKEN = true (for a pass of several tokens), a workgroup
+// holds 64 tokens of one head and split instead, one thread each (grid z =
+// ceil(n / 64)): every thread works through its own positions alone, in the
+// same order and arithmetic, with no barrier, and the threads of a
+// workgroup read the same cache rows at once. The one-token build spreads a
+// token's positions over its threads: a decode step has one token.
+//
 // The cache holds f32 bits, packed f16 pairs, or Q8_0 / Q4_0 blocks
-// (kv.wgsl, prepended to this file), decoded value by value here.
+// (kv.wgsl, prepended to this file; built per type), decoded value by value here.
 //
 // Bindings (group 0):
-//   0 params:   Params (uniform)      { n_heads, n_kv_heads, head_size, capacity, kv_dtype, out_stride, split, splits }
+//   0 params:   Params (uniform)      { n_heads, n_kv_heads, head_size, capacity, out_stride, split, splits }
 //   1 step:     Step (uniform)        { pos, n }
 //   2 q:        array<f32> (storage)  (n, n_heads, head_size)
 //   3 k_cache:  array<u32> (storage)  (capacity, kv_row_words) rows of n_kv_heads * head_size values (kv.wgsl)
@@ -36,7 +43,6 @@ struct Params {
     n_kv_heads: u32,
     head_size: u32,
     capacity: u32, // positions a token may attend to (the stride of `scores`)
-    kv_dtype: u32,
     out_stride: u32,
     split: u32,
     splits: u32,
@@ -50,7 +56,7 @@ struct Params {
 
 // The first word of the cache row holding position p of the pass's token.
 fn row_word(token: u32, p: u32) -> u32 {
-    let words = kv_row_words(params.kv_dtype, params.n_kv_heads * params.head_size);
+    let words = kv_row_words(KV_DTYPE, params.n_kv_heads * params.head_size);
     if !PAGED {
         return p * words;
     }
@@ -60,7 +66,7 @@ fn row_word(token: u32, p: u32) -> u32 {
 
 // Value c of the cache row starting at word `row`, decoded.
 fn cached_k(row: u32, c: u32) -> f32 {
-    let dtype = params.kv_dtype;
+    let dtype = KV_DTYPE;
     let kv_dim = params.n_kv_heads * params.head_size;
     var s = 0u;
     if dtype >= KV_Q8_0 {
@@ -70,7 +76,7 @@ fn cached_k(row: u32, c: u32) -> f32 {
 }
 
 fn cached_v(row: u32, c: u32) -> f32 {
-    let dtype = params.kv_dtype;
+    let dtype = KV_DTYPE;
     let kv_dim = params.n_kv_heads * params.head_size;
     var s = 0u;
     if dtype >= KV_Q8_0 {
@@ -106,11 +112,17 @@ fn reduce(lid: u32, is_max: bool) -> f32 {
     return r;
 }
 
+override PER_TOKEN: bool = false;
+
 @compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    if PER_TOKEN {
+        one_token(wg.x, wg.y, wg.z * WG + lid);
+        return;
+    }
     let h = wg.x;
     let token = wg.z;
     var pos = step.pos + token;
@@ -161,7 +173,7 @@ fn main(
     // Weighted sum of values: each thread owns some of the head's dimensions.
     let whole = n <= params.split; // one split: the final output
     let p_off = ((token * params.n_heads + h) * params.splits + wg.y) * (hs + 2u);
-    let words = kv_row_words(params.kv_dtype, params.n_kv_heads * hs);
+    let words = kv_row_words(KV_DTYPE, params.n_kv_heads * hs);
     for (var i = lid; i < hs; i += WG) {
         var acc = 0.0;
         for (var t = start; t < end; t++) {
@@ -178,6 +190,89 @@ fn main(
         }
     }
     if !whole && lid == 0u {
+        partials[p_off + hs] = m;
+        partials[p_off + hs + 1u] = sum;
+    }
+}
+
+// The PER_TOKEN build: head h, split `split` of token `token`, by one
+// thread. Each dot product and weighted sum adds its terms in the order of
+// the one-token build; four positions (scores) or four dimensions (weighted
+// sum) go side by side, so each q value and score is read a quarter as often.
+fn one_token(h: u32, split: u32, token: u32) {
+    var pos = step.pos + token;
+    if PAGED && token < step.n {
+        pos = paging[2u * token];
+    }
+    let n = pos + 1u; // positions attended to
+    let start = split * params.split;
+    if h >= params.n_heads || token >= step.n || pos >= params.capacity || start >= n {
+        return;
+    }
+    let end = min(n, start + params.split);
+    let hs = params.head_size;
+    let kv_off = (h / (params.n_heads / params.n_kv_heads)) * hs;
+    let q_off = (token * params.n_heads + h) * hs;
+    let s_off = (token * params.n_heads + h) * params.capacity;
+    let scale = sqrt(f32(hs));
+
+    // Scores of positions t .. t + 4 (the last position repeated past the
+    // end) and their maximum.
+    var m = -3.402823e38;
+    for (var t = start; t < end; t += 4u) {
+        let last = end - 1u;
+        let rows = vec4(
+            row_word(token, t),
+            row_word(token, min(t + 1u, last)),
+            row_word(token, min(t + 2u, last)),
+            row_word(token, min(t + 3u, last)),
+        );
+        var dot = vec4(0.0);
+        for (var i = 0u; i < hs; i++) {
+            let c = kv_off + i;
+            let k = vec4(cached_k(rows.x, c), cached_k(rows.y, c), cached_k(rows.z, c), cached_k(rows.w, c));
+            dot += q[q_off + i] * k;
+        }
+        for (var j = 0u; j < 4u && t + j < end; j++) {
+            let s = dot[j] / scale;
+            scores[s_off + t + j] = s;
+            m = max(m, s);
+        }
+    }
+    // Exponentials and their sum.
+    var sum = 0.0;
+    for (var t = start; t < end; t++) {
+        let e = exp(scores[s_off + t] - m);
+        scores[s_off + t] = e;
+        sum += e;
+    }
+    // Weighted sum of values, dimensions i .. i + 4 (the head's last
+    // repeated past its end).
+    let whole = n <= params.split;
+    let p_off = ((token * params.n_heads + h) * params.splits + split) * (hs + 2u);
+    for (var i = 0u; i < hs; i += 4u) {
+        let last = kv_off + hs - 1u;
+        let c = kv_off + i;
+        var acc = vec4(0.0);
+        for (var t = start; t < end; t++) {
+            let row = row_word(token, t);
+            let v = vec4(
+                cached_v(row, c),
+                cached_v(row, min(c + 1u, last)),
+                cached_v(row, min(c + 2u, last)),
+                cached_v(row, min(c + 3u, last)),
+            );
+            acc += scores[s_off + t] * v;
+        }
+        for (var j = 0u; j < 4u && i + j < hs; j++) {
+            if whole {
+                out[token * params.out_stride + h * hs + i + j] = acc[j] / sum;
+            } else {
+                partials[p_off + i + j] = acc[j];
+            }
+        }
+    }
+    if !whole {
         partials[p_off + hs] = m;
         partials[p_off + hs + 1u] = sum;
     }

@@ -14,6 +14,11 @@ const KV_F16: u32 = 1u;
 const KV_Q8_0: u32 = 2u;
 const KV_Q4_0: u32 = 3u;
 
+// The cache's storage type: each kernel that touches the cache is built per
+// type (a pipeline constant), so it carries that type's code alone (a
+// quantized cache's 64-value arrays slow the others down even unused).
+override KV_DTYPE: u32 = KV_F32;
+
 // Words of a quantized row's scales.
 fn kv_scale_words(kv_dim: u32) -> u32 {
     return (kv_dim / 32u + 1u) / 2u;

@@ -8,7 +8,7 @@
 // (kv.wgsl, prepended) are dequantized, rotated and quantized again.
 //
 // Bindings (group 0):
-//   0 params:  Params (uniform)      { kv_dim, head_size, kv_dtype, rows, delta, dst }
+//   0 params:  Params (uniform)      { kv_dim, head_size, rows, delta, dst }
 //   1 table:   array<f32> (storage)  (positions, head_size / 2, 2) = (cos, sin)
 //   2 src:     array<u32> (storage)  (rows, kv_row_words) the moved K rows
 //   3 k_cache: array<u32> (storage)  (capacity, kv_row_words) rows dst .. dst + rows written
@@ -19,7 +19,6 @@
 struct Params {
     kv_dim: u32,
     head_size: u32,
-    kv_dtype: u32,
     rows: u32,
     delta: u32,
     dst: u32,
@@ -39,7 +38,7 @@ fn unrotate(a: vec2<f32>, c: u32) -> vec2<f32> {
 
 // Value c of moved row r.
 fn moved(r: u32, c: u32) -> f32 {
-    let dtype = params.kv_dtype;
+    let dtype = KV_DTYPE;
     let row = r * kv_row_words(dtype, params.kv_dim);
     var s = 0u;
     if dtype >= KV_Q8_0 {
@@ -51,7 +50,7 @@ fn moved(r: u32, c: u32) -> f32 {
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.y;
-    let dtype = params.kv_dtype;
+    let dtype = KV_DTYPE;
     let kv = params.kv_dim;
     if r >= params.rows {
         return;

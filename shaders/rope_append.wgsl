@@ -10,7 +10,7 @@
 // Q4_0 blocks quantized here (kv.wgsl, prepended to this file).
 //
 // Bindings (group 0):
-//   0 params:  Params (uniform)      { q_dim, kv_dim, head_size, capacity (positions a token may take), kv_dtype }
+//   0 params:  Params (uniform)      { q_dim, kv_dim, head_size, capacity (positions a token may take) }
 //   1 step:    Step (uniform)        { pos, n }
 //   2 table:   array<f32> (storage)  (capacity, head_size / 2, 2) = (cos, sin)
 //   3 qkv:     array<f32> (storage)  (n, q_dim + 2 kv_dim) projections: q, k, v
@@ -29,7 +29,6 @@ struct Params {
     kv_dim: u32,
     head_size: u32,
     capacity: u32,
-    kv_dtype: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -59,7 +58,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let table = paging[2u * t + 1u];
         slot_row = paging[table + pos / step.page] * step.page + pos % step.page;
     }
-    let dtype = params.kv_dtype;
+    let dtype = KV_DTYPE;
     let kv = params.kv_dim;
     let slot = slot_row * kv_row_words(dtype, kv);
     // The host never steps past capacity; the check keeps a bad position or

@@ -137,15 +137,16 @@ impl Activations {
     }
 }
 
-/// A projection bound twice: for a pass of one token (matvec) and for a
-/// pass of several (matmul).
+/// A kernel bound twice: for a pass of one token (matvec, attention's
+/// workgroup per token) and for a pass of several (matmul, attention's
+/// thread per token).
 #[derive(Debug)]
-struct Projection {
+struct ByTokens {
     decode: Dispatch,
     prefill: Dispatch,
 }
 
-impl Projection {
+impl ByTokens {
     /// The binding for a pass of `n` tokens.
     fn of(&self, n: usize) -> &Dispatch {
         match n {
@@ -160,20 +161,20 @@ impl Projection {
 struct LayerDispatches {
     att_norm: Dispatch,
     /// qkv = Wqkv n
-    qkv: Projection,
+    qkv: ByTokens,
     /// q = rope(q), cache ∪ (rope(k), v); in the decode QKV's epilogue where the cache allows.
     rope_append: Dispatch,
-    attention: Dispatch,
+    attention: ByTokens,
     /// Merges attention's splits; recorded only when a token of the pass
     /// attends to more than [`ATTENTION_SPLIT`] positions.
     attention_combine: Dispatch,
     /// x += Wo attention
-    wo_residual: Projection,
+    wo_residual: ByTokens,
     ffn_norm: Dispatch,
     /// hb = silu(W1 n) * (W3 n)
-    gate_up_swiglu: Projection,
+    gate_up_swiglu: ByTokens,
     /// x += W2 hb
-    down_residual: Projection,
+    down_residual: ByTokens,
 }
 
 /// Every dispatch of a pass, bound once to a session's activations and cache.
@@ -276,6 +277,33 @@ impl Dispatches {
             capacity,
             kv_dtype: cache.dtype(),
         };
+        // out[t] = attention(q[t], cache), a workgroup or (per_token) a thread per token.
+        let attend = |kc: &crate::kv_cache::LayerCache, per_token| {
+            k.attention.bind(
+                device,
+                attention::Bindings {
+                    out: &a.att,
+                    out_stride: sd,
+                    q: &a.q,
+                    k_cache: &kc.k,
+                    v_cache: &kc.v,
+                    scores: &a.scores,
+                    partials: &a.partials,
+                    step: &a.step,
+                    paging: &a.paging,
+                    paged,
+                    shape: attention::Shape {
+                        n_heads: c.n_heads,
+                        n_kv_heads: c.n_kv_heads,
+                        head_size: c.head_size(),
+                        capacity,
+                        kv_dtype: cache.dtype(),
+                    },
+                    split: ATTENTION_SPLIT,
+                    per_token,
+                },
+            )
+        };
         // Token embedding: each token's row becomes its residual stream x.
         let embed = k.embed.bind(
             device,
@@ -296,7 +324,7 @@ impl Dispatches {
                     // Attention block: x += Wo attention(rope(q), cache ∪ rope(k), cache ∪ v),
                     // (q, k, v) = Wqkv rmsnorm(x).
                     att_norm: norm(&a.xb, &w.rms_att, Rows::All),
-                    qkv: Projection {
+                    qkv: ByTokens {
                         decode: match rope_in_qkv {
                             // q = rope(Wq n), cache row pos = (rope(Wk n), Wv n)
                             true => one_rope(
@@ -333,29 +361,12 @@ impl Dispatches {
                             shape,
                         },
                     ),
-                    attention: k.attention.bind(
-                        device,
-                        attention::Bindings {
-                            out: &a.att,
-                            out_stride: sd,
-                            q: &a.q,
-                            k_cache: &kc.k,
-                            v_cache: &kc.v,
-                            scores: &a.scores,
-                            partials: &a.partials,
-                            step: &a.step,
-                            paging: &a.paging,
-                            paged,
-                            shape: attention::Shape {
-                                n_heads: c.n_heads,
-                                n_kv_heads: c.n_kv_heads,
-                                head_size: c.head_size(),
-                                capacity,
-                                kv_dtype: cache.dtype(),
-                            },
-                            split: ATTENTION_SPLIT,
-                        },
-                    ),
+                    attention: ByTokens {
+                        decode: attend(kc, false),
+                        // A paged pass's tokens are other sequences' steps:
+                        // each token's positions stay spread over a workgroup.
+                        prefill: attend(kc, !paged),
+                    },
                     attention_combine: k.attention_combine.bind(
                         device,
                         attention_combine::Bindings {
@@ -371,17 +382,17 @@ impl Dispatches {
                             split: ATTENTION_SPLIT,
                         },
                     ),
-                    wo_residual: Projection {
+                    wo_residual: ByTokens {
                         decode: one(&a.x, &w.wo, &a.att, Mode::Add, None),
                         prefill: many(&a.x, sd, &w.wo, &a.att, sd, Mode::Add),
                     },
                     // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
                     ffn_norm: norm(&a.xb, &w.rms_ffn, Rows::All),
-                    gate_up_swiglu: Projection {
+                    gate_up_swiglu: ByTokens {
                         decode: one(&a.hb, &w.w1, decode_input, swiglu, folded(&w.rms_ffn)),
                         prefill: many(&a.hb, sh, &w.w1, &a.xb, sd, swiglu),
                     },
-                    down_residual: Projection {
+                    down_residual: ByTokens {
                         decode: one(&a.x, &w.w2, &a.hb, Mode::Add, None),
                         prefill: many(&a.x, sd, &w.w2, &a.hb, sh, Mode::Add),
                     },
@@ -441,7 +452,7 @@ impl Dispatches {
             if !(decode && self.rope_in_qkv) {
                 f("rope_append", &l.rope_append);
             }
-            f("attention", &l.attention);
+            f("attention", l.attention.of(n));
             if split_k {
                 f("attention_combine", &l.attention_combine);
             }

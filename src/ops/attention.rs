@@ -2,7 +2,7 @@
 //! for long contexts. See `shaders/attention.wgsl`; its second half is
 //! [`attention_combine`](super::attention_combine).
 
-use super::{Dispatch, Needs, Pipelines, Shader, Variant};
+use super::{cache_build, Dispatch, Needs, Pipelines, Shader, Variant};
 use crate::kv_cache::KvDtype;
 
 /// `shaders/attention.wgsl` after `shaders/prelude.wgsl`.
@@ -15,7 +15,7 @@ pub const SHADER: Shader = Shader {
     ),
     needs: Needs {
         storage_buffers: 7,
-        uniform_bytes: 32,
+        uniform_bytes: 28,
         textures: 0,
         workgroup_bytes: 256 + 4 * MAX_SPLIT as u32,
         invocations: 64,
@@ -40,8 +40,6 @@ pub struct Params {
     /// Positions a token may attend to: a flat cache's rows, a paged
     /// sequence's context (and the stride of `scores`).
     pub capacity: u32,
-    /// [`KvDtype::gpu_id`] of the cache.
-    pub kv_dtype: u32,
     /// Values from one token's row of `out` to the next.
     pub out_stride: u32,
     /// Positions per split.
@@ -93,22 +91,37 @@ pub struct Bindings<'a> {
     pub shape: Shape,
     /// Positions per split.
     pub split: usize,
+    /// The build for passes of several tokens: a thread per token (64
+    /// tokens a workgroup) instead of a workgroup per token.
+    pub per_token: bool,
 }
 
-/// The attention kernel.
+/// Tokens per workgroup of the PER_TOKEN build.
+const TOKENS_PER_WORKGROUP: u32 = 64;
+
+/// The build of the kernel for a paged pool or a flat cache of `dtype`,
+/// a thread or a workgroup per token.
+pub fn variant(paged: bool, dtype: KvDtype, per_token: bool) -> Variant {
+    let mut constants = cache_build(paged, dtype);
+    constants.push(("PER_TOKEN", f64::from(u8::from(per_token))));
+    Variant {
+        shader: SHADER,
+        constants,
+    }
+}
+
+/// The attention kernel, one pipeline per kind of cache and build,
+/// compiled on first use.
 #[derive(Debug)]
 pub struct Attention {
-    pipeline: wgpu::ComputePipeline,
-    /// The PAGED build, compiled on first use (by an `Engine`).
-    paged: Pipelines,
+    pipelines: Pipelines,
 }
 
 impl Attention {
-    /// Compiles the kernel.
+    /// Prepares the kernel.
     pub fn new(c: &super::Compiler) -> Self {
         Self {
-            pipeline: super::pipeline(c, Variant::plain(SHADER)),
-            paged: Pipelines::new(c, SHADER),
+            pipelines: Pipelines::new(c, SHADER),
         }
     }
 
@@ -128,22 +141,26 @@ impl Attention {
             n_kv_heads: s.n_kv_heads as u32,
             head_size: s.head_size as u32,
             capacity: s.capacity as u32,
-            kv_dtype: s.kv_dtype.gpu_id(),
             out_stride: b.out_stride as u32,
             split: b.split as u32,
             splits: splits as u32,
         };
-        let paged = b.paged.then(|| self.paged.get(super::paged()));
+        let pipeline = self
+            .pipelines
+            .get(variant(b.paged, s.kv_dtype, b.per_token).constants);
         Dispatch::new(
             device,
-            paged.as_ref().unwrap_or(&self.pipeline),
+            &pipeline,
             bytemuck::bytes_of(&params),
             &[
                 b.step, b.q, b.k_cache, b.v_cache, b.scores, b.out, b.partials, b.paging,
             ],
             [s.n_heads as u32, splits as u32, 1],
         )
-        .batched(1)
+        .batched(match b.per_token {
+            true => TOKENS_PER_WORKGROUP,
+            false => 1,
+        })
     }
 }
 
@@ -249,7 +266,11 @@ mod tests {
                 ];
                 // Split-K: one split holding every position (no merge), and
                 // splits of 4 positions merged by attention_combine.
-                for ((pos, n), split) in passes.into_iter().flat_map(|p| [(p, capacity), (p, 4)]) {
+                let runs = passes
+                    .into_iter()
+                    .flat_map(|p| [(p, capacity), (p, 4)])
+                    .flat_map(|r| [(r, false), (r, true)]);
+                for (((pos, n), split), per_token) in runs {
                     let q: Vec<f32> = random(n * n_heads * head_size, seed + pos as u64)
                         .iter()
                         .map(|v| v * 8.0)
@@ -278,6 +299,7 @@ mod tests {
                             paged: false,
                             shape,
                             split,
+                            per_token,
                         },
                     );
                     b.run(&d, n);
@@ -317,7 +339,10 @@ mod tests {
                     assert_close(
                         &got,
                         &expect,
-                        &format!("attention {shape:?} at pos {pos}, {n} tokens, split {split}"),
+                        &format!(
+                            "attention {shape:?} at pos {pos}, {n} tokens, split {split}, \
+                             a thread per token: {per_token}"
+                        ),
                     );
                 }
             }
@@ -366,7 +391,9 @@ mod tests {
                 let n = tokens.len();
                 let q_dim = n_heads * head_size;
                 let q: Vec<f32> = random(n * q_dim, 90).iter().map(|v| v * 8.0).collect();
-                for split in [capacity, 4] {
+                for (split, per_token) in
+                    [(capacity, false), (4, false), (capacity, true), (4, true)]
+                {
                     let (qb, ob) = (b.buffer(&q), b.buffer(&vec![f32::NAN; n * q_dim]));
                     let scores = b.buffer(&vec![0.0; n * n_heads * capacity]);
                     let splits = capacity.div_ceil(split);
@@ -392,6 +419,7 @@ mod tests {
                             paged: true,
                             shape,
                             split,
+                            per_token,
                         },
                     );
                     b.run(&d, n);
@@ -424,7 +452,7 @@ mod tests {
                         );
                     }
                     let what =
-                        format!("paged attention {kv_dtype:?}, pages of {page}, split {split}");
+                        format!("paged attention {kv_dtype:?}, pages of {page}, split {split}, a thread per token: {per_token}");
                     assert_close(&b.read(&ob), &expect, &what);
                 }
             }

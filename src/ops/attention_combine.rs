@@ -175,6 +175,7 @@ mod tests {
                     paged: false,
                     shape,
                     split,
+                    per_token: false,
                 },
             );
             b.run(&d, n);

@@ -1,7 +1,7 @@
 //! Context shift of a layer's K cache: moved rows re-rotated by RoPE of
 //! minus the distance moved (llama.cpp's K-shift). See `shaders/kv_shift.wgsl`.
 
-use super::{Dispatch, Needs, Shader, Variant};
+use super::{Dispatch, Needs, Pipelines, Shader, Variant};
 use crate::kv_cache::KvDtype;
 
 /// `shaders/kv_shift.wgsl` after `shaders/kv.wgsl`.
@@ -13,7 +13,7 @@ pub const SHADER: Shader = Shader {
     ),
     needs: Needs {
         storage_buffers: 3,
-        uniform_bytes: 24,
+        uniform_bytes: 20,
         textures: 0,
         workgroup_bytes: 0,
         invocations: 64,
@@ -29,8 +29,6 @@ pub struct Params {
     pub kv_dim: u32,
     /// Size of one head.
     pub head_size: u32,
-    /// [`KvDtype::gpu_id`] of the cache.
-    pub kv_dtype: u32,
     /// Rows moved.
     pub rows: u32,
     /// Positions each row moves down.
@@ -61,17 +59,25 @@ pub struct Bindings<'a> {
     pub dst: usize,
 }
 
-/// The K-shift kernel.
-#[derive(Clone, Debug)]
+/// The build of the kernel for a cache of `dtype`.
+pub fn variant(dtype: KvDtype) -> Variant {
+    Variant {
+        shader: SHADER,
+        constants: vec![("KV_DTYPE", f64::from(dtype.gpu_id()))],
+    }
+}
+
+/// The K-shift kernel, one pipeline per cache storage type (compiled on first use).
+#[derive(Debug)]
 pub struct KvShift {
-    pipeline: wgpu::ComputePipeline,
+    pipelines: Pipelines,
 }
 
 impl KvShift {
-    /// Compiles the kernel.
+    /// Prepares the kernel.
     pub fn new(c: &super::Compiler) -> Self {
         Self {
-            pipeline: super::pipeline(c, Variant::plain(SHADER)),
+            pipelines: Pipelines::new(c, SHADER),
         }
     }
 
@@ -80,7 +86,6 @@ impl KvShift {
         let params = Params {
             kv_dim: b.kv_dim as u32,
             head_size: b.head_size as u32,
-            kv_dtype: b.kv_dtype.gpu_id(),
             rows: b.rows as u32,
             delta: b.delta as u32,
             dst: b.dst as u32,
@@ -92,7 +97,7 @@ impl KvShift {
         };
         Dispatch::new(
             device,
-            &self.pipeline,
+            &self.pipelines.get(variant(b.kv_dtype).constants),
             bytemuck::bytes_of(&params),
             &[b.table, b.src, b.k_cache],
             [(threads as u32).div_ceil(64), b.rows as u32, 1],

@@ -88,13 +88,10 @@ impl Variant {
 /// Every pipeline [`Kernels::new`] builds (a test checks this against what
 /// it builds, and translates each for every backend).
 #[cfg(test)]
-pub const VARIANTS: [Variant; 6] = [
+pub const VARIANTS: [Variant; 3] = [
     Variant::plain(argmax::SHADER),
-    Variant::plain(attention::SHADER),
     Variant::plain(attention_combine::SHADER),
-    Variant::plain(kv_shift::SHADER),
     Variant::plain(rmsnorm::SHADER),
-    Variant::plain(rope_append::SHADER),
 ];
 
 /// The weight-reading kernels' pipelines for every storage type (each
@@ -126,15 +123,20 @@ pub fn specialized_variants() -> Vec<Variant> {
             up,
         ));
     }
-    for shader in [
-        attention::SHADER,
-        attention_combine::SHADER,
-        rope_append::SHADER,
-    ] {
-        out.push(Variant {
-            shader,
-            constants: paged(),
-        });
+    out.push(Variant {
+        shader: attention_combine::SHADER,
+        constants: paged(),
+    });
+    // The kernels that touch the cache: every storage type, flat and paged;
+    // attention in both builds.
+    for kv in crate::kv_cache::KvDtype::ALL {
+        out.push(kv_shift::variant(kv));
+        for paged in [false, true] {
+            out.push(rope_append::variant(paged, kv));
+            for per_token in [false, true] {
+                out.push(attention::variant(paged, kv, per_token));
+            }
+        }
     }
     out
 }
@@ -360,10 +362,19 @@ pub struct Pipelines {
 /// Pipeline-overridable constants by name.
 pub type Constants = Vec<(&'static str, f64)>;
 
-/// The constants of the PAGED build of the kernels that touch the KV cache
-/// (shaders/prelude.wgsl).
+/// The constants of the PAGED build of attention_combine (shaders/prelude.wgsl).
 pub fn paged() -> Constants {
     vec![("PAGED", 1.0)]
+}
+
+/// The constants of a kernel that touches the KV cache, built for a paged
+/// pool or a flat cache (shaders/prelude.wgsl) of `dtype` (kv.wgsl's
+/// `KV_DTYPE`).
+pub fn cache_build(paged: bool, dtype: crate::kv_cache::KvDtype) -> Constants {
+    vec![
+        ("PAGED", f64::from(u8::from(paged))),
+        ("KV_DTYPE", f64::from(dtype.gpu_id())),
+    ]
 }
 
 impl Pipelines {

@@ -1,7 +1,7 @@
 //! Rotary position embedding of q and k, and the append of k and v to the
 //! KV cache, in one kernel. See `shaders/rope_append.wgsl`.
 
-use super::{grid_64, Dispatch, Needs, Pipelines, Shader, Variant};
+use super::{cache_build, grid_64, Dispatch, Needs, Pipelines, Shader, Variant};
 use crate::kv_cache::KvDtype;
 
 /// `shaders/rope_append.wgsl` after `shaders/prelude.wgsl`.
@@ -14,7 +14,7 @@ pub const SHADER: Shader = Shader {
     ),
     needs: Needs {
         storage_buffers: 6,
-        uniform_bytes: 20,
+        uniform_bytes: 16,
         textures: 0,
         workgroup_bytes: 0,
         invocations: 64,
@@ -34,8 +34,6 @@ pub struct Params {
     pub head_size: u32,
     /// Positions a token may take: a flat cache's rows, a paged sequence's context.
     pub capacity: u32,
-    /// [`KvDtype::gpu_id`] of the cache.
-    pub kv_dtype: u32,
 }
 
 /// Shape of the q and k/v rows and of the cache.
@@ -76,20 +74,26 @@ pub struct Bindings<'a> {
     pub shape: Shape,
 }
 
-/// The RoPE + append kernel.
+/// The build of the kernel for a paged pool or a flat cache of `dtype`.
+pub fn variant(paged: bool, dtype: KvDtype) -> Variant {
+    Variant {
+        shader: SHADER,
+        constants: cache_build(paged, dtype),
+    }
+}
+
+/// The RoPE + append kernel, one pipeline per kind of cache (flat or
+/// paged, and its storage type), compiled on first use.
 #[derive(Debug)]
 pub struct RopeAppend {
-    pipeline: wgpu::ComputePipeline,
-    /// The PAGED build, compiled on first use (by an `Engine`).
-    paged: Pipelines,
+    pipelines: Pipelines,
 }
 
 impl RopeAppend {
-    /// Compiles the kernel.
+    /// Prepares the kernel.
     pub fn new(c: &super::Compiler) -> Self {
         Self {
-            pipeline: super::pipeline(c, Variant::plain(SHADER)),
-            paged: Pipelines::new(c, SHADER),
+            pipelines: Pipelines::new(c, SHADER),
         }
     }
 
@@ -103,12 +107,10 @@ impl RopeAppend {
             kv_dim: s.kv_dim as u32,
             head_size: s.head_size as u32,
             capacity: s.capacity as u32,
-            kv_dtype: s.kv_dtype.gpu_id(),
         };
-        let paged = b.paged.then(|| self.paged.get(super::paged()));
         Dispatch::new(
             device,
-            paged.as_ref().unwrap_or(&self.pipeline),
+            &self.pipelines.get(variant(b.paged, s.kv_dtype).constants),
             bytemuck::bytes_of(&params),
             &[b.step, b.table, b.qkv, b.q, b.k_cache, b.v_cache, b.paging],
             grid_64(s.q_dim as u32 / 2),
