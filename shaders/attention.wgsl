@@ -96,6 +96,22 @@ var<workgroup> partial: array<f32, WG>;
 const MAX_SPLIT: u32 = 256u;
 var<workgroup> rows: array<u32, MAX_SPLIT>;
 
+// q values i .. i + 4 of the head at q_off, 0 past its `hs` values.
+fn q4(q_off: u32, i: u32, hs: u32) -> vec4<f32> {
+    let last = q_off + hs - 1u;
+    let v = vec4(q[q_off + i], q[min(q_off + i + 1u, last)], q[min(q_off + i + 2u, last)], q[min(q_off + i + 3u, last)]);
+    return select(vec4(0.0), v, vec4(i) + vec4(0u, 1u, 2u, 3u) < vec4(hs));
+}
+
+// Cache values c .. c + 4 of the row at word `row`, `last` repeated past it.
+fn cached_k4(row: u32, c: u32, last: u32) -> vec4<f32> {
+    return vec4(cached_k(row, c), cached_k(row, min(c + 1u, last)), cached_k(row, min(c + 2u, last)), cached_k(row, min(c + 3u, last)));
+}
+
+fn cached_v4(row: u32, c: u32, last: u32) -> vec4<f32> {
+    return vec4(cached_v(row, c), cached_v(row, min(c + 1u, last)), cached_v(row, min(c + 2u, last)), cached_v(row, min(c + 3u, last)));
+}
+
 // Reduces `partial` to its maximum (is_max) or sum, leaving it in every thread's hands.
 fn reduce(lid: u32, is_max: bool) -> f32 {
     workgroupBarrier();
@@ -148,11 +164,12 @@ fn main(
         if PAGED {
             rows[t - start] = row;
         }
-        var dot = 0.0;
-        for (var i = 0u; i < hs; i++) {
-            dot += q[q_off + i] * cached_k(row, kv_off + i);
+        // Four dimensions at a time (q's past the head's end count 0).
+        var dot = vec4(0.0);
+        for (var i = 0u; i < hs; i += 4u) {
+            dot += q4(q_off, i, hs) * cached_k4(row, kv_off + i, kv_off + hs - 1u);
         }
-        let s = dot / scale;
+        let s = (dot.x + dot.y + dot.z + dot.w) / scale;
         scores[s_off + t] = s;
         m = max(m, s);
     }
@@ -170,23 +187,25 @@ fn main(
     sum = reduce(lid, false);
     storageBarrier(); // scores written above are read by other threads below
 
-    // Weighted sum of values: each thread owns some of the head's dimensions.
+    // Weighted sum of values: each thread owns four of the head's dimensions.
     let whole = n <= params.split; // one split: the final output
     let p_off = ((token * params.n_heads + h) * params.splits + wg.y) * (hs + 2u);
     let words = kv_row_words(KV_DTYPE, params.n_kv_heads * hs);
-    for (var i = lid; i < hs; i += WG) {
-        var acc = 0.0;
+    for (var i = 4u * lid; i < hs; i += 4u * WG) {
+        var acc = vec4(0.0);
         for (var t = start; t < end; t++) {
             var row = t * words;
             if PAGED {
                 row = rows[t - start];
             }
-            acc += scores[s_off + t] * cached_v(row, kv_off + i);
+            acc += scores[s_off + t] * cached_v4(row, kv_off + i, kv_off + hs - 1u);
         }
-        if whole {
-            out[token * params.out_stride + h * hs + i] = acc / sum;
-        } else {
-            partials[p_off + i] = acc;
+        for (var j = 0u; j < 4u && i + j < hs; j++) {
+            if whole {
+                out[token * params.out_stride + h * hs + i + j] = acc[j] / sum;
+            } else {
+                partials[p_off + i + j] = acc[j];
+            }
         }
     }
     if !whole && lid == 0u {
@@ -255,14 +274,7 @@ fn one_token(h: u32, split: u32, token: u32) {
         let c = kv_off + i;
         var acc = vec4(0.0);
         for (var t = start; t < end; t++) {
-            let row = row_word(token, t);
-            let v = vec4(
-                cached_v(row, c),
-                cached_v(row, min(c + 1u, last)),
-                cached_v(row, min(c + 2u, last)),
-                cached_v(row, min(c + 3u, last)),
-            );
-            acc += scores[s_off + t] * v;
+            acc += scores[s_off + t] * cached_v4(row_word(token, t), c, last);
         }
         for (var j = 0u; j < 4u && i + j < hs; j++) {
             if whole {
