@@ -9,8 +9,15 @@
 //! 1 to k + 1 tokens: the greedy text is the plain greedy text (the
 //! verifying logits are the same model's, summed in the matrix-matrix
 //! kernels' order).
+//!
+//! Where the text does not repeat, drafts are mostly wrong and a verifying
+//! pass costs more than a plain step (on lavapipe about 1.8 steps for 8
+//! tokens of stories260K), so a [`Lookup`] measures both and passes up
+//! drafts while verifying them decides fewer tokens per second than plain
+//! steps, trying one again now and then ([`Lookup::draft_always`] turns this off).
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use crate::error::Result;
 use crate::generate::Decoder;
@@ -25,6 +32,13 @@ const MIN_NGRAM: usize = 2;
 /// Longest run of recent tokens looked up in the context (then shorter ones).
 const NGRAM: usize = 3;
 
+/// Weight of the past in [`Payoff`]'s moving averages.
+const DECAY: f64 = 0.8;
+
+/// Drafts passed up in a row, while drafting does not pay, before one is
+/// verified anyway (the text may have begun to repeat).
+const PROBE_EVERY: u64 = 8;
+
 /// What a [`Lookup`] decoder has done.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LookupStats {
@@ -36,6 +50,8 @@ pub struct LookupStats {
     pub drafted: u64,
     /// Drafted tokens that were the model's greedy choice.
     pub accepted: u64,
+    /// Drafts found but not verified, because verifying did not pay.
+    pub passed_up: u64,
 }
 
 impl LookupStats {
@@ -62,10 +78,67 @@ pub struct Lookup {
     /// for `ready` to hold.
     returned: Option<u32>,
     stats: LookupStats,
+    /// What drafting has paid so far; `None`: every draft is verified.
+    payoff: Option<Payoff>,
+}
+
+/// Whether verifying drafts pays on this adapter and text: moving averages
+/// of a plain step's and a verifying pass's wall time, and of the tokens a
+/// verifying pass decides (1 + the drafts accepted). The first of each
+/// kind is not timed (it compiles pipelines and binds buffers).
+#[derive(Clone, Copy, Debug, Default)]
+struct Payoff {
+    plain_steps: u64,
+    plain_secs: Option<f64>,
+    verify_passes: u64,
+    verify_secs: Option<f64>,
+    tokens_per_verify: Option<f64>,
+    /// Drafts passed up since the last verified one.
+    passed_up: u64,
+}
+
+/// `old` moved toward `new`, or `new` when there is no `old`.
+fn average(old: Option<f64>, new: f64) -> Option<f64> {
+    Some(old.map_or(new, |o| DECAY * o + (1.0 - DECAY) * new))
+}
+
+impl Payoff {
+    /// Whether to verify a draft now: unless verifying passes are measured
+    /// to decide fewer tokens per second than plain steps, and fewer than
+    /// [`PROBE_EVERY`] drafts were passed up since the last.
+    fn verify_now(&mut self) -> bool {
+        let pays = match (self.plain_secs, self.verify_secs, self.tokens_per_verify) {
+            (Some(plain), Some(verify), Some(tokens)) => tokens * plain >= verify,
+            _ => true,
+        };
+        if pays || self.passed_up + 1 >= PROBE_EVERY {
+            self.passed_up = 0;
+            true
+        } else {
+            self.passed_up += 1;
+            false
+        }
+    }
+
+    fn plain_step(&mut self, since: Instant) {
+        self.plain_steps += 1;
+        if self.plain_steps > 1 {
+            self.plain_secs = average(self.plain_secs, since.elapsed().as_secs_f64());
+        }
+    }
+
+    fn verify_pass(&mut self, since: Instant, tokens: usize) {
+        self.verify_passes += 1;
+        if self.verify_passes > 1 {
+            self.verify_secs = average(self.verify_secs, since.elapsed().as_secs_f64());
+        }
+        self.tokens_per_verify = average(self.tokens_per_verify, tokens as f64);
+    }
 }
 
 impl Lookup {
-    /// Decodes with `session`, drafting up to `draft` tokens a pass (0: plain).
+    /// Decodes with `session`, drafting up to `draft` tokens a pass (0:
+    /// plain), verifying drafts while that pays (see the module's docs).
     pub fn new(session: Session, draft: usize) -> Self {
         let draft = draft.min(session.prefill_tokens().saturating_sub(1));
         Self {
@@ -75,7 +148,15 @@ impl Lookup {
             ready: VecDeque::new(),
             returned: None,
             stats: LookupStats::default(),
+            payoff: Some(Payoff::default()),
         }
+    }
+
+    /// Verifies every draft, whether or not it pays (to measure acceptance,
+    /// or where timing must not steer the passes).
+    pub fn draft_always(mut self) -> Self {
+        self.payoff = None;
+        self
     }
 
     /// What it has done.
@@ -146,7 +227,7 @@ impl Decoder for Lookup {
         let pos = self.history.len();
         self.history.push(token);
         let room = self.session.cache().capacity().saturating_sub(pos);
-        let draft: Vec<u32> = match sampler.is_greedy() {
+        let mut draft: Vec<u32> = match sampler.is_greedy() {
             true => self
                 .draft()
                 .iter()
@@ -155,10 +236,20 @@ impl Decoder for Lookup {
                 .collect(),
             false => Vec::new(),
         };
+        if !draft.is_empty() && !self.payoff.as_mut().is_none_or(Payoff::verify_now) {
+            self.stats.passed_up += 1;
+            draft.clear();
+        }
+        let since = Instant::now();
         if draft.is_empty() {
             self.stats.plain_steps += 1;
             return match self.session.next_token(token, sampler) {
-                Ok(next) => Ok(next),
+                Ok(next) => {
+                    if let Some(p) = &mut self.payoff {
+                        p.plain_step(since);
+                    }
+                    Ok(next)
+                }
                 Err(e) => {
                     self.history.pop();
                     Err(e)
@@ -195,6 +286,9 @@ impl Decoder for Lookup {
         self.stats.accepted += accepted as u64;
         // The token and the accepted drafts stay; the rest is rolled back.
         self.session.truncate(pos + 1 + accepted)?;
+        if let Some(p) = &mut self.payoff {
+            p.verify_pass(since, decided.len());
+        }
         let first = decided[0];
         self.ready.extend(&decided[1..]);
         self.returned = Some(first);

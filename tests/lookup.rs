@@ -1,7 +1,8 @@
 //! Prompt-lookup speculative decoding (`kvgpu::Lookup`) on stories260K: the
 //! greedy text equals plain greedy decoding's over the whole context, with
-//! drafts accepted; sampling runs plain steps; an input other than the one
-//! it decided drops the decided tokens and their cache positions.
+//! drafts accepted, whether every draft is checked or only while checking
+//! pays; sampling runs plain steps; an input other than the one it decided
+//! drops the decided tokens and their cache positions.
 
 mod common;
 
@@ -24,9 +25,13 @@ fn lookup_gives_the_plain_greedy_text_in_fewer_passes() {
         )
         .unwrap()
     };
-    for prompt in ["", "Lily and Ben"] {
+    for (prompt, always) in [("", true), ("Lily and Ben", true), ("", false)] {
         let expect = plain(prompt);
-        let mut lookup = Lookup::new(Session::new(&gm, None).unwrap(), 8);
+        let lookup = Lookup::new(Session::new(&gm, None).unwrap(), 8);
+        let mut lookup = match always {
+            true => lookup.draft_always(),
+            false => lookup,
+        };
         let mut sampler = Sampler::greedy();
         let run = generate(
             &mut lookup,
@@ -41,10 +46,20 @@ fn lookup_gives_the_plain_greedy_text_in_fewer_passes() {
         assert_eq!(run.positions, expect.positions);
         let s = lookup.stats();
         let passes = s.verify_passes + s.plain_steps;
-        assert!(s.accepted > 0 && passes < run.positions as u64, "{s:?}");
+        match always {
+            // Every draft checked: some kept, so fewer passes than positions.
+            true => {
+                assert!(s.accepted > 0 && passes < run.positions as u64, "{s:?}");
+                assert_eq!(s.passed_up, 0);
+            }
+            // Checked while it pays (timing decides which): one pass per
+            // position at most, every found draft checked or passed up.
+            false => assert!(passes <= run.positions as u64, "{s:?}"),
+        }
         println!(
-            "prompt {prompt:?}: {} positions in {passes} passes, {} of {} drafts accepted",
-            run.positions, s.accepted, s.drafted
+            "prompt {prompt:?}, every draft checked: {always}: {} positions in {passes} passes, \
+             {} of {} drafts accepted, {} passed up",
+            run.positions, s.accepted, s.drafted, s.passed_up
         );
         // The session comes back cut to the positions the caller saw.
         assert_eq!(lookup.into_session().unwrap().len(), run.positions);
@@ -71,7 +86,7 @@ fn sampling_runs_plain_steps_and_other_inputs_drop_what_was_decided() {
     assert_eq!(run.text, expect.unwrap().text);
     assert_eq!(lookup.stats().verify_passes, 0);
     // Greedy until a verified pass decided tokens ahead, then another input.
-    let mut lookup = Lookup::new(Session::new(&gm, None).unwrap(), 8);
+    let mut lookup = Lookup::new(Session::new(&gm, None).unwrap(), 8).draft_always();
     let mut history = vec![1];
     let mut token = 1;
     while lookup.stats().accepted == 0 {

@@ -387,7 +387,7 @@ fn prompt_lookup_repeats_a_paragraph_with_the_plain_greedy_text() {
     let gm = GpuModel::new(&gpu, &model).unwrap();
     let prompt = "Copy this sentence exactly: The old lighthouse keeper climbed the stairs every night to light the lamp.\nCopy: The old";
     let expect = greedy(&gm, &tok, prompt, 24);
-    let mut lookup = kvgpu::Lookup::new(Session::new(&gm, Some(256)).unwrap(), 8);
+    let mut lookup = kvgpu::Lookup::new(Session::new(&gm, Some(256)).unwrap(), 8).draft_always();
     let run = generate(
         &mut lookup,
         &tok,

@@ -100,9 +100,13 @@ pub struct Args {
     parallel: Option<usize>,
     /// Greedy decoding with prompt lookup: up to N tokens guessed from
     /// earlier in the context are checked in one batched pass (same text
-    /// as plain greedy decoding, several tokens a pass where it repeats).
+    /// as plain greedy decoding, several tokens a pass where it repeats);
+    /// drafts are passed up while checking them is measured not to pay.
     #[arg(long, value_name = "N", conflicts_with_all = ["no_cache", "save_state", "load_state", "parallel"])]
     lookup: Option<usize>,
+    /// With --lookup: check every draft, whether or not it pays (to measure acceptance).
+    #[arg(long, requires = "lookup")]
+    lookup_always: bool,
 }
 
 /// Generates the text.
@@ -185,7 +189,10 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let (mut cached, mut uncached, mut lookup) = (None, None, None);
     let decoder: &mut dyn Decoder = match (args.no_cache, args.lookup) {
         (true, _) => uncached.insert(NoCache::new(session)),
-        (false, Some(n)) => lookup.insert(Lookup::new(session, n)),
+        (false, Some(n)) => lookup.insert(match args.lookup_always {
+            true => Lookup::new(session, n).draft_always(),
+            false => Lookup::new(session, n),
+        }),
         (false, None) => cached.insert(session),
     };
 
@@ -248,12 +255,13 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(l) => {
             let s = l.stats();
             format!(
-                "{work} | prompt lookup: {} verify passes + {} plain steps, {} of {} drafted tokens accepted ({:.0}%)",
+                "{work} | prompt lookup: {} verify passes + {} plain steps, {} of {} drafted tokens accepted ({:.0}%), {} drafts passed up (checking them did not pay)",
                 s.verify_passes,
                 s.plain_steps,
                 s.accepted,
                 s.drafted,
-                100.0 * s.acceptance()
+                100.0 * s.acceptance(),
+                s.passed_up
             )
         }
         None => work,
