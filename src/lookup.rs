@@ -137,10 +137,19 @@ impl Payoff {
 }
 
 impl Lookup {
+    /// Most tokens drafted a pass: with the current token they fill one
+    /// tile of the matrix-matrix kernels (a ninth token adds a launch per
+    /// projection; on lavapipe a pass of 9 stories260K tokens took about
+    /// 1.8x one of 8).
+    pub const MAX_DRAFT: usize = crate::ops::matmul::TILE - 1;
+
     /// Decodes with `session`, drafting up to `draft` tokens a pass (0:
-    /// plain), verifying drafts while that pays (see the module's docs).
+    /// plain; at most [`Lookup::MAX_DRAFT`]), verifying drafts while that pays (see
+    /// the module's docs).
     pub fn new(session: Session, draft: usize) -> Self {
-        let draft = draft.min(session.prefill_tokens().saturating_sub(1));
+        let draft = draft
+            .min(Self::MAX_DRAFT)
+            .min(session.prefill_tokens().saturating_sub(1));
         Self {
             session,
             draft,

@@ -51,6 +51,11 @@ fn lookup_gives_the_plain_greedy_text_in_fewer_passes() {
             true => {
                 assert!(s.accepted > 0 && passes < run.positions as u64, "{s:?}");
                 assert_eq!(s.passed_up, 0);
+                // 8 asked for, 7 at most: a pass fills one matmul tile.
+                assert!(
+                    s.drafted <= s.verify_passes * Lookup::MAX_DRAFT as u64,
+                    "{s:?}"
+                );
             }
             // Checked while it pays (timing decides which): one pass per
             // position at most, every found draft checked or passed up.

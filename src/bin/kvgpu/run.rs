@@ -102,6 +102,8 @@ pub struct Args {
     /// earlier in the context are checked in one batched pass (same text
     /// as plain greedy decoding, several tokens a pass where it repeats);
     /// drafts are passed up while checking them is measured not to pay.
+    /// At most 7: with the current token, one 8-token tile of the
+    /// matrix-matrix kernels.
     #[arg(long, value_name = "N", conflicts_with_all = ["no_cache", "save_state", "load_state", "parallel"])]
     lookup: Option<usize>,
     /// With --lookup: check every draft, whether or not it pays (to measure acceptance).
