@@ -130,6 +130,40 @@ fn reduce(lid: u32, is_max: bool) -> f32 {
 
 override PER_TOKEN: bool = false;
 
+// Head h, split `split` of the pass's token `token`: the positions it
+// attends to (n = pos + 1) and this split's start..end of them, where its
+// K/V head, q and scores start; ok is false where there is nothing to do
+// (past the heads, tokens, capacity or positions).
+struct Task {
+    ok: bool,
+    n: u32,
+    start: u32,
+    end: u32,
+    kv_off: u32,
+    q_off: u32,
+    s_off: u32,
+}
+
+fn task(h: u32, split: u32, token: u32) -> Task {
+    var pos = step.pos + token;
+    if PAGED && token < step.n {
+        pos = paging[2u * token];
+    }
+    let n = pos + 1u;
+    let start = split * params.split;
+    let ok = h < params.n_heads && token < step.n && pos < params.capacity && start < n;
+    let head = token * params.n_heads + h;
+    return Task(
+        ok,
+        n,
+        start,
+        min(n, start + params.split),
+        (h / (params.n_heads / params.n_kv_heads)) * params.head_size,
+        head * params.head_size,
+        head * params.capacity,
+    );
+}
+
 @compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -141,36 +175,27 @@ fn main(
     }
     let h = wg.x;
     let token = wg.z;
-    var pos = step.pos + token;
-    if PAGED {
-        pos = paging[2u * token];
-    }
-    let n = pos + 1u; // positions attended to
-    let start = wg.y * params.split;
-    if h >= params.n_heads || token >= step.n || pos >= params.capacity || start >= n {
+    let a = task(h, wg.y, token);
+    if !a.ok {
         return;
     }
-    let end = min(n, start + params.split);
     let hs = params.head_size;
-    let kv_off = (h / (params.n_heads / params.n_kv_heads)) * hs;
-    let q_off = (token * params.n_heads + h) * hs;
-    let s_off = (token * params.n_heads + h) * params.capacity;
     let scale = sqrt(f32(hs));
 
     // Scores and their maximum.
     var m = -3.402823e38;
-    for (var t = start + lid; t < end; t += WG) {
+    for (var t = a.start + lid; t < a.end; t += WG) {
         let row = row_word(token, t);
         if PAGED {
-            rows[t - start] = row;
+            rows[t - a.start] = row;
         }
         // Four dimensions at a time (q's past the head's end count 0).
         var dot = vec4(0.0);
         for (var i = 0u; i < hs; i += 4u) {
-            dot += q4(q_off, i, hs) * cached_k4(row, kv_off + i, kv_off + hs - 1u);
+            dot += q4(a.q_off, i, hs) * cached_k4(row, a.kv_off + i, a.kv_off + hs - 1u);
         }
         let s = (dot.x + dot.y + dot.z + dot.w) / scale;
-        scores[s_off + t] = s;
+        scores[a.s_off + t] = s;
         m = max(m, s);
     }
     partial[lid] = m;
@@ -178,9 +203,9 @@ fn main(
 
     // Exponentials (each thread revisits its own t) and their sum.
     var sum = 0.0;
-    for (var t = start + lid; t < end; t += WG) {
-        let e = exp(scores[s_off + t] - m);
-        scores[s_off + t] = e;
+    for (var t = a.start + lid; t < a.end; t += WG) {
+        let e = exp(scores[a.s_off + t] - m);
+        scores[a.s_off + t] = e;
         sum += e;
     }
     partial[lid] = sum;
@@ -188,17 +213,17 @@ fn main(
     storageBarrier(); // scores written above are read by other threads below
 
     // Weighted sum of values: each thread owns four of the head's dimensions.
-    let whole = n <= params.split; // one split: the final output
+    let whole = a.n <= params.split; // one split: the final output
     let p_off = ((token * params.n_heads + h) * params.splits + wg.y) * (hs + 2u);
     let words = kv_row_words(KV_DTYPE, params.n_kv_heads * hs);
     for (var i = 4u * lid; i < hs; i += 4u * WG) {
         var acc = vec4(0.0);
-        for (var t = start; t < end; t++) {
+        for (var t = a.start; t < a.end; t++) {
             var row = t * words;
             if PAGED {
-                row = rows[t - start];
+                row = rows[t - a.start];
             }
-            acc += scores[s_off + t] * cached_v4(row, kv_off + i, kv_off + hs - 1u);
+            acc += scores[a.s_off + t] * cached_v4(row, a.kv_off + i, a.kv_off + hs - 1u);
         }
         for (var j = 0u; j < 4u && i + j < hs; j++) {
             if whole {
@@ -219,27 +244,18 @@ fn main(
 // the one-token build; four positions (scores) or four dimensions (weighted
 // sum) go side by side, so each q value and score is read a quarter as often.
 fn one_token(h: u32, split: u32, token: u32) {
-    var pos = step.pos + token;
-    if PAGED && token < step.n {
-        pos = paging[2u * token];
-    }
-    let n = pos + 1u; // positions attended to
-    let start = split * params.split;
-    if h >= params.n_heads || token >= step.n || pos >= params.capacity || start >= n {
+    let a = task(h, split, token);
+    if !a.ok {
         return;
     }
-    let end = min(n, start + params.split);
     let hs = params.head_size;
-    let kv_off = (h / (params.n_heads / params.n_kv_heads)) * hs;
-    let q_off = (token * params.n_heads + h) * hs;
-    let s_off = (token * params.n_heads + h) * params.capacity;
     let scale = sqrt(f32(hs));
 
     // Scores of positions t .. t + 4 (the last position repeated past the
     // end) and their maximum.
     var m = -3.402823e38;
-    for (var t = start; t < end; t += 4u) {
-        let last = end - 1u;
+    for (var t = a.start; t < a.end; t += 4u) {
+        let last = a.end - 1u;
         let rows = vec4(
             row_word(token, t),
             row_word(token, min(t + 1u, last)),
@@ -248,33 +264,33 @@ fn one_token(h: u32, split: u32, token: u32) {
         );
         var dot = vec4(0.0);
         for (var i = 0u; i < hs; i++) {
-            let c = kv_off + i;
+            let c = a.kv_off + i;
             let k = vec4(cached_k(rows.x, c), cached_k(rows.y, c), cached_k(rows.z, c), cached_k(rows.w, c));
-            dot += q[q_off + i] * k;
+            dot += q[a.q_off + i] * k;
         }
-        for (var j = 0u; j < 4u && t + j < end; j++) {
+        for (var j = 0u; j < 4u && t + j < a.end; j++) {
             let s = dot[j] / scale;
-            scores[s_off + t + j] = s;
+            scores[a.s_off + t + j] = s;
             m = max(m, s);
         }
     }
     // Exponentials and their sum.
     var sum = 0.0;
-    for (var t = start; t < end; t++) {
-        let e = exp(scores[s_off + t] - m);
-        scores[s_off + t] = e;
+    for (var t = a.start; t < a.end; t++) {
+        let e = exp(scores[a.s_off + t] - m);
+        scores[a.s_off + t] = e;
         sum += e;
     }
     // Weighted sum of values, dimensions i .. i + 4 (the head's last
     // repeated past its end).
-    let whole = n <= params.split;
+    let whole = a.n <= params.split;
     let p_off = ((token * params.n_heads + h) * params.splits + split) * (hs + 2u);
     for (var i = 0u; i < hs; i += 4u) {
-        let last = kv_off + hs - 1u;
-        let c = kv_off + i;
+        let last = a.kv_off + hs - 1u;
+        let c = a.kv_off + i;
         var acc = vec4(0.0);
-        for (var t = start; t < end; t++) {
-            acc += scores[s_off + t] * cached_v4(row_word(token, t), c, last);
+        for (var t = a.start; t < a.end; t++) {
+            acc += scores[a.s_off + t] * cached_v4(row_word(token, t), c, last);
         }
         for (var j = 0u; j < 4u && i + j < hs; j++) {
             if whole {
