@@ -88,9 +88,7 @@ pub struct Lookup {
 /// kind is not timed (it compiles pipelines and binds buffers).
 #[derive(Clone, Copy, Debug, Default)]
 struct Payoff {
-    plain_steps: u64,
     plain_secs: Option<f64>,
-    verify_passes: u64,
     verify_secs: Option<f64>,
     tokens_per_verify: Option<f64>,
     /// Drafts passed up since the last verified one.
@@ -120,16 +118,16 @@ impl Payoff {
         }
     }
 
-    fn plain_step(&mut self, since: Instant) {
-        self.plain_steps += 1;
-        if self.plain_steps > 1 {
+    /// A plain step done, started at `since`; `first`: the lookup's first.
+    fn plain_step(&mut self, since: Instant, first: bool) {
+        if !first {
             self.plain_secs = average(self.plain_secs, since.elapsed().as_secs_f64());
         }
     }
 
-    fn verify_pass(&mut self, since: Instant, tokens: usize) {
-        self.verify_passes += 1;
-        if self.verify_passes > 1 {
+    /// A verifying pass that decided `tokens`, started at `since`; `first`: the lookup's first.
+    fn verify_pass(&mut self, since: Instant, tokens: usize, first: bool) {
+        if !first {
             self.verify_secs = average(self.verify_secs, since.elapsed().as_secs_f64());
         }
         self.tokens_per_verify = average(self.tokens_per_verify, tokens as f64);
@@ -245,7 +243,7 @@ impl Decoder for Lookup {
                 .collect(),
             false => Vec::new(),
         };
-        if !draft.is_empty() && !self.payoff.as_mut().is_none_or(Payoff::verify_now) {
+        if !draft.is_empty() && self.payoff.as_mut().is_some_and(|p| !p.verify_now()) {
             self.stats.passed_up += 1;
             draft.clear();
         }
@@ -255,7 +253,7 @@ impl Decoder for Lookup {
             return match self.session.next_token(token, sampler) {
                 Ok(next) => {
                     if let Some(p) = &mut self.payoff {
-                        p.plain_step(since);
+                        p.plain_step(since, self.stats.plain_steps == 1);
                     }
                     Ok(next)
                 }
@@ -296,7 +294,7 @@ impl Decoder for Lookup {
         // The token and the accepted drafts stay; the rest is rolled back.
         self.session.truncate(pos + 1 + accepted)?;
         if let Some(p) = &mut self.payoff {
-            p.verify_pass(since, decided.len());
+            p.verify_pass(since, decided.len(), self.stats.verify_passes == 1);
         }
         let first = decided[0];
         self.ready.extend(&decided[1..]);
