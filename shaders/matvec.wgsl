@@ -3,20 +3,15 @@
 // file.
 
 // x[k].
-fn x4(k: u32) -> vec4<f32> {
+fn input(k: u32) -> vec4<f32> {
     return x[k];
 }
 
-// x[k] * g[k].
-fn xg4(k: u32) -> vec4<f32> {
-    return x[k] * g[k];
-}
-
-// x[0..4 n4] . x[0..4 n4], summed in every thread.
+// residual[0..4 n4] . residual[0..4 n4], summed in every thread.
 fn sum_squares(n4: u32) -> f32 {
     var ss = vec4<f32>(0.0);
     for (var k = 0u; k < n4; k++) {
-        let v = x[k];
+        let v = residual[k];
         ss += v * v;
     }
     return ss.x + ss.y + ss.z + ss.w;

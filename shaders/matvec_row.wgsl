@@ -1,16 +1,23 @@
 // Matrix-vector product (projection) for one token, the part both builds
 // share (matvec.wgsl reads the inputs in every thread, matvec_subgroup.wgsl
-// shares each read across a subgroup; either defines `x4`, `xg4`,
+// shares each read across a subgroup; either defines `input`,
 // `sum_squares` and `main`): for each row r of a weight matrix (or one row-chunk of it)
 // stored as any dtype of dequant.wgsl, whose source is prepended to this
 // file, by `mode`:
 //   MODE_SET     out[out_offset + r]  = W[r] . x
 //   MODE_ADD     out[out_offset + r] += W[r] . x      (residual add in the epilogue)
 //   MODE_SWIGLU  out[out_offset + r]  = silu(W[r] . x) * (W_up[r] . x)  (gate, up and SiLU in one pass)
-// Built with the override NORM = true, x is first replaced by rmsnorm(x) * g
-// (the RMSNorm before the projection, its sum of squares computed by every
-// thread from the uniform x, or by a subgroup together: one dispatch fewer
-// per norm; a constant, so the plain pipeline pays nothing for it).
+// Built with the override NORM = true, the product is W . rmsnorm(x) * g,
+// the RMSNorm before the projection in the projection (one dispatch fewer
+// per norm): the input is xg = x * g, written by whichever kernel wrote the
+// residual stream x (embed, or a NEXT_NORM epilogue), and the sum is scaled
+// by 1 / rms(x), x's sum of squares computed by every thread from the
+// uniform `residual`, or by a subgroup together. A constant, so the plain
+// pipeline pays nothing for it.
+//
+// Built with the override NEXT_NORM = true (MODE_ADD: a residual add), the
+// epilogue also writes xg[o] = out[o] * next_g[o], the input of the NORM
+// projection that reads this residual stream next.
 //
 // Built with the override ROPE = true, the projection is a decode step's
 // QKV (rows: q_dim of q, kv_dim of k, kv_dim of v) into a flat f32 or f16
@@ -24,14 +31,16 @@
 //                                                  out_stride, x_stride, first_token, tile (matmul only), eps (NORM only),
 //                                                  q_dim, kv_dim, head_size, kv_dtype (ROPE only) }
 //   1 w:       texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
-//   2 x:       array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values
+//   2 x:       array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values; NORM: x * g
 //   3 out:     array<f32> (storage)              (out_offset + rows,); ROPE: (q_dim,) rotated q
 //   4 w_up:    texture_2d<u32>                   (rows, up_row_bytes) raw bytes; MODE_SWIGLU only (else w again)
-//   5 g:       array<vec4<f32>, 4096> (uniform)  (cols,) RMSNorm weights, zero-padded; NORM only (else x again)
+//   5 residual: array<vec4<f32>, 4096> (uniform) (cols,) the residual stream x, zero-padded; NORM only (else x again)
 //   6 step:    RopeStep (uniform)                { pos, n, page }: the pass's Step (prelude.wgsl); ROPE only (else x)
 //   7 table:   array<f32> (storage)              (capacity, head_size / 2, 2) = (cos, sin); ROPE only (else out)
 //   8 k_cache: array<u32> (storage)              (capacity, kv_dim) f32, or (capacity, kv_dim / 2) f16 pairs; ROPE only (else out)
 //   9 v_cache: array<u32> (storage)              as k_cache
+//  10 next_g:  array<vec4<f32>, 4096> (uniform)  (out_offset + rows,) the next RMSNorm's weights, zero-padded; NEXT_NORM only (else x)
+//  11 xg:      array<f32> (storage)              (out_offset + rows,) out * next_g; NEXT_NORM only (else out)
 //
 // One thread per row, 64 rows per workgroup, f32 accumulation, no barriers.
 // x is a uniform buffer: every thread reads the same x[c] (software
@@ -48,12 +57,14 @@
 @group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var w_up: texture_2d<u32>;
-@group(0) @binding(5) var<uniform> g: array<vec4<f32>, 4096>;
+@group(0) @binding(5) var<uniform> residual: array<vec4<f32>, 4096>;
 @group(0) @binding(6) var<uniform> step: RopeStep;
 // Only read; read_write so that other builds can bind `out` here.
 @group(0) @binding(7) var<storage, read_write> table: array<f32>;
 @group(0) @binding(8) var<storage, read_write> k_cache: array<u32>;
 @group(0) @binding(9) var<storage, read_write> v_cache: array<u32>;
+@group(0) @binding(10) var<uniform> next_g: array<vec4<f32>, 4096>;
+@group(0) @binding(11) var<storage, read_write> xg: array<f32>;
 
 // Whether the epilogue rotates and appends (the QKV of a decode step).
 override ROPE: bool = false;
@@ -68,21 +79,15 @@ struct RopeStep {
 // Each thread's result, for its pair's other thread (ROPE).
 var<workgroup> results: array<f32, 64>;
 
-// Whether the input is RMS-normalised first (one pipeline each way).
+// Whether the input is x * g and the sum scaled by 1 / rms(residual) (one
+// pipeline each way).
 override NORM: bool = false;
+
+// Whether a residual add's epilogue also writes xg = out * next_g.
+override NEXT_NORM: bool = false;
 
 // The up projection's storage type (SwiGLU), as DTYPE (dequant.wgsl).
 override UP_DTYPE: u32 = DTYPE_F32;
-
-// x[k], times g[k] when the input is normalised (the scale is applied to
-// the sum); x4 and xg4 are the build's reads (matvec.wgsl,
-// matvec_subgroup.wgsl).
-fn input(k: u32) -> vec4<f32> {
-    if NORM {
-        return xg4(k);
-    }
-    return x4(k);
-}
 
 // W[row] . x for the row whose bytes start at `row` of `tex`. Rows on a
 // texel boundary (the common case) fetch whole texels: decided from the row
@@ -355,7 +360,7 @@ fn q4k_byte(head: vec4<u32>, i: u32) -> u32 {
 fn row(group: u32, lid: u32) {
     let r = group * 64u + lid;
     let computed = select(0u, r, r < params.rows);
-    // RMSNorm: every thread gets the same sum of squares of the uniform x.
+    // RMSNorm: every thread gets the same sum of squares of the uniform residual x.
     var scale = 1.0;
     if NORM {
         scale = 1.0 / sqrt(sum_squares((params.cols + 3u) / 4u) / f32(params.cols) + params.eps);
@@ -375,7 +380,11 @@ fn row(group: u32, lid: u32) {
         return;
     }
     if r < params.rows {
-        project(params.out_offset + r, a, b);
+        let o = params.out_offset + r;
+        project(o, a, b);
+        if NEXT_NORM {
+            xg[o] = out[o] * next_g[o / 4u][o % 4u];
+        }
     }
 }
 

@@ -15,17 +15,11 @@ fn broadcast4(v: f32) -> vec4<f32> {
 }
 
 // x[k]: lane i reads value i % 4.
-fn x4(k: u32) -> vec4<f32> {
+fn input(k: u32) -> vec4<f32> {
     return broadcast4(x[k][lane % 4u]);
 }
 
-// x[k] * g[k].
-fn xg4(k: u32) -> vec4<f32> {
-    let i = lane % 4u;
-    return broadcast4(x[k][i] * g[k][i]);
-}
-
-// x[0..4 n4] . x[0..4 n4]: the i-th of a subgroup's m threads sums every
+// residual[0..4 n4] . residual[0..4 n4]: the i-th of a subgroup's m threads sums every
 // m-th vec4 from its i-th, then the subgroup adds the threads' sums (i and m
 // count the threads running, whatever the subgroup's size: every thread of
 // a subgroup gets the same sum, and subgroups of one size the same bits).
@@ -34,7 +28,7 @@ fn sum_squares(n4: u32) -> f32 {
     let m = subgroupAdd(1u);
     var ss = vec4<f32>(0.0);
     for (var k = i; k < n4; k += m) {
-        let v = x[k];
+        let v = residual[k];
         ss += v * v;
     }
     return subgroupAdd(ss.x + ss.y + ss.z + ss.w);

@@ -245,8 +245,7 @@ impl Engine {
             let cache = KvCache::allocate(&gpu.device, c, rows, options.kv_dtype)?;
             let paging_words = 2 * batch + batch * pages_per_sequence;
             let activations = Activations::new(model, batch, context, paging_words);
-            let dispatches =
-                Dispatches::bind(model, &activations, &cache, context, true, batch, false);
+            let dispatches = Dispatches::bind(model, &activations, &cache, context, true, batch);
             let logits = AllLogits::bind(model, &activations, batch);
             let page_scratch = gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("page scratch"),

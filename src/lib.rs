@@ -85,7 +85,7 @@ pub use pool::PageCounts;
 pub use profile::Profile;
 pub use readback::{Output, Pending};
 pub use sampler::Sampler;
-pub use session::{Session, SessionOptions, NORM_IN_PROJECTION_BELOW, PREFILL_TOKENS};
+pub use session::{Session, SessionOptions, PREFILL_TOKENS};
 pub use tensor::{DType, Tensor};
 pub use tokenizer::Tokenizer;
 /// The wgpu kvgpu is built on, for apps that share their device

@@ -6,7 +6,7 @@
 
 use crate::gpu_model::GpuModel;
 use crate::kv_cache::{KvCache, KvDtype};
-use crate::ops::projection::{input_stride, GpuTensor, Mode, MAX_COLS};
+use crate::ops::projection::{input_stride, GpuTensor, Mode, NextNorm, MAX_COLS};
 use crate::ops::rmsnorm::Rows;
 use crate::ops::{
     argmax, attention, attention_combine, embed, matmul, matvec, rmsnorm, rope_append, Dispatch,
@@ -18,6 +18,13 @@ const F32: u64 = 4;
 /// Positions per split of split-K attention: a token attending to more runs
 /// one workgroup per split and head, then a merge (`attention_combine`).
 pub const ATTENTION_SPLIT: usize = 256;
+
+/// Largest vocabulary whose classifier takes the final RMSNorm in, in a
+/// decode step: every workgroup of the classifier (64 rows) sums x's
+/// squares again, which for SmolLM2's 49152 rows cost more than the launch
+/// it saves (9.2 against 10.9 tok/s, medians of 5 alternated runs on
+/// lavapipe); stories260K's 512 rows save the launch.
+const NORMED_CLASSIFIER_ROWS: usize = 4096;
 
 /// Passes one session can record between two submits of the encoders it
 /// records into (and steps of one GPU-resident greedy block): each pass
@@ -48,10 +55,13 @@ pub(crate) struct Activations {
     /// table, for a pass over a paged pool (prelude.wgsl); one unread word
     /// for a flat cache.
     pub paging: wgpu::Buffer,
-    /// (batch, sd) residual stream (a decode step's projections read it as
-    /// their uniform input and normalise it themselves).
+    /// (batch, sd) residual stream.
     pub x: wgpu::Buffer,
-    /// (batch, sd) normed input of a block in a prefill pass.
+    /// (batch, sd) x times the weights of the RMSNorm that reads it next,
+    /// written beside x by whichever kernel wrote it: the input of a decode
+    /// step's projections, which normalise it themselves.
+    pub xg: wgpu::Buffer,
+    /// (batch, sd) normed input of a block in a pass of several tokens.
     pub xb: wgpu::Buffer,
     /// (batch, dim + 2 kv_dim) q, k, v projections.
     pub qkv: wgpu::Buffer,
@@ -115,6 +125,7 @@ impl Activations {
             // COPY_*: a paged pass gathers the rows whose logits it reads.
             x: gathered("x", sd),
             xb: gathered("xb", sd),
+            xg: input("xg", sd),
             qkv: act("qkv", d + 2 * kv),
             q: act("q", d),
             att: input("att", sd),
@@ -185,11 +196,10 @@ pub(crate) struct Dispatches {
     /// The last token's rmsnorm, then the classifier.
     final_norm: Dispatch,
     classifier: Dispatch,
-    /// Decode with the norms in the projections: the classifier with the final norm folded in.
-    classifier_normed: Dispatch,
+    /// A decode step's classifier with the final norm in it, for
+    /// vocabularies of at most [`NORMED_CLASSIFIER_ROWS`].
+    classifier_normed: Option<Dispatch>,
     argmax: Dispatch,
-    /// Whether decode steps fold the RMSNorms into the projections.
-    norm_in_projection: bool,
     /// Whether a decode step's QKV projection rotates and appends (no
     /// rope_append launch).
     rope_in_qkv: bool,
@@ -207,7 +217,6 @@ impl Dispatches {
         capacity: usize,
         paged: bool,
         batch: usize,
-        norm_in_projection: bool,
     ) -> Self {
         let c = model.config();
         let device = &model.gpu().device;
@@ -231,20 +240,22 @@ impl Dispatches {
             )
         };
         // One token: out (op)= W x, x a uniform row; with `norm`, x is
-        // replaced by rmsnorm(x) * g first; with `rope`, W is QKV and the
-        // epilogue rotates and appends.
-        let one_rope = |out, w, x, mode, norm, rope| {
+        // xg and the product W rmsnorm(x) g; with `next_norm`, the epilogue
+        // writes the next norm's xg; with `rope`, W is QKV and the epilogue
+        // rotates and appends.
+        let one_rope = |out, w, x, mode, norm, next_norm, rope| {
             let b = matvec::Bindings {
                 out,
                 w,
                 x,
                 mode,
                 norm,
+                next_norm,
                 rope,
             };
             k.matvec_for_device().bind(device, b)
         };
-        let one = |out, w, x, mode, norm| one_rope(out, w, x, mode, norm, None);
+        let one = |out, w, x, mode, norm| one_rope(out, w, x, mode, norm, None, None);
         // A pass of several: out[t] (op)= W x[t].
         let many = |out, out_stride, w, x, x_stride, mode| {
             let b = matmul::Bindings {
@@ -260,13 +271,13 @@ impl Dispatches {
             k.matmul_for_device().bind(device, b)
         };
         let cls: &GpuTensor = model.wcls.as_ref().unwrap_or(&model.token_embedding);
-        // Decode steps read the residual stream x and normalise it in the
-        // projection, or read the norm's output xb.
-        let (decode_input, fold) = match norm_in_projection {
-            true => (&a.x, Some(())),
-            false => (&a.xb, None),
-        };
-        let folded = |g| fold.map(|()| (g, eps));
+        // A decode step's projections after a norm read x times the norm's
+        // weights and scale by 1 / rms(x) (each kernel that writes x writes
+        // xg too): no norm launches.
+        let (decode_input, folded) = (&a.xg, Some((&a.x, eps)));
+        let next_norm = |g| Some(NextNorm { g, xg: &a.xg });
+        // A residual add: x += W input, and xg for the norm with weights g.
+        let residual = |w, input, g| one_rope(&a.x, w, input, Mode::Add, None, next_norm(g), None);
         // A decode step's QKV rotates and appends in its epilogue where the
         // cache is flat f32 or f16 (quantized blocks span threads: their own kernel).
         let rope_in_qkv = !paged && matches!(cache.dtype(), KvDtype::F32 | KvDtype::F16);
@@ -312,14 +323,26 @@ impl Dispatches {
                 stride: sd,
                 table: &model.token_embedding,
                 tokens: &a.tokens,
+                next_norm: next_norm(
+                    model
+                        .layers
+                        .first()
+                        .map_or(&model.rms_final, |l| &l.rms_att),
+                ),
             },
         );
         let layers = model
             .layers
             .iter()
             .zip(&cache.layers)
-            .map(|(w, kc)| {
+            .enumerate()
+            .map(|(i, (w, kc))| {
                 let swiglu = Mode::SwiGlu { up: &w.w3 };
+                // The norm that reads the residual stream after this layer.
+                let next_g = model
+                    .layers
+                    .get(i + 1)
+                    .map_or(&model.rms_final, |n| &n.rms_att);
                 LayerDispatches {
                     // Attention block: x += Wo attention(rope(q), cache ∪ rope(k), cache ∪ v),
                     // (q, k, v) = Wqkv rmsnorm(x).
@@ -332,7 +355,8 @@ impl Dispatches {
                                 &w.wqkv,
                                 decode_input,
                                 Mode::Set,
-                                folded(&w.rms_att),
+                                folded,
+                                None,
                                 Some(matvec::RopeAppend {
                                     step: &a.step,
                                     table: &model.rope_table,
@@ -341,9 +365,7 @@ impl Dispatches {
                                     shape,
                                 }),
                             ),
-                            false => {
-                                one(&a.qkv, &w.wqkv, decode_input, Mode::Set, folded(&w.rms_att))
-                            }
+                            false => one(&a.qkv, &w.wqkv, decode_input, Mode::Set, folded),
                         },
                         prefill: many(&a.qkv, d + 2 * kv, &w.wqkv, &a.xb, sd, Mode::Set),
                     },
@@ -383,17 +405,17 @@ impl Dispatches {
                         },
                     ),
                     wo_residual: ByTokens {
-                        decode: one(&a.x, &w.wo, &a.att, Mode::Add, None),
+                        decode: residual(&w.wo, &a.att, &w.rms_ffn),
                         prefill: many(&a.x, sd, &w.wo, &a.att, sd, Mode::Add),
                     },
                     // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
                     ffn_norm: norm(&a.xb, &w.rms_ffn, Rows::All),
                     gate_up_swiglu: ByTokens {
-                        decode: one(&a.hb, &w.w1, decode_input, swiglu, folded(&w.rms_ffn)),
+                        decode: one(&a.hb, &w.w1, decode_input, swiglu, folded),
                         prefill: many(&a.hb, sh, &w.w1, &a.xb, sd, swiglu),
                     },
                     down_residual: ByTokens {
-                        decode: one(&a.x, &w.w2, &a.hb, Mode::Add, None),
+                        decode: residual(&w.w2, &a.hb, next_g),
                         prefill: many(&a.x, sd, &w.w2, &a.hb, sh, Mode::Add),
                     },
                 }
@@ -405,13 +427,8 @@ impl Dispatches {
             // Logits of the pass's last token = classifier(rmsnorm(x)).
             final_norm: norm(&a.xb, &model.rms_final, Rows::Last),
             classifier: one(&a.logits, cls, &a.xb, Mode::Set, None),
-            classifier_normed: one(
-                &a.logits,
-                cls,
-                &a.x,
-                Mode::Set,
-                Some((&model.rms_final, eps)),
-            ),
+            classifier_normed: (c.vocab_size <= NORMED_CLASSIFIER_ROWS)
+                .then(|| one(&a.logits, cls, &a.xg, Mode::Set, Some((&a.x, eps)))),
             rope_in_qkv,
             argmax: k.argmax.bind(
                 device,
@@ -421,7 +438,6 @@ impl Dispatches {
                     n: c.vocab_size,
                 },
             ),
-            norm_in_projection,
         }
     }
 
@@ -440,8 +456,8 @@ impl Dispatches {
         // Token embedding: each token's row becomes its residual stream x.
         f("embed", &self.embed);
         let decode = n == 1;
-        // The RMSNorms ride in the projections that follow them, or run on their own.
-        let norms = !(decode && self.norm_in_projection);
+        // A decode step's RMSNorms ride in the projections that follow them.
+        let norms = !decode;
         for l in &self.layers {
             // Attention block: x += Wo attention(rope(q), cache ∪ rope(k), cache ∪ v),
             // (q, k, v) = Wqkv rmsnorm(x).
@@ -466,11 +482,12 @@ impl Dispatches {
         }
         // Logits of the pass's last token = classifier(rmsnorm(x)).
         if readback != Readback::Nothing {
-            if norms {
-                f("final_norm", &self.final_norm);
-                f("classifier", &self.classifier);
-            } else {
-                f("classifier", &self.classifier_normed);
+            match (&self.classifier_normed, decode) {
+                (Some(normed), true) => f("classifier", normed),
+                _ => {
+                    f("final_norm", &self.final_norm);
+                    f("classifier", &self.classifier);
+                }
             }
         }
         if readback == Readback::Argmax {

@@ -27,11 +27,6 @@ pub const PREFILL_TOKENS: usize = 64;
 /// shortened so that (tokens, n_heads, capacity) f32 scores fit.
 const SCORES_BUDGET: u64 = 16 << 20;
 
-/// Model width below which decode steps fold the RMSNorms into the
-/// projections by default: on lavapipe this made stories260K (dim 64)
-/// decode 1.9x faster, was even at dim 288 and about 20 % slower at dim 768.
-pub const NORM_IN_PROJECTION_BELOW: usize = 512;
-
 /// Session settings: `SessionOptions::default().capacity(256).kv_dtype(KvDtype::F16)`.
 #[derive(Clone, Copy, Debug, Default)]
 #[non_exhaustive]
@@ -40,11 +35,6 @@ pub struct SessionOptions {
     pub capacity: Option<usize>,
     /// How the KV cache stores values.
     pub kv_dtype: KvDtype,
-    /// Whether a decode step computes each RMSNorm inside the projection
-    /// that follows it (one dispatch fewer per norm, but every thread sums
-    /// the squares itself): `None` picks it for models narrower than
-    /// [`NORM_IN_PROJECTION_BELOW`], where dispatches dominate.
-    pub norm_in_projection: Option<bool>,
     /// A byte budget for the KV cache: the capacity is as many positions as
     /// fit (at most `capacity`, or the context length).
     pub kv_budget: Option<u64>,
@@ -88,12 +78,6 @@ impl SessionOptions {
         }
         kv_cache::check_capacity(config, capacity)?;
         Ok(capacity)
-    }
-
-    /// Folds the RMSNorms into the projections in decode steps, or not.
-    pub fn norm_in_projection(mut self, fold: bool) -> Self {
-        self.norm_in_projection = Some(fold);
-        self
     }
 }
 
@@ -140,9 +124,6 @@ impl Session {
         let scores_per_token = (c.n_heads * capacity) as u64 * F32;
         let batch = (SCORES_BUDGET / scores_per_token).clamp(1, PREFILL_TOKENS as u64) as usize;
         let batch = batch.min(capacity);
-        let fold = options
-            .norm_in_projection
-            .unwrap_or(c.dim < NORM_IN_PROJECTION_BELOW);
         let gpu = model.gpu();
         // What the allocations below ask for, should the device refuse them.
         let kv_bytes = 2 * (c.n_layers * capacity) as u64 * options.kv_dtype.row_bytes(c.kv_dim());
@@ -157,8 +138,7 @@ impl Session {
         gpu.scoped("creating a session", || {
             let cache = KvCache::new(&gpu.device, c, capacity, options.kv_dtype)?;
             let activations = Activations::new(model, batch, capacity, 1);
-            let dispatches =
-                Dispatches::bind(model, &activations, &cache, capacity, false, batch, fold);
+            let dispatches = Dispatches::bind(model, &activations, &cache, capacity, false, batch);
             let values = c.vocab_size.max(PASSES_PER_SUBMIT) as u64;
             Ok(Self {
                 model: model.clone(),
@@ -218,14 +198,14 @@ impl Session {
         self.batch
     }
 
-    /// Kernel launches recorded for the next greedy token: the embedding, 6
-    /// per layer (norm + QKV projection, RoPE + append, attention, Wo +
-    /// residual, norm + gate/up/SiLU projection, W2 + residual; one more past
+    /// Kernel launches recorded for the next greedy token: the embedding, 5
+    /// per layer (norm + QKV projection + RoPE + append, attention, Wo +
+    /// residual, norm + gate/up/SiLU projection, W2 + residual; one more
+    /// for a quantized cache, RoPE + append on their own; one more past
     /// [`ATTENTION_SPLIT`](crate::ATTENTION_SPLIT) positions, the split-K
-    /// merge; two more where the norms run on their own, see
-    /// [`SessionOptions::norm_in_projection`]), the final norm + classifier
-    /// and the argmax (one more); more where a weight is split into
-    /// row-chunks or a stacked one mixes storage types.
+    /// merge), the final norm + classifier (the norm in the classifier for a
+    /// small vocabulary) and the argmax; more where a
+    /// weight is split into row-chunks or a stacked one mixes storage types.
     pub fn dispatches_per_token(&self) -> usize {
         let mut n = 0;
         let pos = self.cache.len();

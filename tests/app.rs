@@ -220,13 +220,15 @@ fn kernels_are_compiled_once_per_device_for_every_model() {
         "argmax, rmsnorm, attention_combine: the kernels that read neither weights nor the cache"
     );
     // The first session binds the weight kernels for F32, its only type:
-    // embed, matvec plain, normed, and normed with RoPE + append (QKV),
-    // matmul (two rows a thread); and those for its flat F32 cache:
-    // rope_append, attention with a workgroup and with a thread per token.
+    // embed (writing x * g beside x), matvec plain (the classifier after a
+    // pass's final norm), normed, normed with RoPE + append (QKV), and
+    // residual adds writing the next norm's x * g, matmul (two rows a
+    // thread); and those for its flat F32 cache: rope_append, attention
+    // with a workgroup and with a thread per token.
     let mut s = Session::new(&first, None).unwrap();
     s.forward_greedy(1).unwrap();
     let compiled = pipelines() - before;
-    assert_eq!(compiled, 11, "every variant it uses, once");
+    assert_eq!(compiled, 12, "every variant it uses, once");
     // Another model, through a clone of the Gpu: nothing compiled again.
     let second = GpuModel::new(&gpu.clone(), &common::tiny_model(32)).unwrap();
     let mut s = Session::new(&second, None).unwrap();

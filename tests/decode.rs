@@ -108,36 +108,43 @@ fn gpu_logits_match_cpu_reference_at_every_position() {
 }
 
 #[test]
-fn norms_in_the_projections_or_on_their_own_give_the_same_logits() {
+fn decode_steps_fold_the_norms_and_match_passes_that_run_them() {
     let (model, _) = require!(common::stories());
     let gpu = require!(common::gpu());
     let gm = GpuModel::new(&gpu, &model).unwrap();
-    let session = |norm_in_projection| {
-        let mut options = SessionOptions::default();
-        options.norm_in_projection = norm_in_projection;
-        Session::with_options(&gm, options).unwrap()
+    let session = |kv_dtype| {
+        Session::with_options(&gm, SessionOptions::default().kv_dtype(kv_dtype)).unwrap()
     };
-    let (mut auto, mut fused, mut separate) =
-        (session(None), session(Some(true)), session(Some(false)));
-    // stories260K (dim 64) folds them by default: 5 dispatches per layer,
-    // not 7 (RoPE + append ride in the QKV projection either way).
+    // A decode step runs no norm launch: 5 per layer (norm + QKV + RoPE +
+    // append, attention, Wo + residual, norm + gate/up, W2 + residual), 6
+    // with a quantized cache (RoPE + append on their own), then embed,
+    // classifier and argmax.
     let layers = model.config.n_layers;
-    assert_eq!(auto.dispatches_per_token(), 5 * layers + 3);
-    assert_eq!(fused.dispatches_per_token(), 5 * layers + 3);
-    assert_eq!(separate.dispatches_per_token(), 7 * layers + 4);
+    let (mut decode, mut whole) = (session(KvDtype::F32), session(KvDtype::F32));
+    assert_eq!(decode.dispatches_per_token(), 5 * layers + 3);
+    assert_eq!(
+        session(KvDtype::Q8_0).dispatches_per_token(),
+        6 * layers + 3
+    );
+    // Its logits, and those of one pass over the same tokens (which runs
+    // the norms on their own), against the CPU reference at every position.
     let mut cpu = CpuSession::new(&model, None).unwrap();
-    let mut token = kvgpu::tokenizer::BOS;
+    let (mut tokens, mut expect) = (vec![kvgpu::tokenizer::BOS], Vec::new());
     for pos in 0..40 {
-        let expect = cpu.forward(token).unwrap().to_vec();
-        for (what, s) in [("fused", &mut fused), ("separate", &mut separate)] {
-            let diff = max_abs_diff(s.forward(token).unwrap(), &expect);
-            assert!(diff <= LOGIT_TOLERANCE, "{what} norms at {pos}: {diff}");
-        }
-        assert_eq!(
-            auto.forward_greedy(token).unwrap(),
-            kvgpu::sampler::argmax(&expect)
+        let logits = cpu.forward(tokens[pos]).unwrap().to_vec();
+        let diff = max_abs_diff(decode.forward(tokens[pos]).unwrap(), &logits);
+        assert!(diff <= LOGIT_TOLERANCE, "decode step at {pos}: {diff}");
+        tokens.push(kvgpu::sampler::argmax(&logits));
+        expect.push(logits);
+    }
+    let all = whole.prefill_all(&tokens[..40]).unwrap();
+    let vocab = model.config.vocab_size;
+    for (pos, (got, expect)) in all.chunks(vocab).zip(&expect).enumerate() {
+        let diff = max_abs_diff(got, expect);
+        assert!(
+            diff <= LOGIT_TOLERANCE,
+            "pass of 40 tokens, position {pos}: {diff}"
         );
-        token = kvgpu::sampler::argmax(&expect);
     }
 }
 

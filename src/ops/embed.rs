@@ -1,7 +1,7 @@
 //! Token embedding: each token's row of the table, decoded to f32. See
 //! `shaders/embed.wgsl`.
 
-use super::projection::{bind_chunks, GpuTensor};
+use super::projection::{bind_chunks, GpuTensor, NextNorm};
 use super::{grid_64, Dispatch, Needs, Pipelines, Shader, Variant};
 use crate::tensor::{DType, Tensor};
 
@@ -13,7 +13,7 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/embed.wgsl")
     ),
     needs: Needs {
-        storage_buffers: 2,
+        storage_buffers: 4,
         uniform_bytes: 60,
         textures: 1,
         workgroup_bytes: 0,
@@ -32,13 +32,18 @@ pub struct Bindings<'a> {
     pub table: &'a GpuTensor,
     /// (n,) u32 token ids.
     pub tokens: &'a wgpu::Buffer,
+    /// `Some`: `xg (n, stride)` gets each row times `g` too (the NEXT_NORM build).
+    pub next_norm: Option<NextNorm<'a>>,
 }
 
-/// The build for a table of `dtype`.
-pub fn variant(dtype: DType) -> Variant {
+/// The build for a table of `dtype` that also writes x * g when `next_norm`.
+pub fn variant(dtype: DType, next_norm: bool) -> Variant {
     Variant {
         shader: SHADER,
-        constants: vec![("DTYPE", dtype.gpu_id() as f64)],
+        constants: vec![
+            ("DTYPE", dtype.gpu_id() as f64),
+            ("NEXT_NORM", f64::from(u8::from(next_norm))),
+        ],
     }
 }
 
@@ -60,11 +65,19 @@ impl Embed {
     /// per chunk of `table` (only the chunk holding a token writes its row).
     pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
         let groups = grid_64((b.table.cols as u32).div_ceil(8));
+        let next_norm = b.next_norm.is_some();
+        // Without a next norm, tokens and out fill its slots.
+        let (g, xg) = b.next_norm.map_or((b.tokens, b.out), |n| (n.g, n.xg));
         bind_chunks(
             device,
-            |dtype| self.pipelines.get(variant(dtype).constants),
+            |dtype| self.pipelines.get(variant(dtype, next_norm).constants),
             b.table,
-            &[b.tokens.as_entire_binding(), b.out.as_entire_binding()],
+            &[
+                b.tokens.as_entire_binding(),
+                b.out.as_entire_binding(),
+                g.as_entire_binding(),
+                xg.as_entire_binding(),
+            ],
             b.stride,
             |_| groups,
         )
@@ -86,10 +99,15 @@ mod tests {
     use crate::tensor::DType;
 
     /// Rows `tokens` of `table`, decoded by the embed kernel in one pass
-    /// into rows 3 values wider (the padding must stay untouched).
-    fn embed_rows(b: &Bench, table: &GpuTensor, tokens: &[u32]) -> Vec<f32> {
+    /// into rows 3 values wider (the padding must stay untouched); with
+    /// `next_norm`, the NEXT_NORM build, whose x * g rows must be the
+    /// rows times g exactly.
+    fn embed_rows(b: &Bench, table: &GpuTensor, tokens: &[u32], next_norm: bool) -> Vec<f32> {
         let stride = table.cols + 3;
         let out = b.buffer(&vec![f32::NAN; tokens.len() * stride]);
+        let xg = b.buffer(&vec![f32::NAN; tokens.len() * stride]);
+        let g = random(table.cols, 12);
+        let gb = crate::ops::projection::norm_weights(&b.gpu.device, "g", &g);
         let tb = b.u32s(tokens);
         let d = b.kernels.embed.bind(
             &b.gpu.device,
@@ -98,6 +116,7 @@ mod tests {
                 stride,
                 table,
                 tokens: &tb,
+                next_norm: next_norm.then_some(NextNorm { g: &gb, xg: &xg }),
             },
         );
         b.run(&d, tokens.len());
@@ -105,6 +124,14 @@ mod tests {
         assert!(rows
             .chunks(stride)
             .all(|r| r[table.cols..].iter().all(|v| v.is_nan())));
+        for (r, xg) in rows.chunks(stride).zip(b.read(&xg).chunks(stride)) {
+            for (c, (v, s)) in r.iter().zip(xg).enumerate() {
+                match next_norm && c < table.cols {
+                    true => assert_eq!(s.to_bits(), (v * g[c]).to_bits(), "x * g, column {c}"),
+                    false => assert!(s.is_nan(), "xg column {c} touched"),
+                }
+            }
+        }
         rows.chunks(stride)
             .flat_map(|r| &r[..table.cols])
             .copied()
@@ -122,15 +149,17 @@ mod tests {
             assert!(gt.chunks.len() > 5);
             // One pass of several tokens, from different chunks, one repeated.
             let tokens = [0, 4, 5, 31, 52, 4];
-            let got = embed_rows(&b, &gt, &tokens);
-            for (i, &token) in tokens.iter().enumerate() {
-                let mut expect = vec![0.0; cols];
-                embed::cpu(&mut expect, &table, token);
-                assert_eq!(
-                    got[i * cols..(i + 1) * cols],
-                    expect,
-                    "{dtype:?} token {token}"
-                );
+            for next_norm in [false, true] {
+                let got = embed_rows(&b, &gt, &tokens, next_norm);
+                for (i, &token) in tokens.iter().enumerate() {
+                    let mut expect = vec![0.0; cols];
+                    embed::cpu(&mut expect, &table, token);
+                    assert_eq!(
+                        got[i * cols..(i + 1) * cols],
+                        expect,
+                        "{dtype:?} token {token}"
+                    );
+                }
             }
         }
     }
@@ -174,7 +203,7 @@ mod tests {
                 );
                 let gt = upload(&b, &t, 128 << 20);
                 for token in 0..n as u32 {
-                    let got = embed_rows(&b, &gt, &[token]);
+                    let got = embed_rows(&b, &gt, &[token], false);
                     let row = &values[token as usize * dtype.block_len()..][..dtype.block_len()];
                     assert_eq!(got, row, "{dtype:?} block {token} on the GPU");
                 }

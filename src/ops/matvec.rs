@@ -2,7 +2,7 @@
 //! matrices), W (rows, cols) in any [`DType`](crate::tensor::DType), split
 //! into row-chunks when larger than one texture. See `shaders/matvec_row.wgsl`.
 
-use super::projection::{input_binding, GpuTensor, Mode};
+use super::projection::{input_binding, GpuTensor, Mode, NextNorm};
 use super::{grid, Dispatch, Needs, Pipelines, Shader, Variant};
 use crate::kv_cache::KvDtype;
 use crate::tensor::{DType, Tensor};
@@ -35,7 +35,7 @@ pub const SUBGROUP_SHADER: Shader = Shader {
 };
 
 const NEEDS: Needs = Needs {
-    storage_buffers: 4,
+    storage_buffers: 5,
     uniform_bytes: 65536,
     textures: 2,
     workgroup_bytes: 256,
@@ -44,14 +44,24 @@ const NEEDS: Needs = Needs {
 };
 
 /// `shader`'s build for weights of `dtype` (and an up projection of `up`)
-/// that normalises its input first when `norm`, and rotates and appends
-/// in its epilogue when `rope` (overrides NORM, ROPE, DTYPE, UP_DTYPE).
-pub fn variant(shader: Shader, norm: bool, rope: bool, dtype: DType, up: DType) -> Variant {
+/// that normalises its input first when `norm`, rotates and appends in its
+/// epilogue when `rope`, and writes the next norm's input when `next_norm`
+/// (overrides NORM, ROPE, NEXT_NORM, DTYPE, UP_DTYPE).
+pub fn variant(
+    shader: Shader,
+    norm: bool,
+    rope: bool,
+    next_norm: bool,
+    dtype: DType,
+    up: DType,
+) -> Variant {
+    let flag = |on: bool| f64::from(u8::from(on));
     Variant {
         shader,
         constants: vec![
-            ("NORM", f64::from(u8::from(norm))),
-            ("ROPE", f64::from(u8::from(rope))),
+            ("NORM", flag(norm)),
+            ("ROPE", flag(rope)),
+            ("NEXT_NORM", flag(next_norm)),
             ("DTYPE", dtype.gpu_id() as f64),
             ("UP_DTYPE", up.gpu_id() as f64),
         ],
@@ -65,14 +75,19 @@ pub struct Bindings<'a> {
     /// (rows, cols) weights.
     pub w: &'a GpuTensor,
     /// (cols,) input: a UNIFORM buffer of at least
-    /// [`INPUT_BYTES`](super::projection::INPUT_BYTES).
+    /// [`INPUT_BYTES`](super::projection::INPUT_BYTES); with `norm`, the
+    /// residual stream times the norm's weights, `x * g` (a [`NextNorm`]'s `xg`).
     pub x: &'a wgpu::Buffer,
     /// What is done with `W x`.
     pub mode: Mode<'a>,
-    /// `Some((g, eps))`: x is first replaced by `rmsnorm(x) * g` (the NORM
-    /// build); `g` (cols,) is a UNIFORM buffer of at least `INPUT_BYTES`
-    /// (see [`norm_weights`](super::projection::norm_weights)).
+    /// `Some((residual, eps))`: the product is `W (rmsnorm(residual) * g)`,
+    /// computed as `(W xg) / rms(residual)` (the NORM build), `x` being
+    /// `xg`; `residual` (cols,) is a UNIFORM buffer of at least `INPUT_BYTES`.
     pub norm: Option<(&'a wgpu::Buffer, f32)>,
+    /// `Some`: `mode` is `Add` (a residual add), and the epilogue also
+    /// writes `xg = out * g` for the NORM projection that reads `out` next
+    /// (the NEXT_NORM build).
+    pub next_norm: Option<NextNorm<'a>>,
     /// `Some`: `w` is a QKV projection (q, then k, then v rows; row-chunks
     /// of even rows), `mode` is `Set`, and the epilogue does
     /// [`rope_append`](super::rope_append)'s work for the one token of the
@@ -120,10 +135,12 @@ impl Matvec {
         let mut dispatch = Dispatch::none();
         for (mut params, c, up) in b.w.chunk_params(b.mode, b.w.rows) {
             let rope = b.rope.as_ref();
+            debug_assert!(b.next_norm.is_none() || matches!(b.mode, Mode::Add));
             let v = variant(
                 self.shader,
                 b.norm.is_some(),
                 rope.is_some(),
+                b.next_norm.is_some(),
                 c.dtype,
                 up.dtype,
             );
@@ -142,6 +159,11 @@ impl Matvec {
                 Some(r) => (r.step.as_entire_binding(), r.table, r.k_cache, r.v_cache),
                 None => (input_binding(b.x, 0, 0), b.out, b.out, b.out),
             };
+            // And x and out in the NEXT_NORM build's.
+            let (next_g, xg) = match b.next_norm {
+                Some(n) => (n.g, n.xg),
+                None => (b.x, b.out),
+            };
             let resources = vec![
                 wgpu::BindingResource::TextureView(&c.view),
                 input_binding(b.x, 0, 0),
@@ -152,6 +174,8 @@ impl Matvec {
                 table.as_entire_binding(),
                 k_cache.as_entire_binding(),
                 v_cache.as_entire_binding(),
+                input_binding(next_g, 0, 0),
+                xg.as_entire_binding(),
             ];
             // One thread per row.
             let groups = grid(params.rows.div_ceil(64));
@@ -298,6 +322,7 @@ mod tests {
                             x: &xb,
                             mode: Mode::Set,
                             norm: None,
+                            next_norm: None,
                             rope: Some(RopeAppend {
                                 step: &step,
                                 table: &table,
@@ -339,8 +364,8 @@ mod tests {
     #[test]
     fn matvec_with_rmsnorm_matches_norm_then_matvec() {
         let b = require!(Bench::new());
-        // The NORM pipeline: out = W (rmsnorm(x) * g), for the set and SwiGLU
-        // modes, float and block types, odd widths.
+        // The NORM pipeline: out = W (rmsnorm(x) * g), from x * g and x, for
+        // the set and SwiGLU modes, float and block types, odd widths.
         for (dtype, rows, cols) in [
             (DType::F32, 37, 75),
             (DType::F16, 130, 64),
@@ -360,7 +385,7 @@ mod tests {
                 })
                 .unwrap()
                 .unwrap();
-            let gb = norm_weights(&b.gpu.device, "g", &g);
+            let xg: Vec<f32> = x.iter().zip(&g).map(|(x, g)| x * g).collect();
             for ((build, matvec, _), swiglu) in
                 builds(&b).into_iter().flat_map(|b| [(b, false), (b, true)])
             {
@@ -369,15 +394,16 @@ mod tests {
                     false => (Mode::Set, CpuMode::Set),
                 };
                 let ob = b.buffer(&vec![f32::NAN; rows]);
-                let xb = b.input(&x);
+                let (xb, xgb) = (b.input(&x), b.input(&xg));
                 let d = matvec.bind(
                     &b.gpu.device,
                     Bindings {
                         out: &ob,
                         w: &gw,
-                        x: &xb,
+                        x: &xgb,
                         mode,
-                        norm: Some((&gb, 1e-5)),
+                        norm: Some((&xb, 1e-5)),
+                        next_norm: None,
                         rope: None,
                     },
                 );
@@ -401,6 +427,56 @@ mod tests {
                         (g - e).abs() <= tolerance,
                         "{dtype:?} {rows}x{cols} swiglu {swiglu} ({build} build): element {i}: {g} vs {e}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn residual_add_writes_the_next_norms_input() {
+        let b = require!(Bench::new());
+        // The NEXT_NORM pipeline: out += W x, and xg = out * g bit for bit
+        // (the NORM projection's input); in row-chunks too (Q8_0, 2 KiB).
+        for (dtype, rows, cols, limit) in [
+            (DType::F32, 37, 75, 128 << 20),
+            (DType::Q4_1, 130, 64, 128 << 20),
+            (DType::Q8_0, 70, 96, 2048),
+        ] {
+            let w = random_tensor(dtype, rows, cols, 3);
+            let gw = upload(&b, &w, limit);
+            let x = random(cols, 5);
+            let (before, g) = (random(rows, 7), random(rows, 6));
+            let gb = norm_weights(&b.gpu.device, "g", &g);
+            let mut expect = before.clone();
+            matvec::cpu(&mut expect, &w, &x, CpuMode::Add);
+            for (build, matvec, _) in builds(&b) {
+                let (ob, xb) = (b.buffer(&before), b.input(&x));
+                let xgb = b.buffer(&vec![f32::NAN; rows]);
+                let d = matvec.bind(
+                    &b.gpu.device,
+                    Bindings {
+                        out: &ob,
+                        w: &gw,
+                        x: &xb,
+                        mode: Mode::Add,
+                        norm: None,
+                        next_norm: Some(NextNorm { g: &gb, xg: &xgb }),
+                        rope: None,
+                    },
+                );
+                b.run(&d, 1);
+                let got = b.read(&ob);
+                let what = format!("{dtype:?} {rows}x{cols} ({build} build)");
+                let bound = magnitude(&w, &x);
+                for (i, (o, e)) in got.iter().zip(&expect).enumerate() {
+                    let tolerance = 1e-5 * (1.0 + bound[i] + e.abs());
+                    assert!(
+                        (o - e).abs() <= tolerance,
+                        "{what}: element {i}: {o} vs {e}"
+                    );
+                }
+                for (i, (s, o)) in b.read(&xgb).iter().zip(&got).enumerate() {
+                    assert_eq!(s.to_bits(), (o * g[i]).to_bits(), "{what}: xg {i}");
                 }
             }
         }

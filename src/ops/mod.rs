@@ -104,14 +104,22 @@ pub fn specialized_variants() -> Vec<Variant> {
     let mut out = Vec::new();
     for (i, dtype) in DType::ALL.into_iter().enumerate() {
         let up = DType::ALL[(i + 1) % DType::ALL.len()];
-        out.push(embed::variant(dtype));
-        // NORM and ROPE each on and off across the types, in both builds.
-        let (norm, rope) = (i % 2 == 0, i % 4 < 2);
-        out.push(matvec::variant(matvec::SHADER, norm, rope, dtype, up));
+        // NORM, ROPE and NEXT_NORM each on and off across the types, in both builds.
+        let (norm, rope, next_norm) = (i % 2 == 0, i % 4 < 2, i % 8 < 4);
+        out.push(embed::variant(dtype, next_norm));
+        out.push(matvec::variant(
+            matvec::SHADER,
+            norm,
+            rope,
+            next_norm,
+            dtype,
+            up,
+        ));
         out.push(matvec::variant(
             matvec::SUBGROUP_SHADER,
             !norm,
             !rope,
+            !next_norm,
             dtype,
             up,
         ));

@@ -63,6 +63,19 @@ pub enum Mode<'a> {
     },
 }
 
+/// The RMSNorm that reads a residual stream next, applied ahead: a kernel
+/// that writes row values `x[o]` of the stream also writes `xg[o] = x[o] *
+/// g[o]`, the input of the NORM projection that follows (which scales its
+/// sums by `1 / rms(x)`, see [`matvec::Bindings::norm`](super::matvec::Bindings::norm)).
+#[derive(Clone, Copy, Debug)]
+pub struct NextNorm<'a> {
+    /// (cols,) the norm's weights: a UNIFORM and STORAGE buffer of at least
+    /// [`INPUT_BYTES`] (see [`norm_weights`]).
+    pub g: &'a wgpu::Buffer,
+    /// Laid out as the stream, STORAGE (and UNIFORM, for the projection).
+    pub xg: &'a wgpu::Buffer,
+}
+
 /// Texels (16 bytes) per texture row of a weight texture; matches
 /// `TEXELS_PER_ROW` in shaders/dequant.wgsl.
 pub const TEXELS_PER_ROW: u64 = 4096;

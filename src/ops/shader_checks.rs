@@ -171,11 +171,12 @@ fn kernels_build_exactly_the_listed_variants() {
             stride: 256,
             table: &table,
             tokens: &out,
+            next_norm: None,
         };
         gpu.scoped("binding", || kernels.embed.bind(&gpu.device, b))
             .unwrap();
     }
-    let specialized = super::embed::variant(crate::tensor::DType::Q5_K);
+    let specialized = super::embed::variant(crate::tensor::DType::Q5_K, false);
     assert_eq!(built(), [specialized.name()]);
 }
 

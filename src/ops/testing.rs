@@ -268,6 +268,7 @@ pub fn project(
                 x: &xb,
                 mode,
                 norm: None,
+                next_norm: None,
                 rope: None,
             },
         );
