@@ -44,7 +44,8 @@ const NEEDS: Needs = Needs {
 };
 
 /// `shader`'s build for weights of `dtype` (and an up projection of `up`)
-/// that normalises its input first when `norm`, rotates and appends in its
+/// that scales each sum by `1 / rms(residual)` when `norm` (its input being
+/// `x * g`: the RMSNorm before the projection), rotates and appends in its
 /// epilogue when `rope`, and writes the next norm's input when `next_norm`
 /// (overrides NORM, ROPE, NEXT_NORM, DTYPE, UP_DTYPE).
 pub fn variant(
