@@ -275,9 +275,14 @@ impl Dispatches {
         // weights and scale by 1 / rms(x) (each kernel that writes x writes
         // xg too): no norm launches.
         let (decode_input, folded) = (&a.xg, Some((&a.x, eps)));
-        let next_norm = |g| Some(NextNorm { g, xg: &a.xg });
-        // A residual add: x += W input, and xg for the norm with weights g.
-        let residual = |w, input, g| one_rope(&a.x, w, input, Mode::Add, None, next_norm(g), None);
+        let next_norm = |g| NextNorm { g, xg: &a.xg };
+        // A residual add: x += W input, and xg for the norm with weights g, if any.
+        let residual = |w, input, g: Option<_>| {
+            one_rope(&a.x, w, input, Mode::Add, None, g.map(next_norm), None)
+        };
+        // Whether a decode step's classifier takes the final norm in (else
+        // it runs on its own, and the last layer writes no xg).
+        let normed_classifier = c.vocab_size <= NORMED_CLASSIFIER_ROWS;
         // A decode step's QKV rotates and appends in its epilogue where the
         // cache is flat f32 or f16 (quantized blocks span threads: their own kernel).
         let rope_in_qkv = !paged && matches!(cache.dtype(), KvDtype::F32 | KvDtype::F16);
@@ -323,12 +328,12 @@ impl Dispatches {
                 stride: sd,
                 table: &model.token_embedding,
                 tokens: &a.tokens,
-                next_norm: next_norm(
+                next_norm: Some(next_norm(
                     model
                         .layers
                         .first()
                         .map_or(&model.rms_final, |l| &l.rms_att),
-                ),
+                )),
             },
         );
         let layers = model
@@ -338,11 +343,11 @@ impl Dispatches {
             .enumerate()
             .map(|(i, (w, kc))| {
                 let swiglu = Mode::SwiGlu { up: &w.w3 };
-                // The norm that reads the residual stream after this layer.
-                let next_g = model
-                    .layers
-                    .get(i + 1)
-                    .map_or(&model.rms_final, |n| &n.rms_att);
+                // The folded norm that reads the residual stream after this layer.
+                let next_g = match model.layers.get(i + 1) {
+                    Some(next) => Some(&next.rms_att),
+                    None => normed_classifier.then_some(&model.rms_final),
+                };
                 LayerDispatches {
                     // Attention block: x += Wo attention(rope(q), cache ∪ rope(k), cache ∪ v),
                     // (q, k, v) = Wqkv rmsnorm(x).
@@ -405,7 +410,7 @@ impl Dispatches {
                         },
                     ),
                     wo_residual: ByTokens {
-                        decode: residual(&w.wo, &a.att, &w.rms_ffn),
+                        decode: residual(&w.wo, &a.att, Some(&w.rms_ffn)),
                         prefill: many(&a.x, sd, &w.wo, &a.att, sd, Mode::Add),
                     },
                     // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
@@ -427,7 +432,7 @@ impl Dispatches {
             // Logits of the pass's last token = classifier(rmsnorm(x)).
             final_norm: norm(&a.xb, &model.rms_final, Rows::Last),
             classifier: one(&a.logits, cls, &a.xb, Mode::Set, None),
-            classifier_normed: (c.vocab_size <= NORMED_CLASSIFIER_ROWS)
+            classifier_normed: normed_classifier
                 .then(|| one(&a.logits, cls, &a.xg, Mode::Set, Some((&a.x, eps)))),
             rope_in_qkv,
             argmax: k.argmax.bind(
@@ -456,12 +461,11 @@ impl Dispatches {
         // Token embedding: each token's row becomes its residual stream x.
         f("embed", &self.embed);
         let decode = n == 1;
-        // A decode step's RMSNorms ride in the projections that follow them.
-        let norms = !decode;
         for l in &self.layers {
             // Attention block: x += Wo attention(rope(q), cache ∪ rope(k), cache ∪ v),
             // (q, k, v) = Wqkv rmsnorm(x).
-            if norms {
+            // A decode step's RMSNorms ride in the projections that follow them.
+            if !decode {
                 f("attention_norm", &l.att_norm);
             }
             f("qkv", l.qkv.of(n));
@@ -474,7 +478,7 @@ impl Dispatches {
             }
             f("wo_residual", l.wo_residual.of(n));
             // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
-            if norms {
+            if !decode {
                 f("ffn_norm", &l.ffn_norm);
             }
             f("gate_up_swiglu", l.gate_up_swiglu.of(n));
