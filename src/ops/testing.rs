@@ -269,6 +269,8 @@ pub fn project(
                 mode,
                 norm: None,
                 next_norm: None,
+                down: None,
+                pending: None,
                 rope: None,
             },
         );
