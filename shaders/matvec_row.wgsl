@@ -54,7 +54,7 @@
 //  10 next_g:  array<vec4<f32>, 4096> (uniform)  (out_offset + rows,) the next RMSNorm's weights, zero-padded; NEXT_NORM only (else x)
 //  11 xg:      array<f32> (storage)              (out_offset + rows,) out * next_g; NEXT_NORM only (else out)
 //  12 w_down:  texture_2d<u32>                   (down_rows, down_row_bytes) W2's raw bytes; DOWN only (else w)
-//  13 partials: array<vec4<f32>> (storage)           (rows / 64, part_stride) DOWN: written; (parts, part_stride) PARTIALS: read (else out)
+//  13 partials: array<vec4<f32>> (storage)           (rows / 64, part_stride) DOWN: written; (parts, part_stride) PARTIALS: read (else 4 unread values)
 //
 // One thread per row, 64 rows per workgroup, f32 accumulation; a barrier
 // only in the ROPE, DOWN and PARTIALS-with-NORM builds.

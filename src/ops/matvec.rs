@@ -186,6 +186,9 @@ pub struct Pending<'a> {
 pub struct Matvec {
     shader: Shader,
     pipelines: Pipelines,
+    /// (4,) unread: the `partials` binding of builds without DOWN or
+    /// PARTIALS (an array of vec4 binds at least 16 bytes; `out` may be less).
+    no_partials: wgpu::Buffer,
 }
 
 impl Matvec {
@@ -194,6 +197,12 @@ impl Matvec {
         Self {
             shader,
             pipelines: Pipelines::new(c, shader),
+            no_partials: c.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("no partials"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }),
         }
     }
 
@@ -267,7 +276,7 @@ impl Matvec {
                 match (&b.down, &b.pending) {
                     (Some(d), _) => d.partials,
                     (_, Some(p)) => p.partials,
-                    _ => b.out,
+                    _ => &self.no_partials,
                 }
                 .as_entire_binding(),
             ];
