@@ -16,12 +16,11 @@
 //   1 w: texture_2d<u32>   (ceil(bytes / 16 / TEXELS_PER_ROW), TEXELS_PER_ROW) texels of raw bytes, zero-padded
 
 // Launch parameters of every kernel that reads a weight matrix (matvec,
-// matmul, embed), matching `Params` in src/ops/projection.rs: the matrix (or
+// matmul, embed), matching `Params` in src/ops/matvec.rs: the matrix (or
 // row-chunk) shape and storage, where its outputs go, and what to do with
 // them (`mode`); then matmul's tile of tokens; then the epsilon of matvec's
 // RMSNorm of its input (pipelines built with NORM); then the shape of the
-// q, k and v rows and the cache storage (matvec built with ROPE); then the
-// partial sums of W2 h (matvec built with PARTIALS or DOWN).
+// q, k and v rows and the cache storage (matvec built with ROPE).
 struct Params {
     rows: u32,
     cols: u32,
@@ -38,15 +37,6 @@ struct Params {
     kv_dim: u32,
     head_size: u32,
     kv_dtype: u32,
-    parts: u32,
-    part_stride: u32,
-    down_rows: u32,
-    down_row_bytes: u32,
-}
-
-// silu(s) * u, llama2.c's SiLU.
-fn swiglu(s: f32, u: f32) -> f32 {
-    return s * (1.0 / (1.0 + exp(-s))) * u;
 }
 
 // Projection modes (matvec_row.wgsl, matmul_tile.wgsl).
@@ -63,7 +53,7 @@ fn project(o: u32, s: f32, u: f32) {
             out[o] += s;
         }
         case MODE_SWIGLU: {
-            out[o] = swiglu(s, u);
+            out[o] = s * (1.0 / (1.0 + exp(-s))) * u;
         }
         default: {
             out[o] = s;

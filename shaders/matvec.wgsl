@@ -2,17 +2,9 @@
 // the inputs itself. The product is matvec_row.wgsl, prepended to this
 // file.
 
-// x[k] (NORM with PARTIALS: the staged input).
+// x[k].
 fn input(k: u32) -> vec4<f32> {
-    if NORM && PARTIALS {
-        return staged[k];
-    }
     return x[k];
-}
-
-// h's values 4 k .. 4 k + 4 (DOWN), from workgroup memory.
-fn h4(k: u32) -> vec4<f32> {
-    return vec4(results[4u * k], results[4u * k + 1u], results[4u * k + 2u], results[4u * k + 3u]);
 }
 
 // residual[0..4 n4] . residual[0..4 n4], summed in every thread.

@@ -19,17 +19,6 @@
 // epilogue also writes xg[o] = out[o] * next_g[o], the input of the NORM
 // projection that reads this residual stream next.
 //
-// Built with the override DOWN = true (MODE_SWIGLU: a decode step's gate
-// and up), the workgroup also takes the down projection of its own 64
-// values of h = silu(W1 x) * (W3 x): partials[group][o] = W2[o, 64 group ..
-// 64 group + 64] . h for every row o of W2 (w_down), instead of writing h.
-// The launch of W2 is saved; W2 h is then the sum of the partial sums,
-// pending until the next layer's projections read the residual stream:
-// built with PARTIALS = true, a NORM projection stages its input x = residual
-// + the sum of the partials times the norm's weights g (bound as `x`) in
-// workgroup memory and takes x's sum of squares there, and a MODE_ADD
-// projection (Wo + residual) adds them to out before its own sum.
-//
 // Built with the override ROPE = true, the projection is a decode step's
 // QKV (rows: q_dim of q, kv_dim of k, kv_dim of v) into a flat f32 or f16
 // cache, and its epilogue does rope_append.wgsl's work for the token (one
@@ -40,10 +29,9 @@
 // Bindings (group 0):
 //   0 params:  Params (uniform, dequant.wgsl)    { rows, cols, row_bytes, out_offset, mode, up_row_bytes,
 //                                                  out_stride, x_stride, first_token, tile (matmul only), eps (NORM only),
-//                                                  q_dim, kv_dim, head_size, kv_dtype (ROPE only),
-//                                                  parts, part_stride (PARTIALS), part_stride, down_rows, down_row_bytes (DOWN) }
+//                                                  q_dim, kv_dim, head_size, kv_dtype (ROPE only) }
 //   1 w:       texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
-//   2 x:       array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values; NORM: x * g; NORM with PARTIALS: g
+//   2 x:       array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values; NORM: x * g
 //   3 out:     array<f32> (storage)              (out_offset + rows,); ROPE: (q_dim,) rotated q
 //   4 w_up:    texture_2d<u32>                   (rows, up_row_bytes) raw bytes; MODE_SWIGLU only (else w again)
 //   5 residual: array<vec4<f32>, 4096> (uniform) (cols,) the residual stream x, zero-padded; NORM only (else x again)
@@ -53,11 +41,8 @@
 //   9 v_cache: array<u32> (storage)              as k_cache
 //  10 next_g:  array<vec4<f32>, 4096> (uniform)  (out_offset + rows,) the next RMSNorm's weights, zero-padded; NEXT_NORM only (else x)
 //  11 xg:      array<f32> (storage)              (out_offset + rows,) out * next_g; NEXT_NORM only (else out)
-//  12 w_down:  texture_2d<u32>                   (down_rows, down_row_bytes) W2's raw bytes; DOWN only (else w)
-//  13 partials: array<vec4<f32>> (storage)           (rows / 64, part_stride) DOWN: written; (parts, part_stride) PARTIALS: read (else 4 unread values)
 //
-// One thread per row, 64 rows per workgroup, f32 accumulation; a barrier
-// only in the ROPE, DOWN and PARTIALS-with-NORM builds.
+// One thread per row, 64 rows per workgroup, f32 accumulation, no barriers.
 // x is a uniform buffer: every thread reads the same x[c] (software
 // adapters still gather it thread by thread where its address changes in a
 // loop, hence the subgroup build). F32 and F16 read 16 bytes at a time at
@@ -80,8 +65,6 @@
 @group(0) @binding(9) var<storage, read_write> v_cache: array<u32>;
 @group(0) @binding(10) var<uniform> next_g: array<vec4<f32>, 4096>;
 @group(0) @binding(11) var<storage, read_write> xg: array<f32>;
-@group(0) @binding(12) var w_down: texture_2d<u32>;
-@group(0) @binding(13) var<storage, read_write> partials: array<vec4<f32>>;
 
 // Whether the epilogue rotates and appends (the QKV of a decode step).
 override ROPE: bool = false;
@@ -93,7 +76,7 @@ struct RopeStep {
     page: u32,
 }
 
-// Each thread's result, for its pair's other thread (ROPE), or its value of h (DOWN).
+// Each thread's result, for its pair's other thread (ROPE).
 var<workgroup> results: array<f32, 64>;
 
 // Whether the input is x * g and the sum scaled by 1 / rms(residual) (one
@@ -105,26 +88,6 @@ override NEXT_NORM: bool = false;
 
 // The up projection's storage type (SwiGLU), as DTYPE (dequant.wgsl).
 override UP_DTYPE: u32 = DTYPE_F32;
-
-// Whether a SwiGLU projection takes its own h through W2 into `partials`.
-override DOWN: bool = false;
-
-// W2's storage type (DOWN).
-override DOWN_DTYPE: u32 = DTYPE_F32;
-
-// Whether partial sums of W2 h are pending in the residual stream (NORM or
-// MODE_ADD builds).
-override PARTIALS: bool = false;
-
-// vec4s of input staged in workgroup memory (NORM with PARTIALS): cols / 8
-// rounded up, times 2 (a float row's last group reads up to there).
-override STAGED: u32 = 1u;
-
-// NORM with PARTIALS: the input x * g, read by `input`.
-var<workgroup> staged: array<vec4<f32>, STAGED>;
-
-// Each thread's share of x's sum of squares (NORM with PARTIALS).
-var<workgroup> squares: array<f32, 64>;
 
 // W[row] . x for the row whose bytes start at `row` of `tex`. Rows on a
 // texel boundary (the common case) fetch whole texels: decided from the row
@@ -400,30 +363,12 @@ fn row(group: u32, lid: u32) {
     // RMSNorm: every thread gets the same sum of squares of the uniform residual x.
     var scale = 1.0;
     if NORM {
-        if PARTIALS {
-            scale = stage_input(lid);
-        } else {
-            scale = 1.0 / sqrt(sum_squares((params.cols + 3u) / 4u) / f32(params.cols) + params.eps);
-        }
+        scale = 1.0 / sqrt(sum_squares((params.cols + 3u) / 4u) / f32(params.cols) + params.eps);
     }
     let a = scale * row_dot(w, DTYPE, computed * params.row_bytes, params.row_bytes, params.cols);
     var b = 0.0;
     if params.mode == MODE_SWIGLU {
         b = scale * row_dot(w_up, UP_DTYPE, computed * params.up_row_bytes, params.up_row_bytes, params.cols);
-    }
-    if DOWN {
-        // h of the workgroup's rows (0 past the last), then its columns of
-        // each row of W2: one partial sum of W2 h per workgroup.
-        results[lid] = select(0.0, swiglu(a, b), r < params.rows);
-        workgroupBarrier();
-        for (var k = 0u; k < 16u; k++) {
-            hv[k] = h4(k);
-        }
-        for (var o = lid; o < params.down_rows; o += 64u) {
-            let at = group * params.part_stride + o;
-            partials[at / 4u][at % 4u] = slice_dot(o * params.down_row_bytes, 64u * group);
-        }
-        return;
     }
     if ROPE {
         // Chunks and workgroups start on even rows: a pair is two neighbours.
@@ -436,120 +381,11 @@ fn row(group: u32, lid: u32) {
     }
     if r < params.rows {
         let o = params.out_offset + r;
-        if PARTIALS && !NORM {
-            // The residual add: the pending partial sums join x first, in
-            // the order stage_input adds them.
-            var v = out[o];
-            for (var p = 0u; p < params.parts; p++) {
-                let at = p * params.part_stride + o;
-                v += partials[at / 4u][at % 4u];
-            }
-            out[o] = v;
-        }
         project(o, a, b);
         if NEXT_NORM {
             xg[o] = out[o] * next_g[o / 4u][o % 4u];
         }
     }
-}
-
-// NORM with PARTIALS: stages x * g, x = residual + the pending partial
-// sums (in order) and g the norm's weights (bound as `x`), for `input`, and
-// returns 1 / rms(x), the same in every thread.
-fn stage_input(lid: u32) -> f32 {
-    var ss = 0.0;
-    for (var k = lid; k < (params.cols + 3u) / 4u; k += 64u) {
-        var v = residual[k];
-        for (var p = 0u; p < params.parts; p++) {
-            v += partials[p * params.part_stride / 4u + k];
-        }
-        ss += dot(v, v);
-        staged[k] = v * x[k];
-    }
-    squares[lid] = ss;
-    workgroupBarrier();
-    var total = 0.0;
-    for (var i = 0u; i < 64u; i++) {
-        total += squares[i];
-    }
-    return 1.0 / sqrt(total / f32(params.cols) + params.eps);
-}
-
-// The workgroup's 64 values of h, read once from `results` (DOWN).
-var<private> hv: array<vec4<f32>, 16>;
-
-// Columns c0 .. c0 + 64 (c0 % 64 == 0) of the W2 row whose bytes start at
-// `row`, times h (`hv`). F32 and
-// F16 read 16 bytes at a time, the grouped block types their 2 blocks' texels
-// and their group's header texel, the others 8 values at a time.
-fn slice_dot(row: u32, c0: u32) -> f32 {
-    var acc = vec4<f32>(0.0);
-    switch DOWN_DTYPE {
-        case DTYPE_F32: {
-            for (var k = 0u; k < 16u; k++) {
-                acc += bitcast<vec4<f32>>(words_at(w_down, row + 4u * c0 + 16u * k)) * hv[k];
-            }
-        }
-        case DTYPE_F16: {
-            for (var k = 0u; k < 8u; k++) {
-                let v = words_at(w_down, row + 2u * c0 + 16u * k);
-                acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * hv[2u * k];
-                acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * hv[2u * k + 1u];
-            }
-        }
-        case DTYPE_Q8_0: {
-            for (var i = 0u; i < 2u; i++) {
-                let b = c0 / 32u + i;
-                let t0 = row / 16u + 17u * (b / 8u);
-                var block = vec4<f32>(0.0);
-                for (var h = 0u; h < 2u; h++) {
-                    let q = texel(w_down, t0 + 1u + 2u * (b % 8u) + h);
-                    let x0 = 8u * i + 4u * h;
-                    block += i8x4(q.x) * hv[x0] + i8x4(q.y) * hv[x0 + 1u];
-                    block += i8x4(q.z) * hv[x0 + 2u] + i8x4(q.w) * hv[x0 + 3u];
-                }
-                acc += half_of(texel(w_down, t0), b % 8u) * block;
-            }
-        }
-        case DTYPE_Q4_0, DTYPE_IQ4_NL: {
-            for (var i = 0u; i < 2u; i++) {
-                let b = c0 / 32u + i;
-                let t0 = row / 16u + 9u * (b / 8u);
-                let q = texel(w_down, t0 + 1u + b % 8u);
-                var block = vec4<f32>(0.0);
-                for (var k = 0u; k < 4u; k++) {
-                    let lo = levels(DOWN_DTYPE, q[k]);
-                    let hi = levels(DOWN_DTYPE, q[k] >> 4u);
-                    block += lo * hv[8u * i + k] + hi * hv[8u * i + 4u + k];
-                }
-                acc += half_of(texel(w_down, t0), b % 8u) * block;
-            }
-        }
-        case DTYPE_Q4_1: {
-            for (var i = 0u; i < 2u; i++) {
-                let b = c0 / 32u + i;
-                let t0 = row / 16u + 5u * (b / 4u);
-                let dm = unpack2x16float(texel(w_down, t0)[b % 4u]);
-                let q = texel(w_down, t0 + 1u + b % 4u);
-                var block = vec4<f32>(0.0);
-                var hs = vec4<f32>(0.0);
-                for (var k = 0u; k < 4u; k++) {
-                    let hl = hv[8u * i + k];
-                    let hh = hv[8u * i + 4u + k];
-                    block += nibbles(q[k]) * hl + nibbles(q[k] >> 4u) * hh;
-                    hs += hl + hh;
-                }
-                acc += dm.x * block + dm.y * hs;
-            }
-        }
-        default: {
-            for (var g = 0u; g < 8u; g++) {
-                let m = x8(w_down, DOWN_DTYPE, row, c0 + 8u * g);
-                acc += m[0] * hv[2u * g] + m[1] * hv[2u * g + 1u];
-            }
-        }
-    }
-    return acc.x + acc.y + acc.z + acc.w;
 }
 
 // Rows o and o + 1 (o even) of a QKV projection, as rope_append.wgsl

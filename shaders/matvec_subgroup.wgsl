@@ -14,18 +14,9 @@ fn broadcast4(v: f32) -> vec4<f32> {
     return vec4(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
 }
 
-// x[k]: lane i reads value i % 4 (NORM with PARTIALS: the staged input).
+// x[k]: lane i reads value i % 4.
 fn input(k: u32) -> vec4<f32> {
-    if NORM && PARTIALS {
-        return broadcast4(staged[k][lane % 4u]);
-    }
     return broadcast4(x[k][lane % 4u]);
-}
-
-// h's values 4 k .. 4 k + 4 (DOWN): lane i reads value i % 4 from
-// workgroup memory.
-fn h4(k: u32) -> vec4<f32> {
-    return broadcast4(results[4u * k + lane % 4u]);
 }
 
 // residual[0..4 n4] . residual[0..4 n4]: the i-th of a subgroup's m threads sums every

@@ -26,10 +26,6 @@ pub const ATTENTION_SPLIT: usize = 256;
 /// lavapipe); stories260K's 512 rows save the launch.
 const NORMED_CLASSIFIER_ROWS: usize = 4096;
 
-/// Hidden values per partial sum of W2 h in a decode step whose gate/up
-/// launch takes the down projection in: the matvec's rows per workgroup.
-const DOWN_SLICE: usize = 64;
-
 /// Passes one session can record between two submits of the encoders it
 /// records into (and steps of one GPU-resident greedy block): each pass
 /// takes its own slot for its position and tokens.
@@ -79,11 +75,6 @@ pub(crate) struct Activations {
     pub scores: wgpu::Buffer,
     /// (batch, n_heads, splits, head_size + 2) split-K partial results.
     pub partials: wgpu::Buffer,
-    /// (hidden_dim / 64, sd) partial sums of W2 hb, one per 64 values of
-    /// hb, of a decode step's feed-forward block whose gate/up launch takes
-    /// the down projection in: pending in the residual stream until the
-    /// next layer's QKV and Wo + residual add them.
-    pub ffn_partials: wgpu::Buffer,
     /// (vocab_size,) logits of the pass's last token.
     pub logits: wgpu::Buffer,
     /// (1,) u32 argmax of the logits.
@@ -141,11 +132,6 @@ impl Activations {
             hb: input("hb", sh),
             scores: act("scores", c.n_heads * capacity),
             partials: act("partials", c.n_heads * splits * (hs + 2)),
-            ffn_partials: buffer(
-                "ffn partials",
-                c.hidden_dim.div_ceil(DOWN_SLICE) * sd,
-                U::STORAGE,
-            ),
             logits: buffer("logits", c.vocab_size, U::STORAGE | U::COPY_SRC),
             next: buffer("next", 1, U::STORAGE | U::COPY_SRC),
             step_slots: buffer(
@@ -198,12 +184,8 @@ struct LayerDispatches {
     ffn_norm: Dispatch,
     /// hb = silu(W1 n) * (W3 n)
     gate_up_swiglu: ByTokens,
-    /// x += W2 hb; a decode step's is in the gate/up launch where
-    /// `down_in_gate_up`.
+    /// x += W2 hb
     down_residual: ByTokens,
-    /// Whether a decode step's gate/up launch takes the down projection in
-    /// (its partial sums pending until the next layer's QKV and Wo + residual).
-    down_in_gate_up: bool,
 }
 
 /// Every dispatch of a pass, bound once to a session's activations and cache.
@@ -258,20 +240,22 @@ impl Dispatches {
             )
         };
         // One token: out (op)= W x, x a uniform row; with `norm`, x is
-        // xg and the product W rmsnorm(x) g. The other builds (`next_norm`,
-        // `rope`, `down`, `pending`) by struct update from `plain`.
-        let one = |b| k.matvec_for_device().bind(device, b);
-        let plain = |out, w, x, mode, norm| matvec::Bindings {
-            out,
-            w,
-            x,
-            mode,
-            norm,
-            next_norm: None,
-            down: None,
-            pending: None,
-            rope: None,
+        // xg and the product W rmsnorm(x) g; with `next_norm`, the epilogue
+        // writes the next norm's xg; with `rope`, W is QKV and the epilogue
+        // rotates and appends.
+        let one_rope = |out, w, x, mode, norm, next_norm, rope| {
+            let b = matvec::Bindings {
+                out,
+                w,
+                x,
+                mode,
+                norm,
+                next_norm,
+                rope,
+            };
+            k.matvec_for_device().bind(device, b)
         };
+        let one = |out, w, x, mode, norm| one_rope(out, w, x, mode, norm, None, None);
         // A pass of several: out[t] (op)= W x[t].
         let many = |out, out_stride, w, x, x_stride, mode| {
             let b = matmul::Bindings {
@@ -293,17 +277,8 @@ impl Dispatches {
         let (decode_input, folded) = (&a.xg, Some((&a.x, eps)));
         let next_norm = |g| NextNorm { g, xg: &a.xg };
         // A residual add: x += W input, and xg for the norm with weights g, if any.
-        let residual = |w, input, g: Option<_>| matvec::Bindings {
-            next_norm: g.map(next_norm),
-            ..plain(&a.x, w, input, Mode::Add, None)
-        };
-        // Whether a decode step's gate/up launches take the down projection
-        // in (every layer's but the last, whose x the final norm reads).
-        let fuse_down = down_in_gate_up(model);
-        let pending = matvec::Pending {
-            partials: &a.ffn_partials,
-            parts: c.hidden_dim / DOWN_SLICE,
-            stride: sd,
+        let residual = |w, input, g: Option<_>| {
+            one_rope(&a.x, w, input, Mode::Add, None, g.map(next_norm), None)
         };
         // Whether a decode step's classifier takes the final norm in (else
         // it runs on its own, and the last layer writes no xg).
@@ -368,7 +343,6 @@ impl Dispatches {
             .enumerate()
             .map(|(i, (w, kc))| {
                 let swiglu = Mode::SwiGlu { up: &w.w3 };
-                let down_in_gate_up = fuse_down && i + 1 < model.layers.len();
                 // The folded norm that reads the residual stream after this layer.
                 let next_g = match model.layers.get(i + 1) {
                     Some(next) => Some(&next.rms_att),
@@ -379,31 +353,24 @@ impl Dispatches {
                     // (q, k, v) = Wqkv rmsnorm(x).
                     att_norm: norm(&a.xb, &w.rms_att, Rows::All),
                     qkv: ByTokens {
-                        decode: {
-                            // After a layer whose down projection is pending,
-                            // QKV stages its input from x, the partials and g.
-                            let b = match fuse_down && i > 0 {
-                                true => matvec::Bindings {
-                                    pending: Some(pending),
-                                    ..plain(&a.qkv, &w.wqkv, &w.rms_att, Mode::Set, folded)
-                                },
-                                false => plain(&a.qkv, &w.wqkv, decode_input, Mode::Set, folded),
-                            };
-                            one(match rope_in_qkv {
-                                // q = rope(Wq n), cache row pos = (rope(Wk n), Wv n)
-                                true => matvec::Bindings {
-                                    out: &a.q,
-                                    rope: Some(matvec::RopeAppend {
-                                        step: &a.step,
-                                        table: &model.rope_table,
-                                        k_cache: &kc.k,
-                                        v_cache: &kc.v,
-                                        shape,
-                                    }),
-                                    ..b
-                                },
-                                false => b,
-                            })
+                        decode: match rope_in_qkv {
+                            // q = rope(Wq n), cache row pos = (rope(Wk n), Wv n)
+                            true => one_rope(
+                                &a.q,
+                                &w.wqkv,
+                                decode_input,
+                                Mode::Set,
+                                folded,
+                                None,
+                                Some(matvec::RopeAppend {
+                                    step: &a.step,
+                                    table: &model.rope_table,
+                                    k_cache: &kc.k,
+                                    v_cache: &kc.v,
+                                    shape,
+                                }),
+                            ),
+                            false => one(&a.qkv, &w.wqkv, decode_input, Mode::Set, folded),
                         },
                         prefill: many(&a.qkv, d + 2 * kv, &w.wqkv, &a.xb, sd, Mode::Set),
                     },
@@ -443,30 +410,19 @@ impl Dispatches {
                         },
                     ),
                     wo_residual: ByTokens {
-                        decode: one(matvec::Bindings {
-                            pending: (fuse_down && i > 0).then_some(pending),
-                            ..residual(&w.wo, &a.att, Some(&w.rms_ffn))
-                        }),
+                        decode: residual(&w.wo, &a.att, Some(&w.rms_ffn)),
                         prefill: many(&a.x, sd, &w.wo, &a.att, sd, Mode::Add),
                     },
                     // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
                     ffn_norm: norm(&a.xb, &w.rms_ffn, Rows::All),
                     gate_up_swiglu: ByTokens {
-                        decode: one(matvec::Bindings {
-                            down: down_in_gate_up.then_some(matvec::Down {
-                                w: &w.w2,
-                                partials: &a.ffn_partials,
-                                stride: sd,
-                            }),
-                            ..plain(&a.hb, &w.w1, decode_input, swiglu, folded)
-                        }),
+                        decode: one(&a.hb, &w.w1, decode_input, swiglu, folded),
                         prefill: many(&a.hb, sh, &w.w1, &a.xb, sd, swiglu),
                     },
                     down_residual: ByTokens {
-                        decode: one(residual(&w.w2, &a.hb, next_g)),
+                        decode: residual(&w.w2, &a.hb, next_g),
                         prefill: many(&a.x, sd, &w.w2, &a.hb, sh, Mode::Add),
                     },
-                    down_in_gate_up,
                 }
             })
             .collect();
@@ -475,9 +431,9 @@ impl Dispatches {
             layers,
             // Logits of the pass's last token = classifier(rmsnorm(x)).
             final_norm: norm(&a.xb, &model.rms_final, Rows::Last),
-            classifier: one(plain(&a.logits, cls, &a.xb, Mode::Set, None)),
+            classifier: one(&a.logits, cls, &a.xb, Mode::Set, None),
             classifier_normed: normed_classifier
-                .then(|| one(plain(&a.logits, cls, &a.xg, Mode::Set, Some((&a.x, eps))))),
+                .then(|| one(&a.logits, cls, &a.xg, Mode::Set, Some((&a.x, eps)))),
             rope_in_qkv,
             argmax: k.argmax.bind(
                 device,
@@ -526,9 +482,7 @@ impl Dispatches {
                 f("ffn_norm", &l.ffn_norm);
             }
             f("gate_up_swiglu", l.gate_up_swiglu.of(n));
-            if !(decode && l.down_in_gate_up) {
-                f("down_residual", l.down_residual.of(n));
-            }
+            f("down_residual", l.down_residual.of(n));
         }
         // Logits of the pass's last token = classifier(rmsnorm(x)).
         if readback != Readback::Nothing {
@@ -544,26 +498,6 @@ impl Dispatches {
             f("argmax", &self.argmax);
         }
     }
-}
-
-/// Whether `model`'s decode steps take each layer's down projection into
-/// its gate/up launch (but the last layer's): whole slices of 64 hidden
-/// values, W1 and W2 in one texture each, and the workgroup memory for the
-/// input that QKV then stages (see matvec_row.wgsl's DOWN and PARTIALS).
-fn down_in_gate_up(model: &GpuModel) -> bool {
-    let c = model.config();
-    let limit = model
-        .gpu()
-        .device
-        .limits()
-        .max_compute_workgroup_storage_size;
-    c.hidden_dim.is_multiple_of(DOWN_SLICE)
-        && model.layers.len() > 1
-        && model
-            .layers
-            .iter()
-            .all(|l| l.w1.chunks.len() == 1 && l.w2.chunks.len() == 1)
-        && matvec::staged_workgroup_bytes(c.dim) <= limit
 }
 
 /// The logits of every token of a pass, for scoring text (perplexity) and

@@ -35,72 +35,38 @@ pub const SUBGROUP_SHADER: Shader = Shader {
 };
 
 const NEEDS: Needs = Needs {
-    storage_buffers: 6,
+    storage_buffers: 5,
     uniform_bytes: 65536,
-    textures: 3,
-    // A PARTIALS build's staged input comes on top: see [`staged_workgroup_bytes`].
-    workgroup_bytes: 528,
+    textures: 2,
+    workgroup_bytes: 256,
     invocations: 64,
     subgroups: false,
 };
 
-/// What a build of the kernel does besides `W x` (see [`variant`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Build {
-    /// NORM: each sum scaled by `1 / rms(residual)`, the input being `x *
-    /// g` (the RMSNorm before the projection).
-    pub norm: bool,
-    /// ROPE: the epilogue rotates and appends.
-    pub rope: bool,
-    /// NEXT_NORM: the epilogue writes the next norm's input.
-    pub next_norm: bool,
-    /// PARTIALS: partial sums of W2 h are pending in the residual stream
-    /// (a NORM build stages its input from them, a residual add adds them).
-    pub partials: bool,
-    /// DOWN: W2's storage type; the SwiGLU projection takes its h through W2.
-    pub down: Option<DType>,
-    /// Values of input a NORM build with PARTIALS stages (its `cols`).
-    pub staged_cols: usize,
-}
-
 /// `shader`'s build for weights of `dtype` (and an up projection of `up`)
-/// as `build` says (overrides NORM, ROPE, NEXT_NORM, PARTIALS, DOWN,
-/// DOWN_DTYPE, STAGED, DTYPE, UP_DTYPE).
-pub fn variant(shader: Shader, build: Build, dtype: DType, up: DType) -> Variant {
+/// that scales each sum by `1 / rms(residual)` when `norm` (its input being
+/// `x * g`: the RMSNorm before the projection), rotates and appends in its
+/// epilogue when `rope`, and writes the next norm's input when `next_norm`
+/// (overrides NORM, ROPE, NEXT_NORM, DTYPE, UP_DTYPE).
+pub fn variant(
+    shader: Shader,
+    norm: bool,
+    rope: bool,
+    next_norm: bool,
+    dtype: DType,
+    up: DType,
+) -> Variant {
     let flag = |on: bool| f64::from(u8::from(on));
-    let staged = match build.norm && build.partials {
-        true => staged_vec4s(build.staged_cols),
-        false => 1,
-    };
     Variant {
         shader,
         constants: vec![
-            ("NORM", flag(build.norm)),
-            ("ROPE", flag(build.rope)),
-            ("NEXT_NORM", flag(build.next_norm)),
-            ("PARTIALS", flag(build.partials)),
-            ("DOWN", flag(build.down.is_some())),
-            (
-                "DOWN_DTYPE",
-                build.down.unwrap_or(DType::F32).gpu_id() as f64,
-            ),
-            ("STAGED", staged as f64),
+            ("NORM", flag(norm)),
+            ("ROPE", flag(rope)),
+            ("NEXT_NORM", flag(next_norm)),
             ("DTYPE", dtype.gpu_id() as f64),
             ("UP_DTYPE", up.gpu_id() as f64),
         ],
     }
-}
-
-/// vec4s a NORM build with PARTIALS stages for an input of `cols` values
-/// (`STAGED` in matvec_row.wgsl).
-fn staged_vec4s(cols: usize) -> usize {
-    cols.div_ceil(8) * 2
-}
-
-/// Bytes of workgroup memory a NORM build with PARTIALS takes for an input
-/// of `cols` values (the others: [`Needs::workgroup_bytes`]).
-pub fn staged_workgroup_bytes(cols: usize) -> u32 {
-    NEEDS.workgroup_bytes + (staged_vec4s(cols) - 1) as u32 * 16
 }
 
 /// What a one-token projection reads and writes.
@@ -123,16 +89,6 @@ pub struct Bindings<'a> {
     /// writes `xg = out * g` for the NORM projection that reads `out` next
     /// (the NEXT_NORM build).
     pub next_norm: Option<NextNorm<'a>>,
-    /// `Some`: `mode` is `SwiGlu` (the gate and up projections, `w` in one
-    /// chunk of a multiple of 64 rows), and each workgroup takes its 64
-    /// values of h through W2 into a partial sum (the DOWN build) instead
-    /// of writing h to `out`.
-    pub down: Option<Down<'a>>,
-    /// `Some`: partial sums of W2 h are pending in the residual stream (the
-    /// PARTIALS build). With `norm`, `x` is the norm's weights g (not `x *
-    /// g`), the input staged from `residual` and the partials; with
-    /// `Mode::Add`, the partials are added to `out` before `W x`.
-    pub pending: Option<Pending<'a>>,
     /// `Some`: `w` is a QKV projection (q, then k, then v rows; row-chunks
     /// of even rows), `mode` is `Set`, and the epilogue does
     /// [`rope_append`](super::rope_append)'s work for the one token of the
@@ -156,29 +112,6 @@ pub struct RopeAppend<'a> {
     pub shape: super::rope_append::Shape,
 }
 
-/// Where the DOWN build's workgroups put their partial sums of W2 h (see
-/// [`Bindings::down`]).
-pub struct Down<'a> {
-    /// (rows, hidden) W2, in one chunk; hidden is the SwiGLU's rows.
-    pub w: &'a GpuTensor,
-    /// (hidden / 64, stride) partial sums, row p = W2[:, 64 p .. 64 p + 64] h[64 p .. 64 p + 64].
-    pub partials: &'a wgpu::Buffer,
-    /// Values from one partial sum's row to the next (at least W2's rows).
-    pub stride: usize,
-}
-
-/// Partial sums of W2 h that a PARTIALS build adds to the residual stream
-/// (see [`Bindings::pending`]).
-#[derive(Clone, Copy)]
-pub struct Pending<'a> {
-    /// (parts, stride) partial sums, as [`Down::partials`].
-    pub partials: &'a wgpu::Buffer,
-    /// Partial sums to add.
-    pub parts: usize,
-    /// Values from one row to the next.
-    pub stride: usize,
-}
-
 /// A build of the matvec kernel ([`SHADER`] or [`SUBGROUP_SHADER`]), plain
 /// and with the RMSNorm of its input, per storage type (see [`variant`];
 /// compiled on first use).
@@ -186,9 +119,6 @@ pub struct Pending<'a> {
 pub struct Matvec {
     shader: Shader,
     pipelines: Pipelines,
-    /// (4,) unread: the `partials` binding of builds without DOWN or
-    /// PARTIALS (an array of vec4 binds at least 16 bytes; `out` may be less).
-    no_partials: wgpu::Buffer,
 }
 
 impl Matvec {
@@ -197,12 +127,6 @@ impl Matvec {
         Self {
             shader,
             pipelines: Pipelines::new(c, shader),
-            no_partials: c.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("no partials"),
-                size: 16,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            }),
         }
     }
 
@@ -213,33 +137,14 @@ impl Matvec {
         for (mut params, c, up) in b.w.chunk_params(b.mode, b.w.rows) {
             let rope = b.rope.as_ref();
             debug_assert!(b.next_norm.is_none() || matches!(b.mode, Mode::Add));
-            let down = b.down.as_ref().map(|d| {
-                debug_assert!(matches!(b.mode, Mode::SwiGlu { .. }));
-                debug_assert!(
-                    b.w.chunks.len() == 1 && b.w.rows.is_multiple_of(64) && d.w.chunks.len() == 1
-                );
-                params.part_stride = d.stride as u32;
-                params.down_rows = d.w.rows as u32;
-                params.down_row_bytes =
-                    d.w.chunk_params(Mode::Set, 0)
-                        .next()
-                        .map_or(0, |p| p.0.row_bytes);
-                &d.w.chunks[0]
-            });
-            if let Some(p) = &b.pending {
-                debug_assert!(b.norm.is_some() || matches!(b.mode, Mode::Add));
-                params.parts = p.parts as u32;
-                params.part_stride = p.stride as u32;
-            }
-            let build = Build {
-                norm: b.norm.is_some(),
-                rope: rope.is_some(),
-                next_norm: b.next_norm.is_some(),
-                partials: b.pending.is_some(),
-                down: down.map(|d| d.dtype),
-                staged_cols: b.w.cols,
-            };
-            let v = variant(self.shader, build, c.dtype, up.dtype);
+            let v = variant(
+                self.shader,
+                b.norm.is_some(),
+                rope.is_some(),
+                b.next_norm.is_some(),
+                c.dtype,
+                up.dtype,
+            );
             dispatch.set_pipeline(&self.pipelines.get(v.constants));
             params.eps = b.norm.map_or(0.0, |(_, eps)| eps);
             if let Some(r) = rope {
@@ -272,13 +177,6 @@ impl Matvec {
                 v_cache.as_entire_binding(),
                 input_binding(next_g, 0, 0),
                 xg.as_entire_binding(),
-                wgpu::BindingResource::TextureView(&down.unwrap_or(c).view),
-                match (&b.down, &b.pending) {
-                    (Some(d), _) => d.partials,
-                    (_, Some(p)) => p.partials,
-                    _ => &self.no_partials,
-                }
-                .as_entire_binding(),
             ];
             // One thread per row.
             let groups = grid(params.rows.div_ceil(64));
@@ -426,8 +324,6 @@ mod tests {
                             mode: Mode::Set,
                             norm: None,
                             next_norm: None,
-                            down: None,
-                            pending: None,
                             rope: Some(RopeAppend {
                                 step: &step,
                                 table: &table,
@@ -509,8 +405,6 @@ mod tests {
                         mode,
                         norm: Some((&xb, 1e-5)),
                         next_norm: None,
-                        down: None,
-                        pending: None,
                         rope: None,
                     },
                 );
@@ -568,8 +462,6 @@ mod tests {
                         mode: Mode::Add,
                         norm: None,
                         next_norm: Some(NextNorm { g: &gb, xg: &xgb }),
-                        down: None,
-                        pending: None,
                         rope: None,
                     },
                 );
@@ -591,6 +483,3 @@ mod tests {
         }
     }
 }
-
-#[cfg(test)]
-mod down_tests;

@@ -107,25 +107,22 @@ pub fn specialized_variants() -> Vec<Variant> {
         // NORM, ROPE and NEXT_NORM each on and off across the types, in both builds.
         let (norm, rope, next_norm) = (i % 2 == 0, i % 4 < 2, i % 8 < 4);
         out.push(embed::variant(dtype, next_norm));
-        // And PARTIALS (with NORM: a staged input) and DOWN.
-        let build = matvec::Build {
+        out.push(matvec::variant(
+            matvec::SHADER,
             norm,
             rope,
             next_norm,
-            partials: i % 3 == 0,
-            down: (i % 3 == 1).then(|| DType::ALL[(i + 2) % DType::ALL.len()]),
-            staged_cols: 576,
-        };
-        out.push(matvec::variant(matvec::SHADER, build, dtype, up));
-        let other = matvec::Build {
-            norm: !norm,
-            rope: !rope,
-            next_norm: !next_norm,
-            partials: i % 3 == 2,
-            down: (i % 3 == 0).then_some(dtype),
-            ..build
-        };
-        out.push(matvec::variant(matvec::SUBGROUP_SHADER, other, dtype, up));
+            dtype,
+            up,
+        ));
+        out.push(matvec::variant(
+            matvec::SUBGROUP_SHADER,
+            !norm,
+            !rope,
+            !next_norm,
+            dtype,
+            up,
+        ));
         out.push(matmul::variant(matmul::SHADER, i % 2 == 1, dtype, up));
         out.push(matmul::variant(
             matmul::SUBGROUP_SHADER,

@@ -46,14 +46,6 @@ pub struct Params {
     pub head_size: u32,
     /// [`KvDtype::gpu_id`](crate::kv_cache::KvDtype::gpu_id) of the cache (ROPE: f32 or f16).
     pub kv_dtype: u32,
-    /// Partial sums of W2 h pending in the residual stream (matvec built with PARTIALS).
-    pub parts: u32,
-    /// Values from one partial sum's row to the next (PARTIALS, DOWN).
-    pub part_stride: u32,
-    /// Rows of W2 (matvec built with DOWN).
-    pub down_rows: u32,
-    /// Bytes per row of W2 (DOWN).
-    pub down_row_bytes: u32,
 }
 
 /// What a projection does with `W x`.
@@ -367,10 +359,6 @@ impl GpuTensor {
                 kv_dim: 0,
                 head_size: 0,
                 kv_dtype: 0,
-                parts: 0,
-                part_stride: 0,
-                down_rows: 0,
-                down_row_bytes: 0,
             };
             (params, c, u)
         })

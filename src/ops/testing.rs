@@ -269,8 +269,6 @@ pub fn project(
                 mode,
                 norm: None,
                 next_norm: None,
-                down: None,
-                pending: None,
                 rope: None,
             },
         );
