@@ -7,6 +7,8 @@
 //   MODE_SET     out[out_offset + r]  = W[r] . x
 //   MODE_ADD     out[out_offset + r] += W[r] . x      (residual add in the epilogue)
 //   MODE_SWIGLU  out[out_offset + r]  = silu(W[r] . x) * (W_up[r] . x)  (gate, up and SiLU in one pass)
+//                (a pipeline constant too, SWIGLU: gate and up of one type, Q4_1, Q8_0 or
+//                aligned F16, are read in one loop, each input once for both: pair_dot)
 // Built with the override NORM = true, the product is W . rmsnorm(x) * g,
 // the RMSNorm before the projection in the projection (one dispatch fewer
 // per norm): the input is xg = x * g, written by whichever kernel wrote the
@@ -82,6 +84,9 @@ var<workgroup> results: array<f32, 64>;
 // Whether the input is x * g and the sum scaled by 1 / rms(residual) (one
 // pipeline each way).
 override NORM: bool = false;
+
+// Whether the projection is a SwiGLU pair (params.mode, as a constant).
+override SWIGLU: bool = false;
 
 // Whether a residual add's epilogue also writes xg = out * next_g.
 override NEXT_NORM: bool = false;
@@ -312,6 +317,91 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
     return acc.x + acc.y + acc.z + acc.w;
 }
 
+// (W[row] . x, W_up[row] . x) for gate and up rows of one type (Q4_1,
+// Q8_0, or F16 rows on a texel boundary) at the same bytes `row` of w and
+// w_up, each input read once for both: row_dot's operations in its order,
+// so each sum is row_dot's bit for bit.
+fn pair_dot(row: u32) -> vec2<f32> {
+    let cols = params.cols;
+    var acc = vec4<f32>(0.0);
+    var acc_up = vec4<f32>(0.0);
+    switch DTYPE {
+        case DTYPE_F16: {
+            for (var k = 0u; k < cols / 8u; k++) {
+                let v = texel(w, row / 16u + k);
+                let u = texel(w_up, row / 16u + k);
+                let x0 = input(2u * k);
+                let x1 = input(2u * k + 1u);
+                acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x0;
+                acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x1;
+                acc_up += vec4(unpack2x16float(u.x), unpack2x16float(u.y)) * x0;
+                acc_up += vec4(unpack2x16float(u.z), unpack2x16float(u.w)) * x1;
+            }
+            for (var c = cols / 8u * 8u; c < cols; c += 8u) {
+                acc += dot8(x8_to(w, DTYPE, row, c, cols), c / 8u);
+                acc_up += dot8(x8_to(w_up, DTYPE, row, c, cols), c / 8u);
+            }
+        }
+        case DTYPE_Q8_0: {
+            let blocks = cols / 32u;
+            for (var g = 0u; g < (blocks + 7u) / 8u; g++) {
+                let t0 = row / 16u + 17u * g;
+                let head = texel(w, t0);
+                let head_up = texel(w_up, t0);
+                for (var j = 0u; j < min(8u, blocks - 8u * g); j++) {
+                    let b = 8u * g + j;
+                    var block = vec4<f32>(0.0);
+                    var block_up = vec4<f32>(0.0);
+                    for (var h = 0u; h < 2u; h++) {
+                        let q = texel(w, t0 + 1u + 2u * j + h);
+                        let qu = texel(w_up, t0 + 1u + 2u * j + h);
+                        let x0 = 8u * b + 4u * h;
+                        let xa = input(x0);
+                        let xb = input(x0 + 1u);
+                        let xc = input(x0 + 2u);
+                        let xd = input(x0 + 3u);
+                        block += i8x4(q.x) * xa + i8x4(q.y) * xb;
+                        block += i8x4(q.z) * xc + i8x4(q.w) * xd;
+                        block_up += i8x4(qu.x) * xa + i8x4(qu.y) * xb;
+                        block_up += i8x4(qu.z) * xc + i8x4(qu.w) * xd;
+                    }
+                    acc += half_of(head, j) * block;
+                    acc_up += half_of(head_up, j) * block_up;
+                }
+            }
+        }
+        default: {
+            // Q4_1: groups of 4 blocks, as row_dot.
+            let blocks = cols / 32u;
+            for (var g = 0u; g < (blocks + 3u) / 4u; g++) {
+                let t0 = row / 16u + 5u * g;
+                let head = texel(w, t0);
+                let head_up = texel(w_up, t0);
+                for (var j = 0u; j < min(4u, blocks - 4u * g); j++) {
+                    let b = 4u * g + j;
+                    let dm = unpack2x16float(head[j]);
+                    let dm_up = unpack2x16float(head_up[j]);
+                    let q = texel(w, t0 + 1u + j);
+                    let qu = texel(w_up, t0 + 1u + j);
+                    var block = vec4<f32>(0.0);
+                    var block_up = vec4<f32>(0.0);
+                    var xs = vec4<f32>(0.0);
+                    for (var k = 0u; k < 4u; k++) {
+                        let xl = input(8u * b + k);
+                        let xh = input(8u * b + 4u + k);
+                        block += nibbles(q[k]) * xl + nibbles(q[k] >> 4u) * xh;
+                        block_up += nibbles(qu[k]) * xl + nibbles(qu[k] >> 4u) * xh;
+                        xs += xl + xh;
+                    }
+                    acc += dm.x * block + dm.y * xs;
+                    acc_up += dm_up.x * block_up + dm_up.y * xs;
+                }
+            }
+        }
+    }
+    return vec2(acc.x + acc.y + acc.z + acc.w, acc_up.x + acc_up.y + acc_up.z + acc_up.w);
+}
+
 // Values 8 g .. 8 g + 8 of a row times the input's.
 fn dot8(m: mat2x4<f32>, g: u32) -> vec4<f32> {
     return m[0] * input(2u * g) + m[1] * input(2u * g + 1u);
@@ -365,10 +455,19 @@ fn row(group: u32, lid: u32) {
     if NORM {
         scale = 1.0 / sqrt(sum_squares((params.cols + 3u) / 4u) / f32(params.cols) + params.eps);
     }
-    let a = scale * row_dot(w, DTYPE, computed * params.row_bytes, params.row_bytes, params.cols);
+    var a = 0.0;
     var b = 0.0;
-    if params.mode == MODE_SWIGLU {
-        b = scale * row_dot(w_up, UP_DTYPE, computed * params.up_row_bytes, params.up_row_bytes, params.cols);
+    let aligned = params.row_bytes % 16u == 0u;
+    if SWIGLU && UP_DTYPE == DTYPE && (DTYPE == DTYPE_Q4_1 || DTYPE == DTYPE_Q8_0 || (DTYPE == DTYPE_F16 && aligned)) {
+        // Gate and up of one type: each input read once for both rows.
+        let ab = scale * pair_dot(computed * params.row_bytes);
+        a = ab.x;
+        b = ab.y;
+    } else {
+        a = scale * row_dot(w, DTYPE, computed * params.row_bytes, params.row_bytes, params.cols);
+        if SWIGLU {
+            b = scale * row_dot(w_up, UP_DTYPE, computed * params.up_row_bytes, params.up_row_bytes, params.cols);
+        }
     }
     if ROPE {
         // Chunks and workgroups start on even rows: a pair is two neighbours.

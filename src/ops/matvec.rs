@@ -43,16 +43,17 @@ const NEEDS: Needs = Needs {
     subgroups: false,
 };
 
-/// `shader`'s build for weights of `dtype` (and an up projection of `up`)
+/// `shader`'s build for weights of `dtype` (and, `swiglu`, an up projection of `up`)
 /// that scales each sum by `1 / rms(residual)` when `norm` (its input being
 /// `x * g`: the RMSNorm before the projection), rotates and appends in its
 /// epilogue when `rope`, and writes the next norm's input when `next_norm`
-/// (overrides NORM, ROPE, NEXT_NORM, DTYPE, UP_DTYPE).
+/// (overrides NORM, ROPE, NEXT_NORM, SWIGLU, DTYPE, UP_DTYPE).
 pub fn variant(
     shader: Shader,
     norm: bool,
     rope: bool,
     next_norm: bool,
+    swiglu: bool,
     dtype: DType,
     up: DType,
 ) -> Variant {
@@ -63,6 +64,7 @@ pub fn variant(
             ("NORM", flag(norm)),
             ("ROPE", flag(rope)),
             ("NEXT_NORM", flag(next_norm)),
+            ("SWIGLU", flag(swiglu)),
             ("DTYPE", dtype.gpu_id() as f64),
             ("UP_DTYPE", up.gpu_id() as f64),
         ],
@@ -142,6 +144,7 @@ impl Matvec {
                 b.norm.is_some(),
                 rope.is_some(),
                 b.next_norm.is_some(),
+                matches!(b.mode, Mode::SwiGlu { .. }),
                 c.dtype,
                 up.dtype,
             );

@@ -104,7 +104,7 @@ pub fn specialized_variants() -> Vec<Variant> {
     let mut out = Vec::new();
     for (i, dtype) in DType::ALL.into_iter().enumerate() {
         let up = DType::ALL[(i + 1) % DType::ALL.len()];
-        // NORM, ROPE and NEXT_NORM each on and off across the types, in both builds.
+        // NORM, ROPE, NEXT_NORM and SWIGLU each on and off across the types, in both builds.
         let (norm, rope, next_norm) = (i % 2 == 0, i % 4 < 2, i % 8 < 4);
         out.push(embed::variant(dtype, next_norm));
         out.push(matvec::variant(
@@ -112,6 +112,7 @@ pub fn specialized_variants() -> Vec<Variant> {
             norm,
             rope,
             next_norm,
+            i % 2 == 1,
             dtype,
             up,
         ));
@@ -120,6 +121,7 @@ pub fn specialized_variants() -> Vec<Variant> {
             !norm,
             !rope,
             !next_norm,
+            i % 2 == 0,
             dtype,
             up,
         ));

@@ -214,6 +214,12 @@ pub fn projections() -> Vec<(Projection, u64)> {
         );
         let limit = 7 * gate.row_bytes().max(up.row_bytes()) as u64 + 5;
         add(gate, Some(up), limit);
+        // And of one type: gate and up rows share their input reads (matvec).
+        let (gate, up) = (
+            random_tensor(dtype, 45, 2 * n, 5),
+            random_tensor(dtype, 45, 2 * n, 6),
+        );
+        add(gate, Some(up), big);
     }
     // Odd widths: rows start at any byte alignment and end in a tail; 3001
     // columns leave room for only 5 tokens per 64 KiB matmul input tile.
