@@ -221,14 +221,15 @@ fn kernels_are_compiled_once_per_device_for_every_model() {
     );
     // The first session binds the weight kernels for F32, its only type:
     // embed (writing x * g beside x), matvec plain (the classifier after a
-    // pass's final norm), normed, normed with RoPE + append (QKV), and
-    // residual adds writing the next norm's x * g, matmul (two rows a
-    // thread); and those for its flat F32 cache: rope_append, attention
-    // with a workgroup and with a thread per token.
+    // pass's final norm), normed (the decode step's classifier), normed
+    // SwiGLU (gate/up), normed with RoPE + append (QKV), and residual adds
+    // writing the next norm's x * g, matmul (two rows a thread); and those
+    // for its flat F32 cache: rope_append, attention with a workgroup and
+    // with a thread per token.
     let mut s = Session::new(&first, None).unwrap();
     s.forward_greedy(1).unwrap();
     let compiled = pipelines() - before;
-    assert_eq!(compiled, 12, "every variant it uses, once");
+    assert_eq!(compiled, 13, "every variant it uses, once");
     // Another model, through a clone of the Gpu: nothing compiled again.
     let second = GpuModel::new(&gpu.clone(), &common::tiny_model(32)).unwrap();
     let mut s = Session::new(&second, None).unwrap();
