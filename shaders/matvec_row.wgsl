@@ -49,7 +49,10 @@
 // adapters still gather it thread by thread where its address changes in a
 // loop, hence the subgroup build). F32 and F16 read 16 bytes at a time at
 // any alignment (4 or 8 values), Q8_0, Q4_0, Q4_1 and IQ4_NL a texel of a
-// group's scales and then each block's texels (regrouped on upload), Q5_0
+// group's scales and then each block's texels (regrouped on upload). The
+// hot loops take four texels (F32, F16) or a whole group of blocks an
+// iteration: on lavapipe an iteration's own cost is about a texel's work
+// (Q4_1 projections 15-20 % faster than a block an iteration). Q5_0
 // and Q5_1 a block at a time, Q4_K a
 // texel at a time, the other types 8 values at a time (dequant.wgsl's x8
 // functions), and so do float rows' tails. Grids of
@@ -105,8 +108,18 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
     switch dtype {
         case DTYPE_F32: {
             if aligned {
-                for (var k = 0u; k < cols / 8u * 2u; k++) {
-                    acc += bitcast<vec4<f32>>(texel(tex, row / 16u + k)) * input(k);
+                // Four texels an iteration (a loop iteration costs software
+                // adapters about as much as the work of a texel), then the rest.
+                let n = cols / 8u * 2u;
+                let t = row / 16u;
+                for (var k = 0u; k < n / 4u * 4u; k += 4u) {
+                    acc += bitcast<vec4<f32>>(texel(tex, t + k)) * input(k);
+                    acc += bitcast<vec4<f32>>(texel(tex, t + k + 1u)) * input(k + 1u);
+                    acc += bitcast<vec4<f32>>(texel(tex, t + k + 2u)) * input(k + 2u);
+                    acc += bitcast<vec4<f32>>(texel(tex, t + k + 3u)) * input(k + 3u);
+                }
+                for (var k = n / 4u * 4u; k < n; k++) {
+                    acc += bitcast<vec4<f32>>(texel(tex, t + k)) * input(k);
                 }
             } else {
                 for (var k = 0u; k < cols / 8u * 2u; k++) {
@@ -117,10 +130,17 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
         }
         case DTYPE_F16: {
             if aligned {
-                for (var k = 0u; k < cols / 8u; k++) {
-                    let v = texel(tex, row / 16u + k);
-                    acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * input(2u * k);
-                    acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * input(2u * k + 1u);
+                // Four texels an iteration, as F32's.
+                let n = cols / 8u;
+                let t = row / 16u;
+                for (var k = 0u; k < n / 4u * 4u; k += 4u) {
+                    acc = f16_add(acc, texel(tex, t + k), k);
+                    acc = f16_add(acc, texel(tex, t + k + 1u), k + 1u);
+                    acc = f16_add(acc, texel(tex, t + k + 2u), k + 2u);
+                    acc = f16_add(acc, texel(tex, t + k + 3u), k + 3u);
+                }
+                for (var k = n / 4u * 4u; k < n; k++) {
+                    acc = f16_add(acc, texel(tex, t + k), k);
                 }
             } else {
                 for (var k = 0u; k < cols / 8u; k++) {
@@ -134,20 +154,26 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
         case DTYPE_Q8_0: {
             // Groups of 8 blocks (dequant.wgsl): a texel of their f16
             // scales, then 32 x i8 a block (2 texels).
+            // Whole groups in one iteration, as Q4_1's.
             let blocks = cols / 32u;
-            for (var g = 0u; g < (blocks + 7u) / 8u; g++) {
+            for (var g = 0u; g < blocks / 8u; g++) {
                 let t0 = row / 16u + 17u * g;
                 let head = texel(tex, t0);
-                for (var j = 0u; j < min(8u, blocks - 8u * g); j++) {
-                    let b = 8u * g + j;
-                    var block = vec4<f32>(0.0);
-                    for (var h = 0u; h < 2u; h++) {
-                        let q = texel(tex, t0 + 1u + 2u * j + h);
-                        let x0 = 8u * b + 4u * h;
-                        block += i8x4(q.x) * input(x0) + i8x4(q.y) * input(x0 + 1u);
-                        block += i8x4(q.z) * input(x0 + 2u) + i8x4(q.w) * input(x0 + 3u);
-                    }
-                    acc += half_of(head, j) * block;
+                acc += q8_0_term(tex, head, t0, 0u, 8u * g);
+                acc += q8_0_term(tex, head, t0, 1u, 8u * g + 1u);
+                acc += q8_0_term(tex, head, t0, 2u, 8u * g + 2u);
+                acc += q8_0_term(tex, head, t0, 3u, 8u * g + 3u);
+                acc += q8_0_term(tex, head, t0, 4u, 8u * g + 4u);
+                acc += q8_0_term(tex, head, t0, 5u, 8u * g + 5u);
+                acc += q8_0_term(tex, head, t0, 6u, 8u * g + 6u);
+                acc += q8_0_term(tex, head, t0, 7u, 8u * g + 7u);
+            }
+            if blocks % 8u != 0u {
+                let g = blocks / 8u;
+                let t0 = row / 16u + 17u * g;
+                let head = texel(tex, t0);
+                for (var j = 0u; j < blocks % 8u; j++) {
+                    acc += q8_0_term(tex, head, t0, j, 8u * g + j);
                 }
             }
             done = cols;
@@ -156,20 +182,26 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
             // Groups of 8 blocks: a texel of their f16 scales, then 16 bytes
             // of nibbles a block (low: values 0..16, high: 16..32): Q4_0's
             // values q - 8, IQ4_NL's its 16 levels.
+            // Whole groups in one iteration, as Q4_1's.
             let blocks = cols / 32u;
-            for (var g = 0u; g < (blocks + 7u) / 8u; g++) {
+            for (var g = 0u; g < blocks / 8u; g++) {
                 let t0 = row / 16u + 9u * g;
                 let head = texel(tex, t0);
-                for (var j = 0u; j < min(8u, blocks - 8u * g); j++) {
-                    let b = 8u * g + j;
-                    let q = texel(tex, t0 + 1u + j);
-                    var block = vec4<f32>(0.0);
-                    for (var k = 0u; k < 4u; k++) {
-                        let lo = levels(dtype, q[k]);
-                        let hi = levels(dtype, q[k] >> 4u);
-                        block += lo * input(8u * b + k) + hi * input(8u * b + 4u + k);
-                    }
-                    acc += half_of(head, j) * block;
+                acc += q4_0_term(tex, dtype, head, t0, 0u, 8u * g);
+                acc += q4_0_term(tex, dtype, head, t0, 1u, 8u * g + 1u);
+                acc += q4_0_term(tex, dtype, head, t0, 2u, 8u * g + 2u);
+                acc += q4_0_term(tex, dtype, head, t0, 3u, 8u * g + 3u);
+                acc += q4_0_term(tex, dtype, head, t0, 4u, 8u * g + 4u);
+                acc += q4_0_term(tex, dtype, head, t0, 5u, 8u * g + 5u);
+                acc += q4_0_term(tex, dtype, head, t0, 6u, 8u * g + 6u);
+                acc += q4_0_term(tex, dtype, head, t0, 7u, 8u * g + 7u);
+            }
+            if blocks % 8u != 0u {
+                let g = blocks / 8u;
+                let t0 = row / 16u + 9u * g;
+                let head = texel(tex, t0);
+                for (var j = 0u; j < blocks % 8u; j++) {
+                    acc += q4_0_term(tex, dtype, head, t0, j, 8u * g + j);
                 }
             }
             done = cols;
@@ -217,25 +249,23 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
         }
         case DTYPE_Q4_1: {
             // Groups of 4 blocks: a texel of their f16 (d, m) pairs, then 16
-            // bytes of nibbles a block as Q4_0's. d q + m summed: d (q . x)
-            // + m (sum of x).
+            // bytes of nibbles a block as Q4_0's. Whole groups in one
+            // iteration (a loop iteration costs software adapters as much
+            // as a block), then the last group's blocks.
             let blocks = cols / 32u;
-            for (var g = 0u; g < (blocks + 3u) / 4u; g++) {
-                let t0 = row / 16u + 5u * g;
-                let head = texel(tex, t0);
-                for (var j = 0u; j < min(4u, blocks - 4u * g); j++) {
-                    let b = 4u * g + j;
-                    let dm = unpack2x16float(head[j]);
-                    let q = texel(tex, t0 + 1u + j);
-                    var block = vec4<f32>(0.0);
-                    var xs = vec4<f32>(0.0);
-                    for (var k = 0u; k < 4u; k++) {
-                        let xl = input(8u * b + k);
-                        let xh = input(8u * b + 4u + k);
-                        block += nibbles(q[k]) * xl + nibbles(q[k] >> 4u) * xh;
-                        xs += xl + xh;
-                    }
-                    acc += dm.x * block + dm.y * xs;
+            let t = row / 16u;
+            for (var g = 0u; g < blocks / 4u; g++) {
+                let head = texel(tex, t + 5u * g);
+                acc += q4_1_term(tex, head, t + 5u * g, 0u, 4u * g);
+                acc += q4_1_term(tex, head, t + 5u * g, 1u, 4u * g + 1u);
+                acc += q4_1_term(tex, head, t + 5u * g, 2u, 4u * g + 2u);
+                acc += q4_1_term(tex, head, t + 5u * g, 3u, 4u * g + 3u);
+            }
+            if blocks % 4u != 0u {
+                let g = blocks / 4u;
+                let head = texel(tex, t + 5u * g);
+                for (var j = 0u; j < blocks % 4u; j++) {
+                    acc += q4_1_term(tex, head, t + 5u * g, j, 4u * g + j);
                 }
             }
             done = cols;
@@ -323,83 +353,176 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
 // so each sum is row_dot's bit for bit.
 fn pair_dot(row: u32) -> vec2<f32> {
     let cols = params.cols;
-    var acc = vec4<f32>(0.0);
-    var acc_up = vec4<f32>(0.0);
+    // Gate's sum, then up's.
+    var both = mat2x4(vec4<f32>(0.0), vec4<f32>(0.0));
     switch DTYPE {
         case DTYPE_F16: {
-            for (var k = 0u; k < cols / 8u; k++) {
-                let v = texel(w, row / 16u + k);
-                let u = texel(w_up, row / 16u + k);
-                let x0 = input(2u * k);
-                let x1 = input(2u * k + 1u);
-                acc += vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x0;
-                acc += vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x1;
-                acc_up += vec4(unpack2x16float(u.x), unpack2x16float(u.y)) * x0;
-                acc_up += vec4(unpack2x16float(u.z), unpack2x16float(u.w)) * x1;
+            let n = cols / 8u;
+            let t = row / 16u;
+            for (var k = 0u; k < n / 4u * 4u; k += 4u) {
+                both = f16_pair_add(both, t + k, k);
+                both = f16_pair_add(both, t + k + 1u, k + 1u);
+                both = f16_pair_add(both, t + k + 2u, k + 2u);
+                both = f16_pair_add(both, t + k + 3u, k + 3u);
+            }
+            for (var k = n / 4u * 4u; k < n; k++) {
+                both = f16_pair_add(both, t + k, k);
             }
             for (var c = cols / 8u * 8u; c < cols; c += 8u) {
-                acc += dot8(x8_to(w, DTYPE, row, c, cols), c / 8u);
-                acc_up += dot8(x8_to(w_up, DTYPE, row, c, cols), c / 8u);
+                both[0] += dot8(x8_to(w, DTYPE, row, c, cols), c / 8u);
+                both[1] += dot8(x8_to(w_up, DTYPE, row, c, cols), c / 8u);
             }
         }
         case DTYPE_Q8_0: {
             let blocks = cols / 32u;
-            for (var g = 0u; g < (blocks + 7u) / 8u; g++) {
+            for (var g = 0u; g < blocks / 8u; g++) {
                 let t0 = row / 16u + 17u * g;
                 let head = texel(w, t0);
                 let head_up = texel(w_up, t0);
-                for (var j = 0u; j < min(8u, blocks - 8u * g); j++) {
-                    let b = 8u * g + j;
-                    var block = vec4<f32>(0.0);
-                    var block_up = vec4<f32>(0.0);
-                    for (var h = 0u; h < 2u; h++) {
-                        let q = texel(w, t0 + 1u + 2u * j + h);
-                        let qu = texel(w_up, t0 + 1u + 2u * j + h);
-                        let x0 = 8u * b + 4u * h;
-                        let xa = input(x0);
-                        let xb = input(x0 + 1u);
-                        let xc = input(x0 + 2u);
-                        let xd = input(x0 + 3u);
-                        block += i8x4(q.x) * xa + i8x4(q.y) * xb;
-                        block += i8x4(q.z) * xc + i8x4(q.w) * xd;
-                        block_up += i8x4(qu.x) * xa + i8x4(qu.y) * xb;
-                        block_up += i8x4(qu.z) * xc + i8x4(qu.w) * xd;
-                    }
-                    acc += half_of(head, j) * block;
-                    acc_up += half_of(head_up, j) * block_up;
+                both += q8_0_pair_term(head, head_up, t0, 0u, 8u * g);
+                both += q8_0_pair_term(head, head_up, t0, 1u, 8u * g + 1u);
+                both += q8_0_pair_term(head, head_up, t0, 2u, 8u * g + 2u);
+                both += q8_0_pair_term(head, head_up, t0, 3u, 8u * g + 3u);
+                both += q8_0_pair_term(head, head_up, t0, 4u, 8u * g + 4u);
+                both += q8_0_pair_term(head, head_up, t0, 5u, 8u * g + 5u);
+                both += q8_0_pair_term(head, head_up, t0, 6u, 8u * g + 6u);
+                both += q8_0_pair_term(head, head_up, t0, 7u, 8u * g + 7u);
+            }
+            if blocks % 8u != 0u {
+                let g = blocks / 8u;
+                let t0 = row / 16u + 17u * g;
+                let head = texel(w, t0);
+                let head_up = texel(w_up, t0);
+                for (var j = 0u; j < blocks % 8u; j++) {
+                    both += q8_0_pair_term(head, head_up, t0, j, 8u * g + j);
                 }
             }
         }
         default: {
             // Q4_1: groups of 4 blocks, as row_dot.
             let blocks = cols / 32u;
-            for (var g = 0u; g < (blocks + 3u) / 4u; g++) {
-                let t0 = row / 16u + 5u * g;
+            let t = row / 16u;
+            for (var g = 0u; g < blocks / 4u; g++) {
+                let t0 = t + 5u * g;
                 let head = texel(w, t0);
                 let head_up = texel(w_up, t0);
-                for (var j = 0u; j < min(4u, blocks - 4u * g); j++) {
-                    let b = 4u * g + j;
-                    let dm = unpack2x16float(head[j]);
-                    let dm_up = unpack2x16float(head_up[j]);
-                    let q = texel(w, t0 + 1u + j);
-                    let qu = texel(w_up, t0 + 1u + j);
-                    var block = vec4<f32>(0.0);
-                    var block_up = vec4<f32>(0.0);
-                    var xs = vec4<f32>(0.0);
-                    for (var k = 0u; k < 4u; k++) {
-                        let xl = input(8u * b + k);
-                        let xh = input(8u * b + 4u + k);
-                        block += nibbles(q[k]) * xl + nibbles(q[k] >> 4u) * xh;
-                        block_up += nibbles(qu[k]) * xl + nibbles(qu[k] >> 4u) * xh;
-                        xs += xl + xh;
-                    }
-                    acc += dm.x * block + dm.y * xs;
-                    acc_up += dm_up.x * block_up + dm_up.y * xs;
+                both += q4_1_pair_term(head, head_up, t0, 0u, 4u * g);
+                both += q4_1_pair_term(head, head_up, t0, 1u, 4u * g + 1u);
+                both += q4_1_pair_term(head, head_up, t0, 2u, 4u * g + 2u);
+                both += q4_1_pair_term(head, head_up, t0, 3u, 4u * g + 3u);
+            }
+            if blocks % 4u != 0u {
+                let t0 = t + 5u * (blocks / 4u);
+                let head = texel(w, t0);
+                let head_up = texel(w_up, t0);
+                for (var j = 0u; j < blocks % 4u; j++) {
+                    both += q4_1_pair_term(head, head_up, t0, j, 4u * (blocks / 4u) + j);
                 }
             }
         }
     }
+    let acc = both[0];
+    let acc_up = both[1];
     return vec2(acc.x + acc.y + acc.z + acc.w, acc_up.x + acc_up.y + acc_up.z + acc_up.w);
+}
+
+// acc plus F16 texel v (values 8 k .. 8 k + 8 of a row) times the input's.
+fn f16_add(acc: vec4<f32>, v: vec4<u32>, k: u32) -> vec4<f32> {
+    return acc + vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * input(2u * k)
+        + vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * input(2u * k + 1u);
+}
+
+// f16_add of w's and w_up's texel t at once, each input read once.
+fn f16_pair_add(both: mat2x4<f32>, t: u32, k: u32) -> mat2x4<f32> {
+    let v = texel(w, t);
+    let u = texel(w_up, t);
+    let x0 = input(2u * k);
+    let x1 = input(2u * k + 1u);
+    return mat2x4(
+        both[0] + vec4(unpack2x16float(v.x), unpack2x16float(v.y)) * x0 + vec4(unpack2x16float(v.z), unpack2x16float(v.w)) * x1,
+        both[1] + vec4(unpack2x16float(u.x), unpack2x16float(u.y)) * x0 + vec4(unpack2x16float(u.z), unpack2x16float(u.w)) * x1,
+    );
+}
+
+// Block j (the b-th of the row) of the Q8_0 group whose scales texel is
+// `head`, at texel t0, times the input.
+fn q8_0_term(tex: texture_2d<u32>, head: vec4<u32>, t0: u32, j: u32, b: u32) -> vec4<f32> {
+    var block = vec4<f32>(0.0);
+    for (var h = 0u; h < 2u; h++) {
+        let q = texel(tex, t0 + 1u + 2u * j + h);
+        let x0 = 8u * b + 4u * h;
+        block += i8x4(q.x) * input(x0) + i8x4(q.y) * input(x0 + 1u);
+        block += i8x4(q.z) * input(x0 + 2u) + i8x4(q.w) * input(x0 + 3u);
+    }
+    return half_of(head, j) * block;
+}
+
+// q8_0_term of w's and w_up's block at once, each input read once.
+fn q8_0_pair_term(head: vec4<u32>, head_up: vec4<u32>, t0: u32, j: u32, b: u32) -> mat2x4<f32> {
+    var block = vec4<f32>(0.0);
+    var block_up = vec4<f32>(0.0);
+    for (var h = 0u; h < 2u; h++) {
+        let q = texel(w, t0 + 1u + 2u * j + h);
+        let qu = texel(w_up, t0 + 1u + 2u * j + h);
+        let x0 = 8u * b + 4u * h;
+        let xa = input(x0);
+        let xb = input(x0 + 1u);
+        let xc = input(x0 + 2u);
+        let xd = input(x0 + 3u);
+        block += i8x4(q.x) * xa + i8x4(q.y) * xb;
+        block += i8x4(q.z) * xc + i8x4(q.w) * xd;
+        block_up += i8x4(qu.x) * xa + i8x4(qu.y) * xb;
+        block_up += i8x4(qu.z) * xc + i8x4(qu.w) * xd;
+    }
+    return mat2x4(half_of(head, j) * block, half_of(head_up, j) * block_up);
+}
+
+// Block j (the b-th of the row) of the Q4_0 or IQ4_NL group whose scales
+// texel is `head`, at texel t0, times the input.
+fn q4_0_term(tex: texture_2d<u32>, dtype: u32, head: vec4<u32>, t0: u32, j: u32, b: u32) -> vec4<f32> {
+    let q = texel(tex, t0 + 1u + j);
+    var block = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        let lo = levels(dtype, q[k]);
+        let hi = levels(dtype, q[k] >> 4u);
+        block += lo * input(8u * b + k) + hi * input(8u * b + 4u + k);
+    }
+    return half_of(head, j) * block;
+}
+
+// Block j (the b-th of the row) of the Q4_1 group whose (d, m) texel is
+// `head`, at texel t0, times the input: d (q . x) + m (sum of x).
+fn q4_1_term(tex: texture_2d<u32>, head: vec4<u32>, t0: u32, j: u32, b: u32) -> vec4<f32> {
+    let dm = unpack2x16float(head[j]);
+    let q = texel(tex, t0 + 1u + j);
+    var block = vec4<f32>(0.0);
+    var xs = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        let xl = input(8u * b + k);
+        let xh = input(8u * b + 4u + k);
+        block += nibbles(q[k]) * xl + nibbles(q[k] >> 4u) * xh;
+        xs += xl + xh;
+    }
+    return dm.x * block + dm.y * xs;
+}
+
+// q4_1_term of w's and w_up's block at once, each input read once.
+fn q4_1_pair_term(head: vec4<u32>, head_up: vec4<u32>, t0: u32, j: u32, b: u32) -> mat2x4<f32> {
+    let dm = unpack2x16float(head[j]);
+    let dm_up = unpack2x16float(head_up[j]);
+    let q = texel(w, t0 + 1u + j);
+    let qu = texel(w_up, t0 + 1u + j);
+    var block = vec4<f32>(0.0);
+    var block_up = vec4<f32>(0.0);
+    var xs = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        let xl = input(8u * b + k);
+        let xh = input(8u * b + 4u + k);
+        block += nibbles(q[k]) * xl + nibbles(q[k] >> 4u) * xh;
+        block_up += nibbles(qu[k]) * xl + nibbles(qu[k] >> 4u) * xh;
+        xs += xl + xh;
+    }
+    return mat2x4(dm.x * block + dm.y * xs, dm_up.x * block_up + dm_up.y * xs);
 }
 
 // Values 8 g .. 8 g + 8 of a row times the input's.

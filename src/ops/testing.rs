@@ -214,17 +214,36 @@ pub fn projections() -> Vec<(Projection, u64)> {
         );
         let limit = 7 * gate.row_bytes().max(up.row_bytes()) as u64 + 5;
         add(gate, Some(up), limit);
-        // And of one type: gate and up rows share their input reads (matvec).
-        let (gate, up) = (
-            random_tensor(dtype, 45, 2 * n, 5),
-            random_tensor(dtype, 45, 2 * n, 6),
-        );
-        add(gate, Some(up), big);
+        // And of one type: gate and up rows share their input reads
+        // (matvec), in a group's tail only and over whole groups and a
+        // tail (float rows: whole texels past the unrolled loop).
+        let wide = if dtype.block_len() == 1 {
+            19 * n + 24
+        } else {
+            19 * n
+        };
+        for cols in [2 * n, wide] {
+            let (gate, up) = (
+                random_tensor(dtype, 45, cols, 5),
+                random_tensor(dtype, 45, cols, 6),
+            );
+            add(gate, Some(up), big);
+        }
     }
     // Odd widths: rows start at any byte alignment and end in a tail; 3001
-    // columns leave room for only 5 tokens per 64 KiB matmul input tile.
+    // columns leave room for only 5 tokens per 64 KiB matmul input tile;
+    // 44 and 56 are rows on a texel boundary whose texels end past the
+    // matvec's unrolled loop (F32: 10 texels and 4 values, F16: 7 texels).
     for dtype in [DType::F32, DType::F16, DType::BF16] {
-        for (rows, cols) in [(29, 37), (7, 13), (3, 1), (70, 131), (9, 3001)] {
+        for (rows, cols) in [
+            (29, 37),
+            (7, 13),
+            (3, 1),
+            (70, 131),
+            (9, 3001),
+            (33, 44),
+            (33, 56),
+        ] {
             add(random_tensor(dtype, rows, cols, 5), None, big);
         }
     }
