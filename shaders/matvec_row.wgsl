@@ -153,8 +153,9 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
         }
         case DTYPE_Q8_0: {
             // Groups of 8 blocks (dequant.wgsl): a texel of their f16
-            // scales, then 32 x i8 a block (2 texels).
-            // Whole groups in one iteration, as Q4_1's.
+            // scales, then 32 x i8 a block (2 texels). A whole group an
+            // iteration (a loop iteration costs software adapters about
+            // as much as a block's work), then the last group's blocks.
             let blocks = cols / 32u;
             for (var g = 0u; g < blocks / 8u; g++) {
                 let t0 = row / 16u + 17u * g;
@@ -182,7 +183,7 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
             // Groups of 8 blocks: a texel of their f16 scales, then 16 bytes
             // of nibbles a block (low: values 0..16, high: 16..32): Q4_0's
             // values q - 8, IQ4_NL's its 16 levels.
-            // Whole groups in one iteration, as Q4_1's.
+            // A whole group an iteration, as Q8_0's.
             let blocks = cols / 32u;
             for (var g = 0u; g < blocks / 8u; g++) {
                 let t0 = row / 16u + 9u * g;
@@ -249,9 +250,8 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
         }
         case DTYPE_Q4_1: {
             // Groups of 4 blocks: a texel of their f16 (d, m) pairs, then 16
-            // bytes of nibbles a block as Q4_0's. Whole groups in one
-            // iteration (a loop iteration costs software adapters as much
-            // as a block), then the last group's blocks.
+            // bytes of nibbles a block as Q4_0's. A whole group an
+            // iteration, as Q8_0's.
             let blocks = cols / 32u;
             let t = row / 16u;
             for (var g = 0u; g < blocks / 4u; g++) {
