@@ -333,8 +333,40 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
             done = cols;
         }
         case DTYPE_Q6_K: {
-            for (var g = 0u; g < cols / 8u; g++) {
-                acc += dot8(q6_kx8(tex, row, 8u * g), g);
+            // Blocks of 210 bytes (any 2-byte alignment): 128 bytes of
+            // low nibbles (ql), 64 of high bit pairs (qh), 16 i8 scales,
+            // f16 d. Each half of 128 values: ql bytes l and l + 32 (low,
+            // then high nibbles) and qh byte l's 4 bit pairs give values
+            // l, l + 32, l + 64, l + 96; 16 of each per scale. value =
+            // d * scale * (q - 32). 16 bytes of ql, ql + 32 and qh a step:
+            // 64 values read whole, against 8 bytes at a time in q6_kx8.
+            for (var b = 0u; b < cols / 256u; b++) {
+                let at = row + 210u * b;
+                let scales = words_at(tex, at + 192u);
+                let d = f16_at(tex, at + 208u);
+                for (var half = 0u; half < 2u; half++) {
+                    for (var j = 0u; j < 2u; j++) {
+                        let lo = words_at(tex, at + 64u * half + 16u * j);
+                        let hi = words_at(tex, at + 64u * half + 32u + 16u * j);
+                        let qh = words_at(tex, at + 128u + 32u * half + 16u * j);
+                        var s0 = vec4<f32>(0.0);
+                        var s1 = vec4<f32>(0.0);
+                        var s2 = vec4<f32>(0.0);
+                        var s3 = vec4<f32>(0.0);
+                        for (var w = 0u; w < 4u; w++) {
+                            let k = 64u * b + 32u * half + 4u * j + w;
+                            let l = u8x4(lo[w]);
+                            let h = u8x4(hi[w]);
+                            let p = u8x4(qh[w]);
+                            s0 += (vec4<f32>((l & vec4(15u)) | ((p & vec4(3u)) << vec4(4u))) - 32.0) * input(k);
+                            s1 += (vec4<f32>((h & vec4(15u)) | (((p >> vec4(2u)) & vec4(3u)) << vec4(4u))) - 32.0) * input(k + 8u);
+                            s2 += (vec4<f32>((l >> vec4(4u)) | (((p >> vec4(4u)) & vec4(3u)) << vec4(4u))) - 32.0) * input(k + 16u);
+                            s3 += (vec4<f32>((h >> vec4(4u)) | ((p >> vec4(6u)) << vec4(4u))) - 32.0) * input(k + 24u);
+                        }
+                        let sc = 8u * half + j;
+                        acc += d * (i8_of(scales, sc) * s0 + i8_of(scales, sc + 2u) * s1 + i8_of(scales, sc + 4u) * s2 + i8_of(scales, sc + 6u) * s3);
+                    }
+                }
             }
             done = cols;
         }
@@ -523,6 +555,11 @@ fn q4_1_pair_term(head: vec4<u32>, head_up: vec4<u32>, t0: u32, j: u32, b: u32) 
         xs += xl + xh;
     }
     return mat2x4(dm.x * block + dm.y * xs, dm_up.x * block_up + dm_up.y * xs);
+}
+
+// Signed byte i of 16 bytes.
+fn i8_of(q: vec4<u32>, i: u32) -> f32 {
+    return f32(bitcast<i32>(((q[i / 4u] >> ((i % 4u) * 8u)) & 0xffu) << 24u) >> 24);
 }
 
 // Values 8 g .. 8 g + 8 of a row times the input's.
