@@ -327,10 +327,41 @@ fn row_dot(tex: texture_2d<u32>, dtype: u32, row: u32, row_bytes: u32, cols: u32
             done = cols;
         }
         case DTYPE_Q5_K: {
-            for (var g = 0u; g < cols / 8u; g++) {
-                acc += dot8(q5_kx8(tex, row, 8u * g), g);
+            // Blocks of 176 bytes (whole texels): Q4_K's first texel, 32
+            // bytes of fifth bits (byte l's bit 2 j: value 64 j + l's, bit
+            // 2 j + 1: value 64 j + 32 + l's), then Q4_K's 128 bytes of
+            // nibbles. value = d * scale * (q + 16 fifth) - dmin * min.
+            if aligned {
+                for (var b = 0u; b < cols / 256u; b++) {
+                    let t0 = (row + 176u * b) / 16u;
+                    let head = texel(tex, t0);
+                    let dm = unpack2x16float(head.x);
+                    let fifths = array(texel(tex, t0 + 1u), texel(tex, t0 + 2u));
+                    for (var j = 0u; j < 4u; j++) {
+                        let lo_sm = q4k_scale_min_of(head, 2u * j);
+                        let hi_sm = q4k_scale_min_of(head, 2u * j + 1u);
+                        var lo = vec4<f32>(0.0);
+                        var hi = vec4<f32>(0.0);
+                        var x_lo = vec4<f32>(0.0);
+                        var x_hi = vec4<f32>(0.0);
+                        for (var h = 0u; h < 2u; h++) {
+                            let q = texel(tex, t0 + 3u + 2u * j + h);
+                            let xi = 64u * b + 16u * j + 4u * h;
+                            for (var k = 0u; k < 4u; k++) {
+                                let xl = input(xi + k);
+                                let xh = input(xi + 8u + k);
+                                let f = u8x4(fifths[h][k]) >> vec4(2u * j);
+                                lo += (nibbles(q[k]) + vec4<f32>((f & vec4(1u)) << vec4(4u))) * xl;
+                                hi += (nibbles(q[k] >> 4u) + vec4<f32>(((f >> vec4(1u)) & vec4(1u)) << vec4(4u))) * xh;
+                                x_lo += xl;
+                                x_hi += xh;
+                            }
+                        }
+                        acc += dm.x * (lo_sm.x * lo + hi_sm.x * hi) - dm.y * (lo_sm.y * x_lo + hi_sm.y * x_hi);
+                    }
+                }
+                done = cols;
             }
-            done = cols;
         }
         case DTYPE_Q6_K: {
             // Blocks of 210 bytes (any 2-byte alignment): 128 bytes of
