@@ -615,7 +615,7 @@ impl Engine {
             });
             self.dispatches
                 .each(attended, n, Readback::Nothing, |_, d| {
-                    d.record(&mut pass, n as u32)
+                    d.record(&mut pass, n as u32, attended as u32)
                 });
         }
         if m == 0 {

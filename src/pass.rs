@@ -10,6 +10,7 @@ use crate::ops::projection::{input_stride, GpuTensor, Mode, NextNorm, MAX_COLS};
 use crate::ops::rmsnorm::Rows;
 use crate::ops::{
     argmax, attention, attention_combine, embed, matmul, matvec, rmsnorm, rope_append, Dispatch,
+    WHOLE_GRID,
 };
 
 /// Bytes per f32.
@@ -569,7 +570,7 @@ impl AllLogits {
             label: Some("kvgpu all logits"),
             timestamp_writes: None,
         });
-        self.final_norm.record(&mut pass, n as u32);
-        self.classifier.record(&mut pass, n as u32);
+        self.final_norm.record(&mut pass, n as u32, WHOLE_GRID);
+        self.classifier.record(&mut pass, n as u32, WHOLE_GRID);
     }
 }

@@ -99,7 +99,7 @@ impl Session {
                                 end_of_pass_write_index: Some(2 * i + 1),
                             }),
                         });
-                        d.record_launch(&mut pass, launch, n as u32);
+                        d.record_launch(&mut pass, launch, n as u32, (pos + n) as u32);
                         i += 1;
                     }
                 });

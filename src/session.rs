@@ -538,7 +538,8 @@ impl Session {
             label: Some("kvgpu forward"),
             timestamp_writes: None,
         });
-        self.dispatches
-            .each(pos + n, n, read, |_, d| d.record(&mut pass, n as u32));
+        self.dispatches.each(pos + n, n, read, |_, d| {
+            d.record(&mut pass, n as u32, (pos + n) as u32)
+        });
     }
 }

@@ -8,7 +8,7 @@
 use crate::cpu::CpuSession;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use crate::ops::kv_shift;
+use crate::ops::{kv_shift, WHOLE_GRID};
 use crate::session::Session;
 
 /// Checks a shift of a cache holding `len` positions.
@@ -71,7 +71,11 @@ impl Session {
                             dst: n_keep,
                         },
                     );
-                    d.record(&mut encoder.begin_compute_pass(&Default::default()), 1);
+                    d.record(
+                        &mut encoder.begin_compute_pass(&Default::default()),
+                        1,
+                        WHOLE_GRID,
+                    );
                     encoder.copy_buffer_to_buffer(&layer.v, from, &moved, 0, bytes);
                     encoder.copy_buffer_to_buffer(&moved, 0, &layer.v, to, bytes);
                 }

@@ -157,6 +157,7 @@ impl Attention {
             ],
             [s.n_heads as u32, splits as u32, 1],
         )
+        .split_positions(b.split as u32)
         .batched(match b.per_token {
             true => TOKENS_PER_WORKGROUP,
             false => 1,
@@ -302,7 +303,9 @@ mod tests {
                             per_token,
                         },
                     );
-                    b.run(&d, n);
+                    // The grid's splits for the pass's positions only: the combine reads
+                    // NaN where a split it needs was left out.
+                    b.run_attending(&d, n, pos + n);
                     let combine = b.kernels.attention_combine.bind(
                         &b.gpu.device,
                         attention_combine::Bindings {
@@ -422,7 +425,8 @@ mod tests {
                             per_token,
                         },
                     );
-                    b.run(&d, n);
+                    let attended = tokens.iter().map(|&(_, pos)| pos + 1).max().unwrap_or(0);
+                    b.run_attending(&d, n, attended);
                     let combine = b.kernels.attention_combine.bind(
                         &b.gpu.device,
                         attention_combine::Bindings {

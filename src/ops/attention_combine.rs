@@ -178,7 +178,7 @@ mod tests {
                     per_token: false,
                 },
             );
-            b.run(&d, n);
+            b.run_attending(&d, n, pos + n);
             let out = b.buffer(&vec![f32::NAN; n * q_dim]);
             let combine = b.kernels.attention_combine.bind(
                 &b.gpu.device,

@@ -435,7 +435,13 @@ pub struct Dispatch {
     launches: Vec<(usize, wgpu::BindGroup, [u32; 3], u32)>,
     /// Tokens per workgroup along z; 0: not per token (z as bound).
     tokens_per_z: u32,
+    /// Positions per workgroup along y (split-K attention's splits); 0: y as bound.
+    positions_per_y: u32,
 }
+
+/// `attended` for a launch recorded outside a forward pass: every
+/// workgroup of the grid as bound.
+pub const WHOLE_GRID: u32 = u32::MAX;
 
 impl Dispatch {
     /// Binds `params` (uploaded into a small uniform buffer that the bind
@@ -459,6 +465,7 @@ impl Dispatch {
             pipelines: Vec::new(),
             launches: Vec::new(),
             tokens_per_z: 0,
+            positions_per_y: 0,
         }
     }
 
@@ -468,6 +475,7 @@ impl Dispatch {
             pipelines: vec![pipeline.clone()],
             launches: Vec::new(),
             tokens_per_z: 0,
+            positions_per_y: 0,
         }
     }
 
@@ -481,6 +489,15 @@ impl Dispatch {
     /// Makes the grid's z `ceil(n / tokens)` for a pass of `n` tokens.
     pub fn batched(mut self, tokens: u32) -> Self {
         self.tokens_per_z = tokens;
+        self
+    }
+
+    /// Makes the grid's y `ceil(attended / positions)` (at most as bound)
+    /// for a pass whose tokens attend to at most `attended` positions: the
+    /// splits past the pass's last position would have nothing to do, and
+    /// every empty workgroup still costs a launch on software adapters.
+    pub fn split_positions(mut self, positions: u32) -> Self {
+        self.positions_per_y = positions;
         self
     }
 
@@ -542,26 +559,27 @@ impl Dispatch {
         self.launches.iter().filter(|l| l.3 < n).count()
     }
 
-    /// Records the launch(es) into `pass` for a pass of `n` tokens (each
-    /// pipeline set once per run of launches that use it).
-    pub fn record(&self, pass: &mut wgpu::ComputePass, n: u32) {
+    /// Records the launch(es) into `pass` for a pass of `n` tokens that
+    /// attend to at most `attended` positions each (each pipeline set once
+    /// per run of launches that use it).
+    pub fn record(&self, pass: &mut wgpu::ComputePass, n: u32, attended: u32) {
         let mut set = None;
         for launch in self.launches.iter().filter(|l| l.3 < n) {
             if set != Some(launch.0) {
                 pass.set_pipeline(&self.pipelines[launch.0]);
                 set = Some(launch.0);
             }
-            self.dispatch(pass, launch, n);
+            self.dispatch(pass, launch, n, attended);
         }
     }
 
     /// Records the `i`-th launch of a pass of `n` tokens alone (to time it
     /// in a pass of its own).
-    pub fn record_launch(&self, pass: &mut wgpu::ComputePass, i: usize, n: u32) {
+    pub fn record_launch(&self, pass: &mut wgpu::ComputePass, i: usize, n: u32, attended: u32) {
         let launch = self.launches.iter().filter(|l| l.3 < n).nth(i);
         let launch = launch.expect("launch index below launches(n)");
         pass.set_pipeline(&self.pipelines[launch.0]);
-        self.dispatch(pass, launch, n);
+        self.dispatch(pass, launch, n, attended);
     }
 
     fn dispatch(
@@ -569,14 +587,19 @@ impl Dispatch {
         pass: &mut wgpu::ComputePass,
         launch: &(usize, wgpu::BindGroup, [u32; 3], u32),
         n: u32,
+        attended: u32,
     ) {
         let (_, bind_group, [x, y, z], _) = launch;
+        let y = match self.positions_per_y {
+            0 => *y,
+            p => attended.div_ceil(p).clamp(1, *y),
+        };
         let z = match self.tokens_per_z {
             0 => *z,
             t => n.div_ceil(t),
         };
         pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(*x, *y, z);
+        pass.dispatch_workgroups(*x, y, z);
     }
 }
 

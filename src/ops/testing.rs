@@ -120,14 +120,20 @@ impl Bench {
             })
     }
 
-    /// Runs `d` for a pass of `n` tokens.
+    /// Runs `d`'s whole grid for a pass of `n` tokens.
     pub fn run(&self, d: &Dispatch, n: usize) {
+        self.run_attending(d, n, super::WHOLE_GRID as usize);
+    }
+
+    /// Runs `d` for a pass of `n` tokens that attend to at most `attended`
+    /// positions each.
+    pub fn run_attending(&self, d: &Dispatch, n: usize, attended: usize) {
         self.gpu
             .scoped("test dispatch", || {
                 let mut enc = self.gpu.device.create_command_encoder(&Default::default());
                 {
                     let mut pass = enc.begin_compute_pass(&Default::default());
-                    d.record(&mut pass, n as u32);
+                    d.record(&mut pass, n as u32, attended as u32);
                 }
                 self.gpu.queue.submit([enc.finish()]);
             })
