@@ -9,8 +9,9 @@
 //
 // Split-K (flash-decoding): the positions are cut into splits of `split`
 // (at most MAX_SPLIT),
-// one workgroup per (query head, split, token), so long contexts spread over
-// many workgroups. A token whose positions fit one split gets its output
+// one workgroup per (HEADS query heads of one K/V head, split, token), so
+// long contexts spread over many workgroups; the host launches only the
+// splits the pass's positions reach. A token whose positions fit one split gets its output
 // here; otherwise each split writes its unnormalised partial result
 // (sum_t e^(s_t - m) v_t, m = its max score, l = sum_t e^(s_t - m)) and
 // attention_combine.wgsl merges them.
@@ -90,7 +91,7 @@ fn cached_v(row: u32, c: u32) -> f32 {
 @group(0) @binding(8) var<storage, read> paging: array<u32>;
 
 const WG: u32 = 64u;
-var<workgroup> partial: array<f32, WG>;
+var<workgroup> partial: array<vec4<f32>, WG>;
 // PAGED: the first word of each of the split's cache rows, found once
 // through the page table and read by every thread of the weighted sum.
 const MAX_SPLIT: u32 = 256u;
@@ -112,8 +113,9 @@ fn cached_v4(row: u32, c: u32, last: u32) -> vec4<f32> {
     return vec4(cached_v(row, c), cached_v(row, min(c + 1u, last)), cached_v(row, min(c + 2u, last)), cached_v(row, min(c + 3u, last)));
 }
 
-// Reduces `partial` to its maximum (is_max) or sum, leaving it in every thread's hands.
-fn reduce(lid: u32, is_max: bool) -> f32 {
+// Reduces `partial` to its maximum (is_max) or sum, lane by lane (a head
+// each), leaving it in every thread's hands.
+fn reduce(lid: u32, is_max: bool) -> vec4<f32> {
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
         if lid < stride {
@@ -164,6 +166,26 @@ fn task(h: u32, split: u32, token: u32) -> Task {
     );
 }
 
+// Query heads per workgroup of the one-token build: the largest divisor of
+// n_heads / n_kv_heads up to 4. The heads of a workgroup share their K/V
+// head, so each cache value it reads serves all of them.
+override HEADS: u32 = 1u;
+
+// v.x + v.y + v.z + v.w, in that order.
+fn sum4(v: vec4<f32>) -> f32 {
+    return v.x + v.y + v.z + v.w;
+}
+
+// Score j (< HEADS) of the workgroup's heads at position t, its head's
+// scores starting at `s_off` (head 0) and `capacity` apart.
+fn score(s_off: u32, j: u32, t: u32) -> f32 {
+    return scores[s_off + j * params.capacity + t];
+}
+
+fn set_score(s_off: u32, j: u32, t: u32, v: f32) {
+    scores[s_off + j * params.capacity + t] = v;
+}
+
 @compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -173,7 +195,10 @@ fn main(
         one_token(wg.x, wg.y, wg.z * WG + lid);
         return;
     }
-    let h = wg.x;
+    // Heads h .. h + HEADS (one K/V head's), the first one's task: the
+    // others' positions and K/V head are the same, their q, scores and
+    // outputs one head (or a head's scores) further each.
+    let h = wg.x * HEADS;
     let token = wg.z;
     let a = task(h, wg.y, token);
     if !a.ok {
@@ -182,60 +207,98 @@ fn main(
     let hs = params.head_size;
     let scale = sqrt(f32(hs));
 
-    // Scores and their maximum.
-    var m = -3.402823e38;
+    // Scores and their maxima, one lane of a vec4 per head.
+    var m = vec4(-3.402823e38);
     for (var t = a.start + lid; t < a.end; t += WG) {
         let row = row_word(token, t);
         if PAGED {
             rows[t - a.start] = row;
         }
-        // Four dimensions at a time (q's past the head's end count 0).
-        var dot = vec4(0.0);
+        // Four dimensions at a time (q's past the head's end count 0),
+        // each cache read once for every head.
+        var dot0 = vec4(0.0);
+        var dot1 = vec4(0.0);
+        var dot2 = vec4(0.0);
+        var dot3 = vec4(0.0);
         for (var i = 0u; i < hs; i += 4u) {
-            dot += q4(a.q_off, i, hs) * cached_k4(row, a.kv_off + i, a.kv_off + hs - 1u);
+            let k = cached_k4(row, a.kv_off + i, a.kv_off + hs - 1u);
+            dot0 += q4(a.q_off, i, hs) * k;
+            if HEADS > 1u {
+                dot1 += q4(a.q_off + hs, i, hs) * k;
+            }
+            if HEADS > 2u {
+                dot2 += q4(a.q_off + 2u * hs, i, hs) * k;
+            }
+            if HEADS > 3u {
+                dot3 += q4(a.q_off + 3u * hs, i, hs) * k;
+            }
         }
-        let s = (dot.x + dot.y + dot.z + dot.w) / scale;
-        scores[a.s_off + t] = s;
+        let s = vec4(sum4(dot0), sum4(dot1), sum4(dot2), sum4(dot3)) / scale;
+        for (var j = 0u; j < HEADS; j++) {
+            set_score(a.s_off, j, t, s[j]);
+        }
         m = max(m, s);
     }
     partial[lid] = m;
     m = reduce(lid, true);
 
-    // Exponentials (each thread revisits its own t) and their sum.
-    var sum = 0.0;
+    // Exponentials (each thread revisits its own t) and their sums.
+    var sum = vec4(0.0);
     for (var t = a.start + lid; t < a.end; t += WG) {
-        let e = exp(scores[a.s_off + t] - m);
-        scores[a.s_off + t] = e;
-        sum += e;
+        for (var j = 0u; j < HEADS; j++) {
+            let e = exp(score(a.s_off, j, t) - m[j]);
+            set_score(a.s_off, j, t, e);
+            sum[j] += e;
+        }
     }
     partial[lid] = sum;
     sum = reduce(lid, false);
     storageBarrier(); // scores written above are read by other threads below
 
-    // Weighted sum of values: each thread owns four of the head's dimensions.
+    // Weighted sums of values: each thread owns four of the head size's
+    // dimensions, in every head of the workgroup.
     let whole = a.n <= params.split; // one split: the final output
-    let p_off = ((token * params.n_heads + h) * params.splits + wg.y) * (hs + 2u);
     let words = kv_row_words(KV_DTYPE, params.n_kv_heads * hs);
     for (var i = 4u * lid; i < hs; i += 4u * WG) {
-        var acc = vec4(0.0);
+        var acc0 = vec4(0.0);
+        var acc1 = vec4(0.0);
+        var acc2 = vec4(0.0);
+        var acc3 = vec4(0.0);
         for (var t = a.start; t < a.end; t++) {
             var row = t * words;
             if PAGED {
                 row = rows[t - a.start];
             }
-            acc += scores[a.s_off + t] * cached_v4(row, a.kv_off + i, a.kv_off + hs - 1u);
+            let v = cached_v4(row, a.kv_off + i, a.kv_off + hs - 1u);
+            acc0 += score(a.s_off, 0u, t) * v;
+            if HEADS > 1u {
+                acc1 += score(a.s_off, 1u, t) * v;
+            }
+            if HEADS > 2u {
+                acc2 += score(a.s_off, 2u, t) * v;
+            }
+            if HEADS > 3u {
+                acc3 += score(a.s_off, 3u, t) * v;
+            }
         }
-        for (var j = 0u; j < 4u && i + j < hs; j++) {
-            if whole {
-                out[token * params.out_stride + h * hs + i + j] = acc[j] / sum;
-            } else {
-                partials[p_off + i + j] = acc[j];
+        let acc = array(acc0, acc1, acc2, acc3);
+        for (var j = 0u; j < HEADS; j++) {
+            let p_off = ((token * params.n_heads + h + j) * params.splits + wg.y) * (hs + 2u);
+            for (var d = 0u; d < 4u && i + d < hs; d++) {
+                if whole {
+                    out[token * params.out_stride + (h + j) * hs + i + d] = acc[j][d] / sum[j];
+                } else {
+                    partials[p_off + i + d] = acc[j][d];
+                }
             }
         }
     }
     if !whole && lid == 0u {
-        partials[p_off + hs] = m;
-        partials[p_off + hs + 1u] = sum;
+        for (var j = 0u; j < HEADS; j++) {
+            let p_off = ((token * params.n_heads + h + j) * params.splits + wg.y) * (hs + 2u);
+            partials[p_off + hs] = m[j];
+            partials[p_off + hs + 1u] = sum[j];
+        }
     }
 }
 

@@ -17,7 +17,7 @@ pub const SHADER: Shader = Shader {
         storage_buffers: 7,
         uniform_bytes: 28,
         textures: 0,
-        workgroup_bytes: 256 + 4 * MAX_SPLIT as u32,
+        workgroup_bytes: 1024 + 4 * MAX_SPLIT as u32,
         invocations: 64,
         subgroups: false,
     },
@@ -96,14 +96,27 @@ pub struct Bindings<'a> {
     pub per_token: bool,
 }
 
+/// Query heads per workgroup of the one-token build: the largest divisor of
+/// the heads per K/V head up to 4 (they share the K/V head, so each cache
+/// value read serves them all; four accumulators at most).
+pub fn heads_per_workgroup(shape: &Shape) -> usize {
+    let group = shape.n_heads / shape.n_kv_heads;
+    (1..=4)
+        .rev()
+        .find(|&d| group.is_multiple_of(d))
+        .unwrap_or(1)
+}
+
 /// Tokens per workgroup of the PER_TOKEN build.
 const TOKENS_PER_WORKGROUP: u32 = 64;
 
 /// The build of the kernel for a paged pool or a flat cache of `dtype`,
-/// a thread or a workgroup per token.
-pub fn variant(paged: bool, dtype: KvDtype, per_token: bool) -> Variant {
+/// a thread or a workgroup per token, and (a workgroup per token) `heads`
+/// query heads a workgroup ([`heads_per_workgroup`]).
+pub fn variant(paged: bool, dtype: KvDtype, per_token: bool, heads: usize) -> Variant {
     let mut constants = cache_build(paged, dtype);
     constants.push(("PER_TOKEN", f64::from(u8::from(per_token))));
+    constants.push(("HEADS", heads as f64));
     Variant {
         shader: SHADER,
         constants,
@@ -145,9 +158,15 @@ impl Attention {
             split: b.split as u32,
             splits: splits as u32,
         };
+        // A thread per token: a head a workgroup (along x); else a K/V
+        // head's query heads, `heads` a workgroup.
+        let heads = match b.per_token {
+            true => 1,
+            false => heads_per_workgroup(&s),
+        };
         let pipeline = self
             .pipelines
-            .get(variant(b.paged, s.kv_dtype, b.per_token).constants);
+            .get(variant(b.paged, s.kv_dtype, b.per_token, heads).constants);
         Dispatch::new(
             device,
             &pipeline,
@@ -155,7 +174,7 @@ impl Attention {
             &[
                 b.step, b.q, b.k_cache, b.v_cache, b.scores, b.out, b.partials, b.paging,
             ],
-            [s.n_heads as u32, splits as u32, 1],
+            [(s.n_heads / heads) as u32, splits as u32, 1],
         )
         .split_positions(b.split as u32)
         .batched(match b.per_token {
@@ -224,6 +243,11 @@ mod tests {
             (4, 4, 8, 131),
             (3, 1, 70, 9),
             (1, 1, 2, 1),
+            // Two, four and five query heads a K/V head (four a workgroup,
+            // two, one: five's largest divisor up to four).
+            (4, 2, 12, 40),
+            (8, 2, 8, 20),
+            (10, 2, 16, 33),
             // Whole 32-value blocks for the quantized caches: one, three.
             (6, 2, 16, 37),
             (4, 4, 24, 131),
