@@ -158,6 +158,53 @@ fn bad_files_and_flags_get_messages_naming_the_problem_and_the_file() {
 }
 
 #[test]
+fn bench_profiles_a_decode_step_at_the_positions_asked() {
+    let dir = require!(common::models_dir());
+    require!(common::gpu());
+    let bench = |at: &str| {
+        Command::new(env!("CARGO_BIN_EXE_kvgpu"))
+            .args([
+                "bench",
+                "--models",
+                "stories260K",
+                "--tokens",
+                "2",
+                "--runs",
+                "1",
+            ])
+            .args([
+                "--no-cache-lengths",
+                "",
+                "--prompt",
+                "2",
+                "--profile-at",
+                at,
+            ])
+            .env("KVGPU_MODELS", &dir)
+            .output()
+            .unwrap()
+    };
+    let out = bench("300,512");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    // Position 300 attends past one split (256 positions): the merge runs.
+    let at_300 = stdout
+        .split("at position 300 (512-position cache, least of 1 profiles)")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no profile at position 300 in:\n{stdout}"));
+    assert!(at_300.contains("| attention_combine | 5 |"), "{stdout}");
+    // Past the context: left out.
+    assert!(!stdout.contains("at position 512"), "{stdout}");
+    let out = bench("16,x");
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--profile-at 16,x: \"x\" is not a whole number"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn too_many_new_tokens_are_announced_not_silently_cut() {
     require!(common::gpu());
     let dir = common::scratch("cli-long");

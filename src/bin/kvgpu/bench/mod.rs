@@ -2,8 +2,8 @@
 //! queries), host time, dispatches and bytes per token, the achieved
 //! bandwidth against the adapter's own copy bandwidth, the ceiling that the
 //! adapter's launch costs put on decode, KV cache memory,
-//! decoding with vs without the KV cache, and (`--profile`) where one decode
-//! step's GPU time goes, kernel by kernel.
+//! decoding with vs without the KV cache, and (`--profile`, `--profile-at`)
+//! where one decode step's GPU time goes, kernel by kernel.
 //!
 //! ```text
 //! kvgpu bench --models stories260K,15M,110M --profile
@@ -58,6 +58,12 @@ pub struct Args {
     /// Print each model's per-kernel GPU time of one decode step.
     #[arg(long)]
     profile: bool,
+    /// Positions to profile a decode step at, e.g. 16,256,500, in a
+    /// session whose cache holds the model's whole context (as `kvgpu
+    /// run`'s does; the timed runs size it to their tokens): the least of
+    /// --runs profiles at each.
+    #[arg(long, default_value = "")]
+    profile_at: String,
     /// Print JSON rows instead of markdown tables.
     #[arg(long)]
     json: bool,
@@ -228,6 +234,49 @@ fn measure(
     })
 }
 
+/// Per-kernel GPU time of one decode step at each of `positions` (past
+/// the context: skipped), in a session whose cache holds the model's whole
+/// context: the least total of `runs` profiles at each. None where the
+/// adapter cannot time kernels.
+fn profile_at(
+    name: &str,
+    model: &Model,
+    gm: &GpuModel,
+    positions: &[usize],
+    runs: usize,
+) -> kvgpu::Result<Vec<(String, Profile)>> {
+    let c = &model.config;
+    let mut s = Session::new(gm, None)?;
+    let mut out = Vec::new();
+    for &pos in positions.iter().filter(|&&p| p < c.seq_len) {
+        s.reset();
+        let context: Vec<u32> = (0..pos as u32)
+            .map(|i| (i * 7919 + 1) % c.vocab_size as u32)
+            .collect();
+        if !context.is_empty() {
+            s.feed(&context)?;
+        }
+        let mut least: Option<Profile> = None;
+        for _ in 0..runs.max(1) {
+            s.truncate(pos)?;
+            let p = match s.profile(&[1]) {
+                Err(kvgpu::Error::Unsupported(_)) => return Ok(out),
+                p => p?,
+            };
+            if least.as_ref().is_none_or(|l| p.total() < l.total()) {
+                least = Some(p);
+            }
+        }
+        let what = format!(
+            "one decode step of {name} at position {pos} ({}-position cache, least of {} profiles)",
+            c.seq_len,
+            runs.max(1)
+        );
+        out.extend(least.map(|p| (what, p)));
+    }
+    Ok(out)
+}
+
 /// Generation of each of `lengths` tokens with and without the KV cache,
 /// measured and predicted from the rates `m` measured.
 fn cache_vs_no_cache(
@@ -258,6 +307,18 @@ fn cache_vs_no_cache(
     Ok(rows)
 }
 
+/// The comma-separated numbers of `flag`'s `value` (none when empty).
+fn counts(flag: &str, value: &str) -> Result<Vec<usize>, String> {
+    value
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("{flag} {value}: {s:?} is not a whole number"))
+        })
+        .collect()
+}
+
 /// Runs the benchmark.
 pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let shapes: Vec<(String, String)> = args
@@ -269,21 +330,12 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 .ok_or(format!("--shape {s}: expected name:fields"))
         })
         .collect::<Result<_, _>>()?;
-    let lengths: Vec<usize> = args
-        .no_cache_lengths
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()?;
-    let batches: Vec<usize> = args
-        .batch
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()?;
+    let lengths = counts("--no-cache-lengths", &args.no_cache_lengths)?;
+    let batches = counts("--batch", &args.batch)?;
     if batches.contains(&0) {
         return Err("--batch sizes are at least 1".into());
     }
+    let profile_positions = counts("--profile-at", &args.profile_at)?;
     let gpu = Gpu::new(None)?;
     let copy = adapter::copy_bandwidth(&gpu);
     let (floor, launch) = adapter::launch_costs(&gpu);
@@ -328,6 +380,13 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         rows.push(m.row);
         profiles.extend(m.profiles);
+        profiles.extend(profile_at(
+            name,
+            &model,
+            &gm,
+            &profile_positions,
+            args.runs,
+        )?);
     }
     if args.json {
         report::print_json(&rows, &cache_rows)?;
