@@ -17,7 +17,7 @@
 // attention_combine.wgsl merges them.
 //
 // Built with PER_TOKEN = true (for a pass of several tokens), a workgroup
-// holds 64 tokens of one head and split instead, one thread each (grid z =
+// holds 64 tokens of HEADS heads and one split instead, one thread each (grid z =
 // ceil(n / 64)): every thread works through its own positions alone, in the
 // same order and arithmetic, with no barrier, and the threads of a
 // workgroup read the same cache rows at once. The one-token build spreads a
@@ -302,11 +302,14 @@ fn main(
     }
 }
 
-// The PER_TOKEN build: head h, split `split` of token `token`, by one
-// thread. Each dot product and weighted sum adds its terms in the order of
+// The PER_TOKEN build: heads g HEADS .. (g + 1) HEADS (one K/V head's, as
+// a workgroup of the one-token build takes them), split `split` of token
+// `token`, by one thread. Each dot product and weighted sum adds its terms in the order of
 // the one-token build; four positions (scores) or four dimensions (weighted
 // sum) go side by side, so each q value and score is read a quarter as often.
-fn one_token(h: u32, split: u32, token: u32) {
+fn one_token(g: u32, split: u32, token: u32) {
+    // Heads h .. h + HEADS, as the one-token build's workgroup.
+    let h = g * HEADS;
     let a = task(h, split, token);
     if !a.ok {
         return;
@@ -315,8 +318,9 @@ fn one_token(h: u32, split: u32, token: u32) {
     let scale = sqrt(f32(hs));
 
     // Scores of positions t .. t + 4 (the last position repeated past the
-    // end) and their maximum.
-    var m = -3.402823e38;
+    // end) and their maxima, a lane of m per head; each cache value read
+    // once for every head.
+    var m = vec4(-3.402823e38);
     for (var t = a.start; t < a.end; t += 4u) {
         let last = a.end - 1u;
         let rows = vec4(
@@ -325,46 +329,82 @@ fn one_token(h: u32, split: u32, token: u32) {
             row_word(token, min(t + 2u, last)),
             row_word(token, min(t + 3u, last)),
         );
-        var dot = vec4(0.0);
+        var dot0 = vec4(0.0);
+        var dot1 = vec4(0.0);
+        var dot2 = vec4(0.0);
+        var dot3 = vec4(0.0);
         for (var i = 0u; i < hs; i++) {
             let c = a.kv_off + i;
             let k = vec4(cached_k(rows.x, c), cached_k(rows.y, c), cached_k(rows.z, c), cached_k(rows.w, c));
-            dot += q[a.q_off + i] * k;
+            dot0 += q[a.q_off + i] * k;
+            if HEADS > 1u {
+                dot1 += q[a.q_off + hs + i] * k;
+            }
+            if HEADS > 2u {
+                dot2 += q[a.q_off + 2u * hs + i] * k;
+            }
+            if HEADS > 3u {
+                dot3 += q[a.q_off + 3u * hs + i] * k;
+            }
         }
-        for (var j = 0u; j < 4u && t + j < a.end; j++) {
-            let s = dot[j] / scale;
-            scores[a.s_off + t + j] = s;
-            m = max(m, s);
+        let dots = array(dot0, dot1, dot2, dot3);
+        for (var hj = 0u; hj < HEADS; hj++) {
+            for (var j = 0u; j < 4u && t + j < a.end; j++) {
+                let s = dots[hj][j] / scale;
+                set_score(a.s_off, hj, t + j, s);
+                m[hj] = max(m[hj], s);
+            }
         }
     }
-    // Exponentials and their sum.
-    var sum = 0.0;
-    for (var t = a.start; t < a.end; t++) {
-        let e = exp(scores[a.s_off + t] - m);
-        scores[a.s_off + t] = e;
-        sum += e;
+    // Exponentials and their sums.
+    var sum = vec4(0.0);
+    for (var hj = 0u; hj < HEADS; hj++) {
+        for (var t = a.start; t < a.end; t++) {
+            let e = exp(score(a.s_off, hj, t) - m[hj]);
+            set_score(a.s_off, hj, t, e);
+            sum[hj] += e;
+        }
     }
-    // Weighted sum of values, dimensions i .. i + 4 (the head's last
-    // repeated past its end).
+    // Weighted sums of values, dimensions i .. i + 4 (the head's last
+    // repeated past its end) of every head.
     let whole = a.n <= params.split;
-    let p_off = ((token * params.n_heads + h) * params.splits + split) * (hs + 2u);
     for (var i = 0u; i < hs; i += 4u) {
         let last = a.kv_off + hs - 1u;
         let c = a.kv_off + i;
-        var acc = vec4(0.0);
+        var acc0 = vec4(0.0);
+        var acc1 = vec4(0.0);
+        var acc2 = vec4(0.0);
+        var acc3 = vec4(0.0);
         for (var t = a.start; t < a.end; t++) {
-            acc += scores[a.s_off + t] * cached_v4(row_word(token, t), c, last);
+            let v = cached_v4(row_word(token, t), c, last);
+            acc0 += score(a.s_off, 0u, t) * v;
+            if HEADS > 1u {
+                acc1 += score(a.s_off, 1u, t) * v;
+            }
+            if HEADS > 2u {
+                acc2 += score(a.s_off, 2u, t) * v;
+            }
+            if HEADS > 3u {
+                acc3 += score(a.s_off, 3u, t) * v;
+            }
         }
-        for (var j = 0u; j < 4u && i + j < hs; j++) {
-            if whole {
-                out[token * params.out_stride + h * hs + i + j] = acc[j] / sum;
-            } else {
-                partials[p_off + i + j] = acc[j];
+        let acc = array(acc0, acc1, acc2, acc3);
+        for (var hj = 0u; hj < HEADS; hj++) {
+            let p_off = ((token * params.n_heads + h + hj) * params.splits + split) * (hs + 2u);
+            for (var j = 0u; j < 4u && i + j < hs; j++) {
+                if whole {
+                    out[token * params.out_stride + (h + hj) * hs + i + j] = acc[hj][j] / sum[hj];
+                } else {
+                    partials[p_off + i + j] = acc[hj][j];
+                }
             }
         }
     }
     if !whole {
-        partials[p_off + hs] = m;
-        partials[p_off + hs + 1u] = sum;
+        for (var hj = 0u; hj < HEADS; hj++) {
+            let p_off = ((token * params.n_heads + h + hj) * params.splits + split) * (hs + 2u);
+            partials[p_off + hs] = m[hj];
+            partials[p_off + hs + 1u] = sum[hj];
+        }
     }
 }

@@ -96,9 +96,10 @@ pub struct Bindings<'a> {
     pub per_token: bool,
 }
 
-/// Query heads per workgroup of the one-token build: the largest divisor of
-/// the heads per K/V head up to 4 (they share the K/V head, so each cache
-/// value read serves them all; four accumulators at most).
+/// Query heads per workgroup (per thread in the build with a thread per
+/// token): the largest divisor of the heads per K/V head up to 4 (they
+/// share the K/V head, so each cache value read serves them all; four
+/// accumulators at most).
 pub fn heads_per_workgroup(shape: &Shape) -> usize {
     let group = shape.n_heads / shape.n_kv_heads;
     (1..=4)
@@ -111,8 +112,8 @@ pub fn heads_per_workgroup(shape: &Shape) -> usize {
 const TOKENS_PER_WORKGROUP: u32 = 64;
 
 /// The build of the kernel for a paged pool or a flat cache of `dtype`,
-/// a thread or a workgroup per token, and (a workgroup per token) `heads`
-/// query heads a workgroup ([`heads_per_workgroup`]).
+/// a thread or a workgroup per token, each taking `heads` query heads
+/// ([`heads_per_workgroup`]).
 pub fn variant(paged: bool, dtype: KvDtype, per_token: bool, heads: usize) -> Variant {
     let mut constants = cache_build(paged, dtype);
     constants.push(("PER_TOKEN", f64::from(u8::from(per_token))));
@@ -158,12 +159,9 @@ impl Attention {
             split: b.split as u32,
             splits: splits as u32,
         };
-        // A thread per token: a head a workgroup (along x); else a K/V
-        // head's query heads, `heads` a workgroup.
-        let heads = match b.per_token {
-            true => 1,
-            false => heads_per_workgroup(&s),
-        };
+        // `heads` query heads of one K/V head a workgroup (along x), or a
+        // thread (per_token).
+        let heads = heads_per_workgroup(&s);
         let pipeline = self
             .pipelines
             .get(variant(b.paged, s.kv_dtype, b.per_token, heads).constants);

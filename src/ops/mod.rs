@@ -138,14 +138,14 @@ pub fn specialized_variants() -> Vec<Variant> {
         constants: paged(),
     });
     // The kernels that touch the cache: every storage type, flat and paged;
-    // attention in both builds, the one-token build with 1 to 4 heads a workgroup.
+    // attention in both builds, with 1 to 4 heads a workgroup (or thread).
     for (i, kv) in crate::kv_cache::KvDtype::ALL.into_iter().enumerate() {
         out.push(kv_shift::variant(kv));
         for paged in [false, true] {
             out.push(rope_append::variant(paged, kv));
             let heads = 1 + (2 * i + usize::from(paged)) % 4;
             out.push(attention::variant(paged, kv, false, heads));
-            out.push(attention::variant(paged, kv, true, 1));
+            out.push(attention::variant(paged, kv, true, 5 - heads));
         }
     }
     out
