@@ -281,24 +281,39 @@ fn main(
                 acc3 += score(a.s_off, 3u, t) * v;
             }
         }
-        let acc = array(acc0, acc1, acc2, acc3);
-        for (var j = 0u; j < HEADS; j++) {
-            let p_off = ((token * params.n_heads + h + j) * params.splits + wg.y) * (hs + 2u);
-            for (var d = 0u; d < 4u && i + d < hs; d++) {
-                if whole {
-                    out[token * params.out_stride + (h + j) * hs + i + d] = acc[j][d] / sum[j];
-                } else {
-                    partials[p_off + i + d] = acc[j][d];
-                }
+        store_heads(token, h, wg.y, i, array(acc0, acc1, acc2, acc3), sum, whole);
+    }
+    if !whole && lid == 0u {
+        store_stats(token, h, wg.y, m, sum);
+    }
+}
+
+// Dimensions i .. i + 4 (those below the head size) of heads h .. h + HEADS
+// of the pass's token `token`, from `acc` (a head each): their output, acc /
+// sum, where the token's positions fit one split (`whole`), else split
+// `split`'s partial result.
+fn store_heads(token: u32, h: u32, split: u32, i: u32, acc: array<vec4<f32>, 4>, sum: vec4<f32>, whole: bool) {
+    let hs = params.head_size;
+    for (var j = 0u; j < HEADS; j++) {
+        let p_off = ((token * params.n_heads + h + j) * params.splits + split) * (hs + 2u);
+        for (var d = 0u; d < 4u && i + d < hs; d++) {
+            if whole {
+                out[token * params.out_stride + (h + j) * hs + i + d] = acc[j][d] / sum[j];
+            } else {
+                partials[p_off + i + d] = acc[j][d];
             }
         }
     }
-    if !whole && lid == 0u {
-        for (var j = 0u; j < HEADS; j++) {
-            let p_off = ((token * params.n_heads + h + j) * params.splits + wg.y) * (hs + 2u);
-            partials[p_off + hs] = m[j];
-            partials[p_off + hs + 1u] = sum[j];
-        }
+}
+
+// Split `split`'s maximum score and sum of exponentials of heads h .. h +
+// HEADS (a lane of m and sum each) of token `token`, for attention_combine.
+fn store_stats(token: u32, h: u32, split: u32, m: vec4<f32>, sum: vec4<f32>) {
+    let hs = params.head_size;
+    for (var j = 0u; j < HEADS; j++) {
+        let p_off = ((token * params.n_heads + h + j) * params.splits + split) * (hs + 2u);
+        partials[p_off + hs] = m[j];
+        partials[p_off + hs + 1u] = sum[j];
     }
 }
 
@@ -388,23 +403,9 @@ fn one_token(g: u32, split: u32, token: u32) {
                 acc3 += score(a.s_off, 3u, t) * v;
             }
         }
-        let acc = array(acc0, acc1, acc2, acc3);
-        for (var hj = 0u; hj < HEADS; hj++) {
-            let p_off = ((token * params.n_heads + h + hj) * params.splits + split) * (hs + 2u);
-            for (var j = 0u; j < 4u && i + j < hs; j++) {
-                if whole {
-                    out[token * params.out_stride + (h + hj) * hs + i + j] = acc[hj][j] / sum[hj];
-                } else {
-                    partials[p_off + i + j] = acc[hj][j];
-                }
-            }
-        }
+        store_heads(token, h, split, i, array(acc0, acc1, acc2, acc3), sum, whole);
     }
     if !whole {
-        for (var hj = 0u; hj < HEADS; hj++) {
-            let p_off = ((token * params.n_heads + h + hj) * params.splits + split) * (hs + 2u);
-            partials[p_off + hs] = m[hj];
-            partials[p_off + hs + 1u] = sum[hj];
-        }
+        store_stats(token, h, split, m, sum);
     }
 }
