@@ -2,7 +2,8 @@
 # One call on a machine with a real GPU (issue 15): build, run the test
 # suite on the hardware adapter (not lavapipe), and bench every model as
 # JSON rows, all within about 8 minutes. Results go to $OUT (default
-# target/gpu-check): adapter.txt, tests.log, bench.json, bench.md.
+# target/gpu-check): adapter.txt, tests.log, bench.json, bench.md (with
+# per-kernel profiles at positions 16 and 500).
 #
 #   KVGPU_MODELS=../shared/models scripts/gpu-check.sh
 #
@@ -39,6 +40,8 @@ fi
 
 step "bench"
 ./target/release/kvgpu bench --models "$models" --runs 3 --json > "$OUT/bench.json"
-./target/release/kvgpu bench --models "$models" --runs 3 --no-cache-lengths "" > "$OUT/bench.md"
+# Markdown, with each model's decode step kernel by kernel at positions 16
+# and 500 (the model's whole context as cache, as kvgpu run has it).
+./target/release/kvgpu bench --models "$models" --runs 3 --no-cache-lengths "" --profile-at 16,500 > "$OUT/bench.md"
 cat "$OUT/bench.md"
 step "done"
