@@ -9,8 +9,14 @@
 // in one word with `pack2x16float`, so SHADER_F16 is not needed), or Q8_0 /
 // Q4_0 blocks quantized here (kv.wgsl, prepended to this file).
 //
+// Families whose block changes q and k before RoPE (arch/) build it with
+// QKV_BIAS (q, k and v each add their bias: Qwen2) and QK_NORM (q and k are
+// RMS-normed head by head, with weights of their own: Qwen3); both read
+// `prep`. Half-split (NEOX) models need nothing here: their q and k rows,
+// biases and norm weights went to the GPU in adjacent order.
+//
 // Bindings (group 0):
-//   0 params:  Params (uniform)      { q_dim, kv_dim, head_size, capacity (positions a token may take) }
+//   0 params:  Params (uniform)      { q_dim, kv_dim, head_size, capacity (positions a token may take), eps }
 //   1 step:    Step (uniform)        { pos, n }
 //   2 table:   array<f32> (storage)  (capacity, head_size / 2, 2) = (cos, sin)
 //   3 qkv:     array<f32> (storage)  (n, q_dim + 2 kv_dim) projections: q, k, v
@@ -18,6 +24,9 @@
 //   5 k_cache: array<u32> (storage)  (capacity, kv_row_words) rows as kv.wgsl lays them out
 //   6 v_cache: array<u32> (storage)  as k_cache
 //   7 paging:  array<u32> (storage)  (2 n + tables) positions and page tables; unread when flat
+//   8 prep:    array<f32> (storage)  (q_dim + 2 kv_dim + 2 head_size) biases of q, k, v, then
+//                                    the norm weights of a q head and of a k head; unread
+//                                    unless QKV_BIAS or QK_NORM
 //
 // One thread per pair of q (q_dim / 2 threads), grid z = token; pairs below
 // kv_dim / 2 also rotate k and store k and v; with a quantized cache,
@@ -29,7 +38,11 @@ struct Params {
     kv_dim: u32,
     head_size: u32,
     capacity: u32,
+    eps: f32,
 }
+
+override QKV_BIAS: bool = false;
+override QK_NORM: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -39,6 +52,37 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> k_cache: array<u32>;
 @group(0) @binding(6) var<storage, read_write> v_cache: array<u32>;
 @group(0) @binding(7) var<storage, read> paging: array<u32>;
+@group(0) @binding(8) var<storage, read> prep: array<f32>;
+
+// Value c of the token's projections row starting at `row` (q at 0, k at
+// q_dim, v at q_dim + kv_dim), with its bias.
+fn biased(row: u32, c: u32) -> f32 {
+    var x = qkv[row + c];
+    if QKV_BIAS {
+        x += prep[c];
+    }
+    return x;
+}
+
+// Values c and c + 1 (one pair of one head of q or k) of the row, biased
+// and, with QK_NORM, normed over their head: g * x / sqrt(mean(x^2) + eps).
+fn prepared(row: u32, c: u32) -> vec2<f32> {
+    var x = vec2(biased(row, c), biased(row, c + 1u));
+    if QK_NORM {
+        let hs = params.head_size;
+        let head = c - c % hs;
+        var ss = 0.0;
+        for (var j = 0u; j < hs; j++) {
+            let y = biased(row, head + j);
+            ss += y * y;
+        }
+        let scale = 1.0 / sqrt(ss / f32(hs) + params.eps);
+        // q's weights, then k's.
+        let g = params.q_dim + 2u * params.kv_dim + select(0u, hs, c >= params.q_dim) + c % hs;
+        x = vec2(prep[g] * (scale * x.x), prep[g + 1u] * (scale * x.y));
+    }
+    return x;
+}
 
 fn rotate(a: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
     return vec2(a.x * cs.x - a.y * cs.y, a.x * cs.y + a.y * cs.x);
@@ -67,10 +111,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let row = t * (params.q_dim + 2u * kv);
-    let qr = rotate(vec2(qkv[row + i], qkv[row + i + 1u]), angle(pos, i));
+    let qr = rotate(prepared(row, i), angle(pos, i));
     q[t * params.q_dim + i] = qr.x;
     q[t * params.q_dim + i + 1u] = qr.y;
-    let k_at = row + params.q_dim;
+    // Where k and v start in the row.
+    let k_at = params.q_dim;
     let v_at = k_at + kv;
     if dtype >= KV_Q8_0 {
         // Two blocks of k (rotated) and of v, quantized.
@@ -83,11 +128,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         var v = array<f32, 64>();
         for (var j = 0u; j < select(32u, 64u, two); j += 2u) {
             let c = 64u * g + j;
-            let r = rotate(vec2(qkv[k_at + c], qkv[k_at + c + 1u]), angle(pos, c));
+            let r = rotate(prepared(row, k_at + c), angle(pos, c));
             k[j] = r.x;
             k[j + 1u] = r.y;
-            v[j] = qkv[v_at + c];
-            v[j + 1u] = qkv[v_at + c + 1u];
+            v[j] = biased(row, v_at + c);
+            v[j + 1u] = biased(row, v_at + c + 1u);
         }
         let kw = kv_quantize(dtype, k, two);
         let vw = kv_quantize(dtype, v, two);
@@ -97,8 +142,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             v_cache[at] = vw[w];
         }
     } else if i < kv {
-        let k = rotate(vec2(qkv[k_at + i], qkv[k_at + i + 1u]), angle(pos, i));
-        let v = vec2(qkv[v_at + i], qkv[v_at + i + 1u]);
+        let k = rotate(prepared(row, k_at + i), angle(pos, i));
+        let v = vec2(biased(row, v_at + i), biased(row, v_at + i + 1u));
         if dtype == KV_F32 {
             k_cache[slot + i] = bitcast<u32>(k.x);
             k_cache[slot + i + 1u] = bitcast<u32>(k.y);

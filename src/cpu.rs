@@ -1,6 +1,7 @@
 //! The CPU reference: llama2.c's `forward` in plain f32 Rust, built from the
-//! ops' host references. Written for clarity, not speed; tests check the GPU
-//! against it at every position.
+//! ops' host references, with the changes the model's family makes to the
+//! Llama block (`arch/`). Written for clarity, not speed; tests check the
+//! GPU against it at every position.
 
 use crate::error::Result;
 use crate::kv_cache::{KvDtype, Positions};
@@ -8,6 +9,7 @@ use crate::model::Model;
 use crate::ops::matvec::{self, CpuMode};
 use crate::ops::{attention, embed, rmsnorm, rope_append};
 use crate::session::SessionOptions;
+use crate::tensor::Tensor;
 
 /// A decoding state on the CPU: activations and a KV cache.
 #[derive(Clone, Debug)]
@@ -25,12 +27,12 @@ pub struct CpuSession<'m> {
     x: Vec<f32>,
     /// (dim,) normalised input of a block.
     xb: Vec<f32>,
-    /// (dim,) attention output.
+    /// (q_dim,) attention output.
     xb2: Vec<f32>,
     /// (hidden_dim,) gate, (hidden_dim,) up.
     hb: Vec<f32>,
     hb2: Vec<f32>,
-    /// (dim,) query; (kv_dim,) key and value of this token.
+    /// (q_dim,) query; (kv_dim,) key and value of this token.
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -56,6 +58,7 @@ impl<'m> CpuSession<'m> {
     /// rounds values to f16 as they are appended).
     pub fn with_options(model: &'m Model, options: SessionOptions) -> Result<Self> {
         let c = &model.config;
+        model.validate()?;
         let capacity = options.capacity_for(c)?;
         options.kv_dtype.check(c.kv_dim())?;
         let cache = c.n_layers * capacity * c.kv_dim();
@@ -72,10 +75,10 @@ impl<'m> CpuSession<'m> {
             final_norm: model.weights.rms_final.to_f32(),
             x: vec![0.0; c.dim],
             xb: vec![0.0; c.dim],
-            xb2: vec![0.0; c.dim],
+            xb2: vec![0.0; c.q_dim()],
             hb: vec![0.0; c.hidden_dim],
             hb2: vec![0.0; c.hidden_dim],
-            q: vec![0.0; c.dim],
+            q: vec![0.0; c.q_dim()],
             k: vec![0.0; c.kv_dim()],
             v: vec![0.0; c.kv_dim()],
             key_cache: vec![0.0; cache],
@@ -148,7 +151,7 @@ impl<'m> CpuSession<'m> {
         let shape = attention::Shape {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
-            head_size: c.head_size(),
+            head_size: c.head_size,
             capacity,
             kv_dtype: self.kv_dtype,
         };
@@ -157,11 +160,22 @@ impl<'m> CpuSession<'m> {
         embed::cpu(&mut self.x, &w.token_embedding, token);
         for (l, lw) in w.layers.iter().enumerate() {
             let cache = l * capacity * kv..(l + 1) * capacity * kv;
-            // Attention: rmsnorm, q/k/v projections, RoPE, append, attend, output projection.
+            // Attention: rmsnorm, q/k/v projections (+ biases), q/k norms,
+            // RoPE, append, attend, output projection.
             rmsnorm::cpu(&mut self.xb, &self.x, &self.norms[l].0, c.norm_eps);
             lw.wq.matvec(&self.xb, &mut self.q);
             lw.wk.matvec(&self.xb, &mut self.k);
             lw.wv.matvec(&self.xb, &mut self.v);
+            let (bias, norm) = (lw.qkv_bias.as_ref(), lw.qk_norm.as_ref());
+            let (bias, norm) = (bias.map(Tensor::to_f32), norm.map(Tensor::to_f32));
+            rope_append::prepare(
+                &mut self.q,
+                &mut self.k,
+                &mut self.v,
+                bias.as_deref(),
+                norm.as_deref(),
+                c.norm_eps,
+            );
             rope.rotate(&mut self.q, &mut self.k, pos);
             rope_append::append(
                 &mut self.key_cache[cache.clone()],

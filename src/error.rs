@@ -457,9 +457,9 @@ pub enum GgufError {
         /// Shape found.
         found: Vec<u64>,
     },
-    /// The model architecture is not Llama.
-    #[error("unsupported architecture {0:?} (kvgpu runs \"llama\")")]
-    UnsupportedArchitecture(String),
+    /// The model architecture is none of the families kvgpu runs.
+    #[error("unsupported architecture {0:?} (kvgpu runs {1})")]
+    UnsupportedArchitecture(String, String),
     /// A hyper-parameter or tokenizer field is out of range.
     #[error("{key}: {reason}")]
     BadValue {

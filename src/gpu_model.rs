@@ -1,7 +1,9 @@
 //! A model's weights on the GPU ([`GpuModel`]): uploaded once, as stored in
-//! the file (quantized ones stay quantized), after checking that every
+//! the file (quantized ones stay quantized; a half-split RoPE model's q and
+//! k rows put in adjacent order, see `rope.rs`), after checking that every
 //! tensor fits the device's limits; and the kernels compiled for it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -9,6 +11,7 @@ use crate::gpu::Gpu;
 use crate::model::{Config, Model};
 use crate::ops::projection::{self, GpuTensor};
 use crate::ops::Kernels;
+use crate::rope::Pairing;
 use crate::tensor::Tensor;
 
 /// Bytes per f32.
@@ -19,9 +22,15 @@ const F32: u64 = 4;
 pub(crate) struct LayerWeights {
     /// (dim,) f32, zero-padded to a 64 KiB uniform.
     pub rms_att: wgpu::Buffer,
-    /// (dim + 2 kv_dim, dim): wq, wk and wv stacked, one projection.
+    /// (q_dim + 2 kv_dim, dim): wq, wk and wv stacked, one projection,
+    /// q and k heads in adjacent RoPE order.
     pub wqkv: GpuTensor,
-    /// (dim, dim) attention output.
+    /// (q_dim + 2 kv_dim + 2 head_size) f32: the q, k and v biases, then the
+    /// norm weights of a q head and of a k head (adjacent order), where the
+    /// block prepares q and k ([`Block::prepares_qk`](crate::arch::Block::prepares_qk));
+    /// else a 16-byte placeholder, bound unread.
+    pub prep: wgpu::Buffer,
+    /// (dim, q_dim) attention output.
     pub wo: GpuTensor,
     /// (dim,) f32, zero-padded to a 64 KiB uniform.
     pub rms_ffn: wgpu::Buffer,
@@ -71,7 +80,7 @@ impl GpuModel {
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Self> {
         let c = &model.config;
-        c.validate()?;
+        model.validate()?;
         gpu.check_alive()?;
         let w = &model.weights;
         let limits = gpu.device.limits();
@@ -92,7 +101,11 @@ impl GpuModel {
             }
         }
         // Projection inputs bind as 64 KiB uniform buffers.
-        for (what, cols) in [("dim", c.dim), ("hidden_dim", c.hidden_dim)] {
+        for (what, cols) in [
+            ("dim", c.dim),
+            ("hidden_dim", c.hidden_dim),
+            ("q_dim", c.q_dim()),
+        ] {
             if cols > projection::MAX_COLS {
                 return Err(Error::ModelTooLarge {
                     what: format!("a projection input ({what} {cols} values)"),
@@ -120,17 +133,63 @@ impl GpuModel {
                 done += parts.iter().map(|t| t.bytes().len() as u64).sum::<u64>();
                 progress(done, total);
             };
+            let block = c.block();
+            let (q, kv, hs) = (c.q_dim(), c.kv_dim(), c.head_size);
+            // Row r of each q and k head on the GPU is row order[r] of the stored head.
+            let order = block.rope_pairing.adjacent_order(hs, c.rope_dim);
+            let heads = |n: usize| -> Vec<usize> {
+                (0..n)
+                    .flat_map(|h| order.iter().map(move |&r| h * hs + r))
+                    .collect()
+            };
+            let (q_rows, k_rows) = (heads(c.n_heads), heads(c.n_kv_heads));
+            let pairing = block.rope_pairing;
+            fn adjacent<'t>(pairing: Pairing, t: &'t Tensor, rows: &[usize]) -> Cow<'t, Tensor> {
+                match pairing {
+                    Pairing::Adjacent => Cow::Borrowed(t),
+                    Pairing::HalfSplit => Cow::Owned(t.reorder_rows(rows)),
+                }
+            }
+            let placeholder =
+                crate::gpu::buffer_init(device, "no prep", &[0; 16], wgpu::BufferUsages::STORAGE);
             let layers = w
                 .layers
                 .iter()
                 .map(|l| {
+                    let wq = adjacent(pairing, &l.wq, &q_rows);
+                    let wk = adjacent(pairing, &l.wk, &k_rows);
                     let wqkv = GpuTensor::upload_stacked(
                         device,
                         queue,
-                        &[&l.wq, &l.wk, &l.wv],
+                        &[&wq, &wk, &l.wv],
                         chunk_limit,
                         "wqkv",
                     )?;
+                    let prep = match block.prepares_qk() {
+                        false => placeholder.clone(),
+                        true => {
+                            // No bias adds 0; no norm multiplies by 1 (the
+                            // kernel reads neither unless built to).
+                            let bias = l.qkv_bias.as_ref().map(Tensor::to_f32);
+                            let bias = bias.unwrap_or_else(|| vec![0.0; q + 2 * kv]);
+                            let norm = l.qk_norm.as_ref().map(Tensor::to_f32);
+                            let norm = norm.unwrap_or_else(|| vec![1.0; 2 * hs]);
+                            let values: Vec<f32> = q_rows
+                                .iter()
+                                .map(|&r| bias[r])
+                                .chain(k_rows.iter().map(|&r| bias[q + r]))
+                                .chain(bias[q + kv..].iter().copied())
+                                .chain(order.iter().map(|&r| norm[r]))
+                                .chain(order.iter().map(|&r| norm[hs + r]))
+                                .collect();
+                            crate::gpu::buffer_init(
+                                device,
+                                "prep",
+                                bytemuck::cast_slice(&values),
+                                wgpu::BufferUsages::STORAGE,
+                            )
+                        }
+                    };
                     uploaded(&[&l.wq, &l.wk, &l.wv]);
                     let wo = GpuTensor::upload(device, queue, &l.wo, chunk_limit, "wo")?;
                     let (w1, w3) =
@@ -140,6 +199,7 @@ impl GpuModel {
                     Ok(LayerWeights {
                         rms_att: vector("rms_att", &l.rms_att),
                         wqkv,
+                        prep,
                         wo,
                         rms_ffn: vector("rms_ffn", &l.rms_ffn),
                         w1,

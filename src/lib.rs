@@ -23,11 +23,12 @@
 //!
 //! Modules, each using only those before it in this list: `error`; `files`,
 //! `frame_budget`, `rng`; `test_util` (unit tests only);
-//! `rope`, `tensor`; `gguf`; `tokenizer`; `model`; `gpu`; `kv_cache`,
+//! `rope`, `tensor`; `arch`; `gguf`; `tokenizer`; `model`; `gpu`; `kv_cache`,
 //! `readback`; the
 //! kernels (`ops`, crate-private); `gpu_model`; `sampler`; `pass`; `session`,
 //! `profile`; `cpu`; `generate`.
 
+pub mod arch;
 mod error;
 pub mod files;
 mod frame_budget;

@@ -64,11 +64,11 @@ pub(crate) struct Activations {
     pub xg: wgpu::Buffer,
     /// (batch, sd) normed input of a block in a pass of several tokens.
     pub xb: wgpu::Buffer,
-    /// (batch, dim + 2 kv_dim) q, k, v projections.
+    /// (batch, q_dim + 2 kv_dim) q, k, v projections.
     pub qkv: wgpu::Buffer,
-    /// (batch, dim) rotated q.
+    /// (batch, q_dim) rotated q.
     pub q: wgpu::Buffer,
-    /// (batch, sd) attention output.
+    /// (batch, sq) attention output, sq = input_stride(q_dim).
     pub att: wgpu::Buffer,
     /// (batch, sh) SwiGLU output.
     pub hb: wgpu::Buffer,
@@ -116,8 +116,8 @@ impl Activations {
                 U::STORAGE | U::UNIFORM | U::COPY_SRC | U::COPY_DST,
             )
         };
-        let (d, kv, hs) = (c.dim, c.kv_dim(), c.head_size());
-        let (sd, sh) = (input_stride(d), input_stride(c.hidden_dim));
+        let (d, q, kv, hs) = (c.dim, c.q_dim(), c.kv_dim(), c.head_size);
+        let (sd, sq, sh) = (input_stride(d), input_stride(q), input_stride(c.hidden_dim));
         let splits = capacity.div_ceil(ATTENTION_SPLIT);
         Self {
             step: buffer("step", 4, U::UNIFORM | U::COPY_DST),
@@ -127,9 +127,9 @@ impl Activations {
             x: gathered("x", sd),
             xb: gathered("xb", sd),
             xg: input("xg", sd),
-            qkv: act("qkv", d + 2 * kv),
-            q: act("q", d),
-            att: input("att", sd),
+            qkv: act("qkv", q + 2 * kv),
+            q: act("q", q),
+            att: input("att", sq),
             hb: input("hb", sh),
             scores: act("scores", c.n_heads * capacity),
             partials: act("partials", c.n_heads * splits * (hs + 2)),
@@ -223,8 +223,8 @@ impl Dispatches {
         let device = &model.gpu().device;
         let k = &model.kernels;
         let eps = c.norm_eps;
-        let (d, kv) = (c.dim, c.kv_dim());
-        let (sd, sh) = (input_stride(d), input_stride(c.hidden_dim));
+        let (d, q, kv) = (c.dim, c.q_dim(), c.kv_dim());
+        let (sd, sq, sh) = (input_stride(d), input_stride(q), input_stride(c.hidden_dim));
         let norm = |out, weight, rows| {
             k.rmsnorm.bind(
                 device,
@@ -285,12 +285,15 @@ impl Dispatches {
         // it runs on its own, and the last layer writes no xg).
         let normed_classifier = c.vocab_size <= NORMED_CLASSIFIER_ROWS;
         // A decode step's QKV rotates and appends in its epilogue where the
-        // cache is flat f32 or f16 (quantized blocks span threads: their own kernel).
-        let rope_in_qkv = !paged && matches!(cache.dtype(), KvDtype::F32 | KvDtype::F16);
+        // cache is flat f32 or f16 (quantized blocks span threads: their own
+        // kernel) and the block does nothing to q and k before RoPE.
+        let block = c.block();
+        let rope_in_qkv =
+            !paged && matches!(cache.dtype(), KvDtype::F32 | KvDtype::F16) && !block.prepares_qk();
         let shape = rope_append::Shape {
-            q_dim: d,
+            q_dim: q,
             kv_dim: kv,
-            head_size: c.head_size(),
+            head_size: c.head_size,
             capacity,
             kv_dtype: cache.dtype(),
         };
@@ -300,7 +303,7 @@ impl Dispatches {
                 device,
                 attention::Bindings {
                     out: &a.att,
-                    out_stride: sd,
+                    out_stride: sq,
                     q: &a.q,
                     k_cache: &kc.k,
                     v_cache: &kc.v,
@@ -312,7 +315,7 @@ impl Dispatches {
                     shape: attention::Shape {
                         n_heads: c.n_heads,
                         n_kv_heads: c.n_kv_heads,
-                        head_size: c.head_size(),
+                        head_size: c.head_size,
                         capacity,
                         kv_dtype: cache.dtype(),
                     },
@@ -351,7 +354,7 @@ impl Dispatches {
                 };
                 LayerDispatches {
                     // Attention block: x += Wo attention(rope(q), cache ∪ rope(k), cache ∪ v),
-                    // (q, k, v) = Wqkv rmsnorm(x).
+                    // (q, k, v) = prep(Wqkv rmsnorm(x)), prep the block's biases and q/k norms.
                     att_norm: norm(&a.xb, &w.rms_att, Rows::All),
                     qkv: ByTokens {
                         decode: match rope_in_qkv {
@@ -373,7 +376,7 @@ impl Dispatches {
                             ),
                             false => one(&a.qkv, &w.wqkv, decode_input, Mode::Set, folded),
                         },
-                        prefill: many(&a.qkv, d + 2 * kv, &w.wqkv, &a.xb, sd, Mode::Set),
+                        prefill: many(&a.qkv, q + 2 * kv, &w.wqkv, &a.xb, sd, Mode::Set),
                     },
                     rope_append: k.rope_append.bind(
                         device,
@@ -387,6 +390,12 @@ impl Dispatches {
                             paged,
                             table: &model.rope_table,
                             shape,
+                            prep: rope_append::Prep {
+                                weights: &w.prep,
+                                bias: block.qkv_bias,
+                                norm: block.qk_norm,
+                                eps,
+                            },
                         },
                     ),
                     attention: ByTokens {
@@ -399,20 +408,20 @@ impl Dispatches {
                         device,
                         attention_combine::Bindings {
                             out: &a.att,
-                            out_stride: sd,
+                            out_stride: sq,
                             partials: &a.partials,
                             step: &a.step,
                             paging: &a.paging,
                             paged,
                             n_heads: c.n_heads,
-                            head_size: c.head_size(),
+                            head_size: c.head_size,
                             capacity,
                             split: ATTENTION_SPLIT,
                         },
                     ),
                     wo_residual: ByTokens {
                         decode: residual(&w.wo, &a.att, Some(&w.rms_ffn)),
-                        prefill: many(&a.x, sd, &w.wo, &a.att, sd, Mode::Add),
+                        prefill: many(&a.x, sd, &w.wo, &a.att, sq, Mode::Add),
                     },
                     // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
                     ffn_norm: norm(&a.xb, &w.rms_ffn, Rows::All),
@@ -464,7 +473,7 @@ impl Dispatches {
         let decode = n == 1;
         for l in &self.layers {
             // Attention block: x += Wo attention(rope(q), cache ∪ rope(k), cache ∪ v),
-            // (q, k, v) = Wqkv rmsnorm(x).
+            // (q, k, v) = prep(Wqkv rmsnorm(x)), prep the block's biases and q/k norms.
             // A decode step's RMSNorms ride in the projections that follow them.
             if !decode {
                 f("attention_norm", &l.att_norm);

@@ -64,7 +64,7 @@ impl Session {
                             src: &moved,
                             k_cache: &layer.k,
                             kv_dim: c.kv_dim(),
-                            head_size: c.head_size(),
+                            head_size: c.head_size,
                             kv_dtype: dtype,
                             rows,
                             delta: n_discard,
@@ -96,6 +96,23 @@ impl CpuSession<'_> {
         let (kv, capacity) = (c.kv_dim(), self.capacity());
         let table = c.rope().table(n_discard + 1);
         let dtype = self.kv_dtype();
+        // The shift rotates adjacent pairs: a half-split cache's heads are
+        // put in adjacent order for it, and back.
+        let order = c
+            .block()
+            .rope_pairing
+            .adjacent_order(c.head_size, c.rope_dim);
+        let reorder = |rows: &mut [f32], forward: bool| {
+            for head in rows.chunks_mut(c.head_size) {
+                let stored = head.to_vec();
+                for (r, &o) in order.iter().enumerate() {
+                    match forward {
+                        true => head[r] = stored[o],
+                        false => head[o] = stored[r],
+                    }
+                }
+            }
+        };
         let (keys, values) = self.caches();
         for l in 0..c.n_layers {
             let layer = l * capacity * kv;
@@ -103,14 +120,16 @@ impl CpuSession<'_> {
             let n = (len - n_keep - n_discard) * kv;
             keys.copy_within(src..src + n, dst);
             values.copy_within(src..src + n, dst);
+            reorder(&mut keys[dst..dst + n], true);
             kv_shift::cpu(
                 &mut keys[dst..dst + n],
                 kv,
-                c.head_size(),
+                c.head_size,
                 &table,
                 n_discard,
                 dtype,
             );
+            reorder(&mut keys[dst..dst + n], false);
         }
         self.truncate(len - n_discard)
     }

@@ -405,9 +405,15 @@ fn a_tensor_of_the_wrong_shape() {
 fn unsupported_architecture() {
     let mut f = File::new();
     f.kvs[0] = kv("general.architecture", 8, &string("gpt-j"));
+    let err = kind(load(f.bytes()));
     assert_eq!(
-        kind(load(f.bytes())),
-        GgufError::UnsupportedArchitecture("gpt-j".into())
+        err,
+        GgufError::UnsupportedArchitecture("gpt-j".into(), kvgpu::arch::Family::names())
+    );
+    // The message names the file's architecture and every family kvgpu runs.
+    assert_eq!(
+        err.to_string(),
+        "unsupported architecture \"gpt-j\" (kvgpu runs llama, qwen2, qwen3, phi3)"
     );
 }
 

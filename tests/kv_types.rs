@@ -132,6 +132,7 @@ fn llama2_7b() -> Config {
         n_layers: 32,
         n_heads: 32,
         n_kv_heads: 32,
+        head_size: 128,
         vocab_size: 32000,
         seq_len: 4096,
         shared_classifier: false,
@@ -139,6 +140,7 @@ fn llama2_7b() -> Config {
         rope_theta: 10000.0,
         rope_dim: 128,
         rope_freq_factors: None,
+        family: kvgpu::arch::Family::llama(),
     }
 }
 

@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["files", "frame_budget", "perplexity", "rng"],
     &["test_util"],
     &["rope", "tensor"],
+    &["arch"],
     &["gguf"],
     &["tokenizer"],
     &["model"],

@@ -27,6 +27,7 @@ fn every_weight_type_decodes_like_the_cpu_reference() {
         n_layers: 2,
         n_heads: 4,
         n_kv_heads: 2,
+        head_size: 64,
         vocab_size: 300,
         seq_len: 64,
         shared_classifier: false,
@@ -34,6 +35,7 @@ fn every_weight_type_decodes_like_the_cpu_reference() {
         rope_theta: 10000.0,
         rope_dim: 64,
         rope_freq_factors: None,
+        family: kvgpu::arch::Family::llama(),
     };
     let prompt: Vec<u32> = "once upon a time"
         .bytes()

@@ -28,23 +28,30 @@ impl Config {
                 })
             }
         };
+        let (dim, n_heads) = (positive("dim", dim)?, positive("n_heads", n_heads)?);
+        // llama2.c's heads split dim evenly.
+        if !dim.is_multiple_of(n_heads) {
+            return Err(Error::InvalidConfig {
+                field: "n_heads",
+                value: n_heads as i64,
+                reason: format!("does not divide dim {dim}"),
+            });
+        }
         let config = Config {
-            dim: positive("dim", dim)?,
+            dim,
             hidden_dim: positive("hidden_dim", hidden_dim)?,
             n_layers: positive("n_layers", n_layers)?,
-            n_heads: positive("n_heads", n_heads)?,
+            n_heads,
             n_kv_heads: positive("n_kv_heads", n_kv_heads)?,
+            head_size: dim / n_heads,
             vocab_size: positive("vocab_size", vocab_size.checked_abs().unwrap_or(0))?,
             seq_len: positive("seq_len", seq_len)?,
             shared_classifier: vocab_size > 0,
             norm_eps: 1e-5,
             rope_theta: 10000.0,
-            rope_dim: 0,
+            rope_dim: dim / n_heads,
             rope_freq_factors: None,
-        };
-        let config = Config {
-            rope_dim: config.head_size(),
-            ..config
+            family: crate::arch::Family::llama(),
         };
         config.validate()?;
         Ok(config)
@@ -55,7 +62,7 @@ impl Config {
         let (d, h, l, v) = (self.dim, self.hidden_dim, self.n_layers, self.vocab_size);
         let kv = self.kv_dim();
         let m = |a: usize, b: usize| a.checked_mul(b);
-        let rope_table = m(self.seq_len, self.head_size())?;
+        let rope_table = m(self.seq_len, self.head_size)?;
         Some([
             ("token_embedding", m(v, d)?),
             ("rms_att", m(l, d)?),
@@ -185,7 +192,7 @@ impl Model {
         let w2 = take(l, d, h);
         let w3 = take(l, h, d);
         let rms_final = take(1, 1, d).remove(0);
-        take(1, c.seq_len, c.head_size()); // legacy RoPE table, unused
+        take(1, c.seq_len, c.head_size); // legacy RoPE table, unused
         let wcls = (!c.shared_classifier).then(|| take(1, c.vocab_size, d).remove(0));
         let layers = (0..l)
             .map(|i| LayerWeights {
@@ -193,6 +200,8 @@ impl Model {
                 wq: wq[i].clone(),
                 wk: wk[i].clone(),
                 wv: wv[i].clone(),
+                qkv_bias: None,
+                qk_norm: None,
                 wo: wo[i].clone(),
                 rms_ffn: rms_ffn[i].clone(),
                 w1: w1[i].clone(),
@@ -213,9 +222,20 @@ impl Model {
 
     /// Writes the model as a llama2.c checkpoint (f32; the legacy RoPE table
     /// is written as zeros). Tests use it to build files with chosen defects.
+    /// Only Llama models whose heads split dim evenly have this format.
     pub fn save_llama2c(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let c = &self.config;
+        if c.family.arch != "llama" || c.q_dim() != c.dim {
+            return Err(Error::InvalidConfig {
+                field: "family",
+                value: c.head_size as i64,
+                reason: format!(
+                    "llama2.c checkpoints hold Llama blocks with dim / n_heads heads, not {} with heads of {}",
+                    c.family.arch, c.head_size
+                ),
+            });
+        }
         let vocab = if c.shared_classifier {
             c.vocab_size as i32
         } else {
@@ -254,8 +274,8 @@ impl Model {
         put(&w.rms_final);
         put(&Tensor::from_f32(
             1,
-            c.seq_len * c.head_size(),
-            &vec![0.0; c.seq_len * c.head_size()],
+            c.seq_len * c.head_size,
+            &vec![0.0; c.seq_len * c.head_size],
         ));
         if let Some(cls) = &w.wcls {
             put(cls);

@@ -1,10 +1,12 @@
-//! A Llama model: hyper-parameters ([`Config`]) and weights ([`Weights`]) as
-//! stored in the file, read from GGUF files (`model/gguf.rs`) or llama2.c
-//! checkpoints (`model/llama2c.rs`).
+//! A model of one of the families in `arch/`: hyper-parameters ([`Config`],
+//! the family's block among them) and weights ([`Weights`]) as stored in the
+//! file, read from GGUF files (`model/gguf.rs`) or llama2.c checkpoints
+//! (`model/llama2c.rs`).
 
 use std::io::Read;
 use std::path::Path;
 
+use crate::arch::{Block, Family};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, GgufError};
 use crate::rng::XorShift;
@@ -28,6 +30,9 @@ pub struct Config {
     pub n_heads: usize,
     /// Number of key/value heads (fewer than `n_heads` with grouped-query attention).
     pub n_kv_heads: usize,
+    /// Size of one attention head (`dim / n_heads` unless the file says
+    /// otherwise: Qwen3 and Gemma 3 heads are wider).
+    pub head_size: usize,
     /// Vocabulary size in tokens.
     pub vocab_size: usize,
     /// Longest context the model was trained for, in positions.
@@ -42,17 +47,25 @@ pub struct Config {
     pub rope_dim: usize,
     /// Llama-3-style per-pair frequency divisors ((rope_dim / 2,)), if any.
     pub rope_freq_factors: Option<Vec<f32>>,
+    /// The family: what its block computes and how its files store it.
+    pub family: &'static Family,
 }
 
 impl Config {
-    /// Size of one attention head.
-    pub fn head_size(&self) -> usize {
-        self.dim / self.n_heads
+    /// What the model's block computes.
+    pub fn block(&self) -> &'static Block {
+        &self.family.block
+    }
+
+    /// Width of the query vector of one position (`n_heads * head_size`),
+    /// the attention output's, and Wo's input.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_size
     }
 
     /// Width of the K and V vectors of one position (`n_kv_heads * head_size`).
     pub fn kv_dim(&self) -> usize {
-        self.n_kv_heads * self.head_size()
+        self.n_kv_heads * self.head_size
     }
 
     /// Number of query heads that share one K/V head.
@@ -60,7 +73,8 @@ impl Config {
         self.n_heads / self.n_kv_heads
     }
 
-    /// Checks the relations between fields: heads divide evenly, head size is even.
+    /// Checks the relations between fields: K/V heads divide the query
+    /// heads, head size is even.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &'static str, value: usize, reason: String| {
             Err(Error::InvalidConfig {
@@ -75,6 +89,7 @@ impl Config {
             ("n_layers", self.n_layers),
             ("n_heads", self.n_heads),
             ("n_kv_heads", self.n_kv_heads),
+            ("head_size", self.head_size),
             ("vocab_size", self.vocab_size),
             ("seq_len", self.seq_len),
         ] {
@@ -82,11 +97,11 @@ impl Config {
                 return bad(field, v, "must be between 1 and 2^31-1".into());
             }
         }
-        if !self.dim.is_multiple_of(self.n_heads) {
+        if self.q_dim() > i32::MAX as usize {
             return bad(
-                "n_heads",
-                self.n_heads,
-                format!("does not divide dim {}", self.dim),
+                "head_size",
+                self.head_size,
+                format!("times {} heads passes 2^31-1", self.n_heads),
             );
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
@@ -96,14 +111,11 @@ impl Config {
                 format!("does not divide n_heads {}", self.n_heads),
             );
         }
-        if !self.head_size().is_multiple_of(2) {
+        if !self.head_size.is_multiple_of(2) {
             return bad(
-                "n_heads",
-                self.n_heads,
-                format!(
-                    "gives an odd head size {} (RoPE rotates pairs)",
-                    self.head_size()
-                ),
+                "head_size",
+                self.head_size,
+                "is odd (RoPE rotates pairs)".into(),
             );
         }
         if !(self.norm_eps > 0.0 && self.rope_theta > 0.0) {
@@ -113,17 +125,12 @@ impl Config {
                 "norm_eps and rope_theta must be positive".into(),
             );
         }
-        if self.rope_dim == 0
-            || self.rope_dim > self.head_size()
-            || !self.rope_dim.is_multiple_of(2)
+        if self.rope_dim == 0 || self.rope_dim > self.head_size || !self.rope_dim.is_multiple_of(2)
         {
             return bad(
                 "rope_dim",
                 self.rope_dim,
-                format!(
-                    "must be even and at most the head size {}",
-                    self.head_size()
-                ),
+                format!("must be even and at most the head size {}", self.head_size),
             );
         }
         if let Some(f) = &self.rope_freq_factors {
@@ -141,10 +148,11 @@ impl Config {
     /// The RoPE settings of this model.
     pub fn rope(&self) -> Rope {
         Rope {
-            head_size: self.head_size(),
+            head_size: self.head_size,
             rope_dim: self.rope_dim,
             theta: self.rope_theta,
             freq_factors: self.rope_freq_factors.clone(),
+            pairing: self.block().rope_pairing,
         }
     }
 }
@@ -154,13 +162,19 @@ impl Config {
 pub struct LayerWeights {
     /// (1, dim) RMSNorm weights before attention.
     pub rms_att: Tensor,
-    /// (n_heads * head_size, dim) query projection.
+    /// (q_dim, dim) query projection, q_dim = n_heads * head_size.
     pub wq: Tensor,
     /// (kv_dim, dim) key projection.
     pub wk: Tensor,
     /// (kv_dim, dim) value projection.
     pub wv: Tensor,
-    /// (dim, n_heads * head_size) attention output projection.
+    /// (1, q_dim + 2 kv_dim) f32 biases of the q, k and v projections, side
+    /// by side, where the block has them ([`Block::qkv_bias`]).
+    pub qkv_bias: Option<Tensor>,
+    /// (1, 2 head_size) f32 RMSNorm weights of each head of q, then of k,
+    /// where the block has them ([`Block::qk_norm`]).
+    pub qk_norm: Option<Tensor>,
+    /// (dim, q_dim) attention output projection.
     pub wo: Tensor,
     /// (1, dim) RMSNorm weights before the feed-forward block.
     pub rms_ffn: Tensor,
@@ -198,6 +212,7 @@ impl Weights {
             all.extend([
                 &l.rms_att, &l.wq, &l.wk, &l.wv, &l.wo, &l.rms_ffn, &l.w1, &l.w2, &l.w3,
             ]);
+            all.extend(l.qkv_bias.iter().chain(&l.qk_norm));
         }
         all.extend(self.wcls.as_ref());
         all
@@ -208,12 +223,14 @@ impl Weights {
     /// it, so one is never restored onto another model.
     pub fn fingerprint(&self, config: &Config) -> u64 {
         let mut h = Fnv::default();
+        h.write(config.family.arch.as_bytes());
         for v in [
             config.dim,
             config.hidden_dim,
             config.n_layers,
             config.n_heads,
             config.n_kv_heads,
+            config.head_size,
             config.vocab_size,
             config.seq_len,
             config.rope_dim,
@@ -261,6 +278,8 @@ impl Weights {
                     wq: conv(&l.wq),
                     wk: conv(&l.wk),
                     wv: conv(&l.wv),
+                    qkv_bias: l.qkv_bias.clone(),
+                    qk_norm: l.qk_norm.clone(),
                     wo: conv(&l.wo),
                     rms_ffn: l.rms_ffn.clone(),
                     w1: conv(&l.w1),
@@ -360,13 +379,51 @@ impl Model {
         }
     }
 
+    /// Checks the config ([`Config::validate`]) and that every layer has
+    /// exactly the optional tensors its block computes with, of their shapes.
+    pub fn validate(&self) -> Result<()> {
+        let c = &self.config;
+        c.validate()?;
+        let block = c.block();
+        for (i, l) in self.weights.layers.iter().enumerate() {
+            for (field, wanted, t, len) in [
+                (
+                    "qkv_bias",
+                    block.qkv_bias,
+                    &l.qkv_bias,
+                    c.q_dim() + 2 * c.kv_dim(),
+                ),
+                ("qk_norm", block.qk_norm, &l.qk_norm, 2 * c.head_size),
+            ] {
+                let reason = match (wanted, t) {
+                    (true, None) => {
+                        format!("layer {i} has none; the {} block needs it", c.family.arch)
+                    }
+                    (false, Some(_)) => {
+                        format!("layer {i} has one; the {} block has none", c.family.arch)
+                    }
+                    (true, Some(t)) if (t.rows, t.cols) != (1, len) => {
+                        format!("layer {i}'s is {}x{}, not 1x{len}", t.rows, t.cols)
+                    }
+                    _ => continue,
+                };
+                return Err(Error::InvalidConfig {
+                    field,
+                    value: i as i64,
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A model with seeded random f32 weights (uniform in ±0.5/sqrt(fan-in),
     /// norms near 1): for tests and benchmarks of realistic shapes without files.
     pub fn random(config: Config, seed: u64) -> Result<Model> {
         config.validate()?;
         let rng = &mut XorShift::new(seed);
         let c = &config;
-        let (d, h, v, kv) = (c.dim, c.hidden_dim, c.vocab_size, c.kv_dim());
+        let (d, h, v, kv, q) = (c.dim, c.hidden_dim, c.vocab_size, c.kv_dim(), c.q_dim());
         // Uniform in ±0.5 * scale / sqrt(cols).
         let mat = |rng: &mut XorShift, rows: usize, cols: usize, scale: f32| {
             let s = scale / (cols as f32).sqrt();
@@ -376,18 +433,25 @@ impl Model {
             Tensor::from_f32(rows, cols, &values)
         };
         // Uniform in [0.75, 1.25).
-        let norm = |rng: &mut XorShift| {
-            let values: Vec<f32> = (0..d).map(|_| 0.75 + 0.5 * rng.next_f32()).collect();
-            Tensor::from_f32(1, d, &values)
+        let norm_of = |rng: &mut XorShift, n: usize| {
+            let values: Vec<f32> = (0..n).map(|_| 0.75 + 0.5 * rng.next_f32()).collect();
+            Tensor::from_f32(1, n, &values)
         };
+        let norm = |rng: &mut XorShift| norm_of(rng, d);
+        let block = c.block();
         let token_embedding = mat(rng, v, d, (d as f32).sqrt());
         let layers = (0..c.n_layers)
             .map(|_| LayerWeights {
                 rms_att: norm(rng),
-                wq: mat(rng, d, d, 1.0),
+                wq: mat(rng, q, d, 1.0),
                 wk: mat(rng, kv, d, 1.0),
                 wv: mat(rng, kv, d, 1.0),
-                wo: mat(rng, d, d, 1.0),
+                // Biases uniform in ±0.25.
+                qkv_bias: block
+                    .qkv_bias
+                    .then(|| mat(rng, 1, q + 2 * kv, 0.5 * ((q + 2 * kv) as f32).sqrt())),
+                qk_norm: block.qk_norm.then(|| norm_of(rng, 2 * c.head_size)),
+                wo: mat(rng, d, q, 1.0),
                 rms_ffn: norm(rng),
                 w1: mat(rng, h, d, 1.0),
                 w2: mat(rng, d, h, 1.0),

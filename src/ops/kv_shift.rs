@@ -144,6 +144,7 @@ mod tests {
             rope_dim: 12,
             theta: 10000.0,
             freq_factors: None,
+            pairing: crate::rope::Pairing::Adjacent,
         };
         let table = rope.table(capacity);
         let tb = b.buffer(&table);

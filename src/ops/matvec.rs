@@ -282,6 +282,7 @@ mod tests {
             rope_dim: head_size,
             theta: 10000.0,
             freq_factors: None,
+            pairing: crate::rope::Pairing::Adjacent,
         };
         let table = b.buffer(&rope.table(capacity));
         for (dtype, cols, limit) in [
@@ -338,7 +339,10 @@ mod tests {
                     );
                     b.run(&d, 1);
                     let (mut eq, mut ek, mut ev) = (vec![0.0; q_dim], k0.clone(), v0.clone());
-                    rope_append::cpu(&mut eq, &mut ek, &mut ev, &qkv, pos, &rope, kv_dtype);
+                    let no_prep = (None, None, 0.0);
+                    rope_append::cpu(
+                        &mut eq, &mut ek, &mut ev, &qkv, pos, &rope, kv_dtype, no_prep,
+                    );
                     let what =
                         format!("{dtype:?} {rows}x{cols} {kv_dtype:?} pos {pos} ({build} build)");
                     assert_close(&b.read(&ob), &eq, &format!("q {what}"));

@@ -142,7 +142,14 @@ pub fn specialized_variants() -> Vec<Variant> {
     for (i, kv) in crate::kv_cache::KvDtype::ALL.into_iter().enumerate() {
         out.push(kv_shift::variant(kv));
         for paged in [false, true] {
-            out.push(rope_append::variant(paged, kv));
+            // The work before RoPE: none, biases, q/k norms, both.
+            let prep = 2 * i + usize::from(paged);
+            out.push(rope_append::variant(
+                paged,
+                kv,
+                prep % 2 == 1,
+                prep % 4 >= 2,
+            ));
             let heads = 1 + (2 * i + usize::from(paged)) % 4;
             out.push(attention::variant(paged, kv, false, heads));
             out.push(attention::variant(paged, kv, true, 5 - heads));

@@ -1,5 +1,6 @@
 //! Rotary position embedding of q and k, and the append of k and v to the
-//! KV cache, in one kernel. See `shaders/rope_append.wgsl`.
+//! KV cache, in one kernel, with the work some families' blocks do to q and
+//! k before RoPE (biases, per-head norms). See `shaders/rope_append.wgsl`.
 
 use super::{cache_build, grid_64, Dispatch, Needs, Pipelines, Shader, Variant};
 use crate::kv_cache::KvDtype;
@@ -13,8 +14,8 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/rope_append.wgsl")
     ),
     needs: Needs {
-        storage_buffers: 6,
-        uniform_bytes: 16,
+        storage_buffers: 7,
+        uniform_bytes: 20,
         textures: 0,
         workgroup_bytes: 0,
         invocations: 64,
@@ -34,6 +35,8 @@ pub struct Params {
     pub head_size: u32,
     /// Positions a token may take: a flat cache's rows, a paged sequence's context.
     pub capacity: u32,
+    /// RMSNorm epsilon of the q/k norms.
+    pub eps: f32,
 }
 
 /// Shape of the q and k/v rows and of the cache.
@@ -72,13 +75,50 @@ pub struct Bindings<'a> {
     pub paged: bool,
     /// Widths and cache storage.
     pub shape: Shape,
+    /// What the block does to q, k and v before RoPE.
+    pub prep: Prep<'a>,
 }
 
-/// The build of the kernel for a paged pool or a flat cache of `dtype`.
-pub fn variant(paged: bool, dtype: KvDtype) -> Variant {
+/// What a family's block does to q, k and v before RoPE ([`Block`](crate::arch::Block)).
+#[derive(Clone, Copy)]
+pub struct Prep<'a> {
+    /// (q_dim + 2 kv_dim + 2 head_size) f32: q, k and v biases, then the norm
+    /// weights of a q head and of a k head (adjacent order); unread (any
+    /// small buffer) when neither flag is set.
+    pub weights: &'a wgpu::Buffer,
+    /// q, k and v add their biases.
+    pub bias: bool,
+    /// q and k are RMS-normed head by head.
+    pub norm: bool,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+}
+
+#[cfg(test)]
+impl<'a> Prep<'a> {
+    /// Nothing before RoPE (the Llama block); `placeholder` is bound unread.
+    pub fn none(placeholder: &'a wgpu::Buffer) -> Self {
+        Self {
+            weights: placeholder,
+            bias: false,
+            norm: false,
+            eps: 0.0,
+        }
+    }
+}
+
+/// The build of the kernel for a paged pool or a flat cache of `dtype`,
+/// adding biases (`bias`) and norming q and k per head (`norm`) before RoPE.
+pub fn variant(paged: bool, dtype: KvDtype, bias: bool, norm: bool) -> Variant {
+    let mut constants = cache_build(paged, dtype);
+    for (name, on) in [("QKV_BIAS", bias), ("QK_NORM", norm)] {
+        if on {
+            constants.push((name, 1.0));
+        }
+    }
     Variant {
         shader: SHADER,
-        constants: cache_build(paged, dtype),
+        constants,
     }
 }
 
@@ -98,30 +138,74 @@ impl RopeAppend {
     }
 
     /// Binds, for each token t of the pass (position `step.pos + t`):
-    /// `q[t] = rope(qkv[t].q)`, cache row pos of `k_cache = rope(qkv[t].k)`
-    /// and of `v_cache = qkv[t].v`.
+    /// `q[t] = rope(prep(qkv[t].q))`, cache row pos of `k_cache =
+    /// rope(prep(qkv[t].k))` and of `v_cache = prep(qkv[t].v)`.
     pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
-        let s = b.shape;
+        let (s, prep) = (b.shape, b.prep);
         let params = Params {
             q_dim: s.q_dim as u32,
             kv_dim: s.kv_dim as u32,
             head_size: s.head_size as u32,
             capacity: s.capacity as u32,
+            eps: prep.eps,
         };
+        let build = variant(b.paged, s.kv_dtype, prep.bias, prep.norm);
         Dispatch::new(
             device,
-            &self.pipelines.get(variant(b.paged, s.kv_dtype).constants),
+            &self.pipelines.get(build.constants),
             bytemuck::bytes_of(&params),
-            &[b.step, b.table, b.qkv, b.q, b.k_cache, b.v_cache, b.paging],
+            &[
+                b.step,
+                b.table,
+                b.qkv,
+                b.q,
+                b.k_cache,
+                b.v_cache,
+                b.paging,
+                prep.weights,
+            ],
             grid_64(s.q_dim as u32 / 2),
         )
         .batched(1)
     }
 }
 
+/// Host reference of what a block does to one token's q, k and v before
+/// RoPE: each adds its part of `bias` (q_dim + 2 kv_dim), then each head of
+/// q and of k is RMS-normed with `norm`'s weights (head_size of q's, then
+/// head_size of k's).
+pub fn prepare(
+    q: &mut [f32],
+    k: &mut [f32],
+    v: &mut [f32],
+    bias: Option<&[f32]>,
+    norm: Option<&[f32]>,
+    eps: f32,
+) {
+    if let Some(bias) = bias {
+        let (bq, bkv) = bias.split_at(q.len());
+        let (bk, bv) = bkv.split_at(k.len());
+        for (out, b) in [(&mut *q, bq), (&mut *k, bk), (&mut *v, bv)] {
+            out.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+        }
+    }
+    if let Some(g) = norm {
+        let (gq, gk) = g.split_at(g.len() / 2);
+        for (out, g) in [(q, gq), (k, gk)] {
+            for head in out.chunks_mut(g.len()) {
+                let x = head.to_vec();
+                super::rmsnorm::cpu(head, &x, g, eps);
+            }
+        }
+    }
+}
+
 /// Host reference of the kernel for one token at `pos`: splits `qkv` into
-/// q, k, v, rotates q and k ([`Rope::rotate`](crate::rope::Rope::rotate)) and appends k, v ([`append`]).
+/// q, k, v, prepares them as `prep` = (bias, norm, eps) says ([`prepare`]),
+/// rotates q and k ([`Rope::rotate`](crate::rope::Rope::rotate)) and
+/// appends k, v ([`append`]).
 #[cfg(test)]
+#[allow(clippy::too_many_arguments)]
 pub fn cpu(
     q: &mut [f32],
     k_cache: &mut [f32],
@@ -130,13 +214,15 @@ pub fn cpu(
     pos: usize,
     rope: &crate::rope::Rope,
     dtype: KvDtype,
+    prep: (Option<&[f32]>, Option<&[f32]>, f32),
 ) {
     let (qs, kv) = qkv.split_at(q.len());
     let (k, v) = kv.split_at(kv.len() / 2);
     q.copy_from_slice(qs);
-    let mut k = k.to_vec();
+    let (mut k, mut v) = (k.to_vec(), v.to_vec());
+    prepare(q, &mut k, &mut v, prep.0, prep.1, prep.2);
     rope.rotate(q, &mut k, pos);
-    append(k_cache, v_cache, &k, v, pos, dtype);
+    append(k_cache, v_cache, &k, &v, pos, dtype);
 }
 
 /// Host reference: row `pos` of each cache becomes k / v, rounded as the
@@ -162,14 +248,16 @@ pub fn append(
 mod tests {
     use super::*;
     use crate::ops::testing::*;
-    use crate::rope::Rope;
+    use crate::rope::{Pairing, Rope};
 
     #[test]
     fn rope_append_matches_cpu_and_writes_only_its_slots() {
         let b = require!(Bench::new());
-        // Grouped-query: 6 query heads over 2 KV heads of size 10; full, partial
+        // Grouped-query: 12 query heads over 6 KV heads of size 16; full, partial
         // (first 6 dimensions) and Llama-3-style scaled rotations.
         // kv_dim 96: three quantized blocks, the last alone in its pair.
+        // Each of the four builds of the work before RoPE (none, biases,
+        // q/k norms, both) runs with every rotation and cache type.
         let (head_size, n_heads, n_kv_heads, capacity) = (16, 12, 6, 37);
         let (q_dim, kv_dim) = (n_heads * head_size, n_kv_heads * head_size);
         let width = q_dim + 2 * kv_dim;
@@ -178,6 +266,7 @@ mod tests {
             rope_dim,
             theta,
             freq_factors,
+            pairing: Pairing::Adjacent,
         };
         let ropes = [
             rope(16, 10000.0, None),
@@ -188,9 +277,28 @@ mod tests {
                 Some(vec![1.0, 1.5, 2.0, 8.0, 32.0, 1.0, 4.0, 2.0]),
             ),
         ];
-        for rope in ropes {
+        // Biases of q, k, v, then norm weights of a q head and a k head.
+        let prep_weights: Vec<f32> = random(width, 70)
+            .into_iter()
+            .chain(random(2 * head_size, 71).iter().map(|v| 1.0 + v))
+            .collect();
+        let prep_buffer = b.buffer(&prep_weights);
+        let eps = 1e-5;
+        for (r, rope) in ropes.into_iter().enumerate() {
             let table = b.buffer(&rope.table(capacity));
-            for kv_dtype in KvDtype::ALL {
+            for (i, kv_dtype) in KvDtype::ALL.into_iter().enumerate() {
+                let (bias, norm) = ((r + i) % 2 == 1, (r + i) % 4 >= 2);
+                let prep = Prep {
+                    weights: &prep_buffer,
+                    bias,
+                    norm,
+                    eps,
+                };
+                let cpu_prep = (
+                    bias.then_some(&prep_weights[..width]),
+                    norm.then_some(&prep_weights[width..]),
+                    eps,
+                );
                 let shape = Shape {
                     q_dim,
                     kv_dim,
@@ -214,6 +322,7 @@ mod tests {
                             paged: false,
                             table: &table,
                             shape,
+                            prep,
                         },
                     );
                     b.run(&d, n);
@@ -232,9 +341,11 @@ mod tests {
                     let (mut eq, mut ek, mut ev) = (vec![0.0; n * q_dim], kc0.clone(), vc0.clone());
                     for (t, row) in qkv.chunks(width).enumerate() {
                         let q = &mut eq[t * q_dim..(t + 1) * q_dim];
-                        cpu(q, &mut ek, &mut ev, row, pos + t, &rope, kv_dtype);
+                        cpu(q, &mut ek, &mut ev, row, pos + t, &rope, kv_dtype, cpu_prep);
                     }
-                    let what = format!("{kv_dtype:?} pos {pos} tokens {n} {rope:?}");
+                    let what = format!(
+                        "{kv_dtype:?} pos {pos} tokens {n} {rope:?} bias {bias} norm {norm}"
+                    );
                     assert_close(&q, &eq, &format!("q {what}"));
                     // The pass's slots as the host rounds them (within
                     // cache_tolerance); the others untouched (as uploaded).
@@ -279,6 +390,7 @@ mod tests {
             rope_dim: head_size,
             theta: 10000.0,
             freq_factors: None,
+            pairing: Pairing::Adjacent,
         };
         let capacity = 16;
         let table = b.buffer(&rope.table(capacity));
@@ -319,6 +431,7 @@ mod tests {
                     paged: true,
                     table: &table,
                     shape,
+                    prep: Prep::none(&qkvb),
                 },
             );
             b.run(&d, n);
@@ -334,7 +447,16 @@ mod tests {
             for (t, &(s, pos)) in tokens.iter().enumerate() {
                 let row = &qkv[t * width..(t + 1) * width];
                 let q = &mut eq[t * q_dim..(t + 1) * q_dim];
-                cpu(q, &mut ek[s], &mut ev[s], row, pos, &rope, kv_dtype);
+                cpu(
+                    q,
+                    &mut ek[s],
+                    &mut ev[s],
+                    row,
+                    pos,
+                    &rope,
+                    kv_dtype,
+                    (None, None, 0.0),
+                );
             }
             let what = format!("paged append {kv_dtype:?}");
             assert_close(&q, &eq, &format!("q {what}"));

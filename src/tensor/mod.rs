@@ -298,6 +298,19 @@ impl Tensor {
         ))
     }
 
+    /// The rows in `order`: row r of the result is row `order[r]` (a copy).
+    /// Panics if an index is past the last row.
+    pub fn reorder_rows(&self, order: &[usize]) -> Tensor {
+        let (rb, all) = (self.row_bytes(), self.bytes());
+        let bytes: Vec<u8> = order
+            .iter()
+            .flat_map(|&r| &all[r * rb..(r + 1) * rb])
+            .copied()
+            .collect();
+        let n = bytes.len();
+        Self::from_shared(self.dtype, order.len(), self.cols, Arc::new(bytes), 0..n)
+    }
+
     /// Row `r` as f32 values written into `out` (cols,).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let rb = self.row_bytes();

@@ -136,6 +136,7 @@ pub fn tiny_model(seq_len: usize) -> Model {
         n_layers: 2,
         n_heads: 6,
         n_kv_heads: 2,
+        head_size: 8,
         vocab_size: 300,
         seq_len,
         shared_classifier: false,
@@ -143,6 +144,7 @@ pub fn tiny_model(seq_len: usize) -> Model {
         rope_theta: 10000.0,
         rope_dim: 8,
         rope_freq_factors: None,
+        family: kvgpu::arch::Family::llama(),
     };
     Model::random(config, 7).expect("valid config")
 }

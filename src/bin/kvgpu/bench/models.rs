@@ -22,6 +22,7 @@ fn synthetic(name: &str, spec: &str) -> Result<(Config, DType), String> {
         n_layers: n(2)?,
         n_heads: heads,
         n_kv_heads: n(4)?,
+        head_size: dim / heads.max(1),
         vocab_size: n(5)?,
         seq_len: n(6)?,
         shared_classifier: true,
@@ -29,6 +30,7 @@ fn synthetic(name: &str, spec: &str) -> Result<(Config, DType), String> {
         rope_theta: 10000.0,
         rope_dim: dim / heads.max(1),
         rope_freq_factors: None,
+        family: kvgpu::arch::Family::llama(),
     };
     Ok((config, dtype))
 }

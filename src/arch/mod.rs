@@ -1,0 +1,94 @@
+//! Model families: what each one's transformer block computes ([`Block`],
+//! read by the CPU reference in `cpu.rs` and the GPU pass in `pass.rs`
+//! alike) and how its GGUF files lay the block out ([`Family`], read by the
+//! loader in `model/gguf.rs`). One file a family; [`FAMILIES`] lists them.
+//!
+//! Every family's block is the Llama block with some of these changes:
+//!
+//! ```text
+//! x = embed(token)
+//! per layer:
+//!   n = rmsnorm(x) * g_att
+//!   q, k, v = Wq n (+ bq), Wk n (+ bk), Wv n (+ bv)        qkv_bias
+//!   q, k = rmsnorm_head(q) * g_q, rmsnorm_head(k) * g_k   qk_norm
+//!   q, k = rope(q, pos), rope(k, pos)                     rope_pairing
+//!   x += Wo attention(q, cache ∪ k, cache ∪ v)
+//!   n = rmsnorm(x) * g_ffn
+//!   x += W2 (silu(W1 n) * W3 n)
+//! logits = Wcls (rmsnorm(x) * g_final)
+//! ```
+
+use crate::rope::Pairing;
+
+mod llama;
+mod phi3;
+mod qwen2;
+mod qwen3;
+
+/// What a family's block computes beyond the Llama block. The layer
+/// weights a block needs ([`LayerWeights`](crate::model::LayerWeights)'s
+/// optional tensors) are present exactly when it asks for them
+/// ([`Model::validate`](crate::model::Model::validate)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// How RoPE pairs a head's dimensions.
+    pub rope_pairing: Pairing,
+    /// Q, K and V projections add a bias (`LayerWeights::qkv_bias`).
+    pub qkv_bias: bool,
+    /// q and k are RMS-normed head by head, with weights of their own,
+    /// before RoPE (`LayerWeights::qk_norm`).
+    pub qk_norm: bool,
+}
+
+impl Block {
+    /// The Llama block: adjacent RoPE pairs, no biases, no q/k norms.
+    pub const LLAMA: Block = Block {
+        rope_pairing: Pairing::Adjacent,
+        qkv_bias: false,
+        qk_norm: false,
+    };
+
+    /// Whether q and k need work between the QKV projection and RoPE
+    /// (biases or norms): the GPU pass then runs them in the RoPE kernel,
+    /// not in the projection's epilogue.
+    pub fn prepares_qk(&self) -> bool {
+        self.qkv_bias || self.qk_norm
+    }
+}
+
+/// A model family as GGUF files store it: the architecture name, the block
+/// it computes, and how its tensors are laid out.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Family {
+    /// `general.architecture`, also the prefix of its hyper-parameter keys
+    /// (`qwen2.attention.head_count`).
+    pub arch: &'static str,
+    /// What its block computes.
+    pub block: Block,
+    /// Whether Q, K and V may come as one `attn_qkv` tensor (rows: Q, then
+    /// K, then V) instead of three.
+    pub fused_qkv: bool,
+    /// Whether gate and up come as one `ffn_up` tensor of 2 hidden_dim rows
+    /// (gate rows, then up rows), with no `ffn_gate`.
+    pub fused_gate_up: bool,
+}
+
+/// Every family kvgpu runs.
+pub const FAMILIES: [&Family; 4] = [&llama::LLAMA, &qwen2::QWEN2, &qwen3::QWEN3, &phi3::PHI3];
+
+impl Family {
+    /// The family whose GGUF architecture name is `arch`.
+    pub fn from_arch(arch: &str) -> Option<&'static Family> {
+        FAMILIES.into_iter().find(|f| f.arch == arch)
+    }
+
+    /// The Llama family (llama2.c checkpoints are Llama).
+    pub fn llama() -> &'static Family {
+        &llama::LLAMA
+    }
+
+    /// The architecture names of every family, for error messages.
+    pub fn names() -> String {
+        FAMILIES.map(|f| f.arch).join(", ")
+    }
+}

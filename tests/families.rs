@@ -1,0 +1,260 @@
+//! Model families beyond Llama (`src/arch/`): stories260K dressed as Qwen2,
+//! Qwen3 and Phi-3 gives llama.cpp's reference texts byte for byte; a random
+//! model of every family, with heads wider than dim / n_heads and a partial
+//! rotation, decodes on the GPU as the CPU reference computes it, token by
+//! token, in one prefill pass and in an engine's paged passes; a model
+//! written as its family's GGUF reads back the same; files of other
+//! architectures, or missing a tensor their family needs, are refused by name.
+
+mod common;
+
+use common::max_abs_diff;
+use kvgpu::arch::{Family, FAMILIES};
+use kvgpu::cpu::CpuSession;
+use kvgpu::gguf::{Gguf, GgufError, Value};
+use kvgpu::{
+    generate, Config, DType, Engine, EngineOptions, GpuModel, Length, Model, Sampler, Session,
+    Tokenizer,
+};
+
+/// `llama-simple` (llama.cpp b11434, CPU) on each dressed file, greedy, BOS
+/// added: the models README's "stories260K dressed as other architectures".
+const DRESSED: [(&str, &str, usize, &str); 3] = [
+    (
+        "stories260K-as-qwen2.gguf",
+        "The little dog",
+        80,
+        "The little dog was a little girl named Lily. She loved to play with her toys and her toys. One day, she saw a big box with a big box. It was a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"L",
+    ),
+    (
+        "stories260K-as-qwen3.gguf",
+        "Once upon a time",
+        60,
+        "Once upon a time, there was a little gir mommy. The boathers. The bir mommy. The bir mommy. She was aness. She was aness. She was anes and aness. She was an's",
+    ),
+    (
+        "stories260K-as-phi3.gguf",
+        "Tom and Sue went to the park",
+        80,
+        "Tom and Sue went to the park. They saw a big box with a big box. They wanted to play with it. They wanted to play with the box. They wanted to play with the box.\n\"Look, Mom!\" Tom said. \"Let's go to the park.\"\n\"Let's g",
+    ),
+];
+
+/// GPU against CPU logits of a random model: f32 weights and cache, the
+/// same sums in another order (a few ulps of logits of size ~1).
+const LOGIT_TOLERANCE: f32 = 1e-4;
+
+#[test]
+fn dressed_stories_give_llama_cpp_reference_texts() {
+    let gpu = require!(common::gpu());
+    for (file, prompt, new_tokens, expect) in DRESSED {
+        let path = require!(common::model_file(file));
+        let (model, tok) = Model::load(path).unwrap();
+        let tok = tok.expect("GGUF holds its tokenizer");
+        let arch = file["stories260K-as-".len()..].trim_end_matches(".gguf");
+        assert_eq!(model.config.family.arch, arch);
+        let mut s = Session::new(&GpuModel::new(&gpu, &model).unwrap(), None).unwrap();
+        let length = Length::NewTokens(new_tokens);
+        let text = generate(&mut s, &tok, &mut Sampler::greedy(), prompt, length, |_| {})
+            .unwrap()
+            .text;
+        assert_eq!(text, expect, "{file}");
+    }
+}
+
+/// A small model of `family`: 4 query heads of 16 over 2 K/V heads (q_dim
+/// 64 against dim 48), RoPE on the first 12 dimensions of each head.
+fn config(family: &'static Family) -> Config {
+    Config {
+        dim: 48,
+        hidden_dim: 72,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_size: 16,
+        vocab_size: 300,
+        seq_len: 64,
+        shared_classifier: false,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_dim: 12,
+        rope_freq_factors: None,
+        family,
+    }
+}
+
+fn tokens(n: usize, seed: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 37 + seed * 11) % 300).collect()
+}
+
+#[test]
+fn every_family_decodes_on_the_gpu_as_the_cpu_reference() {
+    let gpu = require!(common::gpu());
+    for family in FAMILIES {
+        let model = Model::random(config(family), 5).unwrap();
+        let gm = GpuModel::new(&gpu, &model).unwrap();
+        let prompt = tokens(40, 1);
+        let mut cpu = CpuSession::new(&model, None).unwrap();
+        let expect: Vec<Vec<f32>> = prompt
+            .iter()
+            .map(|&t| cpu.forward(t).unwrap().to_vec())
+            .collect();
+        // Token by token (the decode step's kernels).
+        let mut s = Session::new(&gm, None).unwrap();
+        for (pos, (&t, e)) in prompt.iter().zip(&expect).enumerate() {
+            let diff = max_abs_diff(s.forward(t).unwrap(), e);
+            assert!(
+                diff <= LOGIT_TOLERANCE,
+                "{} decode at {pos}: {diff}",
+                family.arch
+            );
+        }
+        // One prefill pass (the matrix-matrix kernels), every position's logits.
+        let mut s = Session::new(&gm, None).unwrap();
+        let all = s.prefill_all(&prompt).unwrap();
+        for (pos, e) in expect.iter().enumerate() {
+            let got = &all[pos * 300..(pos + 1) * 300];
+            let diff = max_abs_diff(got, e);
+            assert!(
+                diff <= LOGIT_TOLERANCE,
+                "{} prefill at {pos}: {diff}",
+                family.arch
+            );
+        }
+    }
+}
+
+#[test]
+fn every_family_decodes_in_an_engine_as_the_cpu_reference() {
+    let gpu = require!(common::gpu());
+    for family in FAMILIES {
+        let model = Model::random(config(family), 6).unwrap();
+        let gm = GpuModel::new(&gpu, &model).unwrap();
+        // Three sequences at different positions share each pass.
+        let prompts = [tokens(9, 2), tokens(3, 3), tokens(14, 4)];
+        let mut engine = Engine::new(&gm, EngineOptions::default().pages(16)).unwrap();
+        let ids: Vec<_> = prompts.iter().map(|p| engine.add(p).unwrap()).collect();
+        let mut cpus: Vec<CpuSession> = prompts
+            .iter()
+            .map(|_| CpuSession::new(&model, None).unwrap())
+            .collect();
+        let mut expect: Vec<Vec<f32>> = prompts
+            .iter()
+            .zip(&mut cpus)
+            .map(|(p, cpu)| p.iter().map(|&t| cpu.forward(t).unwrap().to_vec()).last())
+            .map(Option::unwrap)
+            .collect();
+        let mut checked = [0; 3];
+        while checked.iter().any(|&n| n < 6) {
+            for id in engine.step().unwrap() {
+                let i = ids.iter().position(|&x| x == id).unwrap();
+                let got = engine.logits(id).unwrap().to_vec();
+                let diff = max_abs_diff(&got, &expect[i]);
+                assert!(
+                    diff <= LOGIT_TOLERANCE,
+                    "{} sequence {i} step {}: {diff}",
+                    family.arch,
+                    checked[i]
+                );
+                checked[i] += 1;
+                let next = kvgpu::sampler::argmax(&got);
+                engine.push(id, next).unwrap();
+                expect[i] = cpus[i].forward(next).unwrap().to_vec();
+            }
+        }
+    }
+}
+
+#[test]
+fn every_family_writes_gguf_files_it_reads_back() {
+    let dir = common::scratch("families");
+    let tok = Tokenizer::load(common::tiny_tokenizer_file(&dir), 300).unwrap();
+    for family in FAMILIES {
+        let model = Model::random(config(family), 7).unwrap();
+        let bytes = model.to_gguf(&tok, DType::F32).unwrap();
+        let g = Gguf::from_vec(bytes).unwrap();
+        assert_eq!(g.string("general.architecture").unwrap(), Some(family.arch));
+        // Phi-3 stores Q, K, V and gate, up fused, as its files do.
+        let fused = g.tensor_info("blk.0.attn_qkv.weight").is_some();
+        assert_eq!(fused, family.fused_qkv, "{}", family.arch);
+        assert_eq!(
+            g.tensor_info("blk.0.ffn_gate.weight").is_none(),
+            family.fused_gate_up
+        );
+        let back = Model::from_gguf(&g).unwrap();
+        assert_eq!(back.config, model.config);
+        let (a, b) = (model.weights.tensors(), back.weights.tensors());
+        assert_eq!(a.len(), b.len(), "{}", family.arch);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.to_f32(), y.to_f32(), "{}", family.arch);
+        }
+    }
+}
+
+/// A Llama model's GGUF metadata and tensors relabelled as `arch`.
+fn relabelled(arch: &str) -> Vec<u8> {
+    let dir = common::scratch("families_relabelled");
+    let tok = Tokenizer::load(common::tiny_tokenizer_file(&dir), 300).unwrap();
+    let model = Model::random(config(Family::llama()), 8).unwrap();
+    let g = Gguf::from_vec(model.to_gguf(&tok, DType::F32).unwrap()).unwrap();
+    let metadata: Vec<(String, Value)> = g
+        .metadata
+        .iter()
+        .map(|(k, v)| match (k.as_str(), k.strip_prefix("llama.")) {
+            ("general.architecture", _) => (k.clone(), Value::String(arch.into())),
+            (_, Some(rest)) => (format!("{arch}.{rest}"), v.clone()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    model.to_gguf_with(&metadata, DType::F32)
+}
+
+#[test]
+fn a_missing_tensor_and_an_unknown_architecture_are_named() {
+    // Qwen2 needs Q/K/V biases, Qwen3 q/k norms: a Llama model has neither.
+    for (arch, missing) in [
+        ("qwen2", "blk.0.attn_q.bias"),
+        ("qwen3", "blk.0.attn_q_norm.weight"),
+    ] {
+        let err = Model::from_gguf(&Gguf::from_vec(relabelled(arch)).unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, kvgpu::Error::Gguf { kind: GgufError::MissingTensor(name), .. } if name == missing),
+            "{arch}: {err}"
+        );
+    }
+    // Phi-3 reads separate Q, K, V too, but its gate and up come fused.
+    let err = Model::from_gguf(&Gguf::from_vec(relabelled("phi3")).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("blk.0.ffn_up.weight"), "{err}");
+    let err = Model::from_gguf(&Gguf::from_vec(relabelled("gptneox")).unwrap()).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("\"gptneox\"") && message.contains("llama, qwen2, qwen3, phi3"),
+        "{message}"
+    );
+}
+
+#[test]
+fn half_split_rope_reordered_to_adjacent_rotates_the_same() {
+    use kvgpu::rope::{Pairing, Rope};
+    // A head of 10 with its first 6 dimensions rotating.
+    let rope = |pairing| Rope {
+        head_size: 10,
+        rope_dim: 6,
+        theta: 10000.0,
+        freq_factors: None,
+        pairing,
+    };
+    let order = Pairing::HalfSplit.adjacent_order(10, 6);
+    assert_eq!(order, [0, 3, 1, 4, 2, 5, 6, 7, 8, 9]);
+    let stored = common::random(20, 3);
+    let mut half = stored.clone();
+    rope(Pairing::HalfSplit).rotate(&mut half, &mut [], 7);
+    let reordered = |v: &[f32]| -> Vec<f32> {
+        v.chunks(10)
+            .flat_map(|head| order.iter().map(|&r| head[r]))
+            .collect()
+    };
+    let mut adjacent = reordered(&stored);
+    rope(Pairing::Adjacent).rotate(&mut adjacent, &mut [], 7);
+    assert_eq!(reordered(&half), adjacent);
+}
