@@ -1,6 +1,7 @@
 // Attention over the KV cache for each token t of the pass, at position
-// pos = step.pos + t (causal: positions 0..=pos; the pass's own K/V are
-// already in the cache), or, with a paged pool, at its own position through
+// pos = step.pos + t (causal: positions 0..=pos, or on a sliding-window
+// layer the last `window` of them; the pass's own K/V are already in the
+// cache), or, with a paged pool, at its own position through
 // its own sequence's page table (prelude.wgsl). Grouped-query: query head h reads K/V head
 // h / (n_heads / n_kv_heads).
 //
@@ -27,10 +28,13 @@
 // (kv.wgsl, prepended to this file; built per type), decoded value by value here.
 //
 // Bindings (group 0):
-//   0 params:   Params (uniform)      { n_heads, n_kv_heads, head_size, capacity, out_stride, split, splits }
+//   0 params:   Params (uniform)      { n_heads, n_kv_heads, head_size, capacity, out_stride, split, splits,
+//                                       window (0: the whole context), rows }
 //   1 step:     Step (uniform)        { pos, n }
 //   2 q:        array<f32> (storage)  (n, n_heads, head_size)
-//   3 k_cache:  array<u32> (storage)  (capacity, kv_row_words) rows of n_kv_heads * head_size values (kv.wgsl)
+//   3 k_cache:  array<u32> (storage)  (rows, kv_row_words) rows of n_kv_heads * head_size values (kv.wgsl):
+//                                     position p in row p % rows (a flat window layer's ring;
+//                                     rows = capacity elsewhere)
 //   4 v_cache:  array<u32> (storage)  as k_cache
 //   5 scores:   array<f32> (storage)  (n, n_heads, capacity) scratch
 //   6 out:      array<f32> (storage)  (n, out_stride), n_heads * head_size values used per row
@@ -47,6 +51,8 @@ struct Params {
     out_stride: u32,
     split: u32,
     splits: u32,
+    window: u32,
+    rows: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -59,10 +65,20 @@ struct Params {
 fn row_word(token: u32, p: u32) -> u32 {
     let words = kv_row_words(KV_DTYPE, params.n_kv_heads * params.head_size);
     if !PAGED {
-        return p * words;
+        return ring_row(p) * words;
     }
     let table = paging[2u * token + 1u];
     return (paging[table + p / step.page] * step.page + p % step.page) * words;
+}
+
+// The row of a flat cache that holds position p: a window layer's cache is
+// a ring of `rows` (more than its window: a pass's later tokens must not
+// overwrite what its earlier ones read).
+fn ring_row(p: u32) -> u32 {
+    if params.window == 0u {
+        return p;
+    }
+    return p % params.rows;
 }
 
 // Value c of the cache row starting at word `row`, decoded.
@@ -132,10 +148,11 @@ fn reduce(lid: u32, is_max: bool) -> vec4<f32> {
 
 override PER_TOKEN: bool = false;
 
-// Head h, split `split` of the pass's token `token`: the positions it
-// attends to (n = pos + 1) and this split's start..end of them, where its
-// K/V head, q and scores start; ok is false where there is nothing to do
-// (past the heads, tokens, capacity or positions).
+// Head h, split `split` of the pass's token `token`: how many positions it
+// attends to (n: pos + 1, at most the window) and this split's start..end
+// of them (splits count from the first position attended), where its K/V
+// head, q and scores start; ok is false where there is nothing to do (past
+// the heads, tokens, capacity or positions).
 struct Task {
     ok: bool,
     n: u32,
@@ -152,12 +169,16 @@ fn task(h: u32, split: u32, token: u32) -> Task {
         pos = paging[2u * token];
     }
     let n = pos + 1u;
-    let start = split * params.split;
+    var first = 0u;
+    if params.window != 0u && n > params.window {
+        first = n - params.window;
+    }
+    let start = first + split * params.split;
     let ok = h < params.n_heads && token < step.n && pos < params.capacity && start < n;
     let head = token * params.n_heads + h;
     return Task(
         ok,
-        n,
+        n - first,
         start,
         min(n, start + params.split),
         (h / (params.n_heads / params.n_kv_heads)) * params.head_size,
@@ -265,7 +286,7 @@ fn main(
         var acc2 = vec4(0.0);
         var acc3 = vec4(0.0);
         for (var t = a.start; t < a.end; t++) {
-            var row = t * words;
+            var row = ring_row(t) * words;
             if PAGED {
                 row = rows[t - a.start];
             }

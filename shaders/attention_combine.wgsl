@@ -10,7 +10,7 @@
 // Tokens whose positions fit one split were finished by attention.wgsl.
 //
 // Bindings (group 0):
-//   0 params:   Params (uniform)      { n_heads, head_size, capacity, out_stride, split, splits }
+//   0 params:   Params (uniform)      { n_heads, head_size, capacity, out_stride, split, splits, window }
 //   1 step:     Step (uniform)        { pos, n }
 //   2 partials: array<f32> (storage)  (n, n_heads, splits, head_size + 2): o, then m and l
 //   3 out:      array<f32> (storage)  (n, out_stride), n_heads * head_size values used per row
@@ -25,6 +25,7 @@ struct Params {
     out_stride: u32,
     split: u32,
     splits: u32,
+    window: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -44,7 +45,11 @@ fn main(
     if PAGED {
         pos = paging[2u * token];
     }
-    let n = pos + 1u;
+    // Positions attended: pos + 1, at most the window (0: no window).
+    var n = pos + 1u;
+    if params.window != 0u {
+        n = min(n, params.window);
+    }
     if h >= params.n_heads || token >= step.n || pos >= params.capacity || n <= params.split {
         return;
     }

@@ -37,16 +37,19 @@ struct Params {
     kv_dim: u32,
     head_size: u32,
     kv_dtype: u32,
+    scale: f32,
 }
 
 // Projection modes (matvec_row.wgsl, matmul_tile.wgsl).
 const MODE_SET: u32 = 0u;
 const MODE_ADD: u32 = 1u;
 const MODE_SWIGLU: u32 = 2u;
+const MODE_GEGLU: u32 = 3u;
 
 // The projection epilogue (matvec, matmul; every kernel including this file
-// binds `out`): out[o] = s, += s (a residual add) or silu(s) * u (SwiGLU,
-// u the up projection) by `mode`. Callers own out[o]: in place is safe.
+// binds `out`): out[o] = s, += s (a residual add), silu(s) * u (SwiGLU, u
+// the up projection) or gelu(s) * u (GeGLU, GGML's tanh form) by `mode`.
+// Callers own out[o]: in place is safe.
 fn project(o: u32, s: f32, u: f32) {
     switch params.mode {
         case MODE_ADD: {
@@ -54,6 +57,12 @@ fn project(o: u32, s: f32, u: f32) {
         }
         case MODE_SWIGLU: {
             out[o] = s * (1.0 / (1.0 + exp(-s))) * u;
+        }
+        case MODE_GEGLU: {
+            // tanh's argument clamped where tanh is 1 in f32 (its
+            // exponentials would overflow past it on some adapters).
+            let a = clamp(0.7978846 * s * (1.0 + 0.044715 * s * s), -15.0, 15.0);
+            out[o] = 0.5 * s * (1.0 + tanh(a)) * u;
         }
         default: {
             out[o] = s;

@@ -1,12 +1,12 @@
 // Token embedding: out[t] = row tokens[t] of the embedding table, decoded to
-// f32, for each token of the pass. For a table split into row-chunks, each
+// f32 and times `scale` (1, or sqrt(dim) for Gemma), for each token of the pass. For a table split into row-chunks, each
 // chunk's dispatch writes only the tokens that fall in its rows. Built with
 // the override NEXT_NORM = true, it also writes xg[t] = out[t] * g, the
 // input of the NORM projection (matvec_row.wgsl) that reads out next.
 // dequant.wgsl is prepended to this file.
 //
 // Bindings (group 0):
-//   0 params: Params (uniform)       { rows, cols, row_bytes, out_offset (the chunk's first row), .., out_stride } (dequant.wgsl)
+//   0 params: Params (uniform)       { rows, cols, row_bytes, out_offset (the chunk's first row), .., out_stride, .., scale } (dequant.wgsl)
 //   1 w:      texture_2d<u32>        (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 tokens: array<u32> (storage)   (n,)
 //   3 out:    array<f32> (storage)   (n, out_stride), cols values used per row
@@ -36,9 +36,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let v = x8(w, DTYPE, (token - params.out_offset) * params.row_bytes, c);
     for (var i = 0u; i < min(8u, params.cols - c); i++) {
         let o = t * params.out_stride + c + i;
-        out[o] = v[i / 4u][i % 4u];
+        let x = v[i / 4u][i % 4u] * params.scale;
+        out[o] = x;
         if NEXT_NORM {
-            xg[o] = v[i / 4u][i % 4u] * g[c + i];
+            xg[o] = x * g[c + i];
         }
     }
 }

@@ -8,6 +8,7 @@
 //   MODE_SET     out[t, out_offset + r]  = W[r] . x[t]
 //   MODE_ADD     out[t, out_offset + r] += W[r] . x[t]
 //   MODE_SWIGLU  out[t, out_offset + r]  = silu(W[r] . x[t]) * (W_up[r] . x[t])
+//   MODE_GEGLU   out[t, out_offset + r]  = gelu(W[r] . x[t]) * (W_up[r] . x[t])
 //
 // Bindings (group 0):
 //   0 params: Params (uniform, dequant.wgsl)    { rows, cols, row_bytes, out_offset, mode, up_row_bytes, out_stride, x_stride, first_token, tile }
@@ -15,7 +16,7 @@
 //   2 step:   Step (uniform)                    { pos, n }
 //   3 x:      array<vec4<f32>, 4096> (uniform)  (tile, x_stride): the tile's input rows, 64 KiB from token first_token
 //   4 out:    array<f32> (storage)              (n, out_stride)
-//   5 w_up:   texture_2d<u32>                   (rows, up_row_bytes); MODE_SWIGLU only (else w again)
+//   5 w_up:   texture_2d<u32>                   (rows, up_row_bytes); MODE_SWIGLU and MODE_GEGLU only (else w again)
 //
 // Four rows per thread (r, r + 64, r + 128, r + 192), 256 rows per
 // workgroup (or two rows, 128, built with FOUR_ROWS = false), one launch
@@ -312,7 +313,7 @@ fn tile(group: u32, lid: u32) {
     rows_tile(w, DTYPE, rows[0] * b, rows[1] * b, rows[2] * b, rows[3] * b, b, params.cols);
     // The up projection's sums (SwiGLU), swapped with the accumulators around its pass.
     var u = array<f32, 32>();
-    if params.mode == MODE_SWIGLU {
+    if params.mode >= MODE_SWIGLU {
         u = swap(u);
         let ub = params.up_row_bytes;
         rows_tile(w_up, UP_DTYPE, rows[0] * ub, rows[1] * ub, rows[2] * ub, rows[3] * ub, ub, params.cols);

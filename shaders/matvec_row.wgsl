@@ -7,6 +7,7 @@
 //   MODE_SET     out[out_offset + r]  = W[r] . x
 //   MODE_ADD     out[out_offset + r] += W[r] . x      (residual add in the epilogue)
 //   MODE_SWIGLU  out[out_offset + r]  = silu(W[r] . x) * (W_up[r] . x)  (gate, up and SiLU in one pass)
+//   MODE_GEGLU   out[out_offset + r]  = gelu(W[r] . x) * (W_up[r] . x)  (likewise, GELU's tanh form)
 //                (a pipeline constant too, SWIGLU: gate and up of one type, Q4_1, Q8_0 or
 //                aligned F16, are read in one loop, each input once for both: pair_dot)
 // Built with the override NORM = true, the product is W . rmsnorm(x) * g,
@@ -35,7 +36,7 @@
 //   1 w:       texture_2d<u32>                   (rows, row_bytes) raw bytes (dequant.wgsl)
 //   2 x:       array<vec4<f32>, 4096> (uniform)  (cols,) zero-padded to 16384 values; NORM: x * g
 //   3 out:     array<f32> (storage)              (out_offset + rows,); ROPE: (q_dim,) rotated q
-//   4 w_up:    texture_2d<u32>                   (rows, up_row_bytes) raw bytes; MODE_SWIGLU only (else w again)
+//   4 w_up:    texture_2d<u32>                   (rows, up_row_bytes) raw bytes; MODE_SWIGLU and MODE_GEGLU only (else w again)
 //   5 residual: array<vec4<f32>, 4096> (uniform) (cols,) the residual stream x, zero-padded; NORM only (else x again)
 //   6 step:    RopeStep (uniform)                { pos, n, page }: the pass's Step (prelude.wgsl); ROPE only (else x)
 //   7 table:   array<f32> (storage)              (capacity, head_size / 2, 2) = (cos, sin); ROPE only (else out)

@@ -2,12 +2,20 @@
 // With `last` set, only the pass's last token: out[0] = rmsnorm(x[step.n - 1])
 // (the classifier's input after a prompt).
 //
+// Built with RESIDUAL = true (the norms after attention and after the
+// feed-forward block, Gemma's), the normed row joins the residual stream
+// instead: out[t, i] += weight[i] * x[t, i] / rms(x[t]), and xg[t, i] =
+// out[t, i] * next_g[i], the input of the NORM projection that reads the
+// stream next (matvec_row.wgsl).
+//
 // Bindings (group 0):
 //   0 params: Params (uniform)       { n, eps, last, stride }
 //   1 x:      array<f32> (storage)   (tokens, stride), n values used per row
 //   2 weight: array<f32> (storage)   (n,)
 //   3 out:    array<f32> (storage)   (tokens, stride), n values used per row
 //   4 step:   Step (uniform)         { pos, n }
+//   5 next_g: array<f32> (storage)   (n,) the next norm's weights; RESIDUAL only (else weight)
+//   6 xg:     array<f32> (storage)   (tokens, stride) out * next_g; RESIDUAL only (else out)
 //
 // One workgroup of 256 threads per token (grid z): strided sum of squares,
 // tree reduction.
@@ -24,6 +32,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> step: Step;
+@group(0) @binding(5) var<storage, read> next_g: array<f32>;
+@group(0) @binding(6) var<storage, read_write> xg: array<f32>;
+
+override RESIDUAL: bool = false;
 
 const WG: u32 = 256u;
 var<workgroup> partial: array<f32, WG>;
@@ -46,6 +58,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     let scale = 1.0 / sqrt(partial[0] / f32(params.n) + params.eps);
     for (var i = lid; i < params.n; i += WG) {
-        out[dst + i] = weight[i] * (scale * x[src + i]);
+        let y = weight[i] * (scale * x[src + i]);
+        if RESIDUAL {
+            let r = out[dst + i] + y;
+            out[dst + i] = r;
+            xg[dst + i] = r * next_g[i];
+        } else {
+            out[dst + i] = y;
+        }
     }
 }

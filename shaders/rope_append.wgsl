@@ -16,7 +16,8 @@
 // biases and norm weights went to the GPU in adjacent order.
 //
 // Bindings (group 0):
-//   0 params:  Params (uniform)      { q_dim, kv_dim, head_size, capacity (positions a token may take), eps }
+//   0 params:  Params (uniform)      { q_dim, kv_dim, head_size, capacity (positions a token may take), eps,
+//                                    rows (of a flat cache: position p goes to row p % rows) }
 //   1 step:    Step (uniform)        { pos, n }
 //   2 table:   array<f32> (storage)  (capacity, head_size / 2, 2) = (cos, sin)
 //   3 qkv:     array<f32> (storage)  (n, q_dim + 2 kv_dim) projections: q, k, v
@@ -39,6 +40,7 @@ struct Params {
     head_size: u32,
     capacity: u32,
     eps: f32,
+    rows: u32,
 }
 
 override QKV_BIAS: bool = false;
@@ -96,7 +98,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     var pos = step.pos + t;
-    var slot_row = pos;
+    var slot_row = pos % params.rows;
     if PAGED {
         pos = paging[2u * t];
         let table = paging[2u * t + 1u];

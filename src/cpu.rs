@@ -139,6 +139,24 @@ impl<'m> CpuSession<'m> {
         self.positions.truncate(len)
     }
 
+    /// x += W out, or with a post-norm's weights g, x += rmsnorm(W out) g,
+    /// `out` the attention output or the feed-forward hidden state.
+    fn residual(&mut self, w: &Tensor, of: Output, post_norm: Option<&[f32]>) {
+        let out = match of {
+            Attention => &self.xb2,
+            FeedForward => &self.hb,
+        };
+        match post_norm {
+            None => matvec::cpu(&mut self.x, w, out, CpuMode::Add),
+            Some(g) => {
+                let mut y = vec![0.0; self.x.len()];
+                matvec::cpu(&mut y, w, out, CpuMode::Set);
+                rmsnorm::cpu(&mut self.xb, &y, g, self.model.config.norm_eps);
+                self.x.iter_mut().zip(&self.xb).for_each(|(x, n)| *x += n);
+            }
+        }
+    }
+
     /// Runs `token` at the next position and returns the logits (vocab_size,).
     pub fn forward(&mut self, token: u32) -> Result<&[f32]> {
         let m = self.model;
@@ -148,18 +166,27 @@ impl<'m> CpuSession<'m> {
         let pos = positions.start;
         let capacity = self.positions.capacity();
         let kv = c.kv_dim();
-        let shape = attention::Shape {
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_size: c.head_size,
-            capacity,
-            kv_dtype: self.kv_dtype,
-        };
-        let rope = c.rope();
-        // Token embedding.
+        let block = c.block();
+        // Token embedding (scaled by sqrt(dim) where the block says so).
         embed::cpu(&mut self.x, &w.token_embedding, token);
+        if block.embed_scale {
+            let scale = (c.dim as f32).sqrt();
+            self.x.iter_mut().for_each(|x| *x *= scale);
+        }
         for (l, lw) in w.layers.iter().enumerate() {
             let cache = l * capacity * kv..(l + 1) * capacity * kv;
+            // A window layer attends to its last `window` positions only
+            // (the host cache keeps them all).
+            let shape = attention::Shape {
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+                head_size: c.head_size,
+                capacity,
+                kv_dtype: self.kv_dtype,
+                window: c.layer_window(l).unwrap_or(0),
+                rows: capacity,
+            };
+            let rope = c.layer_rope(l);
             // Attention: rmsnorm, q/k/v projections (+ biases), q/k norms,
             // RoPE, append, attend, output projection.
             rmsnorm::cpu(&mut self.xb, &self.x, &self.norms[l].0, c.norm_eps);
@@ -193,15 +220,20 @@ impl<'m> CpuSession<'m> {
                 pos,
                 shape,
             );
-            matvec::cpu(&mut self.x, &lw.wo, &self.xb2, CpuMode::Add);
-            // Feed-forward: rmsnorm, gate and up projections, SwiGLU, down projection.
+            let post = lw
+                .post_norms
+                .as_ref()
+                .map(|(a, f)| (a.to_f32(), f.to_f32()));
+            self.residual(&lw.wo, Attention, post.as_ref().map(|p| &p.0[..]));
+            // Feed-forward: rmsnorm, gate and up projections, the gate's
+            // activation, down projection.
             rmsnorm::cpu(&mut self.xb, &self.x, &self.norms[l].1, c.norm_eps);
             lw.w1.matvec(&self.xb, &mut self.hb);
             lw.w3.matvec(&self.xb, &mut self.hb2);
             for (g, u) in self.hb.iter_mut().zip(&self.hb2) {
-                *g = matvec::silu(*g) * u;
+                *g = block.activation.apply(*g) * u;
             }
-            matvec::cpu(&mut self.x, &lw.w2, &self.hb, CpuMode::Add);
+            self.residual(&lw.w2, FeedForward, post.as_ref().map(|p| &p.1[..]));
         }
         // Final norm and classifier.
         rmsnorm::cpu(&mut self.xb, &self.x, &self.final_norm, c.norm_eps);
@@ -210,3 +242,11 @@ impl<'m> CpuSession<'m> {
         Ok(&self.logits)
     }
 }
+
+/// Which output of a block joins the residual stream.
+#[derive(Clone, Copy)]
+enum Output {
+    Attention,
+    FeedForward,
+}
+use Output::{Attention, FeedForward};

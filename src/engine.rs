@@ -242,7 +242,9 @@ impl Engine {
         let row_bytes = options.kv_dtype.row_bytes(c.kv_dim());
         gpu.scoped("creating an engine", || {
             let rows = pages * page_size;
-            let cache = KvCache::allocate(&gpu.device, c, rows, options.kv_dtype)?;
+            // Pages hold every layer's rows alike (a window layer only reads fewer).
+            let layer_rows = vec![rows; c.n_layers];
+            let cache = KvCache::allocate(&gpu.device, c, rows, &layer_rows, options.kv_dtype)?;
             let paging_words = 2 * batch + batch * pages_per_sequence;
             let activations = Activations::new(model, batch, context, paging_words);
             let dispatches = Dispatches::bind(model, &activations, &cache, context, true, batch);

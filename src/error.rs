@@ -175,6 +175,16 @@ pub enum Error {
         len: usize,
     },
 
+    /// A rollback past what a sliding-window layer's ring still holds.
+    #[error("cannot roll the KV cache back to {requested} positions: its sliding-window layers keep positions {oldest}.. only, and position {requested} attends back to {needed}")]
+    WindowRollback {
+        /// Positions asked to keep.
+        requested: usize,
+        /// Oldest position the window layers' rings still hold.
+        oldest: usize,
+        /// Oldest position the next token would attend to.
+        needed: usize,
+    },
     /// One pass was asked to run more tokens than it can hold.
     #[error("a pass of {tokens} tokens exceeds the {max} tokens one pass runs")]
     PassTooLong {

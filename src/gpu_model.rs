@@ -32,6 +32,9 @@ pub(crate) struct LayerWeights {
     pub prep: wgpu::Buffer,
     /// (dim, q_dim) attention output.
     pub wo: GpuTensor,
+    /// (dim,) f32 each, zero-padded to a 64 KiB uniform: the norms of the
+    /// attention and feed-forward outputs, where the block has them.
+    pub post_norms: Option<(wgpu::Buffer, wgpu::Buffer)>,
     /// (dim,) f32, zero-padded to a 64 KiB uniform.
     pub rms_ffn: wgpu::Buffer,
     /// (hidden_dim, dim) w1 (gate) and w3 (up), chunked alike for the fused
@@ -57,8 +60,11 @@ pub struct GpuModel {
     pub(crate) rms_final: wgpu::Buffer,
     /// (vocab_size, dim) when not shared with the embedding.
     pub(crate) wcls: Option<GpuTensor>,
-    /// (seq_len, head_size / 2, 2) RoPE cos/sin, see [`Rope::table`](crate::rope::Rope::table).
-    pub(crate) rope_table: wgpu::Buffer,
+    /// (seq_len, head_size / 2, 2) RoPE cos/sin, see [`Rope::table`](crate::rope::Rope::table),
+    /// of the whole-context layers.
+    rope_table: wgpu::Buffer,
+    /// The same of the sliding-window layers, where their RoPE base differs.
+    rope_table_window: Option<wgpu::Buffer>,
     weight_bytes: u64,
     /// [`Weights::fingerprint`](crate::model::Weights::fingerprint) of the model.
     fingerprint: u64,
@@ -115,6 +121,12 @@ impl GpuModel {
             }
         }
         let table = c.rope().table(c.seq_len);
+        let has_windows = (0..c.n_layers).any(|l| c.layer_window(l).is_some());
+        let table_window = (has_windows && c.rope_theta_window != c.rope_theta).then(|| {
+            let mut rope = c.rope();
+            rope.theta = c.rope_theta_window;
+            rope.table(c.seq_len)
+        });
         if table.len() as u64 * F32 > limit {
             return Err(Error::ModelTooLarge {
                 what: "the RoPE table".into(),
@@ -201,6 +213,10 @@ impl GpuModel {
                         wqkv,
                         prep,
                         wo,
+                        post_norms: l
+                            .post_norms
+                            .as_ref()
+                            .map(|(att, ffn)| (vector("post_att", att), vector("post_ffn", ffn))),
                         rms_ffn: vector("rms_ffn", &l.rms_ffn),
                         w1,
                         w3,
@@ -227,10 +243,26 @@ impl GpuModel {
                     bytemuck::cast_slice(&table),
                     wgpu::BufferUsages::STORAGE,
                 ),
+                rope_table_window: table_window.map(|t| {
+                    crate::gpu::buffer_init(
+                        device,
+                        "rope_table_window",
+                        bytemuck::cast_slice(&t),
+                        wgpu::BufferUsages::STORAGE,
+                    )
+                }),
                 weight_bytes: w.bytes(),
                 fingerprint: w.fingerprint(c),
             })
         })?
+    }
+
+    /// The RoPE table of layer `layer` (window layers may have their own base).
+    pub(crate) fn rope_table(&self, layer: usize) -> &wgpu::Buffer {
+        match (&self.rope_table_window, self.config.layer_window(layer)) {
+            (Some(t), Some(_)) => t,
+            _ => &self.rope_table,
+        }
     }
 
     /// The model's hyper-parameters.

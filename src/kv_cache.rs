@@ -1,6 +1,8 @@
-//! The KV cache: per layer, one K and one V storage buffer of (capacity,
-//! kv_dim) values, allocated once ([`KvCache`]), and the bookkeeping of which
-//! positions are filled ([`Positions`]), shared by every decoder.
+//! The KV cache: per layer, one K and one V storage buffer of (rows, kv_dim)
+//! values, allocated once ([`KvCache`]): `capacity` rows, or, for a layer
+//! that attends over a sliding window, a ring of as many as it can still
+//! read; and the bookkeeping of which positions are filled ([`Positions`]),
+//! shared by every decoder.
 
 use std::ops::Range;
 
@@ -243,10 +245,14 @@ impl Positions {
 /// One layer's K and V cache on the GPU.
 #[derive(Debug)]
 pub(crate) struct LayerCache {
-    /// (capacity, kv_dim) keys, position-major, as [`KvDtype`].
+    /// (rows, kv_dim) keys, position p in row p % rows, as [`KvDtype`].
     pub k: wgpu::Buffer,
-    /// (capacity, kv_dim) values, position-major, as [`KvDtype`].
+    /// (rows, kv_dim) values, likewise.
     pub v: wgpu::Buffer,
+    /// Rows: the capacity, or a window layer's ring.
+    pub rows: usize,
+    /// The layer's sliding window, if it has one.
+    pub window: Option<usize>,
 }
 
 /// The KV cache: per layer, one K and one V storage buffer of `(capacity,
@@ -260,65 +266,127 @@ pub struct KvCache {
     pub(crate) positions: Positions,
     kv_dim: usize,
     dtype: KvDtype,
+    /// One past the highest position written since the cache was empty:
+    /// a window layer's ring holds positions `written - rows..written`.
+    written: usize,
+    /// The oldest position every ring holds, when a restore filled them
+    /// with fewer than they can hold.
+    restored_from: usize,
+}
+
+/// Rows of layer `layer`'s cache for `capacity` positions and passes of
+/// up to `batch` tokens: `capacity`, or for a window layer a ring of
+/// `window + batch - 1` (a pass writes all its tokens' rows before it
+/// attends, and its first token still reads `window - 1` rows back).
+pub fn layer_rows(config: &Config, layer: usize, capacity: usize, batch: usize) -> usize {
+    match config.layer_window(layer) {
+        Some(w) => (w + batch - 1).min(capacity),
+        None => capacity,
+    }
 }
 
 impl KvCache {
-    /// Allocates `capacity` positions for every layer of `config`. Call
-    /// inside an error scope.
+    /// Allocates `capacity` positions for every layer of `config`, a window
+    /// layer a ring for passes of up to `batch` tokens ([`layer_rows`]).
+    /// Call inside an error scope.
     pub(crate) fn new(
         device: &wgpu::Device,
         config: &Config,
         capacity: usize,
         dtype: KvDtype,
+        batch: usize,
     ) -> Result<Self> {
         check_capacity(config, capacity)?;
-        Self::allocate(device, config, capacity, dtype)
+        let rows: Vec<usize> = (0..config.n_layers)
+            .map(|l| layer_rows(config, l, capacity, batch))
+            .collect();
+        Self::allocate(device, config, capacity, &rows, dtype)
     }
 
-    /// Allocates `rows` rows for every layer of `config` (a paged pool's
-    /// rows may outnumber the context). Call inside an error scope.
+    /// Allocates `rows[l]` rows for layer l of `config` (a paged pool's
+    /// rows may outnumber the context) for `capacity` positions. Call
+    /// inside an error scope.
     pub(crate) fn allocate(
         device: &wgpu::Device,
         config: &Config,
         capacity: usize,
+        rows: &[usize],
         dtype: KvDtype,
     ) -> Result<Self> {
         let kv_dim = config.kv_dim();
         dtype.check(kv_dim)?;
-        let size = capacity as u64 * dtype.row_bytes(kv_dim);
         let limits = device.limits();
         let limit = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
-        if size > limit {
-            return Err(Error::OutOfMemory {
-                what: format!("one layer's K cache ({capacity} positions x {kv_dim} values)"),
-                requested: size,
-                limit: Some(limit),
-            });
-        }
-        let buffer = |label| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                // COPY_SRC, COPY_DST: reads back, context shifts, restores.
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
+        let layers = rows
+            .iter()
+            .enumerate()
+            .map(|(l, &rows)| {
+                let size = rows as u64 * dtype.row_bytes(kv_dim);
+                if size > limit {
+                    return Err(Error::OutOfMemory {
+                        what: format!("one layer's K cache ({rows} positions x {kv_dim} values)"),
+                        requested: size,
+                        limit: Some(limit),
+                    });
+                }
+                let buffer = |label| {
+                    device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(label),
+                        size,
+                        // COPY_SRC, COPY_DST: reads back, context shifts, restores.
+                        usage: wgpu::BufferUsages::STORAGE
+                            | wgpu::BufferUsages::COPY_SRC
+                            | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    })
+                };
+                Ok(LayerCache {
+                    k: buffer("k_cache"),
+                    v: buffer("v_cache"),
+                    rows,
+                    window: config.layer_window(l),
+                })
             })
-        };
-        let layers = (0..config.n_layers)
-            .map(|_| LayerCache {
-                k: buffer("k_cache"),
-                v: buffer("v_cache"),
-            })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             layers,
             positions: Positions::new(capacity),
             kv_dim,
             dtype,
+            written: 0,
+            restored_from: 0,
+        })
+    }
+
+    /// Whether some layer keeps only the positions its window still reads.
+    pub fn has_rings(&self) -> bool {
+        self.layers.iter().any(|l| l.rows < self.capacity())
+    }
+
+    /// Marks positions `positions` written (a pass ran them).
+    pub(crate) fn commit(&mut self, positions: Range<usize>) {
+        self.written = self.written.max(positions.end);
+        self.positions.commit(positions);
+    }
+
+    /// Rows of each layer's K (and V) cache.
+    pub fn layer_rows(&self) -> Vec<usize> {
+        self.layers.iter().map(|l| l.rows).collect()
+    }
+
+    /// Bytes a session's cache of `capacity` positions, passes of up to
+    /// `batch` tokens, takes for a model of `config`, stored as `dtype`:
+    /// by layer kind, (whole-context layers, sliding-window layers).
+    pub fn bytes_for(config: &Config, capacity: usize, batch: usize, dtype: KvDtype) -> (u64, u64) {
+        let row = 2 * dtype.row_bytes(config.kv_dim());
+        (0..config.n_layers).fold((0, 0), |(whole, window), l| {
+            let bytes = layer_rows(config, l, capacity, batch) as u64 * row;
+            match config.layer_window(l) {
+                Some(_) => (whole, window + bytes),
+                None => (whole + bytes, window),
+            }
         })
     }
 
@@ -342,9 +410,12 @@ impl KvCache {
         self.dtype
     }
 
-    /// Bytes allocated: `2 x n_layers x capacity x row bytes` ([`KvDtype::row_bytes`]: `kv_dim x` 4 for f32, 2 for f16, 34/32 for Q8_0, 18/32 for Q4_0).
+    /// Bytes allocated: `2 x row bytes x` the rows of every layer
+    /// ([`KvDtype::row_bytes`]: `kv_dim x` 4 for f32, 2 for f16, 34/32 for
+    /// Q8_0, 18/32 for Q4_0; rows: the capacity, or a window layer's ring).
     pub fn bytes(&self) -> u64 {
-        self.capacity() as u64 * self.bytes_per_position()
+        let row = self.dtype.row_bytes(self.kv_dim);
+        self.layers.iter().map(|l| 2 * l.rows as u64 * row).sum()
     }
 
     /// Bytes one position takes across all layers (K and V).
@@ -352,26 +423,50 @@ impl KvCache {
         2 * self.layers.len() as u64 * self.dtype.row_bytes(self.kv_dim)
     }
 
-    /// Bytes of the positions filled.
+    /// Bytes of the rows holding positions filled (a ring's rows at most).
     pub fn bytes_in_use(&self) -> u64 {
-        self.len() as u64 * self.bytes_per_position()
+        let row = self.dtype.row_bytes(self.kv_dim);
+        let len = self.len();
+        self.layers
+            .iter()
+            .map(|l| 2 * len.min(l.rows) as u64 * row)
+            .sum()
     }
 
     /// Empties the cache (no GPU work: slots are overwritten as they refill).
     pub fn reset(&mut self) {
         self.positions.reset();
+        (self.written, self.restored_from) = (0, 0);
     }
 
-    /// Keeps positions `0..len`, forgetting the rest (rollback).
+    /// Keeps positions `0..len`, forgetting the rest (rollback). A window
+    /// layer's ring must still hold every position the token at `len`
+    /// attends to ([`Error::WindowRollback`]); the cache is then unchanged.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > 0 && len < self.len() {
+            for l in self.layers.iter() {
+                let Some(window) = l.window else { continue };
+                let oldest = self.restored_from.max(self.written.saturating_sub(l.rows));
+                let needed = len.saturating_sub(window - 1);
+                if needed < oldest {
+                    return Err(Error::WindowRollback {
+                        requested: len,
+                        oldest,
+                        needed,
+                    });
+                }
+            }
+        }
         self.positions.truncate(len)
     }
 
-    /// Marks positions `0..len` filled (their rows were written whole:
-    /// a restored snapshot). `len` is at most the capacity.
-    pub(crate) fn set_len(&mut self, len: usize) {
+    /// Marks positions `0..len` filled, the window layers' rings holding
+    /// positions `from..len` (their rows were written whole: a restored
+    /// snapshot). `len` is at most the capacity.
+    pub(crate) fn set_len(&mut self, len: usize, from: usize) {
         self.positions.reset();
         self.positions.commit(0..len);
+        (self.written, self.restored_from) = (len, from);
     }
 
     /// Copies layer `layer`'s K and V rows `0..len` back to the host, each

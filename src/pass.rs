@@ -180,13 +180,17 @@ struct LayerDispatches {
     /// Merges attention's splits; recorded only when a token of the pass
     /// attends to more than [`ATTENTION_SPLIT`] positions.
     attention_combine: Dispatch,
-    /// x += Wo attention
+    /// x += Wo attention, or with post-norms xb = Wo attention
     wo_residual: ByTokens,
+    /// x += rmsnorm(xb) g_att_post, where the block has post-norms.
+    attention_post_norm: Option<Dispatch>,
     ffn_norm: Dispatch,
-    /// hb = silu(W1 n) * (W3 n)
+    /// hb = act(W1 n) * (W3 n)
     gate_up_swiglu: ByTokens,
-    /// x += W2 hb
+    /// x += W2 hb, or with post-norms xb = W2 hb
     down_residual: ByTokens,
+    /// x += rmsnorm(xb) g_ffn_post, where the block has post-norms.
+    ffn_post_norm: Option<Dispatch>,
 }
 
 /// Every dispatch of a pass, bound once to a session's activations and cache.
@@ -237,6 +241,27 @@ impl Dispatches {
                     stride: sd,
                     eps,
                     rows,
+                    residual: None,
+                },
+            )
+        };
+        // A post-norm: x += rmsnorm(xb) g, and xg for the norm with weights next_g.
+        let post_norm = |g, next_g| {
+            k.rmsnorm.bind(
+                device,
+                rmsnorm::Bindings {
+                    out: &a.x,
+                    x: &a.xb,
+                    weight: g,
+                    step: &a.step,
+                    len: d,
+                    stride: sd,
+                    eps,
+                    rows: Rows::All,
+                    residual: Some(NextNorm {
+                        g: next_g,
+                        xg: &a.xg,
+                    }),
                 },
             )
         };
@@ -288,16 +313,20 @@ impl Dispatches {
         // cache is flat f32 or f16 (quantized blocks span threads: their own
         // kernel) and the block does nothing to q and k before RoPE.
         let block = c.block();
-        let rope_in_qkv =
-            !paged && matches!(cache.dtype(), KvDtype::F32 | KvDtype::F16) && !block.prepares_qk();
-        let shape = rope_append::Shape {
+        let rope_in_qkv = !paged
+            && matches!(cache.dtype(), KvDtype::F32 | KvDtype::F16)
+            && !block.prepares_qk()
+            && !cache.has_rings();
+        let shape = |rows| rope_append::Shape {
             q_dim: q,
             kv_dim: kv,
             head_size: c.head_size,
             capacity,
             kv_dtype: cache.dtype(),
+            rows,
         };
-        // out[t] = attention(q[t], cache), a workgroup or (per_token) a thread per token.
+        // out[t] = attention(q[t], cache), a workgroup or (per_token) a
+        // thread per token, over a window layer's last positions.
         let attend = |kc: &crate::kv_cache::LayerCache, per_token| {
             k.attention.bind(
                 device,
@@ -318,6 +347,8 @@ impl Dispatches {
                         head_size: c.head_size,
                         capacity,
                         kv_dtype: cache.dtype(),
+                        window: kc.window.unwrap_or(0),
+                        rows: kc.rows,
                     },
                     split: ATTENTION_SPLIT,
                     per_token,
@@ -338,6 +369,10 @@ impl Dispatches {
                         .first()
                         .map_or(&model.rms_final, |l| &l.rms_att),
                 )),
+                scale: match block.embed_scale {
+                    true => (d as f32).sqrt(),
+                    false => 1.0,
+                },
             },
         );
         let layers = model
@@ -346,11 +381,36 @@ impl Dispatches {
             .zip(&cache.layers)
             .enumerate()
             .map(|(i, (w, kc))| {
-                let swiglu = Mode::SwiGlu { up: &w.w3 };
+                let gated = Mode::gated(block.activation, &w.w3);
                 // The folded norm that reads the residual stream after this layer.
                 let next_g = match model.layers.get(i + 1) {
                     Some(next) => Some(&next.rms_att),
                     None => normed_classifier.then_some(&model.rms_final),
+                };
+                let (shape, table) = (shape(kc.rows), model.rope_table(i));
+                // With post-norms, Wo and W2 write xb, and a post-norm adds it to x.
+                let post = w.post_norms.as_ref();
+                let (wo, down) = match post {
+                    None => (
+                        ByTokens {
+                            decode: residual(&w.wo, &a.att, Some(&w.rms_ffn)),
+                            prefill: many(&a.x, sd, &w.wo, &a.att, sq, Mode::Add),
+                        },
+                        ByTokens {
+                            decode: residual(&w.w2, &a.hb, next_g),
+                            prefill: many(&a.x, sd, &w.w2, &a.hb, sh, Mode::Add),
+                        },
+                    ),
+                    Some(_) => (
+                        ByTokens {
+                            decode: one(&a.xb, &w.wo, &a.att, Mode::Set, None),
+                            prefill: many(&a.xb, sd, &w.wo, &a.att, sq, Mode::Set),
+                        },
+                        ByTokens {
+                            decode: one(&a.xb, &w.w2, &a.hb, Mode::Set, None),
+                            prefill: many(&a.xb, sd, &w.w2, &a.hb, sh, Mode::Set),
+                        },
+                    ),
                 };
                 LayerDispatches {
                     // Attention block: x += Wo attention(rope(q), cache ∪ rope(k), cache ∪ v),
@@ -368,7 +428,7 @@ impl Dispatches {
                                 None,
                                 Some(matvec::RopeAppend {
                                     step: &a.step,
-                                    table: &model.rope_table,
+                                    table,
                                     k_cache: &kc.k,
                                     v_cache: &kc.v,
                                     shape,
@@ -388,7 +448,7 @@ impl Dispatches {
                             step: &a.step,
                             paging: &a.paging,
                             paged,
-                            table: &model.rope_table,
+                            table,
                             shape,
                             prep: rope_append::Prep {
                                 weights: &w.prep,
@@ -417,22 +477,21 @@ impl Dispatches {
                             head_size: c.head_size,
                             capacity,
                             split: ATTENTION_SPLIT,
+                            window: kc.window.unwrap_or(0),
                         },
                     ),
-                    wo_residual: ByTokens {
-                        decode: residual(&w.wo, &a.att, Some(&w.rms_ffn)),
-                        prefill: many(&a.x, sd, &w.wo, &a.att, sq, Mode::Add),
-                    },
-                    // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
+                    wo_residual: wo,
+                    attention_post_norm: post.map(|(g, _)| post_norm(g, &w.rms_ffn)),
+                    // Feed-forward block: x += W2 (act(W1 n) * W3 n), n = rmsnorm(x).
                     ffn_norm: norm(&a.xb, &w.rms_ffn, Rows::All),
                     gate_up_swiglu: ByTokens {
-                        decode: one(&a.hb, &w.w1, decode_input, swiglu, folded),
-                        prefill: many(&a.hb, sh, &w.w1, &a.xb, sd, swiglu),
+                        decode: one(&a.hb, &w.w1, decode_input, gated, folded),
+                        prefill: many(&a.hb, sh, &w.w1, &a.xb, sd, gated),
                     },
-                    down_residual: ByTokens {
-                        decode: residual(&w.w2, &a.hb, next_g),
-                        prefill: many(&a.x, sd, &w.w2, &a.hb, sh, Mode::Add),
-                    },
+                    down_residual: down,
+                    // The stream after the layer goes on to the next norm (the final one last).
+                    ffn_post_norm: post
+                        .map(|(_, g)| post_norm(g, next_g.unwrap_or(&model.rms_final))),
                 }
             })
             .collect();
@@ -487,12 +546,18 @@ impl Dispatches {
                 f("attention_combine", &l.attention_combine);
             }
             f("wo_residual", l.wo_residual.of(n));
-            // Feed-forward block: x += W2 (silu(W1 n) * W3 n), n = rmsnorm(x).
+            if let Some(d) = &l.attention_post_norm {
+                f("attention_post_norm", d);
+            }
+            // Feed-forward block: x += W2 (act(W1 n) * W3 n), n = rmsnorm(x).
             if !decode {
                 f("ffn_norm", &l.ffn_norm);
             }
             f("gate_up_swiglu", l.gate_up_swiglu.of(n));
             f("down_residual", l.down_residual.of(n));
+            if let Some(d) = &l.ffn_post_norm {
+                f("ffn_post_norm", d);
+            }
         }
         // Logits of the pass's last token = classifier(rmsnorm(x)).
         if readback != Readback::Nothing {
@@ -548,6 +613,7 @@ impl AllLogits {
                 stride: sd,
                 eps: c.norm_eps,
                 rows: Rows::All,
+                residual: None,
             },
         );
         let classifier = k.matmul_for_device().bind(

@@ -108,7 +108,7 @@ impl Session {
             resolved
         })?;
         self.submissions += 1;
-        self.cache.positions.commit(positions);
+        self.cache.commit(positions);
         let raw = gpu.read_buffer(&ticks, count as u64 * 8)?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
         let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;

@@ -126,7 +126,8 @@ impl Session {
         let batch = batch.min(capacity);
         let gpu = model.gpu();
         // What the allocations below ask for, should the device refuse them.
-        let kv_bytes = 2 * (c.n_layers * capacity) as u64 * options.kv_dtype.row_bytes(c.kv_dim());
+        let (whole, window) = KvCache::bytes_for(c, capacity, batch, options.kv_dtype);
+        let kv_bytes = whole + window;
         let refused = |e| match e {
             Error::OutOfMemory { limit: None, .. } => Error::OutOfMemory {
                 what: "a session's KV cache and activations".into(),
@@ -136,7 +137,7 @@ impl Session {
             e => e,
         };
         gpu.scoped("creating a session", || {
-            let cache = KvCache::new(&gpu.device, c, capacity, options.kv_dtype)?;
+            let cache = KvCache::new(&gpu.device, c, capacity, options.kv_dtype, batch)?;
             let activations = Activations::new(model, batch, capacity, 1);
             let dispatches = Dispatches::bind(model, &activations, &cache, capacity, false, batch);
             let values = c.vocab_size.max(PASSES_PER_SUBMIT) as u64;
@@ -290,7 +291,7 @@ impl Session {
                     F32,
                 );
             }
-            self.cache.positions.commit(positions);
+            self.cache.commit(positions);
         })?;
         let kind = Kind::Tokens(steps);
         Ok(Pending::new(&self.model.gpu().device, &self.readback, kind))
@@ -396,7 +397,7 @@ impl Session {
                 encoder.copy_buffer_to_buffer(&all.logits, 0, &all.readback.buffer, 0, bytes);
             })?;
             self.submit(encoder)?;
-            self.cache.positions.commit(positions);
+            self.cache.commit(positions);
             let all = self.all_logits.as_ref().expect("bound above");
             let kind = Kind::Logits(logits.len());
             let pending = Pending::new(&gpu.device, &all.readback, kind);
@@ -495,7 +496,7 @@ impl Session {
                 }
             }
         }
-        self.cache.positions.commit(positions);
+        self.cache.commit(positions);
     }
 
     /// Stages a pass of `n` tokens at `pos`: its [`Step`] and `tokens` (or,

@@ -33,6 +33,7 @@ impl Session {
     pub fn shift(&mut self, n_keep: usize, n_discard: usize) -> Result<()> {
         let len = self.cache.len();
         check(n_keep, n_discard, len)?;
+        windowless(self.model.config())?;
         let rows = len - n_keep - n_discard;
         if rows > 0 {
             let model = &self.model;
@@ -60,7 +61,7 @@ impl Session {
                     let d = model.kernels.kv_shift.bind(
                         device,
                         kv_shift::Bindings {
-                            table: &model.rope_table,
+                            table: model.rope_table(0),
                             src: &moved,
                             k_cache: &layer.k,
                             kv_dim: c.kv_dim(),
@@ -92,6 +93,7 @@ impl CpuSession<'_> {
     pub fn shift(&mut self, n_keep: usize, n_discard: usize) -> Result<()> {
         let len = self.len();
         check(n_keep, n_discard, len)?;
+        windowless(&self.model().config)?;
         let c = &self.model().config;
         let (kv, capacity) = (c.kv_dim(), self.capacity());
         let table = c.rope().table(n_discard + 1);
@@ -132,5 +134,17 @@ impl CpuSession<'_> {
             reorder(&mut keys[dst..dst + n], false);
         }
         self.truncate(len - n_discard)
+    }
+}
+
+/// A shift re-rotates keys by one RoPE table and moves rows as a flat
+/// cache holds them: models with sliding-window layers (rings, a RoPE base
+/// of their own) are refused.
+fn windowless(c: &crate::model::Config) -> Result<()> {
+    match (0..c.n_layers).any(|l| c.layer_window(l).is_some()) {
+        true => Err(crate::error::Error::Unsupported(
+            "context shift of a model with sliding-window layers",
+        )),
+        false => Ok(()),
     }
 }

@@ -239,9 +239,25 @@ impl Session {
         let gpu = self.model.gpu();
         let mut rows = Vec::with_capacity(2 * c.n_layers * len * row as usize);
         for layer in &self.cache.layers {
-            if len > 0 {
-                rows.extend(gpu.read_buffer(&layer.k, len as u64 * row)?);
-                rows.extend(gpu.read_buffer(&layer.v, len as u64 * row)?);
+            if len == 0 {
+                continue;
+            }
+            for buffer in [&layer.k, &layer.v] {
+                match ring(layer, len) {
+                    // Rows 0..len hold positions 0..len.
+                    None => rows.extend(gpu.read_buffer(buffer, len as u64 * row)?),
+                    // The last `window` positions from the ring, zeros
+                    // before them (the ring no longer holds those).
+                    Some(from) => {
+                        let ring = gpu.read_buffer(buffer, layer.rows as u64 * row)?;
+                        let row = row as usize;
+                        rows.resize(rows.len() + from * row, 0);
+                        for p in from..len {
+                            let at = p % layer.rows * row;
+                            rows.extend_from_slice(&ring[at..at + row]);
+                        }
+                    }
+                }
             }
         }
         let snapshot = Snapshot {
@@ -307,17 +323,45 @@ impl Session {
         }
         let row = s.kv_dtype.row_bytes(c.kv_dim()) as usize;
         let gpu = self.model.gpu().clone();
+        // A window layer's positions before its last `window` may be zeros
+        // in the file (its saver's ring no longer held them): no rollback
+        // past them.
+        let from = (0..c.n_layers)
+            .filter_map(|l| c.layer_window(l))
+            .map(|w| len.saturating_sub(w))
+            .max()
+            .unwrap_or(0);
         gpu.scoped("restoring a cache", || {
             for (layer, data) in self.cache.layers.iter().zip(s.rows.chunks(2 * len * row)) {
-                if len > 0 {
-                    let (k, v) = data.split_at(len * row);
-                    gpu.queue.write_buffer(&layer.k, 0, k);
-                    gpu.queue.write_buffer(&layer.v, 0, v);
+                if len == 0 {
+                    continue;
+                }
+                let (k, v) = data.split_at(len * row);
+                for (buffer, data) in [(&layer.k, k), (&layer.v, v)] {
+                    match ring(layer, len) {
+                        None => gpu.queue.write_buffer(buffer, 0, data),
+                        // Positions first..len into their rows of the ring.
+                        Some(first) => {
+                            for p in first..len {
+                                let at = (p % layer.rows * row) as u64;
+                                gpu.queue
+                                    .write_buffer(buffer, at, &data[p * row..(p + 1) * row]);
+                            }
+                        }
+                    }
                 }
             }
         })?;
-        self.cache.set_len(len);
+        self.cache.set_len(len, from);
         s.rows = Vec::new();
         Ok(s)
     }
+}
+
+/// For a window layer whose rows do not hold every position of a cache of
+/// `len`: the first position a snapshot keeps (the last `window` are what
+/// the next token reads). `None`: rows 0..len hold positions 0..len.
+fn ring(layer: &crate::kv_cache::LayerCache, len: usize) -> Option<usize> {
+    let window = layer.window?;
+    (len > layer.rows).then(|| len.saturating_sub(window))
 }

@@ -4,7 +4,12 @@
 //! rotation, decodes on the GPU as the CPU reference computes it, token by
 //! token, in one prefill pass and in an engine's paged passes; a model
 //! written as its family's GGUF reads back the same; files of other
-//! architectures, or missing a tensor their family needs, are refused by name.
+//! architectures, or missing a tensor their family needs, are refused by
+//! name. A Gemma-3-shaped model with a 16-position window (its window
+//! layers' caches rings) decodes as the CPU reference over 120 positions
+//! token by token, in prefill passes longer than the window and in greedy
+//! blocks; saved and restored mid-way it goes on as if uninterrupted; its
+//! cache refuses a rollback past what its rings hold.
 
 mod common;
 
@@ -63,7 +68,8 @@ fn dressed_stories_give_llama_cpp_reference_texts() {
 }
 
 /// A small model of `family`: 4 query heads of 16 over 2 K/V heads (q_dim
-/// 64 against dim 48), RoPE on the first 12 dimensions of each head.
+/// 64 against dim 48), RoPE on the first 12 dimensions of each head; a
+/// family with window layers attends over 16 positions there.
 fn config(family: &'static Family) -> Config {
     Config {
         dim: 48,
@@ -77,6 +83,14 @@ fn config(family: &'static Family) -> Config {
         shared_classifier: false,
         norm_eps: 1e-5,
         rope_theta: 10000.0,
+        rope_theta_window: match family.block.window_pattern {
+            Some(_) => 500.0,
+            None => 10000.0,
+        },
+        sliding_window: match family.block.window_pattern {
+            Some(_) => 16,
+            None => 0,
+        },
         rope_dim: 12,
         rope_freq_factors: None,
         family,
@@ -257,4 +271,170 @@ fn half_split_rope_reordered_to_adjacent_rotates_the_same() {
     let mut adjacent = reordered(&stored);
     rope(Pairing::Adjacent).rotate(&mut adjacent, &mut [], 7);
     assert_eq!(reordered(&half), adjacent);
+}
+
+/// Gemma 3's layout on a small scale: 6 layers, the first five attending
+/// over a 16-position window (RoPE base 500), the last over everything.
+fn windowed() -> Model {
+    let gemma3 = Family::from_arch("gemma3").unwrap();
+    let config = Config {
+        n_layers: 6,
+        seq_len: 160,
+        ..config(gemma3)
+    };
+    Model::random(config, 9).unwrap()
+}
+
+/// Positions the window tests run: past the window several times, and
+/// past the window layers' rings (16 + 64 - 1 rows) too.
+const WINDOW_RUN: usize = 120;
+
+#[test]
+fn window_layers_decode_as_the_cpu_reference_in_every_kind_of_pass() {
+    let gpu = require!(common::gpu());
+    let model = windowed();
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let prompt = tokens(WINDOW_RUN, 5);
+    let mut cpu = CpuSession::new(&model, None).unwrap();
+    let expect: Vec<Vec<f32>> = prompt
+        .iter()
+        .map(|&t| cpu.forward(t).unwrap().to_vec())
+        .collect();
+    let mut s = Session::new(&gm, None).unwrap();
+    let rows = s.cache().layer_rows();
+    assert_eq!(rows, [79, 79, 79, 79, 79, 160], "rings of window + 63 rows");
+    for (pos, (&t, e)) in prompt.iter().zip(&expect).enumerate() {
+        let diff = max_abs_diff(s.forward(t).unwrap(), e);
+        assert!(diff <= LOGIT_TOLERANCE, "decode at {pos}: {diff}");
+    }
+    // Passes of 64 tokens (four windows) and the rest, every position's logits.
+    let mut s = Session::new(&gm, None).unwrap();
+    let all = s.prefill_all(&prompt).unwrap();
+    for (pos, e) in expect.iter().enumerate() {
+        let diff = max_abs_diff(&all[pos * 300..(pos + 1) * 300], e);
+        assert!(diff <= LOGIT_TOLERANCE, "prefill at {pos}: {diff}");
+    }
+    // Greedy blocks (several steps a submit) against the CPU's greedy run.
+    let dir = common::scratch("window_greedy");
+    let tok = Tokenizer::load(common::tiny_tokenizer_file(&dir), 300).unwrap();
+    let length = Length::NewTokens(100);
+    let mut s = Session::new(&gm, None).unwrap();
+    let gpu_run = kvgpu::generate_tokens(
+        &mut s,
+        &tok,
+        &mut Sampler::greedy(),
+        &prompt[..3],
+        length,
+        |_| {},
+    )
+    .unwrap();
+    let mut cpu = CpuSession::new(&model, None).unwrap();
+    let cpu_run = kvgpu::generate_tokens(
+        &mut cpu,
+        &tok,
+        &mut Sampler::greedy(),
+        &prompt[..3],
+        length,
+        |_| {},
+    )
+    .unwrap();
+    assert!(gpu_run.positions > 80, "{}", gpu_run.positions);
+    assert_eq!(gpu_run.tokens, cpu_run.tokens);
+}
+
+#[test]
+fn a_windowed_cache_saved_and_restored_goes_on_as_if_uninterrupted() {
+    let gpu = require!(common::gpu());
+    let model = windowed();
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let prompt = tokens(WINDOW_RUN, 6);
+    let mut whole = Session::new(&gm, None).unwrap();
+    let expect: Vec<Vec<f32>> = prompt
+        .iter()
+        .map(|&t| whole.forward(t).unwrap().to_vec())
+        .collect();
+    // Saved at 50 and at 100 (the rings have wrapped), restored into a
+    // fresh session, continued to the end: the same logits, bit for bit.
+    for at in [50, 100] {
+        let mut s = Session::new(&gm, None).unwrap();
+        for &t in &prompt[..at] {
+            s.forward(t).unwrap();
+        }
+        let path = common::scratch("window_snapshot").join(format!("at{at}.kvc"));
+        s.save(&path, &prompt[..at], None, None, &[]).unwrap();
+        let mut restored = Session::new(&gm, None).unwrap();
+        restored.restore(&path).unwrap();
+        assert_eq!(restored.len(), at);
+        for pos in at..WINDOW_RUN {
+            let got = restored.forward(prompt[pos]).unwrap();
+            assert_eq!(got, &expect[pos][..], "saved at {at}, position {pos}");
+        }
+    }
+}
+
+#[test]
+fn a_windowed_cache_rolls_back_only_as_far_as_its_rings_hold() {
+    let gpu = require!(common::gpu());
+    let model = windowed();
+    let gm = GpuModel::new(&gpu, &model).unwrap();
+    let prompt = tokens(WINDOW_RUN, 7);
+    let mut s = Session::new(&gm, None).unwrap();
+    s.prefill(&prompt[..110]).unwrap();
+    // Rings of 79 rows hold positions 31..110; the token at 40 reads back to 25.
+    let err = s.truncate(40).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            kvgpu::Error::WindowRollback {
+                requested: 40,
+                oldest: 31,
+                needed: 25
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        s.len(),
+        110,
+        "a refused rollback leaves the cache as it was"
+    );
+    // Back to 60 (reading back to 45) is exact: as if decoded to 60 only.
+    s.truncate(60).unwrap();
+    let got = s.forward(prompt[60]).unwrap().to_vec();
+    let mut fresh = Session::new(&gm, None).unwrap();
+    fresh.prefill(&prompt[..60]).unwrap();
+    let diff = max_abs_diff(fresh.forward(prompt[60]).unwrap(), &got);
+    assert!(diff <= LOGIT_TOLERANCE, "{diff}");
+    // Emptying it always works.
+    s.truncate(0).unwrap();
+}
+
+#[test]
+fn gemma3_270m_cache_at_32768_positions_takes_under_a_fifth_of_a_global_cache() {
+    // Gemma 3 270M's shape: 18 layers, 1 K/V head of 256, window 512 on
+    // five of every six layers.
+    let gemma3 = Family::from_arch("gemma3").unwrap();
+    let c = Config {
+        dim: 640,
+        hidden_dim: 2048,
+        n_layers: 18,
+        n_heads: 4,
+        n_kv_heads: 1,
+        head_size: 256,
+        vocab_size: 262144,
+        seq_len: 32768,
+        sliding_window: 512,
+        rope_dim: 256,
+        ..config(gemma3)
+    };
+    let (whole, window) = kvgpu::KvCache::bytes_for(&c, 32768, 64, kvgpu::KvDtype::F32);
+    // 3 global layers of 32768 rows and 15 rings of 512 + 63, K and V, 1 KiB a row.
+    assert_eq!(whole, 3 * 32768 * 2 * 1024);
+    assert_eq!(window, 15 * 575 * 2 * 1024);
+    let all_global = 18 * 32768 * 2 * 1024;
+    assert!(
+        5 * (whole + window) <= all_global,
+        "{} of {all_global}",
+        whole + window
+    );
 }

@@ -138,6 +138,8 @@ fn llama2_7b() -> Config {
         shared_classifier: false,
         norm_eps: 1e-5,
         rope_theta: 10000.0,
+        rope_theta_window: 10000.0,
+        sliding_window: 0,
         rope_dim: 128,
         rope_freq_factors: None,
         family: kvgpu::arch::Family::llama(),

@@ -33,6 +33,8 @@ fn every_weight_type_decodes_like_the_cpu_reference() {
         shared_classifier: false,
         norm_eps: 1e-5,
         rope_theta: 10000.0,
+        rope_theta_window: 10000.0,
+        sliding_window: 0,
         rope_dim: 64,
         rope_freq_factors: None,
         family: kvgpu::arch::Family::llama(),

@@ -6,20 +6,26 @@
 //! Every family's block is the Llama block with some of these changes:
 //!
 //! ```text
-//! x = embed(token)
-//! per layer:
+//! x = embed(token) (* sqrt(dim))                          embed_scale
+//! per layer l:
 //!   n = rmsnorm(x) * g_att
 //!   q, k, v = Wq n (+ bq), Wk n (+ bk), Wv n (+ bv)        qkv_bias
 //!   q, k = rmsnorm_head(q) * g_q, rmsnorm_head(k) * g_k   qk_norm
-//!   q, k = rope(q, pos), rope(k, pos)                     rope_pairing
-//!   x += Wo attention(q, cache ∪ k, cache ∪ v)
+//!   q, k = rope(q, pos), rope(k, pos)                     rope_pairing; the
+//!                                                         layer's RoPE base
+//!   a = attention(q, cache ∪ k, cache ∪ v)                over the last
+//!                                                         `window` positions
+//!                                                         on window layers
+//!   x += Wo a, or rmsnorm(Wo a) * g_att_post              post_norms
 //!   n = rmsnorm(x) * g_ffn
-//!   x += W2 (silu(W1 n) * W3 n)
+//!   h = act(W1 n) * W3 n                                  activation
+//!   x += W2 h, or rmsnorm(W2 h) * g_ffn_post              post_norms
 //! logits = Wcls (rmsnorm(x) * g_final)
 //! ```
 
 use crate::rope::Pairing;
 
+mod gemma3;
 mod llama;
 mod phi3;
 mod qwen2;
@@ -38,6 +44,41 @@ pub struct Block {
     /// q and k are RMS-normed head by head, with weights of their own,
     /// before RoPE (`LayerWeights::qk_norm`).
     pub qk_norm: bool,
+    /// The outputs of attention and of the feed-forward block are
+    /// RMS-normed before they join the residual stream
+    /// (`LayerWeights::post_norms`).
+    pub post_norms: bool,
+    /// The gate's activation.
+    pub activation: Activation,
+    /// Token embeddings are scaled by sqrt(dim).
+    pub embed_scale: bool,
+    /// Of every `n` layers, the first `n - 1` attend over a sliding window
+    /// (`Config::sliding_window` positions) and the last over the whole
+    /// context; `None`: every layer attends over the whole context.
+    pub window_pattern: Option<usize>,
+}
+
+/// The activation of a gated feed-forward block: `h = act(W1 n) * W3 n`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * sigmoid(x)` (SwiGLU).
+    Silu,
+    /// GELU's tanh approximation, as GGML computes it (GeGLU).
+    GeluTanh,
+}
+
+impl Activation {
+    /// Host reference of the activation.
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            // llama2.c's form, bit for bit.
+            Activation::Silu => x * (1.0 / (1.0 + (-x).exp())),
+            Activation::GeluTanh => {
+                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh())
+            }
+        }
+    }
 }
 
 impl Block {
@@ -46,6 +87,10 @@ impl Block {
         rope_pairing: Pairing::Adjacent,
         qkv_bias: false,
         qk_norm: false,
+        post_norms: false,
+        activation: Activation::Silu,
+        embed_scale: false,
+        window_pattern: None,
     };
 
     /// Whether q and k need work between the QKV projection and RoPE
@@ -74,7 +119,13 @@ pub struct Family {
 }
 
 /// Every family kvgpu runs.
-pub const FAMILIES: [&Family; 4] = [&llama::LLAMA, &qwen2::QWEN2, &qwen3::QWEN3, &phi3::PHI3];
+pub const FAMILIES: [&Family; 5] = [
+    &llama::LLAMA,
+    &qwen2::QWEN2,
+    &qwen3::QWEN3,
+    &phi3::PHI3,
+    &gemma3::GEMMA3,
+];
 
 impl Family {
     /// The family whose GGUF architecture name is `arch`.

@@ -62,6 +62,13 @@ impl Model {
             ));
         }
         let info = |name: &str| g.tensor_info(name);
+        let rope_theta = g.float(&key("rope.freq_base"), Some(10000.0))? as f32;
+        // llama.cpp's base of window layers where the file gives none:
+        // 10,000 for Gemma 3, the global base for the others.
+        let theta_window = match family.block.window_pattern {
+            Some(_) => 10000.0,
+            None => rope_theta as f64,
+        };
         let mut config = Config {
             dim,
             hidden_dim: size("feed_forward_length", None)?,
@@ -73,12 +80,17 @@ impl Model {
             seq_len: size("context_length", None)?,
             shared_classifier: info("output.weight").is_none(),
             norm_eps: g.float(&key("attention.layer_norm_rms_epsilon"), Some(1e-5))? as f32,
-            rope_theta: g.float(&key("rope.freq_base"), Some(10000.0))? as f32,
+            rope_theta,
+            rope_theta_window: g.float(&key("rope.freq_base_swa"), Some(theta_window))? as f32,
+            sliding_window: 0,
             rope_dim: 0,
             rope_freq_factors: None,
             family,
         };
         config.rope_dim = size("rope.dimension_count", Some(head_size as u64))?;
+        if family.block.window_pattern.is_some() {
+            config.sliding_window = size("attention.sliding_window", None)?;
+        }
         if info("rope_freqs.weight").is_some() {
             let t = g
                 .tensor("rope_freqs.weight", &[config.rope_dim as u64 / 2])
@@ -147,6 +159,13 @@ impl Model {
                         false => None,
                     },
                     wo: t(b("attn_output"), &[q, d])?,
+                    post_norms: match block.post_norms {
+                        true => Some((
+                            t(b("post_attention_norm"), &[d])?,
+                            t(b("post_ffw_norm"), &[d])?,
+                        )),
+                        false => None,
+                    },
                     rms_ffn: t(b("ffn_norm"), &[d])?,
                     w1,
                     w2: t(b("ffn_down"), &[h, d])?,
@@ -197,6 +216,12 @@ impl Model {
             ),
             (key("rope.freq_base"), Value::F32(c.rope_theta)),
         ];
+        if c.block().window_pattern.is_some() {
+            metadata.extend([
+                (key("attention.sliding_window"), u(c.sliding_window)),
+                (key("rope.freq_base_swa"), Value::F32(c.rope_theta_window)),
+            ]);
+        }
         metadata.extend(tokenizer.gguf_metadata().ok_or_else(|| {
             Error::Tokenizer("only SentencePiece vocabularies can be written to GGUF".into())
         })?);
@@ -252,6 +277,12 @@ impl Model {
                 ("ffn_norm.weight", Cow::Borrowed(&l.rms_ffn)),
                 ("ffn_down.weight", Cow::Borrowed(&l.w2)),
             ]);
+            if let Some((att, ffn)) = &l.post_norms {
+                layer.extend([
+                    ("post_attention_norm.weight", Cow::Borrowed(att)),
+                    ("post_ffw_norm.weight", Cow::Borrowed(ffn)),
+                ]);
+            }
             match family.fused_gate_up {
                 // Gate rows, then up rows; one type for both (F16 where they differ).
                 true if l.w1.dtype == l.w3.dtype => {

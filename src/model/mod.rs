@@ -41,8 +41,14 @@ pub struct Config {
     pub shared_classifier: bool,
     /// RMSNorm epsilon.
     pub norm_eps: f32,
-    /// RoPE base frequency.
+    /// RoPE base frequency (of the layers that attend over the whole context).
     pub rope_theta: f32,
+    /// RoPE base frequency of the layers that attend over a sliding window.
+    pub rope_theta_window: f32,
+    /// Positions a window layer attends to (its own and those before it;
+    /// llama.cpp's rule: a token at p sees p' when p - p' < window); 0 when
+    /// the model has no window layers. Which layers: [`Block::window_pattern`].
+    pub sliding_window: usize,
     /// Dimensions of each head that RoPE rotates (the first `rope_dim`; even, at most head_size).
     pub rope_dim: usize,
     /// Llama-3-style per-pair frequency divisors ((rope_dim / 2,)), if any.
@@ -55,6 +61,22 @@ impl Config {
     /// What the model's block computes.
     pub fn block(&self) -> &'static Block {
         &self.family.block
+    }
+
+    /// The sliding window layer `layer` attends over, or `None` for the
+    /// whole context.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        let every = self.block().window_pattern?;
+        (self.sliding_window > 0 && layer % every < every - 1).then_some(self.sliding_window)
+    }
+
+    /// The RoPE settings of layer `layer` (window layers have their own base).
+    pub fn layer_rope(&self, layer: usize) -> Rope {
+        let mut rope = self.rope();
+        if self.layer_window(layer).is_some() {
+            rope.theta = self.rope_theta_window;
+        }
+        rope
     }
 
     /// Width of the query vector of one position (`n_heads * head_size`),
@@ -118,11 +140,11 @@ impl Config {
                 "is odd (RoPE rotates pairs)".into(),
             );
         }
-        if !(self.norm_eps > 0.0 && self.rope_theta > 0.0) {
+        if !(self.norm_eps > 0.0 && self.rope_theta > 0.0 && self.rope_theta_window > 0.0) {
             return bad(
                 "norm_eps",
                 0,
-                "norm_eps and rope_theta must be positive".into(),
+                "norm_eps and both RoPE bases must be positive".into(),
             );
         }
         if self.rope_dim == 0 || self.rope_dim > self.head_size || !self.rope_dim.is_multiple_of(2)
@@ -145,7 +167,7 @@ impl Config {
         Ok(())
     }
 
-    /// The RoPE settings of this model.
+    /// The RoPE settings of the model's whole-context layers.
     pub fn rope(&self) -> Rope {
         Rope {
             head_size: self.head_size,
@@ -176,6 +198,10 @@ pub struct LayerWeights {
     pub qk_norm: Option<Tensor>,
     /// (dim, q_dim) attention output projection.
     pub wo: Tensor,
+    /// (1, dim) RMSNorm weights of the attention output, then of the
+    /// feed-forward output, before each joins the residual stream, where
+    /// the block has them ([`Block::post_norms`]).
+    pub post_norms: Option<(Tensor, Tensor)>,
     /// (1, dim) RMSNorm weights before the feed-forward block.
     pub rms_ffn: Tensor,
     /// (hidden_dim, dim) feed-forward gate projection.
@@ -213,6 +239,7 @@ impl Weights {
                 &l.rms_att, &l.wq, &l.wk, &l.wv, &l.wo, &l.rms_ffn, &l.w1, &l.w2, &l.w3,
             ]);
             all.extend(l.qkv_bias.iter().chain(&l.qk_norm));
+            all.extend(l.post_norms.iter().flat_map(|(a, f)| [a, f]));
         }
         all.extend(self.wcls.as_ref());
         all
@@ -238,7 +265,8 @@ impl Weights {
         ] {
             h.write(&(v as u64).to_le_bytes());
         }
-        for v in [config.norm_eps, config.rope_theta] {
+        h.write(&(config.sliding_window as u64).to_le_bytes());
+        for v in [config.norm_eps, config.rope_theta, config.rope_theta_window] {
             h.write(&v.to_bits().to_le_bytes());
         }
         for f in config.rope_freq_factors.iter().flatten() {
@@ -281,6 +309,7 @@ impl Weights {
                     qkv_bias: l.qkv_bias.clone(),
                     qk_norm: l.qk_norm.clone(),
                     wo: conv(&l.wo),
+                    post_norms: l.post_norms.clone(),
                     rms_ffn: l.rms_ffn.clone(),
                     w1: conv(&l.w1),
                     w2: conv(&l.w2),
@@ -386,6 +415,10 @@ impl Model {
         c.validate()?;
         let block = c.block();
         for (i, l) in self.weights.layers.iter().enumerate() {
+            let (post_att, post_ffn) = match &l.post_norms {
+                Some((a, f)) => (Some(a.clone()), Some(f.clone())),
+                None => (None, None),
+            };
             for (field, wanted, t, len) in [
                 (
                     "qkv_bias",
@@ -394,6 +427,8 @@ impl Model {
                     c.q_dim() + 2 * c.kv_dim(),
                 ),
                 ("qk_norm", block.qk_norm, &l.qk_norm, 2 * c.head_size),
+                ("post_norms", block.post_norms, &post_att, c.dim),
+                ("post_norms", block.post_norms, &post_ffn, c.dim),
             ] {
                 let reason = match (wanted, t) {
                     (true, None) => {
@@ -452,6 +487,7 @@ impl Model {
                     .then(|| mat(rng, 1, q + 2 * kv, 0.5 * ((q + 2 * kv) as f32).sqrt())),
                 qk_norm: block.qk_norm.then(|| norm_of(rng, 2 * c.head_size)),
                 wo: mat(rng, d, q, 1.0),
+                post_norms: block.post_norms.then(|| (norm(rng), norm(rng))),
                 rms_ffn: norm(rng),
                 w1: mat(rng, h, d, 1.0),
                 w2: mat(rng, d, h, 1.0),

@@ -44,8 +44,12 @@ pub struct Params {
     pub out_stride: u32,
     /// Positions per split.
     pub split: u32,
-    /// Splits of the cache (`ceil(capacity / split)`): the grid's y.
+    /// Splits of the cache (`ceil(capacity / split)`): the stride of `partials`.
     pub splits: u32,
+    /// Positions a sliding-window layer attends to; 0: the whole context.
+    pub window: u32,
+    /// Rows of a flat cache (position p in row p % rows).
+    pub rows: u32,
 }
 
 /// Shape of an attention call.
@@ -61,6 +65,30 @@ pub struct Shape {
     pub capacity: usize,
     /// How the cache stores values.
     pub kv_dtype: KvDtype,
+    /// Positions a token attends to, its own and those before it, on a
+    /// sliding-window layer; 0: all of them.
+    pub window: usize,
+    /// Rows of a flat cache: position p is in row p % rows (a window
+    /// layer's ring; `capacity` for the others). Unused by a paged pool.
+    pub rows: usize,
+}
+
+impl Shape {
+    /// The first position a token at `pos` attends to.
+    pub fn first(&self, pos: usize) -> usize {
+        match self.window {
+            0 => 0,
+            w => (pos + 1).saturating_sub(w),
+        }
+    }
+
+    /// Most positions a token attends to.
+    pub fn attended(&self) -> usize {
+        match self.window {
+            0 => self.capacity,
+            w => w.min(self.capacity),
+        }
+    }
 }
 
 /// What attention reads and writes, for the n tokens of the pass in `step`.
@@ -158,6 +186,8 @@ impl Attention {
             out_stride: b.out_stride as u32,
             split: b.split as u32,
             splits: splits as u32,
+            window: s.window as u32,
+            rows: s.rows as u32,
         };
         // `heads` query heads of one K/V head a workgroup (along x), or a
         // thread (per_token).
@@ -172,7 +202,11 @@ impl Attention {
             &[
                 b.step, b.q, b.k_cache, b.v_cache, b.scores, b.out, b.partials, b.paging,
             ],
-            [(s.n_heads / heads) as u32, splits as u32, 1],
+            [
+                (s.n_heads / heads) as u32,
+                s.attended().div_ceil(b.split) as u32,
+                1,
+            ],
         )
         .split_positions(b.split as u32)
         .batched(match b.per_token {
@@ -183,17 +217,20 @@ impl Attention {
 }
 
 /// Host reference (llama2.c's multi-head attention loop) for the token at
-/// `pos`; caches are (capacity, n_kv_heads * head_size).
+/// `pos`, over positions `shape.first(pos)..=pos`; caches are (rows,
+/// n_kv_heads * head_size), position p in row p % rows.
 pub fn cpu(out: &mut [f32], q: &[f32], k_cache: &[f32], v_cache: &[f32], pos: usize, shape: Shape) {
     let hs = shape.head_size;
     let kv_dim = shape.n_kv_heads * hs;
     let kv_mul = shape.n_heads / shape.n_kv_heads;
-    let mut att = vec![0f32; pos + 1];
+    let first = shape.first(pos);
+    let row = |t: usize| (first + t) % shape.rows * kv_dim;
+    let mut att = vec![0f32; pos + 1 - first];
     for h in 0..shape.n_heads {
         let q = &q[h * hs..(h + 1) * hs];
         let kv_off = (h / kv_mul) * hs;
         for (t, a) in att.iter_mut().enumerate() {
-            let k = &k_cache[t * kv_dim + kv_off..][..hs];
+            let k = &k_cache[row(t) + kv_off..][..hs];
             let dot: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
             *a = dot / (hs as f32).sqrt();
         }
@@ -201,7 +238,7 @@ pub fn cpu(out: &mut [f32], q: &[f32], k_cache: &[f32], v_cache: &[f32], pos: us
         let o = &mut out[h * hs..(h + 1) * hs];
         o.fill(0.0);
         for (t, a) in att.iter().enumerate() {
-            let v = &v_cache[t * kv_dim + kv_off..][..hs];
+            let v = &v_cache[row(t) + kv_off..][..hs];
             for (o, v) in o.iter_mut().zip(v) {
                 *o += a * v;
             }
@@ -250,17 +287,28 @@ mod tests {
             (6, 2, 16, 37),
             (4, 4, 24, 131),
         ];
-        for kv_dtype in KvDtype::ALL {
+        // Every cache type over the whole context; F32 and Q8_0 also as a
+        // sliding-window layer of a third of the positions, its cache a
+        // ring of two thirds (position p in row p % rows).
+        let whole = KvDtype::ALL.map(|t| (t, false));
+        let windowed = [(KvDtype::F32, true), (KvDtype::Q8_0, true)];
+        for (kv_dtype, windowed) in whole.into_iter().chain(windowed) {
             for (i, &(n_heads, n_kv_heads, head_size, capacity)) in shapes.iter().enumerate() {
                 if !kv_dtype.fits(n_kv_heads * head_size) {
                     continue;
                 }
+                let (window, rows) = match windowed {
+                    true => ((capacity / 3).max(1), (2 * capacity / 3).max(1)),
+                    false => (0, capacity),
+                };
                 let shape = Shape {
                     n_heads,
                     n_kv_heads,
                     head_size,
                     capacity,
                     kv_dtype,
+                    window,
+                    rows,
                 };
                 let kv_dim = n_kv_heads * head_size;
                 let seed = 10 * i as u64;
@@ -341,6 +389,7 @@ mod tests {
                             head_size,
                             capacity,
                             split,
+                            window,
                         },
                     );
                     b.run(&combine, n);
@@ -392,6 +441,8 @@ mod tests {
                     head_size,
                     capacity,
                     kv_dtype,
+                    window: 0,
+                    rows: capacity,
                 };
                 let ks: Vec<Vec<f32>> = lens
                     .iter()
@@ -462,6 +513,7 @@ mod tests {
                             head_size,
                             capacity,
                             split,
+                            window: 0,
                         },
                     );
                     b.run(&combine, n);

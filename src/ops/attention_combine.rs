@@ -36,6 +36,8 @@ pub struct Params {
     pub split: u32,
     /// Splits of the cache.
     pub splits: u32,
+    /// Positions a sliding-window layer attends to; 0: the whole context.
+    pub window: u32,
 }
 
 /// What the merge reads and writes, for the n tokens of the pass in `step`.
@@ -62,6 +64,8 @@ pub struct Bindings<'a> {
     pub capacity: usize,
     /// Positions per split.
     pub split: usize,
+    /// Positions a sliding-window layer attends to; 0: the whole context.
+    pub window: usize,
 }
 
 /// The split-K merge kernel.
@@ -91,6 +95,7 @@ impl AttentionCombine {
             out_stride: b.out_stride as u32,
             split: b.split as u32,
             splits: b.capacity.div_ceil(b.split) as u32,
+            window: b.window as u32,
         };
         let paged = b.paged.then(|| self.paged.get(super::paged()));
         Dispatch::new(
@@ -144,6 +149,8 @@ mod tests {
             head_size,
             capacity,
             kv_dtype: KvDtype::F32,
+            window: 0,
+            rows: capacity,
         };
         let kv_dim = n_kv_heads * head_size;
         let q_dim = n_heads * head_size;
@@ -193,6 +200,7 @@ mod tests {
                     head_size,
                     capacity,
                     split,
+                    window: 0,
                 },
             );
             b.run(&combine, n);

@@ -34,6 +34,8 @@ pub struct Bindings<'a> {
     pub tokens: &'a wgpu::Buffer,
     /// `Some`: `xg (n, stride)` gets each row times `g` too (the NEXT_NORM build).
     pub next_norm: Option<NextNorm<'a>>,
+    /// Each row is multiplied by it (1, or Gemma's sqrt(dim)).
+    pub scale: f32,
 }
 
 /// The build for a table of `dtype` that also writes x * g when `next_norm`.
@@ -61,7 +63,7 @@ impl Embed {
         }
     }
 
-    /// Binds `out (n, stride)[.., ..cols] = table[tokens (n,)]`, one launch
+    /// Binds `out (n, stride)[.., ..cols] = table[tokens (n,)] * scale`, one launch
     /// per chunk of `table` (only the chunk holding a token writes its row).
     pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
         let groups = grid_64((b.table.cols as u32).div_ceil(8));
@@ -79,6 +81,7 @@ impl Embed {
                 xg.as_entire_binding(),
             ],
             b.stride,
+            b.scale,
             |_| groups,
         )
         .batched(1)
@@ -117,6 +120,7 @@ mod tests {
                 table,
                 tokens: &tb,
                 next_norm: next_norm.then_some(NextNorm { g: &gb, xg: &xg }),
+                scale: 1.0,
             },
         );
         b.run(&d, tokens.len());

@@ -144,7 +144,7 @@ impl Matvec {
                 b.norm.is_some(),
                 rope.is_some(),
                 b.next_norm.is_some(),
-                matches!(b.mode, Mode::SwiGlu { .. }),
+                matches!(b.mode, Mode::SwiGlu { .. } | Mode::GeGlu { .. }),
                 c.dtype,
                 up.dtype,
             );
@@ -189,7 +189,7 @@ impl Matvec {
     }
 }
 
-/// Host reference: `out = w x`, `out += w x` or `out = silu(w x) * (up x)`
+/// Host reference: `out = w x`, `out += w x` or `out = act(w x) * (up x)`
 /// by dequantizing each row and taking its dot product with `x` (for a
 /// NORM matvec, pass `rmsnorm::cpu`'s output as `x`).
 pub fn cpu(out: &mut [f32], w: &Tensor, x: &[f32], mode: CpuMode) {
@@ -198,11 +198,11 @@ pub fn cpu(out: &mut [f32], w: &Tensor, x: &[f32], mode: CpuMode) {
     match mode {
         CpuMode::Set => out.copy_from_slice(&y),
         CpuMode::Add => out.iter_mut().zip(y).for_each(|(o, y)| *o += y),
-        CpuMode::SwiGlu { up } => {
+        CpuMode::Gated { up, activation } => {
             let mut u = vec![0.0; out.len()];
             up.matvec(x, &mut u);
             for ((o, g), u) in out.iter_mut().zip(y).zip(u) {
-                *o = silu(g) * u;
+                *o = activation.apply(g) * u;
             }
         }
     }
@@ -216,21 +216,19 @@ pub enum CpuMode<'a> {
     Set,
     /// `out += W x`.
     Add,
-    /// `out = silu(W x) * (up x)`.
-    SwiGlu {
+    /// `out = act(W x) * (up x)`.
+    Gated {
         /// The up projection.
         up: &'a Tensor,
+        /// The gate's activation.
+        activation: crate::arch::Activation,
     },
-}
-
-/// llama2.c's SiLU: `x * sigmoid(x)`.
-pub fn silu(x: f32) -> f32 {
-    x * (1.0 / (1.0 + (-x).exp()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::Activation;
     use crate::ops::matvec;
     use crate::ops::projection::norm_weights;
     use crate::ops::rmsnorm;
@@ -303,6 +301,7 @@ mod tests {
                     head_size,
                     capacity,
                     kv_dtype,
+                    rows: capacity,
                 };
                 for ((build, matvec, _), pos) in builds(&b)
                     .into_iter()
@@ -394,12 +393,21 @@ mod tests {
                 .unwrap()
                 .unwrap();
             let xg: Vec<f32> = x.iter().zip(&g).map(|(x, g)| x * g).collect();
-            for ((build, matvec, _), swiglu) in
-                builds(&b).into_iter().flat_map(|b| [(b, false), (b, true)])
-            {
-                let (mode, cpu_mode) = match swiglu {
-                    true => (Mode::SwiGlu { up: &gup }, CpuMode::SwiGlu { up: &up }),
-                    false => (Mode::Set, CpuMode::Set),
+            let gated = |activation| CpuMode::Gated {
+                up: &up,
+                activation,
+            };
+            for ((build, matvec, _), act) in builds(&b).into_iter().flat_map(|b| {
+                [
+                    (b, None),
+                    (b, Some(Activation::Silu)),
+                    (b, Some(Activation::GeluTanh)),
+                ]
+            }) {
+                let swiglu = act.is_some();
+                let (mode, cpu_mode) = match act {
+                    Some(a) => (Mode::gated(a, &gup), gated(a)),
+                    None => (Mode::Set, CpuMode::Set),
                 };
                 let ob = b.buffer(&vec![f32::NAN; rows]);
                 let (xb, xgb) = (b.input(&x), b.input(&xg));
@@ -433,7 +441,7 @@ mod tests {
                     let tolerance = 1e-5 * (1.0 + bound[i] + e.abs());
                     assert!(
                         (g - e).abs() <= tolerance,
-                        "{dtype:?} {rows}x{cols} swiglu {swiglu} ({build} build): element {i}: {g} vs {e}"
+                        "{dtype:?} {rows}x{cols} {act:?} ({build} build): element {i}: {g} vs {e}"
                     );
                 }
             }

@@ -88,10 +88,9 @@ impl Variant {
 /// Every pipeline [`Kernels::new`] builds (a test checks this against what
 /// it builds, and translates each for every backend).
 #[cfg(test)]
-pub const VARIANTS: [Variant; 3] = [
+pub const VARIANTS: [Variant; 2] = [
     Variant::plain(argmax::SHADER),
     Variant::plain(attention_combine::SHADER),
-    Variant::plain(rmsnorm::SHADER),
 ];
 
 /// The weight-reading kernels' pipelines for every storage type (each
@@ -137,6 +136,8 @@ pub fn specialized_variants() -> Vec<Variant> {
         shader: attention_combine::SHADER,
         constants: paged(),
     });
+    out.push(rmsnorm::variant(false));
+    out.push(rmsnorm::variant(true));
     // The kernels that touch the cache: every storage type, flat and paged;
     // attention in both builds, with 1 to 4 heads a workgroup (or thread).
     for (i, kv) in crate::kv_cache::KvDtype::ALL.into_iter().enumerate() {

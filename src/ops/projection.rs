@@ -24,7 +24,7 @@ pub struct Params {
     /// Index of this chunk's first row in the whole (stacked) matrix: where
     /// its outputs go in each token's output row.
     pub out_offset: u32,
-    /// 0 set, 1 add, 2 SwiGLU (see [`Mode`]).
+    /// 0 set, 1 add, 2 SwiGLU, 3 GeGLU (see [`Mode`]).
     pub mode: u32,
     /// Bytes per row of the up projection (SwiGLU).
     pub up_row_bytes: u32,
@@ -46,6 +46,8 @@ pub struct Params {
     pub head_size: u32,
     /// [`KvDtype::gpu_id`](crate::kv_cache::KvDtype::gpu_id) of the cache (ROPE: f32 or f16).
     pub kv_dtype: u32,
+    /// What embed multiplies each row by (1, or Gemma's sqrt(dim)).
+    pub scale: f32,
 }
 
 /// What a projection does with `W x`.
@@ -61,6 +63,21 @@ pub enum Mode<'a> {
         /// The up projection.
         up: &'a GpuTensor,
     },
+    /// `out = gelu(W x) * (up x)` (GGML's tanh form), as SwiGlu.
+    GeGlu {
+        /// The up projection.
+        up: &'a GpuTensor,
+    },
+}
+
+impl<'a> Mode<'a> {
+    /// The gated mode of `activation` with the up projection `up`.
+    pub fn gated(activation: crate::arch::Activation, up: &'a GpuTensor) -> Self {
+        match activation {
+            crate::arch::Activation::Silu => Mode::SwiGlu { up },
+            crate::arch::Activation::GeluTanh => Mode::GeGlu { up },
+        }
+    }
 }
 
 /// The RMSNorm that reads a residual stream next, applied ahead: a kernel
@@ -333,7 +350,7 @@ impl GpuTensor {
     ) -> impl Iterator<Item = (Params, &'a Chunk, &'a Chunk)> {
         let row_bytes = |c: &Chunk| gpu_row_bytes(c.dtype, self.cols).expect("whole blocks") as u32;
         let up = match mode {
-            Mode::SwiGlu { up } => Some(up),
+            Mode::SwiGlu { up } | Mode::GeGlu { up } => Some(up),
             _ => None,
         };
         self.chunks.iter().enumerate().map(move |(i, c)| {
@@ -348,6 +365,7 @@ impl GpuTensor {
                     Mode::Set => 0,
                     Mode::Add => 1,
                     Mode::SwiGlu { .. } => 2,
+                    Mode::GeGlu { .. } => 3,
                 },
                 up_row_bytes: row_bytes(u),
                 out_stride: out_stride as u32,
@@ -359,6 +377,7 @@ impl GpuTensor {
                 kv_dim: 0,
                 head_size: 0,
                 kv_dtype: 0,
+                scale: 1.0,
             };
             (params, c, u)
         })
@@ -375,10 +394,12 @@ pub(crate) fn bind_chunks(
     w: &GpuTensor,
     rest: &[wgpu::BindingResource],
     out_stride: usize,
+    scale: f32,
     groups: impl Fn(u32) -> [u32; 3],
 ) -> Dispatch {
     let mut dispatch = Dispatch::none();
-    for (params, c, _) in w.chunk_params(Mode::Set, out_stride) {
+    for (mut params, c, _) in w.chunk_params(Mode::Set, out_stride) {
+        params.scale = scale;
         dispatch.set_pipeline(&pipeline(c.dtype));
         let resources = std::iter::once(wgpu::BindingResource::TextureView(&c.view))
             .chain(rest.iter().cloned())

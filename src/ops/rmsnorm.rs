@@ -1,6 +1,8 @@
-//! RMSNorm: `out = weight * x / sqrt(mean(x^2) + eps)`. See `shaders/rmsnorm.wgsl`.
+//! RMSNorm: `out = weight * x / sqrt(mean(x^2) + eps)`, or, as a residual
+//! add, `out += weight * x / sqrt(mean(x^2) + eps)`. See `shaders/rmsnorm.wgsl`.
 
-use super::{Dispatch, Needs, Shader, Variant};
+use super::projection::NextNorm;
+use super::{Dispatch, Needs, Pipelines, Shader, Variant};
 
 /// `shaders/rmsnorm.wgsl` after `shaders/prelude.wgsl`.
 pub const SHADER: Shader = Shader {
@@ -10,7 +12,7 @@ pub const SHADER: Shader = Shader {
         include_str!("../../shaders/rmsnorm.wgsl")
     ),
     needs: Needs {
-        storage_buffers: 3,
+        storage_buffers: 5,
         uniform_bytes: 16,
         textures: 0,
         workgroup_bytes: 1024,
@@ -60,24 +62,40 @@ pub struct Bindings<'a> {
     pub eps: f32,
     /// Every token's row, or only the last.
     pub rows: Rows,
+    /// `Some`: the normed rows are added to `out` (the residual stream),
+    /// which then also goes times the next norm's weights into its `xg`
+    /// (the RESIDUAL build).
+    pub residual: Option<NextNorm<'a>>,
 }
 
-/// The RMSNorm kernel.
-#[derive(Clone, Debug)]
+/// The build that adds the normed rows to the stream (`residual`) or not.
+pub fn variant(residual: bool) -> Variant {
+    Variant {
+        shader: SHADER,
+        constants: match residual {
+            true => vec![("RESIDUAL", 1.0)],
+            false => Vec::new(),
+        },
+    }
+}
+
+/// The RMSNorm kernel, its builds compiled on first use.
+#[derive(Debug)]
 pub struct RmsNorm {
-    pipeline: wgpu::ComputePipeline,
+    pipelines: Pipelines,
 }
 
 impl RmsNorm {
-    /// Compiles the kernel.
+    /// Prepares the kernel.
     pub fn new(c: &super::Compiler) -> Self {
         Self {
-            pipeline: super::pipeline(c, Variant::plain(SHADER)),
+            pipelines: Pipelines::new(c, SHADER),
         }
     }
 
-    /// Binds `out[t] = rmsnorm(x[t]) * weight` row by row for the tokens of
-    /// the pass, or only the last (into row 0).
+    /// Binds `out[t] = rmsnorm(x[t]) * weight` (or, with `residual`, `out[t]
+    /// += ..` and `xg[t] = out[t] * g`) row by row for the tokens of the
+    /// pass, or only the last (into row 0).
     pub fn bind(&self, device: &wgpu::Device, b: Bindings) -> Dispatch {
         let params = Params {
             n: b.len as u32,
@@ -85,11 +103,13 @@ impl RmsNorm {
             last: (b.rows == Rows::Last) as u32,
             stride: b.stride as u32,
         };
+        // Without a residual add, weight and out fill its slots.
+        let (g, xg) = b.residual.map_or((b.weight, b.out), |n| (n.g, n.xg));
         let d = Dispatch::new(
             device,
-            &self.pipeline,
+            &self.pipelines.get(variant(b.residual.is_some()).constants),
             bytemuck::bytes_of(&params),
-            &[b.x, b.weight, b.out, b.step],
+            &[b.x, b.weight, b.out, b.step, g, xg],
             [1, 1, 1],
         );
         match b.rows {
@@ -142,6 +162,7 @@ mod tests {
                         stride,
                         eps: 1e-5,
                         rows,
+                        residual: None,
                     },
                 );
                 b.run(&d, tokens);
@@ -165,6 +186,56 @@ mod tests {
                 });
                 assert!(untouched, "rmsnorm {n} {rows:?} wrote outside its rows");
             }
+        }
+    }
+
+    #[test]
+    fn residual_build_adds_the_normed_rows_and_writes_the_next_norms_input() {
+        let b = require!(Bench::new());
+        let (n, tokens, stride) = (300, 3, 305);
+        let x: Vec<f32> = random(tokens * stride, 4).iter().map(|v| v * 9.0).collect();
+        let (w, next_g) = (random(n, 5), random(n, 6));
+        let stream = random(tokens * stride, 7);
+        let (xb, wb, gb) = (b.buffer(&x), b.buffer(&w), b.buffer(&next_g));
+        let (ob, xgb) = (
+            b.buffer(&stream),
+            b.buffer(&vec![f32::NAN; tokens * stride]),
+        );
+        let step = b.step(0, tokens);
+        let d = b.kernels.rmsnorm.bind(
+            &b.gpu.device,
+            Bindings {
+                out: &ob,
+                x: &xb,
+                weight: &wb,
+                step: &step,
+                len: n,
+                stride,
+                eps: 1e-6,
+                rows: Rows::All,
+                residual: Some(NextNorm { g: &gb, xg: &xgb }),
+            },
+        );
+        b.run(&d, tokens);
+        let (got, xg) = (b.read(&ob), b.read(&xgb));
+        let mut normed = vec![0.0; n];
+        for t in 0..tokens {
+            let row = t * stride..t * stride + n;
+            cpu(&mut normed, &x[row.clone()], &w, 1e-6);
+            let expect: Vec<f32> = stream[row.clone()]
+                .iter()
+                .zip(&normed)
+                .map(|(s, y)| s + y)
+                .collect();
+            assert_close(&got[row.clone()], &expect, &format!("stream row {t}"));
+            // xg is the stream as written, times g, exactly.
+            for i in row.clone() {
+                assert_eq!(xg[i].to_bits(), (got[i] * next_g[i - t * stride]).to_bits());
+            }
+            // The padding is neither read nor written.
+            let pad = t * stride + n..(t + 1) * stride;
+            assert_eq!(&got[pad.clone()], &stream[pad.clone()]);
+            assert!(xg[pad].iter().all(|v| v.is_nan()));
         }
     }
 }

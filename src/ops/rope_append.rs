@@ -37,6 +37,8 @@ pub struct Params {
     pub capacity: u32,
     /// RMSNorm epsilon of the q/k norms.
     pub eps: f32,
+    /// Rows of a flat cache: position p goes to row p % rows.
+    pub rows: u32,
 }
 
 /// Shape of the q and k/v rows and of the cache.
@@ -52,6 +54,9 @@ pub struct Shape {
     pub capacity: usize,
     /// How the cache stores values.
     pub kv_dtype: KvDtype,
+    /// Rows of a flat cache: position p goes to row p % rows (a window
+    /// layer's ring; `capacity` for the others).
+    pub rows: usize,
 }
 
 /// What the kernel reads and writes, for the n tokens of the pass in `step`.
@@ -148,6 +153,7 @@ impl RopeAppend {
             head_size: s.head_size as u32,
             capacity: s.capacity as u32,
             eps: prep.eps,
+            rows: s.rows as u32,
         };
         let build = variant(b.paged, s.kv_dtype, prep.bias, prep.norm);
         Dispatch::new(
@@ -305,6 +311,7 @@ mod tests {
                     head_size,
                     capacity,
                     kv_dtype,
+                    rows: capacity,
                 };
                 let run = |qkv: &[f32], kc: &[f32], vc: &[f32], pos: usize, n: usize| {
                     let (kcb, vcb) = (b.cache(kc, kv_dim, kv_dtype), b.cache(vc, kv_dim, kv_dtype));
@@ -418,6 +425,7 @@ mod tests {
                 head_size,
                 capacity,
                 kv_dtype,
+                rows: capacity,
             };
             let d = b.kernels.rope_append.bind(
                 &b.gpu.device,

@@ -172,6 +172,7 @@ fn kernels_build_exactly_the_listed_variants() {
             table: &table,
             tokens: &out,
             next_norm: None,
+            scale: 1.0,
         };
         gpu.scoped("binding", || kernels.embed.bind(&gpu.device, b))
             .unwrap();

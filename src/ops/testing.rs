@@ -14,6 +14,7 @@ use wgpu::util::DeviceExt;
 use super::matvec::CpuMode;
 use super::projection::{input_stride, GpuTensor, Mode, MAX_COLS};
 use super::{matmul, matvec, Dispatch, Kernels};
+use crate::arch::Activation;
 use crate::gpu::Gpu;
 use crate::kv_cache::KvDtype;
 use crate::tensor::{DType, Tensor};
@@ -284,8 +285,10 @@ pub fn project(
 ) -> Vec<f32> {
     let n = x.len() / p.w.cols;
     let ob = b.buffer(base);
+    // A gated projection's `add` picks GeGLU over SwiGLU.
     let mode = match (gup, add) {
-        (Some(up), _) => Mode::SwiGlu { up },
+        (Some(up), false) => Mode::SwiGlu { up },
+        (Some(up), true) => Mode::GeGlu { up },
         (None, true) => Mode::Add,
         (None, false) => Mode::Set,
     };
@@ -369,12 +372,16 @@ pub fn check_projections(tokens: &[usize]) {
             let x = random(n * p.w.cols, 7 + n as u64);
             let base = random(n * p.w.rows, 8);
             for add in [false, true] {
-                if add && p.up.is_some() {
-                    continue;
-                }
                 let mut expect = base.clone();
                 let mode = match (&p.up, add) {
-                    (Some(up), _) => CpuMode::SwiGlu { up },
+                    (Some(up), false) => CpuMode::Gated {
+                        up,
+                        activation: Activation::Silu,
+                    },
+                    (Some(up), true) => CpuMode::Gated {
+                        up,
+                        activation: Activation::GeluTanh,
+                    },
                     (None, true) => CpuMode::Add,
                     (None, false) => CpuMode::Set,
                 };

@@ -142,6 +142,8 @@ pub fn tiny_model(seq_len: usize) -> Model {
         shared_classifier: false,
         norm_eps: 1e-5,
         rope_theta: 10000.0,
+        rope_theta_window: 10000.0,
+        sliding_window: 0,
         rope_dim: 8,
         rope_freq_factors: None,
         family: kvgpu::arch::Family::llama(),

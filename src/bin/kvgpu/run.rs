@@ -179,13 +179,33 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let cpu_sampler = sampler.clone();
     let cache = session.cache();
-    let kv = format!(
-        "KV cache: {} bytes ({} positions x {} bytes, {:?})",
-        cache.bytes(),
-        cache.capacity(),
-        cache.bytes_per_position(),
-        cache.dtype()
-    );
+    let kv = match cache.has_rings() {
+        false => format!(
+            "KV cache: {} bytes ({} positions x {} bytes, {:?})",
+            cache.bytes(),
+            cache.capacity(),
+            cache.bytes_per_position(),
+            cache.dtype()
+        ),
+        // Sliding-window layers keep rings of the positions they still read.
+        true => {
+            let c = session.model().config();
+            let batch = session.prefill_tokens();
+            let (whole, window) =
+                kvgpu::KvCache::bytes_for(c, cache.capacity(), batch, cache.dtype());
+            let rows = cache.layer_rows();
+            let (n_window, ring) = (0..c.n_layers)
+                .filter(|&l| c.layer_window(l).is_some())
+                .fold((0, 0), |(n, _), l| (n + 1, rows[l]));
+            format!(
+                "KV cache: {} bytes ({} whole-context layers x {} positions: {whole} bytes; {n_window} sliding-window layers x {ring} positions: {window} bytes; {:?})",
+                cache.bytes(),
+                c.n_layers - n_window,
+                cache.capacity(),
+                cache.dtype()
+            )
+        }
+    };
     let dispatches = session.dispatches_per_token();
     let bytes_per_position = cache.bytes_per_position();
     let (mut cached, mut uncached, mut lookup) = (None, None, None);

@@ -28,6 +28,8 @@ fn synthetic(name: &str, spec: &str) -> Result<(Config, DType), String> {
         shared_classifier: true,
         norm_eps: 1e-5,
         rope_theta: 10000.0,
+        rope_theta_window: 10000.0,
+        sliding_window: 0,
         rope_dim: dim / heads.max(1),
         rope_freq_factors: None,
         family: kvgpu::arch::Family::llama(),
