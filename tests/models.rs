@@ -13,6 +13,11 @@ fn model_files_are_present_or_their_tests_are_skipped_on_purpose() {
         "stories260K.gguf",
         "stories260K-f16.gguf",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "stories260K-as-qwen2.gguf",
+        "stories260K-as-qwen3.gguf",
+        "stories260K-as-phi3.gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        "gemma-3-270m-f16.gguf",
     ]
     .into_iter()
     .filter_map(|name| match kvgpu::files::find(name) {

@@ -26,4 +26,30 @@ pub const GEMMA3: Family = Family {
     },
     fused_qkv: false,
     fused_gate_up: false,
+    chat_template: Some(TEMPLATE),
 };
+
+/// Gemma 3's turns, as its instruct models' template writes them (string
+/// contents; a system message opens the first user turn):
+/// `<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n`.
+const TEMPLATE: &str = r#"{{ bos_token }}
+{%- if messages and messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = '' -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif -%}
+    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}
+    {{- message['content'] | trim -}}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{ '<start_of_turn>model\n' }}
+{%- endif -%}
+"#;

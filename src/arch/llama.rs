@@ -10,4 +10,5 @@ pub const LLAMA: Family = Family {
     block: Block::LLAMA,
     fused_qkv: false,
     fused_gate_up: false,
+    chat_template: None,
 };

@@ -116,6 +116,9 @@ pub struct Family {
     /// Whether gate and up come as one `ffn_up` tensor of 2 hidden_dim rows
     /// (gate rows, then up rows), with no `ffn_gate`.
     pub fused_gate_up: bool,
+    /// The chat template (Jinja) of the family's instruct models, for
+    /// files that carry none (`tokenizer.chat_template`).
+    pub chat_template: Option<&'static str>,
 }
 
 /// Every family kvgpu runs.

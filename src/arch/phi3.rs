@@ -15,4 +15,5 @@ pub const PHI3: Family = Family {
     },
     fused_qkv: true,
     fused_gate_up: true,
+    chat_template: None,
 };

@@ -15,4 +15,5 @@ pub const QWEN2: Family = Family {
     },
     fused_qkv: false,
     fused_gate_up: false,
+    chat_template: None,
 };

@@ -17,4 +17,5 @@ pub const QWEN3: Family = Family {
     },
     fused_qkv: false,
     fused_gate_up: false,
+    chat_template: None,
 };

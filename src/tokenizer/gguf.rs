@@ -149,7 +149,15 @@ impl Tokenizer {
             )),
         }?;
         tokenizer.end_tokens = end_tokens;
-        tokenizer.chat_template = g.string("tokenizer.chat_template")?.map(str::to_string);
+        tokenizer.user_defined = (0..n as u32).filter(|&i| types[i as usize] == 4).collect();
+        // The file's template, else its family's (Gemma 3's base models
+        // carry none, and their instruct turns are the same).
+        let arch = g.string("general.architecture")?.unwrap_or("");
+        let family_template = crate::arch::Family::from_arch(arch).and_then(|f| f.chat_template);
+        tokenizer.chat_template = g
+            .string("tokenizer.chat_template")?
+            .or(family_template)
+            .map(str::to_string);
         Ok(tokenizer)
     }
 
@@ -223,6 +231,7 @@ impl Tokenizer {
             unknown,
             add_bos,
             specials: special_tokens(tokens, types),
+            user_defined: Vec::new(),
             end_tokens: vec![bos, eos],
             chat_template: None,
         })
@@ -248,7 +257,8 @@ impl Tokenizer {
         for (id, piece) in self.pieces.iter().enumerate() {
             let id = id as u32;
             let (text, ty) = if let Some(s) = specials.get(&id) {
-                (s.to_string(), 3)
+                let user_defined = self.user_defined.binary_search(&id).is_ok();
+                (s.to_string(), if user_defined { 4 } else { 3 })
             } else if self.byte_of[id as usize].is_some() {
                 (String::from_utf8_lossy(piece).into_owned(), 6)
             } else if Some(id) == self.unknown {

@@ -70,6 +70,9 @@ pub struct Tokenizer {
     /// Control and user-defined tokens (text, id), longest first, matched in
     /// text by [`Tokenizer::encode_special`].
     specials: Vec<(String, u32)>,
+    /// The user-defined ones among them (sorted ids), matched by
+    /// [`Tokenizer::encode`] too, as llama.cpp does (Gemma's whitespace runs).
+    pub(crate) user_defined: Vec<u32>,
     /// Tokens that end a generation (see [`Tokenizer::end_tokens`]).
     end_tokens: Vec<u32>,
     /// The file's chat template (Jinja), if any.
@@ -155,6 +158,7 @@ impl Tokenizer {
             unknown,
             add_bos,
             specials,
+            user_defined: Vec::new(),
             // run.c stops at BOS.
             end_tokens: vec![bos],
             chat_template: None,
@@ -219,31 +223,31 @@ impl Tokenizer {
         self.end_tokens = tokens;
     }
 
-    /// Encodes `text` (control-token text is encoded as plain text). With the
-    /// llama2.c tokenizer this is run.c's `encode`: optional BOS, a
-    /// dummy-prefix space for non-empty text, one token per UTF-8 character
-    /// (or its bytes as `<0xXX>` tokens when the character is not in the
-    /// vocabulary), then repeated merging of the adjacent pair whose merged
-    /// piece scores highest.
+    /// Encodes `text` (control-token text is encoded as plain text;
+    /// user-defined pieces, such as Gemma's whitespace runs, become their
+    /// tokens, as llama.cpp has them). With the llama2.c tokenizer this is
+    /// run.c's `encode`: optional BOS, a dummy-prefix space for non-empty
+    /// text, one token per UTF-8 character (or its bytes as `<0xXX>` tokens
+    /// when the character is not in the vocabulary), then repeated merging
+    /// of the adjacent pair whose merged piece scores highest.
     pub fn encode(&self, text: &str, bos: bool, eos: bool) -> Result<Vec<u32>> {
+        self.encode_parts(text, bos, eos, false)
+    }
+
+    /// Like [`Tokenizer::encode`], but control token texts in `text` (e.g.
+    /// `<|begin_of_text|>`) become their tokens, unsplit, too.
+    pub fn encode_special(&self, text: &str, bos: bool, eos: bool) -> Result<Vec<u32>> {
+        self.encode_parts(text, bos, eos, true)
+    }
+
+    /// `text` encoded piece by piece between the special tokens it spells:
+    /// user-defined ones, and with `control` control ones too.
+    fn encode_parts(&self, text: &str, bos: bool, eos: bool, control: bool) -> Result<Vec<u32>> {
         let mut tokens = Vec::with_capacity(text.len() + 3);
         if bos {
             tokens.push(self.bos);
         }
-        self.encode_text(text, true, &mut tokens)?;
-        if eos {
-            tokens.push(self.eos);
-        }
-        Ok(tokens)
-    }
-
-    /// Like [`Tokenizer::encode`], but control and user-defined token texts
-    /// in `text` (e.g. `<|begin_of_text|>`) become their tokens, unsplit.
-    pub fn encode_special(&self, text: &str, bos: bool, eos: bool) -> Result<Vec<u32>> {
-        let mut tokens = Vec::new();
-        if bos {
-            tokens.push(self.bos);
-        }
+        let matched = |id: &u32| control || self.user_defined.binary_search(id).is_ok();
         let mut rest = text;
         let mut plain_start = 0;
         let mut at = 0;
@@ -252,7 +256,7 @@ impl Tokenizer {
             if let Some((s, id)) = self
                 .specials
                 .iter()
-                .find(|(s, _)| rest[at..].starts_with(s.as_str()))
+                .find(|(s, id)| matched(id) && rest[at..].starts_with(s.as_str()))
             {
                 self.encode_segment(&rest[plain_start..at], first, &mut tokens)?;
                 first = false;

@@ -80,6 +80,9 @@ pub fn how_to_get(name: &str) -> &'static str {
             "make it with `kvgpu quantize -m stories260K.bin --type f16 -o stories260K-f16.gguf` \
              in the folder KVGPU_MODELS names"
         }
+        "gemma-3-270m-q4_k_m.gguf" | "gemma-3-270m-f16.gguf" => {
+            "scripts/fetch-gemma3.sh fetches it (and makes the F16 conversion) into the user cache folder"
+        }
         _ => "see ../shared/models/README.md",
     }
 }

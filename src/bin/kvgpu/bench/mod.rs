@@ -32,7 +32,8 @@ use work::pass_work;
 pub struct Args {
     /// Comma-separated models: stories260K, 15M, 110M, smollm2 (the Q4_1
     /// file in $KVGPU_MODELS), smollm2-<type> (its weights converted to
-    /// f16, q8_0, q4_0, ...), or names from --shape.
+    /// f16, q8_0, q4_0, ...), gemma3 and gemma3-f16 (Gemma 3 270M as
+    /// published and converted, scripts/fetch-gemma3.sh), or names from --shape.
     #[arg(long, default_value = "stories260K,15M,110M")]
     models: String,
     /// Extra synthetic shape: name:dim,hidden,layers,heads,kv_heads,vocab,context,dtype

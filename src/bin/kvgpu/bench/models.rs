@@ -45,6 +45,14 @@ pub fn load(name: &str, shapes: &[(String, String)]) -> Result<Model, Box<dyn st
             return Ok(Model::load_llama2c(path)?);
         }
         "smollm2" => return smollm2(),
+        // Gemma 3 270M as published (scripts/fetch-gemma3.sh), and its F16 conversion.
+        "gemma3" | "gemma3-f16" => {
+            let file = match name {
+                "gemma3" => "gemma-3-270m-q4_k_m.gguf",
+                _ => "gemma-3-270m-f16.gguf",
+            };
+            return Ok(Model::load(kvgpu::files::find(file)?)?.0);
+        }
         other if other.starts_with("smollm2-") => {
             let dtype = DType::from_name(&other["smollm2-".len()..])
                 .filter(|t| kvgpu::tensor::QUANTIZERS.contains(t))
