@@ -270,7 +270,7 @@ pub fn generate<D: Decoder + ?Sized>(
         &prompt_tokens,
         length.into(),
         None,
-        true,
+        Some(prompt),
         emit,
     )
 }
@@ -308,7 +308,7 @@ pub fn generate_shifting<D: Decoder + ?Sized>(
         &prompt_tokens,
         length,
         Some(shift),
-        true,
+        Some(prompt),
         emit,
     )
 }
@@ -339,14 +339,15 @@ pub fn generate_tokens<D: Decoder + ?Sized>(
         prompt_tokens,
         length.into(),
         None,
-        false,
+        None,
         emit,
     )
 }
 
 /// The loop of [`generate`], [`generate_tokens`] and
-/// [`generate_shifting`]; `echo` streams the prompt's text first; `shift`
-/// shifts the context when the cache is full instead of stopping.
+/// [`generate_shifting`]; `echo` streams the prompt as typed first (its
+/// tokens' pieces where the length stops inside it); `shift` shifts the
+/// context when the cache is full instead of stopping.
 #[allow(clippy::too_many_arguments)]
 fn run<D: Decoder + ?Sized>(
     decoder: &mut D,
@@ -355,7 +356,7 @@ fn run<D: Decoder + ?Sized>(
     prompt_tokens: &[u32],
     length: Length,
     shift: Option<ContextShift>,
-    echo: bool,
+    echo: Option<&str>,
     mut emit: impl FnMut(&str),
 ) -> Result<Generation> {
     decoder
@@ -387,14 +388,21 @@ fn run<D: Decoder + ?Sized>(
     let fed = (prompt_tokens.len() - 1).min(steps);
     let began = Instant::now();
     decoder.feed(&prompt_tokens[..fed])?;
-    // The prompt as typed: a BOS the tokenizer added prints nothing; a
-    // first token without one is printed as if it followed BOS (no
-    // dummy-prefix space).
-    let mut prev = tokenizer.bos();
-    let first = usize::from(tokenizer.add_bos() && prompt_tokens[0] == tokenizer.bos());
-    for &t in prompt_tokens[first..=fed].iter().filter(|_| echo) {
-        out(&stream.push(tokenizer.decode(prev, t)?), &mut text);
-        prev = t;
+    // The prompt as typed (control tokens' text included), when the
+    // length reaches past it; else its pieces up to where the length
+    // stops: a BOS the tokenizer added prints nothing, and a first token
+    // without one prints as if it followed BOS (no dummy-prefix space).
+    match echo {
+        Some(prompt) if fed + 1 == prompt_tokens.len() => out(prompt, &mut text),
+        Some(_) => {
+            let mut prev = tokenizer.bos();
+            let first = usize::from(tokenizer.add_bos() && prompt_tokens[0] == tokenizer.bos());
+            for &t in &prompt_tokens[first..=fed] {
+                out(&stream.push(tokenizer.decode(prev, t)?), &mut text);
+                prev = t;
+            }
+        }
+        None => {}
     }
     let mut sampled = Vec::new();
     let mut first_token_seconds = 0.0;
@@ -421,7 +429,12 @@ fn run<D: Decoder + ?Sized>(
         for next in picks {
             positions += 1;
             if tokenizer.is_end(next) {
-                ended = true; // the end token is not part of the text
+                // The end token is not part of the text, unless control
+                // tokens are shown.
+                if tokenizer.shows_special() {
+                    out(&stream.push(tokenizer.decode(token, next)?), &mut text);
+                }
+                ended = true;
                 break;
             }
             generated += 1;

@@ -233,6 +233,7 @@ impl Tokenizer {
             specials: special_tokens(tokens, types),
             user_defined: Vec::new(),
             end_tokens: vec![bos, eos],
+            show_special: false,
             chat_template: None,
         })
     }

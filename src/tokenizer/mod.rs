@@ -75,6 +75,8 @@ pub struct Tokenizer {
     pub(crate) user_defined: Vec<u32>,
     /// Tokens that end a generation (see [`Tokenizer::end_tokens`]).
     end_tokens: Vec<u32>,
+    /// Whether [`Tokenizer::decode`] gives control tokens' text.
+    show_special: bool,
     /// The file's chat template (Jinja), if any.
     chat_template: Option<String>,
 }
@@ -161,6 +163,7 @@ impl Tokenizer {
             user_defined: Vec::new(),
             // run.c stops at BOS.
             end_tokens: vec![bos],
+            show_special: false,
             chat_template: None,
         };
         // Longest first, so a special token's text is never split by a shorter one.
@@ -215,6 +218,18 @@ impl Tokenizer {
     /// Whether `token` ends a generation.
     pub fn is_end(&self, token: u32) -> bool {
         self.end_tokens.contains(&token)
+    }
+
+    /// Makes [`Tokenizer::decode`] give control tokens' text (e.g.
+    /// `<|im_end|>`), which it otherwise leaves out (llama.cpp's `--special`);
+    /// a generation then prints its end token too.
+    pub fn set_show_special(&mut self, show: bool) {
+        self.show_special = show;
+    }
+
+    /// Whether control tokens' text is shown ([`Tokenizer::set_show_special`]).
+    pub fn shows_special(&self) -> bool {
+        self.show_special
     }
 
     /// Replaces the tokens that end a generation (empty: run to the
@@ -376,7 +391,7 @@ impl Tokenizer {
     /// The bytes `token` stands for when it follows `prev`, as run.c's
     /// `decode`: for SentencePiece vocabularies the leading space of the
     /// piece after BOS is dropped; byte tokens become their byte; control
-    /// tokens give nothing.
+    /// tokens give nothing (their text with [`Tokenizer::set_show_special`]).
     pub fn decode(&self, prev: u32, token: u32) -> Result<&[u8]> {
         let id = token as usize;
         let piece = self.pieces.get(id).ok_or(Error::TokenOutOfRange {
@@ -385,6 +400,11 @@ impl Tokenizer {
         })?;
         if let Some(b) = self.byte_of[id] {
             return Ok(&BYTES[b as usize..b as usize + 1]);
+        }
+        if self.show_special {
+            if let Some(text) = self.control_text(token) {
+                return Ok(text.as_bytes());
+            }
         }
         Ok(match (&self.merges, piece.as_slice()) {
             (Merges::Score { .. }, [b' ', rest @ ..]) if prev == self.bos => rest,

@@ -70,6 +70,10 @@ pub struct Args {
     /// tokens (and, for llama2.c models, BOS).
     #[arg(long)]
     ignore_eos: bool,
+    /// Print generated control tokens (e.g. `<|im_end|>`, the end token
+    /// included), which are otherwise left out, as llama.cpp's --special.
+    #[arg(long)]
+    special: bool,
     /// When the KV cache is full, drop old positions and go on (llama.cpp's
     /// context shift) instead of stopping: -n can exceed -c.
     #[arg(long, requires = "n_predict")]
@@ -129,6 +133,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.ignore_eos {
         tokenizer.set_end_tokens(Vec::new());
     }
+    tokenizer.set_show_special(args.special);
     let mut options = SessionOptions::default().kv_dtype(match args.kv_f16 {
         true => KvDtype::F16,
         false => args.kv_type,
