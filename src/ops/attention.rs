@@ -15,7 +15,7 @@ pub const SHADER: Shader = Shader {
     ),
     needs: Needs {
         storage_buffers: 7,
-        uniform_bytes: 28,
+        uniform_bytes: 36,
         textures: 0,
         workgroup_bytes: 1024 + 4 * MAX_SPLIT as u32,
         invocations: 64,

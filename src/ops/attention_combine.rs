@@ -12,7 +12,7 @@ pub const SHADER: Shader = Shader {
     ),
     needs: Needs {
         storage_buffers: 3,
-        uniform_bytes: 24,
+        uniform_bytes: 28,
         textures: 0,
         workgroup_bytes: 0,
         invocations: 64,

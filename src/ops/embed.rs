@@ -14,7 +14,7 @@ pub const SHADER: Shader = Shader {
     ),
     needs: Needs {
         storage_buffers: 4,
-        uniform_bytes: 60,
+        uniform_bytes: 64,
         textures: 1,
         workgroup_bytes: 0,
         invocations: 64,

@@ -15,7 +15,7 @@ pub const SHADER: Shader = Shader {
     ),
     needs: Needs {
         storage_buffers: 7,
-        uniform_bytes: 20,
+        uniform_bytes: 24,
         textures: 0,
         workgroup_bytes: 0,
         invocations: 64,
