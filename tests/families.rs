@@ -242,7 +242,7 @@ fn a_missing_tensor_and_an_unknown_architecture_are_named() {
     let err = Model::from_gguf(&Gguf::from_vec(relabelled("gptneox")).unwrap()).unwrap_err();
     let message = err.to_string();
     assert!(
-        message.contains("\"gptneox\"") && message.contains("llama, qwen2, qwen3, phi3"),
+        message.contains("\"gptneox\"") && message.contains("llama, qwen2, qwen3, phi3, gemma3"),
         "{message}"
     );
 }

@@ -413,7 +413,7 @@ fn unsupported_architecture() {
     // The message names the file's architecture and every family kvgpu runs.
     assert_eq!(
         err.to_string(),
-        "unsupported architecture \"gpt-j\" (kvgpu runs llama, qwen2, qwen3, phi3)"
+        "unsupported architecture \"gpt-j\" (kvgpu runs llama, qwen2, qwen3, phi3, gemma3)"
     );
 }
 
