@@ -1,5 +1,4 @@
-//! Many sequences over one model and one paged KV pool, decoded together:
-//! the [`Engine`].
+//! Many sequences over one model and one paged KV pool, decoded together: the [`Engine`].
 //!
 //! Per layer, the pool's K and V are pages of [`EngineOptions::page_size`]
 //! positions ([`PagePool`](crate::pool) keeps the books). A sequence is its
@@ -243,8 +242,8 @@ impl Engine {
         gpu.scoped("creating an engine", || {
             let rows = pages * page_size;
             // Pages hold every layer's rows alike (a window layer only reads fewer).
-            let layer_rows = vec![rows; c.n_layers];
-            let cache = KvCache::allocate(&gpu.device, c, rows, &layer_rows, options.kv_dtype)?;
+            let (layer_rows, dtype) = (vec![rows; c.n_layers], options.kv_dtype);
+            let cache = KvCache::allocate(&gpu.device, c, rows, &layer_rows, dtype)?;
             let paging_words = 2 * batch + batch * pages_per_sequence;
             let activations = Activations::new(model, batch, context, paging_words);
             let dispatches = Dispatches::bind(model, &activations, &cache, context, true, batch);
