@@ -367,6 +367,14 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 .iter()
                 .map(|t| t.fits(c.kv_dim()).then(|| t.bytes_per_position(c)))
                 .collect(),
+            total: kvgpu::KvDtype::ALL
+                .iter()
+                .map(|&t| {
+                    let (whole, window) =
+                        kvgpu::KvCache::bytes_for(c, c.seq_len, kvgpu::PREFILL_TOKENS, t);
+                    t.fits(c.kv_dim()).then_some(whole + window)
+                })
+                .collect(),
         });
         let session_tok_s = m.row.decode_tok_s;
         batch_rows.extend(batch::measure(

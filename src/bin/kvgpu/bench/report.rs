@@ -41,6 +41,9 @@ pub struct KvRow {
     /// Bytes per position, all layers, K and V, for each cache type
     /// (`KvDtype::ALL`; `None` where rows are not whole quantized blocks).
     pub per_position: Vec<Option<u64>>,
+    /// Bytes of a session's cache at full context, likewise: sliding-window
+    /// layers keep only their rings (`KvCache::bytes_for`).
+    pub total: Vec<Option<u64>>,
 }
 
 /// Generating `tokens` tokens with and without the KV cache.
@@ -93,7 +96,7 @@ pub fn print_rows(rows: &[Row], prompt: usize) {
 
 /// The KV memory table.
 pub fn print_kv(kv_rows: &[KvRow]) {
-    println!("\nKV cache memory, bytes per position and at full context (2 x layers x context x row bytes):\n");
+    println!("\nKV cache memory, bytes per position and a session's at full context (2 x rows x row bytes, summed over layers; a sliding-window layer's rows are its ring):\n");
     let names: Vec<&str> = kvgpu::KvDtype::ALL.iter().map(|t| t.name()).collect();
     println!(
         "| model | layers | context | {} | {} |",
@@ -112,11 +115,7 @@ pub fn print_kv(kv_rows: &[KvRow]) {
     for r in kv_rows {
         let cell = |p: &Option<u64>, times: u64| p.map_or("-".into(), |p| (p * times).to_string());
         let per: Vec<String> = r.per_position.iter().map(|p| cell(p, 1)).collect();
-        let total: Vec<String> = r
-            .per_position
-            .iter()
-            .map(|p| cell(p, r.context as u64))
-            .collect();
+        let total: Vec<String> = r.total.iter().map(|p| cell(p, 1)).collect();
         println!(
             "| {} | {} | {} | {} | {} |",
             r.model,
