@@ -239,6 +239,12 @@ fn a_missing_tensor_and_an_unknown_architecture_are_named() {
     // Phi-3 reads separate Q, K, V too, but its gate and up come fused.
     let err = Model::from_gguf(&Gguf::from_vec(relabelled("phi3")).unwrap()).unwrap_err();
     assert!(err.to_string().contains("blk.0.ffn_up.weight"), "{err}");
+    // Gemma 3 needs its window, a key the Llama file does not have.
+    let err = Model::from_gguf(&Gguf::from_vec(relabelled("gemma3")).unwrap()).unwrap_err();
+    assert!(
+        err.to_string().contains("gemma3.attention.sliding_window"),
+        "{err}"
+    );
     let err = Model::from_gguf(&Gguf::from_vec(relabelled("gptneox")).unwrap()).unwrap_err();
     let message = err.to_string();
     assert!(
@@ -289,17 +295,24 @@ fn windowed() -> Model {
 /// past the window layers' rings (16 + 64 - 1 rows) too.
 const WINDOW_RUN: usize = 120;
 
+/// The windowed model, on `gpu` too, and `WINDOW_RUN` tokens of `seed`.
+fn windowed_on(gpu: &kvgpu::Gpu, seed: u32) -> (Model, GpuModel, Vec<u32>) {
+    let model = windowed();
+    let gm = GpuModel::new(gpu, &model).unwrap();
+    (model, gm, tokens(WINDOW_RUN, seed))
+}
+
+/// Each position's logits of `prompt`, fed a token at a time to `forward`.
+fn logits_of(prompt: &[u32], mut forward: impl FnMut(u32) -> Vec<f32>) -> Vec<Vec<f32>> {
+    prompt.iter().map(|&t| forward(t)).collect()
+}
+
 #[test]
 fn window_layers_decode_as_the_cpu_reference_in_every_kind_of_pass() {
     let gpu = require!(common::gpu());
-    let model = windowed();
-    let gm = GpuModel::new(&gpu, &model).unwrap();
-    let prompt = tokens(WINDOW_RUN, 5);
+    let (model, gm, prompt) = windowed_on(&gpu, 5);
     let mut cpu = CpuSession::new(&model, None).unwrap();
-    let expect: Vec<Vec<f32>> = prompt
-        .iter()
-        .map(|&t| cpu.forward(t).unwrap().to_vec())
-        .collect();
+    let expect = logits_of(&prompt, |t| cpu.forward(t).unwrap().to_vec());
     let mut s = Session::new(&gm, None).unwrap();
     let rows = s.cache().layer_rows();
     assert_eq!(rows, [79, 79, 79, 79, 79, 160], "rings of window + 63 rows");
@@ -345,14 +358,9 @@ fn window_layers_decode_as_the_cpu_reference_in_every_kind_of_pass() {
 #[test]
 fn a_windowed_cache_saved_and_restored_goes_on_as_if_uninterrupted() {
     let gpu = require!(common::gpu());
-    let model = windowed();
-    let gm = GpuModel::new(&gpu, &model).unwrap();
-    let prompt = tokens(WINDOW_RUN, 6);
+    let (_, gm, prompt) = windowed_on(&gpu, 6);
     let mut whole = Session::new(&gm, None).unwrap();
-    let expect: Vec<Vec<f32>> = prompt
-        .iter()
-        .map(|&t| whole.forward(t).unwrap().to_vec())
-        .collect();
+    let expect = logits_of(&prompt, |t| whole.forward(t).unwrap().to_vec());
     // Saved at 50 and at 100 (the rings have wrapped), restored into a
     // fresh session, continued to the end: the same logits, bit for bit.
     for at in [50, 100] {
@@ -375,9 +383,7 @@ fn a_windowed_cache_saved_and_restored_goes_on_as_if_uninterrupted() {
 #[test]
 fn a_windowed_cache_rolls_back_only_as_far_as_its_rings_hold() {
     let gpu = require!(common::gpu());
-    let model = windowed();
-    let gm = GpuModel::new(&gpu, &model).unwrap();
-    let prompt = tokens(WINDOW_RUN, 7);
+    let (_, gm, prompt) = windowed_on(&gpu, 7);
     let mut s = Session::new(&gm, None).unwrap();
     s.prefill(&prompt[..110]).unwrap();
     // Rings of 79 rows hold positions 31..110; the token at 40 reads back to 25.
