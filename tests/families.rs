@@ -331,26 +331,12 @@ fn window_layers_decode_as_the_cpu_reference_in_every_kind_of_pass() {
     let dir = common::scratch("window_greedy");
     let tok = Tokenizer::load(common::tiny_tokenizer_file(&dir), 300).unwrap();
     let length = Length::NewTokens(100);
-    let mut s = Session::new(&gm, None).unwrap();
-    let gpu_run = kvgpu::generate_tokens(
-        &mut s,
-        &tok,
-        &mut Sampler::greedy(),
-        &prompt[..3],
-        length,
-        |_| {},
-    )
-    .unwrap();
-    let mut cpu = CpuSession::new(&model, None).unwrap();
-    let cpu_run = kvgpu::generate_tokens(
-        &mut cpu,
-        &tok,
-        &mut Sampler::greedy(),
-        &prompt[..3],
-        length,
-        |_| {},
-    )
-    .unwrap();
+    let greedy = |d: &mut dyn kvgpu::Decoder| {
+        let mut sampler = Sampler::greedy();
+        kvgpu::generate_tokens(d, &tok, &mut sampler, &prompt[..3], length, |_| {}).unwrap()
+    };
+    let gpu_run = greedy(&mut Session::new(&gm, None).unwrap());
+    let cpu_run = greedy(&mut CpuSession::new(&model, None).unwrap());
     assert!(gpu_run.positions > 80, "{}", gpu_run.positions);
     assert_eq!(gpu_run.tokens, cpu_run.tokens);
 }
