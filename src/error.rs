@@ -229,6 +229,26 @@ pub enum Error {
         len: usize,
     },
 
+    /// A context shift after which the next token's sliding window would
+    /// read positions the window layers' rings no longer hold.
+    #[error("cannot keep {n_keep} positions and drop {n_discard}: the sliding-window layers would attend to positions before {oldest}, which their rings no longer hold (keep positions the window does not reach, or drop fewer)")]
+    WindowShift {
+        /// Positions kept at the start.
+        n_keep: usize,
+        /// Positions dropped after them.
+        n_discard: usize,
+        /// Oldest position (before the shift) the rings hold.
+        oldest: usize,
+    },
+
+    /// The logits after a position hold a NaN or an infinity (a NaN weight,
+    /// an infinite norm epsilon, a corrupt cache): no token follows from them.
+    #[error("the logits after position {position} are not finite (NaN or infinity): the model's weights, settings or cache give no number there")]
+    NonFiniteLogits {
+        /// Position of the token whose logits they are.
+        position: usize,
+    },
+
     /// A KV cache byte budget that holds not even one position.
     #[error(
         "a KV cache budget of {budget} bytes holds no position: one takes {per_position} bytes"

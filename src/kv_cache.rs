@@ -460,6 +460,16 @@ impl KvCache {
         self.positions.truncate(len)
     }
 
+    /// The oldest position every window layer's ring still holds (0
+    /// without window layers: a whole-context layer holds every position).
+    pub(crate) fn oldest_held(&self) -> usize {
+        let rings = self.layers.iter().filter(|l| l.window.is_some());
+        rings
+            .map(|l| self.restored_from.max(self.written.saturating_sub(l.rows)))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Marks positions `0..len` filled, the window layers' rings holding
     /// positions `from..len` (their rows were written whole: a restored
     /// snapshot). `len` is at most the capacity.

@@ -56,6 +56,10 @@ pub(crate) struct Activations {
     /// table, for a pass over a paged pool (prelude.wgsl); one unread word
     /// for a flat cache.
     pub paging: wgpu::Buffer,
+    /// (paging_words,) the same positions and the sliding-window layers'
+    /// page tables (an engine's window pool); one unread word for a model
+    /// without such layers.
+    pub window_paging: wgpu::Buffer,
     /// (batch, sd) residual stream.
     pub x: wgpu::Buffer,
     /// (batch, sd) x times the weights of the RMSNorm that reads it next,
@@ -123,6 +127,14 @@ impl Activations {
             step: buffer("step", 4, U::UNIFORM | U::COPY_DST),
             tokens: buffer("tokens", batch, U::STORAGE | U::COPY_DST),
             paging: buffer("paging", paging_words, U::STORAGE | U::COPY_DST),
+            window_paging: buffer(
+                "window paging",
+                match (0..c.n_layers).any(|l| c.layer_window(l).is_some()) {
+                    true => paging_words,
+                    false => 1,
+                },
+                U::STORAGE | U::COPY_DST,
+            ),
             // COPY_*: a paged pass gathers the rows whose logits it reads.
             x: gathered("x", sd),
             xb: gathered("xb", sd),
@@ -327,6 +339,11 @@ impl Dispatches {
         };
         // out[t] = attention(q[t], cache), a workgroup or (per_token) a
         // thread per token, over a window layer's last positions.
+        // A window layer finds its rows through the window pool's tables.
+        let paging = |kc: &crate::kv_cache::LayerCache| match kc.window {
+            Some(_) => &a.window_paging,
+            None => &a.paging,
+        };
         let attend = |kc: &crate::kv_cache::LayerCache, per_token| {
             k.attention.bind(
                 device,
@@ -339,7 +356,7 @@ impl Dispatches {
                     scores: &a.scores,
                     partials: &a.partials,
                     step: &a.step,
-                    paging: &a.paging,
+                    paging: paging(kc),
                     paged,
                     shape: attention::Shape {
                         n_heads: c.n_heads,
@@ -446,7 +463,7 @@ impl Dispatches {
                             v_cache: &kc.v,
                             qkv: &a.qkv,
                             step: &a.step,
-                            paging: &a.paging,
+                            paging: paging(kc),
                             paged,
                             table,
                             shape,
@@ -471,7 +488,7 @@ impl Dispatches {
                             out_stride: sq,
                             partials: &a.partials,
                             step: &a.step,
-                            paging: &a.paging,
+                            paging: paging(kc),
                             paged,
                             n_heads: c.n_heads,
                             head_size: c.head_size,

@@ -2,7 +2,9 @@
 //! sequences hold each page, and which full pages are remembered by their
 //! tokens for prefix reuse. Host only; the pages are rows of the pool's
 //! [`KvCache`](crate::KvCache) buffers (page `p` = rows `p x page_size ..
-//! (p + 1) x page_size` of every layer's K and V).
+//! (p + 1) x page_size` of every whole-context layer's K and V; the
+//! sliding-window layers have a [`WindowPool`] of their own, whose pages go
+//! back once no window reads them).
 //!
 //! A page is in one of three states: *held* (one or more sequences' page
 //! tables name it), *cached* (held by none, but full and remembered by the
@@ -202,18 +204,22 @@ impl PagePool {
             return Some(());
         }
         let p = self.page_size;
-        for i in start / p..end.div_ceil(p) {
-            match table.get(i).copied() {
-                None => table.push(self.alloc()?),
-                Some(page) if self.refs(page) > 1 => {
-                    let copy = self.alloc()?;
-                    self.release(page);
-                    self.copies.push((page, copy));
-                    self.copied += 1;
-                    table[i] = copy;
-                }
-                Some(page) => self.forget(page),
+        (start / p..end.div_ceil(p)).try_for_each(|i| self.own(table, i))
+    }
+
+    /// Makes entry `i` of `table` (at most one past its end) a page the
+    /// table alone holds and nothing remembers; `None` if a page ran out.
+    fn own(&mut self, table: &mut Vec<u32>, i: usize) -> Option<()> {
+        match table.get(i).copied() {
+            None => table.push(self.alloc()?),
+            Some(page) if self.refs(page) > 1 => {
+                let copy = self.alloc()?;
+                self.release(page);
+                self.copies.push((page, copy));
+                self.copied += 1;
+                table[i] = copy;
             }
+            Some(page) => self.forget(page),
         }
         Some(())
     }
@@ -236,6 +242,126 @@ impl PagePool {
             shared: self.refs.iter().filter(|&&r| r > 1).count(),
             cached: self.cached.len(),
             free: self.free.len(),
+        }
+    }
+}
+
+/// A window table's entry whose page went back to the pool: no window
+/// reads its positions again.
+pub(crate) const RELEASED: u32 = u32::MAX;
+
+/// The pages of the layers that attend over a sliding window of `window`
+/// positions. A sequence's window table parallels its page table (entry i
+/// holds positions `i x page_size ..`), but a page is taken when a pass is
+/// about to write it, not when tokens are appended, and goes back to the
+/// pool (its entry [`RELEASED`]) once every window has slid past it: a
+/// sequence holds at most [`WindowPool::pages_held`] of them at a time,
+/// however long it grows.
+#[derive(Debug)]
+pub(crate) struct WindowPool {
+    pub pages: PagePool,
+    window: usize,
+}
+
+impl WindowPool {
+    /// A pool of `pages` free pages of `page_size` positions for layers
+    /// attending over `window` positions.
+    pub fn new(pages: usize, page_size: usize, window: usize) -> Self {
+        Self {
+            pages: PagePool::new(pages, page_size),
+            window,
+        }
+    }
+
+    /// Most pages a sequence holds at once in passes of up to `batch`
+    /// tokens: the `window - 1` positions before the pass, the pass's own,
+    /// and a page each end may share with them.
+    pub fn pages_held(page_size: usize, window: usize, batch: usize) -> usize {
+        (window - 1 + batch).div_ceil(page_size) + 1
+    }
+
+    /// Index of the first page that the token at position `len` reads.
+    fn first_read(&self, len: usize) -> usize {
+        len.saturating_sub(self.window - 1) / self.pages.page_size
+    }
+
+    /// How many pages of a prefix remembered by `hashes` (one a whole page)
+    /// a new sequence can take, window pages included: the most pages `k`
+    /// whose window pages (those the token after them reads) are all
+    /// remembered too; and its window table, not yet retained.
+    pub fn find_prefix(&self, hashes: &[u64]) -> (usize, Vec<u32>) {
+        for k in (1..=hashes.len()).rev() {
+            let first = self.first_read(k * self.pages.page_size);
+            let found: Option<Vec<u32>> = hashes[first..k]
+                .iter()
+                .map(|&h| self.pages.find(h))
+                .collect();
+            if let Some(found) = found {
+                let mut table = vec![RELEASED; first];
+                table.extend(found);
+                return (k, table);
+            }
+        }
+        (0, Vec::new())
+    }
+
+    /// One more holder of every page `table` holds.
+    pub fn retain(&mut self, table: &[u32]) {
+        for &page in table.iter().filter(|&&page| page != RELEASED) {
+            self.pages.retain(page);
+        }
+    }
+
+    /// Makes the pages of positions `start..end` of `table` its own (as
+    /// [`PagePool::write`]), as far as the pool's pages go: the end of the
+    /// positions it can write, `start` when none.
+    pub fn write(&mut self, table: &mut Vec<u32>, start: usize, end: usize) -> usize {
+        let p = self.pages.page_size;
+        for i in start / p..end.div_ceil(p) {
+            if self.pages.own(table, i).is_none() {
+                return (i * p).max(start);
+            }
+        }
+        end
+    }
+
+    /// Releases the pages of `table` that no window reads again once `len`
+    /// positions are computed.
+    pub fn release_behind(&mut self, table: &mut [u32], len: usize) {
+        let end = self.first_read(len).min(table.len());
+        for entry in table[..end].iter_mut().rev() {
+            if *entry == RELEASED {
+                break; // the released entries are a prefix
+            }
+            self.pages.release(*entry);
+            *entry = RELEASED;
+        }
+    }
+
+    /// Keeps `table`'s pages of positions `0..len` and releases the rest,
+    /// if the pages the token at `len` reads are still held; else
+    /// [`Error::WindowRollback`], changing nothing.
+    pub fn truncate(&mut self, table: &mut Vec<u32>, len: usize) -> Result<()> {
+        let p = self.pages.page_size;
+        let keep = len.div_ceil(p).min(table.len());
+        let first = self.first_read(len).min(keep);
+        if let Some(held) = table[first..keep].iter().rposition(|&e| e == RELEASED) {
+            return Err(Error::WindowRollback {
+                requested: len,
+                oldest: (first + held + 1) * p,
+                needed: len.saturating_sub(self.window - 1),
+            });
+        }
+        self.release_from(table, keep);
+        Ok(())
+    }
+
+    /// Releases `table`'s pages from entry `from` on.
+    pub fn release_from(&mut self, table: &mut Vec<u32>, from: usize) {
+        for page in table.split_off(from.min(table.len())) {
+            if page != RELEASED {
+                self.pages.release(page);
+            }
         }
     }
 }

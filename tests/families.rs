@@ -9,7 +9,11 @@
 //! layers' caches rings) decodes as the CPU reference over 120 positions
 //! token by token, in prefill passes longer than the window and in greedy
 //! blocks; saved and restored mid-way it goes on as if uninterrupted; its
-//! cache refuses a rollback past what its rings hold.
+//! cache refuses a rollback past what its rings hold, shifts as the CPU
+//! reference or refuses a shift whose next window its rings lost; in an engine, its
+//! window layers' pages go back to their pool as the window slides, through
+//! prefix reuse, forks and rollbacks, and three sequences decode as the CPU
+//! reference in a pool a fifth of what they wrote.
 
 mod common;
 
@@ -399,6 +403,155 @@ fn a_windowed_cache_rolls_back_only_as_far_as_its_rings_hold() {
     assert!(diff <= LOGIT_TOLERANCE, "{diff}");
     // Emptying it always works.
     s.truncate(0).unwrap();
+}
+
+#[test]
+fn a_windowed_cache_shifts_as_the_cpu_reference_or_refuses_what_its_rings_lost() {
+    let gpu = require!(common::gpu());
+    let (model, gm, prompt) = windowed_on(&gpu, 10);
+    let mut s = Session::new(&gm, None).unwrap();
+    let mut cpu = CpuSession::new(&model, None).unwrap();
+    s.prefill(&prompt).unwrap();
+    for &t in &prompt {
+        cpu.forward(t).unwrap();
+    }
+    // The rings (79 rows) hold positions 41..120. Keeping 30 and dropping
+    // 80 would have the token at 40 read kept positions 25..30: refused.
+    let err = s.shift(30, 80).unwrap_err();
+    assert!(
+        matches!(err, kvgpu::Error::WindowShift { oldest: 41, .. }),
+        "{err}"
+    );
+    assert_eq!(s.len(), WINDOW_RUN, "a refused shift changes nothing");
+    // Dropping 22..42 moves what the rings hold (41..120) and leaves
+    // 42..120 for the whole-context layer; then the rings wrapped again,
+    // dropping half.
+    for (keep, discard) in [(2, 20), (4, 50)] {
+        s.shift(keep, discard).unwrap();
+        cpu.shift(keep, discard).unwrap();
+        let mut next = kvgpu::sampler::argmax(cpu.forward(prompt[0]).unwrap());
+        s.forward(prompt[0]).unwrap();
+        for step in 0..20 {
+            let expect = cpu.forward(next).unwrap().to_vec();
+            let diff = max_abs_diff(s.forward(next).unwrap(), &expect);
+            assert!(
+                diff <= LOGIT_TOLERANCE,
+                "after shift({keep}, {discard}), step {step}: {diff}"
+            );
+            next = kvgpu::sampler::argmax(&expect);
+        }
+    }
+}
+
+#[test]
+fn an_engine_returns_window_pages_to_its_pool_and_decodes_as_the_cpu_reference() {
+    let gpu = require!(common::gpu());
+    let (model, gm, _) = windowed_on(&gpu, 8);
+    // Pages of 4 positions, passes of 8 tokens: a sequence holds at most
+    // (15 + 8) / 4 + 2 = 7 window pages at once; the pool has 16, for
+    // three sequences of 110 positions (84 window pages written).
+    let options = EngineOptions::default()
+        .page_size(4)
+        .pass_tokens(8)
+        .window_pages(16);
+    let err = Engine::new(&gm, options.window_pages(4)).unwrap_err();
+    assert!(err.to_string().contains("window_pages"), "{err}");
+    let mut engine = Engine::new(&gm, options).unwrap();
+    let first = tokens(40, 11);
+    let a = engine.add(&first).unwrap();
+    while engine.pending(a).unwrap() > 0 {
+        engine.step().unwrap();
+    }
+    // Its first 36 positions' pages (9 whole ones) are taken, not run: the
+    // window pages that the token at 36 reads (positions 21..36) included.
+    let mut reused = first[..36].to_vec();
+    reused.extend(tokens(6, 12));
+    let b = engine.add(&reused).unwrap();
+    assert_eq!(engine.pending(b).unwrap(), 6);
+    let c = engine.add(&tokens(25, 13)).unwrap();
+    let ids = [a, b, c];
+    let mut cpus: Vec<CpuSession> = (0..3)
+        .map(|_| CpuSession::new(&model, None).unwrap())
+        .collect();
+    // Each sequence's logits as the CPU computes them, a's already on the GPU.
+    let mut expect: Vec<Vec<f32>> = ids
+        .iter()
+        .zip(&mut cpus)
+        .map(|(&id, cpu)| {
+            let prompt = engine.tokens(id).unwrap().to_vec();
+            logits_of(&prompt, |t| cpu.forward(t).unwrap().to_vec()).pop()
+        })
+        .map(Option::unwrap)
+        .collect();
+    let mut ready = vec![(a, engine.logits(a).unwrap().to_vec())];
+    while !ready.is_empty() || ids.iter().any(|&id| engine.pending(id).unwrap() > 0) {
+        for (id, got) in ready.drain(..) {
+            let i = ids.iter().position(|&x| x == id).unwrap();
+            let len = engine.tokens(id).unwrap().len();
+            let diff = max_abs_diff(&got, &expect[i]);
+            assert!(diff <= LOGIT_TOLERANCE, "sequence {i} at {len}: {diff}");
+            let held = engine.sequence_memory(id).unwrap().window_pages;
+            assert!(held <= 7, "sequence {i} holds {held} window pages");
+            if len < 110 {
+                let next = kvgpu::sampler::argmax(&got);
+                engine.push(id, next).unwrap();
+                expect[i] = cpus[i].forward(next).unwrap().to_vec();
+            }
+        }
+        for id in engine.step().unwrap() {
+            ready.push((id, engine.logits(id).unwrap().to_vec()));
+        }
+    }
+    let m = engine.memory();
+    assert_eq!(m.window_pages.total, 16);
+    assert_eq!(
+        m.window_page_bytes,
+        5 * m.page_bytes,
+        "five window layers, one global"
+    );
+    assert!(engine.stats().reused >= 36);
+    // A rollback past the window pages held is refused and changes nothing;
+    // one within them goes on as the CPU reference.
+    let err = engine.truncate(a, 40).unwrap_err();
+    assert!(
+        matches!(err, kvgpu::Error::WindowRollback { requested: 40, .. }),
+        "{err}"
+    );
+    assert_eq!(engine.tokens(a).unwrap().len(), 110);
+    engine.truncate(a, 108).unwrap();
+    let prompt = engine.tokens(a).unwrap().to_vec();
+    engine.push(a, 7).unwrap();
+    engine.step().unwrap();
+    let mut cpu = CpuSession::new(&model, None).unwrap();
+    for &t in &prompt {
+        cpu.forward(t).unwrap();
+    }
+    let diff = max_abs_diff(engine.logits(a).unwrap(), cpu.forward(7).unwrap());
+    assert!(diff <= LOGIT_TOLERANCE, "after the rollback: {diff}");
+    // A fork shares b's window pages; the next token of each writes its own
+    // copy of the partial page both hold.
+    let child = engine.fork(b).unwrap();
+    assert_eq!(engine.memory().window_pages.shared, 5, "positions 92..110");
+    for id in [b, child] {
+        engine.push(id, 3).unwrap();
+    }
+    engine.step().unwrap();
+    let expect = cpus[1].forward(3).unwrap();
+    for id in [b, child] {
+        let diff = max_abs_diff(engine.logits(id).unwrap(), expect);
+        assert!(diff <= LOGIT_TOLERANCE, "{id} after the fork: {diff}");
+    }
+    assert_eq!(engine.stats().page_copies, 2, "a page of each pool");
+    engine.remove(child).unwrap();
+    for id in ids {
+        engine.remove(id).unwrap();
+    }
+    let m = engine.memory();
+    assert_eq!(
+        (m.pages.held, m.window_pages.held),
+        (0, 0),
+        "every page back"
+    );
 }
 
 #[test]

@@ -17,83 +17,34 @@
 //! already holds instead of running it again. Writing into a page that
 //! another sequence shares copies it first (copy-on-write), once per writer;
 //! full pages stay shared.
+//!
+//! A model's sliding-window layers keep their pages in a pool of their own:
+//! a sequence takes one as a pass is about to write it and gives it back
+//! once its window has slid past, so it holds a few pages of those layers
+//! however long it grows. A step that finds no window page for a
+//! sequence's next tokens leaves them to a later step.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::gpu_model::GpuModel;
-use crate::kv_cache::{KvCache, KvDtype};
+use crate::kv_cache::KvCache;
 use crate::ops::Step;
 use crate::pass::{Activations, AllLogits, Dispatches, Readback};
-use crate::pool::{page_hash, PageCounts, PagePool};
+use crate::pool::{page_hash, PagePool, WindowPool};
 use crate::readback::{Kind, Pending, ReadbackBuffer};
+
+mod options;
+mod report;
+pub use options::EngineOptions;
+pub use report::{EngineStats, PoolMemory, SequenceMemory};
 
 /// Bytes per f32.
 const F32: u64 = 4;
 
 /// Bytes of one [`Step`].
 const STEP_BYTES: u64 = std::mem::size_of::<Step>() as u64;
-
-/// Engine settings: `EngineOptions::default().pages(256).page_size(16)`.
-#[derive(Clone, Copy, Debug)]
-#[non_exhaustive]
-pub struct EngineOptions {
-    /// Positions per page (16 by default).
-    pub page_size: usize,
-    /// Pages in the pool; by default enough for four sequences of the full context.
-    pub pages: Option<usize>,
-    /// Most positions one sequence holds; the model's context length when `None`.
-    pub context: Option<usize>,
-    /// How the pool stores values.
-    pub kv_dtype: KvDtype,
-    /// Most tokens one pass runs, all sequences together (64 by default).
-    pub pass_tokens: usize,
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        Self {
-            page_size: 16,
-            pages: None,
-            context: None,
-            kv_dtype: KvDtype::F32,
-            pass_tokens: 64,
-        }
-    }
-}
-
-impl EngineOptions {
-    /// Positions per page.
-    pub fn page_size(mut self, positions: usize) -> Self {
-        self.page_size = positions;
-        self
-    }
-
-    /// Pages in the pool.
-    pub fn pages(mut self, pages: usize) -> Self {
-        self.pages = Some(pages);
-        self
-    }
-
-    /// Most positions one sequence holds.
-    pub fn context(mut self, positions: usize) -> Self {
-        self.context = Some(positions);
-        self
-    }
-
-    /// How the pool stores values.
-    pub fn kv_dtype(mut self, dtype: KvDtype) -> Self {
-        self.kv_dtype = dtype;
-        self
-    }
-
-    /// Most tokens one pass runs.
-    pub fn pass_tokens(mut self, tokens: usize) -> Self {
-        self.pass_tokens = tokens;
-        self
-    }
-}
 
 /// A sequence of an [`Engine`]. Ids are never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -105,45 +56,6 @@ impl std::fmt::Display for SeqId {
     }
 }
 
-/// The pool's memory: pages and bytes, a shared page counted once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolMemory {
-    /// Positions per page.
-    pub page_size: usize,
-    /// Bytes of one page: every layer's K and V rows of `page_size` positions.
-    pub page_bytes: u64,
-    /// Pages held, shared, cached and free.
-    pub pages: PageCounts,
-    /// Bytes of the pool (its capacity), allocated once.
-    pub capacity_bytes: u64,
-    /// Bytes of the pages sequences hold, each page once.
-    pub held_bytes: u64,
-}
-
-/// One sequence's memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SequenceMemory {
-    /// Pages in its table.
-    pub pages: usize,
-    /// Of those, pages another sequence also holds.
-    pub shared: usize,
-    /// Bytes of its pages (shared ones included).
-    pub bytes: u64,
-}
-
-/// What an engine has done since it was made.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EngineStats {
-    /// Passes run ([`Engine::step`] calls that ran tokens).
-    pub passes: u64,
-    /// Tokens run through the model.
-    pub tokens: u64,
-    /// Prompt tokens taken from pages the pool held instead of run.
-    pub reused: u64,
-    /// Pages copied because a sequence wrote into a shared one.
-    pub page_copies: u64,
-}
-
 /// One sequence: its tokens and page table.
 #[derive(Clone, Debug)]
 struct Sequence {
@@ -152,6 +64,9 @@ struct Sequence {
     computed: usize,
     /// Page i holds positions `i x page_size .. (i + 1) x page_size`.
     pages: Vec<u32>,
+    /// The same positions' pages of the sliding-window layers, taken as a
+    /// pass is about to write them, `pool::RELEASED` once no window reads them.
+    window_pages: Vec<u32>,
     /// Prefix hashes of the full computed pages, `pages[..hashes.len()]`.
     hashes: Vec<u64>,
     /// Its row of the last step's logits, when that step ran its last token.
@@ -183,9 +98,12 @@ struct Sequence {
 #[derive(Debug)]
 pub struct Engine {
     model: GpuModel,
-    /// Per layer, K and V of (pages x page_size, kv_dim): the pool.
+    /// Per layer, K and V of (pages x page_size, kv_dim): the pool; a
+    /// sliding-window layer's of (window pages x page_size, kv_dim).
     cache: KvCache,
     pool: PagePool,
+    /// The sliding-window layers' pages, if the model has such layers.
+    window: Option<WindowPool>,
     page_size: usize,
     context: usize,
     /// Most tokens per pass.
@@ -206,6 +124,8 @@ pub struct Engine {
     next_id: u64,
     /// (2 n + tables,) the next pass's positions and page tables.
     paging: Vec<u32>,
+    /// (2 n + tables,) the same positions and the window layers' tables.
+    window_paging: Vec<u32>,
     /// (n,) the next pass's tokens.
     tokens: Vec<u32>,
     stats: EngineStats,
@@ -236,13 +156,26 @@ impl Engine {
             return Err(invalid("pages", 0, "the pool needs at least one page"));
         }
         let batch = options.pass_tokens;
+        let window_pages = options.window_pool(c, pages, pages_per_sequence)?;
+        let row_bytes = options.kv_dtype.row_bytes(c.kv_dim());
+        let pool_bytes = (pages.max(window_pages.map_or(0, |(_, n)| n)) as u64)
+            .checked_mul(page_size as u64)
+            .and_then(|rows| rows.checked_mul(row_bytes));
+        if pool_bytes.is_none() {
+            let why = "a layer's pages would be more bytes than can be counted";
+            return Err(invalid("pages", pages, why));
+        }
         model.gpu().check_alive()?;
         let gpu = model.gpu();
-        let row_bytes = options.kv_dtype.row_bytes(c.kv_dim());
         gpu.scoped("creating an engine", || {
             let rows = pages * page_size;
-            // Pages hold every layer's rows alike (a window layer only reads fewer).
-            let (layer_rows, dtype) = (vec![rows; c.n_layers], options.kv_dtype);
+            let layer_rows: Vec<usize> = (0..c.n_layers)
+                .map(|l| match (c.layer_window(l), window_pages) {
+                    (Some(_), Some((_, n))) => n * page_size,
+                    _ => rows,
+                })
+                .collect();
+            let dtype = options.kv_dtype;
             let cache = KvCache::allocate(&gpu.device, c, rows, &layer_rows, dtype)?;
             let paging_words = 2 * batch + batch * pages_per_sequence;
             let activations = Activations::new(model, batch, context, paging_words);
@@ -259,6 +192,7 @@ impl Engine {
                 model: model.clone(),
                 cache,
                 pool: PagePool::new(pages, page_size),
+                window: window_pages.map(|(w, n)| WindowPool::new(n, page_size, w)),
                 page_size,
                 context,
                 batch,
@@ -271,6 +205,7 @@ impl Engine {
                 sequences: BTreeMap::new(),
                 next_id: 0,
                 paging: Vec::with_capacity(paging_words),
+                window_paging: Vec::with_capacity(paging_words),
                 tokens: Vec::with_capacity(batch),
                 stats: EngineStats::default(),
             })
@@ -300,7 +235,7 @@ impl Engine {
     /// What the engine has done.
     pub fn stats(&self) -> EngineStats {
         EngineStats {
-            page_copies: self.pool.copied(),
+            page_copies: self.pool.copied() + self.window.as_ref().map_or(0, |w| w.pages.copied()),
             ..self.stats
         }
     }
@@ -314,9 +249,19 @@ impl Engine {
     pub fn add(&mut self, prompt: &[u32]) -> Result<SeqId> {
         self.check_tokens(prompt, 0)?;
         let p = self.page_size;
-        let (found, hashes) = self
+        let (mut found, mut hashes) = self
             .pool
             .find_prefix(prompt, prompt.len().saturating_sub(1) / p);
+        // A window layer's pages of the prefix's last window must be held too.
+        let window_pages = match &self.window {
+            Some(w) => {
+                let (k, table) = w.find_prefix(&hashes);
+                found.truncate(k);
+                hashes.truncate(k);
+                table
+            }
+            None => Vec::new(),
+        };
         // Cached pages taken back leave the allocatable set.
         let cached = found
             .iter()
@@ -330,11 +275,15 @@ impl Engine {
         for &page in &found {
             self.pool.retain(page);
         }
+        if let Some(w) = &mut self.window {
+            w.retain(&window_pages);
+        }
         let reused = found.len() * p;
         let mut sequence = Sequence {
             tokens: prompt[..reused].to_vec(),
             computed: reused,
             pages: found,
+            window_pages,
             hashes,
             logits_row: None,
         };
@@ -356,16 +305,18 @@ impl Engine {
             tokens: parent.tokens[..computed].to_vec(),
             computed,
             pages: parent.pages[..held].to_vec(),
+            window_pages: parent.window_pages[..held.min(parent.window_pages.len())].to_vec(),
             hashes: parent.hashes.clone(),
             logits_row: parent.logits_row,
         };
         for &page in &child.pages {
             self.pool.retain(page);
         }
+        if let Some(w) = &mut self.window {
+            w.retain(&child.window_pages);
+        }
         if let Err(e) = self.append(&mut child, &pending) {
-            for &page in &child.pages {
-                self.pool.release(page);
-            }
+            self.release(child);
             return Err(e);
         }
         Ok(self.insert(child))
@@ -393,7 +344,9 @@ impl Engine {
 
     /// Keeps sequence `id`'s first `len` tokens and forgets the rest (pages
     /// past them go back to the pool; a later write into a page it shares
-    /// copies that page first).
+    /// copies that page first). A rollback past the positions a window
+    /// layer's pages still hold is [`Error::WindowRollback`] and changes
+    /// nothing.
     pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<()> {
         let p = self.page_size;
         let sequence = self
@@ -405,6 +358,9 @@ impl Engine {
                 requested: len,
                 len: sequence.tokens.len(),
             });
+        }
+        if let Some(w) = &mut self.window {
+            w.truncate(&mut sequence.window_pages, len)?;
         }
         sequence.tokens.truncate(len);
         sequence.computed = sequence.computed.min(len);
@@ -424,10 +380,18 @@ impl Engine {
             .sequences
             .remove(&id)
             .ok_or(Error::UnknownSequence { id: id.0 })?;
-        for page in sequence.pages {
+        self.release(sequence);
+        Ok(())
+    }
+
+    /// Releases every page `s` holds.
+    fn release(&mut self, mut s: Sequence) {
+        for &page in &s.pages {
             self.pool.release(page);
         }
-        Ok(())
+        if let Some(w) = &mut self.window {
+            w.release_from(&mut s.window_pages, 0);
+        }
     }
 
     /// Sequence `id`'s tokens (run and pending).
@@ -449,37 +413,13 @@ impl Engine {
         Some(&self.logits_host[row * vocab..(row + 1) * vocab])
     }
 
-    /// The pool's memory.
-    pub fn memory(&self) -> PoolMemory {
-        let pages = self.pool.counts();
-        let page_bytes = self.page_bytes();
-        PoolMemory {
-            page_size: self.page_size,
-            page_bytes,
-            pages,
-            capacity_bytes: pages.total as u64 * page_bytes,
-            held_bytes: pages.held as u64 * page_bytes,
-        }
-    }
-
-    /// Sequence `id`'s memory.
-    pub fn sequence_memory(&self, id: SeqId) -> Result<SequenceMemory> {
-        let s = self.get(id)?;
-        let shared = s.pages.iter().filter(|&&p| self.pool.refs(p) > 1).count();
-        Ok(SequenceMemory {
-            pages: s.pages.len(),
-            shared,
-            bytes: s.pages.len() as u64 * self.page_bytes(),
-        })
-    }
-
     /// Runs one pass over the sequences' pending tokens: every sequence with
     /// one token to run (a decode step), then prompt chunks, up to
     /// [`Engine::pass_tokens`] in all. Returns the sequences whose last
     /// token ran, oldest first; [`Engine::logits`] holds their logits until
     /// the next step. Nothing to run returns no sequence and does nothing.
     pub fn step(&mut self) -> Result<Vec<SeqId>> {
-        let plan = self.plan();
+        let plan = self.plan()?;
         for s in self.sequences.values_mut() {
             s.logits_row = None;
         }
@@ -508,9 +448,17 @@ impl Engine {
                 outputs.push((*id, row_end - 1));
             }
         }
+        self.window_paging.clear();
+        if self.window.is_some() {
+            self.window_paging.extend_from_slice(&self.paging);
+        }
         for (id, range) in &plan {
-            let pages = &self.sequences[id].pages[..range.end.div_ceil(self.page_size)];
-            self.paging.extend_from_slice(pages);
+            let (s, held) = (&self.sequences[id], range.end.div_ceil(self.page_size));
+            self.paging.extend_from_slice(&s.pages[..held]);
+            if self.window.is_some() {
+                self.window_paging
+                    .extend_from_slice(&s.window_pages[..held]);
+            }
         }
         let gpu = self.model.gpu().clone();
         let m = outputs.len();
@@ -518,7 +466,12 @@ impl Engine {
         if m > 0 {
             self.readback.claim(&gpu.device)?;
         }
-        let copies = self.pool.take_copies();
+        let copies = [
+            self.pool.take_copies(),
+            self.window
+                .as_mut()
+                .map_or(Vec::new(), |w| w.pages.take_copies()),
+        ];
         let encoder = gpu.scoped("recording an engine pass", || {
             self.record(&copies, n, attended, &outputs)
         })?;
@@ -530,7 +483,8 @@ impl Engine {
             let out = &mut self.logits_host[..m * vocab];
             pending.wait_into(bytemuck::cast_slice_mut(out))?;
         }
-        // The pass's positions are computed; pages it filled are remembered.
+        // The pass's positions are computed; pages it filled are remembered,
+        // and window pages no window reads again go back to the pool.
         let p = self.page_size;
         for (id, range) in &plan {
             let s = self.sequences.get_mut(id).expect("planned");
@@ -540,6 +494,12 @@ impl Engine {
                 let hash = page_hash(s.hashes.last().copied(), &s.tokens[i * p..(i + 1) * p]);
                 s.hashes.push(hash);
                 self.pool.remember(s.pages[i], hash);
+                if let Some(w) = &mut self.window {
+                    w.pages.remember(s.window_pages[i], hash);
+                }
+            }
+            if let Some(w) = &mut self.window {
+                w.release_behind(&mut s.window_pages, s.computed);
             }
         }
         let mut ready = Vec::with_capacity(m);
@@ -551,8 +511,32 @@ impl Engine {
     }
 
     /// Which tokens the next pass runs: (sequence, positions) with the
-    /// decode steps first, then prompt chunks, within the pass's tokens.
-    fn plan(&self) -> Vec<(SeqId, Range<usize>)> {
+    /// decode steps first, then prompt chunks, within the pass's tokens and
+    /// the window pages they find (their pages taken now). Tokens to run
+    /// with no window page for any is [`Error::PoolExhausted`].
+    fn plan(&mut self) -> Result<Vec<(SeqId, Range<usize>)>> {
+        let mut plan = self.budgeted();
+        let Some(w) = &mut self.window else {
+            return Ok(plan);
+        };
+        for (id, range) in &mut plan {
+            let s = self.sequences.get_mut(id).expect("planned");
+            range.end = w.write(&mut s.window_pages, range.start, range.end);
+        }
+        let wanted = !plan.is_empty();
+        plan.retain(|(_, range)| !range.is_empty());
+        if wanted && plan.is_empty() {
+            let available = w.pages.available();
+            return Err(Error::PoolExhausted {
+                needed: 1,
+                available,
+            });
+        }
+        Ok(plan)
+    }
+
+    /// The decode steps first, then prompt chunks, within the pass's tokens.
+    fn budgeted(&self) -> Vec<(SeqId, Range<usize>)> {
         let mut budget = self.batch;
         let mut plan = Vec::new();
         for decode in [true, false] {
@@ -574,7 +558,7 @@ impl Engine {
     /// `outputs` (sequence, row of the pass) into the readback buffer.
     fn record(
         &self,
-        copies: &[(u32, u32)],
+        copies: &[Vec<(u32, u32)>; 2],
         n: usize,
         attended: usize,
         outputs: &[(SeqId, usize)],
@@ -586,10 +570,17 @@ impl Engine {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("kvgpu engine pass"),
             });
-        // Copy-on-write: each page through the scratch, every layer's K and V.
-        let page = self.page_bytes() / (2 * self.cache.layers.len() as u64);
-        for &(from, to) in copies {
-            let buffers = self.cache.layers.iter().flat_map(|l| [&l.k, &l.v]);
+        // Copy-on-write: each page through the scratch, the K and V of every
+        // whole-context layer (copies[0]) or every window layer (copies[1]).
+        let c = self.model.config();
+        let page = self.page_size as u64 * self.cache.dtype().row_bytes(c.kv_dim());
+        for (windowed, &(from, to)) in [false, true]
+            .into_iter()
+            .flat_map(|w| copies[w as usize].iter().map(move |c| (w, c)))
+        {
+            let layers = self.cache.layers.iter();
+            let layers = layers.filter(|l| l.window.is_some() == windowed);
+            let buffers = layers.flat_map(|l| [&l.k, &l.v]);
             for (i, b) in buffers.clone().enumerate() {
                 let at = i as u64 * page;
                 encoder.copy_buffer_to_buffer(b, from as u64 * page, &self.page_scratch, at, page);
@@ -603,6 +594,10 @@ impl Engine {
         let m = outputs.len();
         queue.write_buffer(&a.tokens, 0, bytemuck::cast_slice(&self.tokens));
         queue.write_buffer(&a.paging, 0, bytemuck::cast_slice(&self.paging));
+        if !self.window_paging.is_empty() {
+            let paging = bytemuck::cast_slice(&self.window_paging);
+            queue.write_buffer(&a.window_paging, 0, paging);
+        }
         let steps = [
             Step::paged(n, self.page_size),
             Step::paged(m, self.page_size),
@@ -691,10 +686,5 @@ impl Engine {
         self.sequences
             .get(&id)
             .ok_or(Error::UnknownSequence { id: id.0 })
-    }
-
-    /// Bytes of one page: every layer's K and V rows of `page_size` positions.
-    fn page_bytes(&self) -> u64 {
-        self.page_size as u64 * self.cache.bytes_per_position()
     }
 }
