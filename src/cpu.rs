@@ -238,6 +238,7 @@ impl<'m> CpuSession<'m> {
         // Final norm and classifier.
         rmsnorm::cpu(&mut self.xb, &self.x, &self.final_norm, c.norm_eps);
         w.classifier().matvec(&self.xb, &mut self.logits);
+        crate::sampler::check_finite(&self.logits, pos)?;
         self.positions.commit(positions);
         Ok(&self.logits)
     }

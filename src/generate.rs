@@ -367,7 +367,7 @@ fn run<D: Decoder + ?Sized>(
     let steps = match length {
         Length::Steps(0) => room,
         Length::Steps(steps) => steps,
-        Length::NewTokens(n) => prompt_tokens.len() - 1 + n,
+        Length::NewTokens(n) => (prompt_tokens.len() - 1).saturating_add(n),
     };
     // Past capacity only when shifting.
     let steps = if shift.is_some() {

@@ -99,6 +99,11 @@ impl Sampler {
         self.probs.clear();
         self.probs
             .extend(logits.iter().map(|l| l / self.temperature));
+        // A temperature so small that the scaled logits overflow leaves
+        // only the largest: greedy.
+        if self.probs.iter().any(|p| p.is_infinite()) {
+            return argmax(logits);
+        }
         if let Some(k) = self.top_k.filter(|&k| k < logits.len()) {
             // The k-th largest value; everything below it gets probability 0.
             self.selection.clear();
@@ -171,6 +176,15 @@ fn sample_topp(probs: &[f32], top_p: f32, coin: f32, candidates: &mut Vec<(f32, 
         }
     }
     candidates[last].1
+}
+
+/// `Err(NonFiniteLogits)` if `logits` (after the token at `position`)
+/// hold a NaN or an infinity.
+pub(crate) fn check_finite(logits: &[f32], position: usize) -> Result<()> {
+    match logits.iter().all(|l| l.is_finite()) {
+        true => Ok(()),
+        false => Err(Error::NonFiniteLogits { position }),
+    }
 }
 
 #[cfg(test)]

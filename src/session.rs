@@ -299,7 +299,7 @@ impl Session {
 
     /// Decodes `token` at the next position and returns the logits (vocab_size,).
     pub fn forward(&mut self, token: u32) -> Result<&[f32]> {
-        self.logits_of(&[token])
+        self.logits_of(&[token], self.len())
     }
 
     /// Decodes `token` and returns the argmax of the logits, computed on the
@@ -310,7 +310,22 @@ impl Session {
         self.submit(encoder)?;
         let mut next = [0u32];
         pending.wait_into(bytemuck::cast_slice_mut(&mut next))?;
+        self.check_tokens(&next, self.len() - 1)?;
         Ok(next[0])
+    }
+
+    /// `NonFiniteLogits` if an argmax of `tokens` (after positions from
+    /// `start`) met a NaN or an infinity: the cache goes back to `start`.
+    fn check_tokens(&mut self, tokens: &[u32], start: usize) -> Result<()> {
+        match tokens.iter().position(|&t| t == u32::MAX) {
+            None => Ok(()),
+            Some(i) => {
+                let _ = self.cache.truncate(start);
+                Err(Error::NonFiniteLogits {
+                    position: start + i,
+                })
+            }
+        }
     }
 
     /// Decodes up to `steps` greedy tokens from `token` in one submit with
@@ -325,6 +340,7 @@ impl Session {
         let Output::Tokens(mut tokens) = pending.wait()? else {
             unreachable!("a greedy block reads back tokens")
         };
+        self.check_tokens(&tokens, start)?;
         if let Some(end) = tokens.iter().position(|t| stop.contains(t)) {
             tokens.truncate(end + 1);
             self.cache.truncate(start + end + 1)?;
@@ -354,9 +370,9 @@ impl Session {
         if tokens.is_empty() {
             return Err(Error::EmptyInput);
         }
-        let last = (tokens.len() - 1) / self.batch * self.batch;
+        let (start, last) = (self.len(), (tokens.len() - 1) / self.batch * self.batch);
         self.feed(&tokens[..last])?;
-        self.logits_of(&tokens[last..])
+        self.logits_of(&tokens[last..], start)
     }
 
     /// Runs `tokens` at the next positions in prefill passes, like
@@ -403,6 +419,13 @@ impl Session {
             let pending = Pending::new(&gpu.device, &all.readback, kind);
             pending.wait_into(bytemuck::cast_slice_mut(logits))?;
         }
+        let start = self.len() - tokens.len();
+        if let Some(bad) = out.iter().position(|l| !l.is_finite()) {
+            let _ = self.cache.truncate(start);
+            return Err(Error::NonFiniteLogits {
+                position: start + bad / vocab,
+            });
+        }
         Ok(out)
     }
 
@@ -431,11 +454,16 @@ impl Session {
 
     /// One pass over `tokens` (1..=batch of them) in its own submit,
     /// waiting for the logits of its last token.
-    fn logits_of(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+    fn logits_of(&mut self, tokens: &[u32], start: usize) -> Result<&[f32]> {
         let mut encoder = self.encoder();
         let pending = self.encode_logits(&mut encoder, tokens)?;
         self.submit(encoder)?;
         pending.wait_into(bytemuck::cast_slice_mut(&mut self.logits_host))?;
+        let last = self.len() - 1;
+        if let Err(e) = crate::sampler::check_finite(&self.logits_host, last) {
+            let _ = self.cache.truncate(start);
+            return Err(e);
+        }
         Ok(&self.logits_host)
     }
 

@@ -332,10 +332,9 @@ impl Session {
             .max()
             .unwrap_or(0);
         gpu.scoped("restoring a cache", || {
-            for (layer, data) in self.cache.layers.iter().zip(s.rows.chunks(2 * len * row)) {
-                if len == 0 {
-                    continue;
-                }
+            // (A snapshot of no positions has no rows to write.)
+            let layer_bytes = (2 * len * row).max(1);
+            for (layer, data) in self.cache.layers.iter().zip(s.rows.chunks(layer_bytes)) {
                 let (k, v) = data.split_at(len * row);
                 for (buffer, data) in [(&layer.k, k), (&layer.v, v)] {
                     match ring(layer, len) {

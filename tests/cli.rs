@@ -219,6 +219,25 @@ fn too_many_new_tokens_are_announced_not_silently_cut() {
         "{stderr}"
     );
     assert!(stderr.contains("generated tokens: 16"), "{stderr}");
+    // The largest count there is: the same, not wrapped round to a few.
+    let most = u64::MAX.to_string();
+    let out = kvgpu(&["run", "-m", path(&gguf), "-n", &most, "--temp", "0"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("generated tokens: 16"), "{stderr}");
+    // As many sequences as would overflow the pool's size.
+    fails_saying(
+        &[
+            "run",
+            "-m",
+            path(&gguf),
+            "-n",
+            "4",
+            "--parallel",
+            "576460752303423488",
+        ],
+        &["pages", "more bytes than can be counted"],
+    );
     // A context the model does not have.
     fails_saying(
         &["run", "-m", path(&gguf), "-c", "100000", "-n", "1"],
@@ -262,7 +281,8 @@ fn run_stops_at_end_of_sequence_unless_told_to_ignore_it() {
 }
 
 /// Scripted turns from a pipe: one reply each, each turn prefilling only
-/// its own tokens.
+/// its own tokens; a line that is not UTF-8 and a failed `/save` between
+/// them are reported and the conversation goes on.
 #[test]
 fn chat_reads_turns_from_stdin() {
     use std::io::Write;
@@ -285,8 +305,12 @@ fn chat_reads_turns_from_stdin() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
+    // Between the turns, a line that is not UTF-8 and a /save that fails:
+    // each reported, the conversation going on.
     stdin
-        .write_all(b"What is the capital of France?\nAnd of Italy?\n")
+        .write_all(
+            b"What is the capital of France?\n\xff\xfe?\n/save /nonexistent/x.kvs\nAnd of Italy?\n",
+        )
         .unwrap();
     drop(stdin);
     let out = child.wait_with_output().unwrap();
@@ -301,6 +325,11 @@ fn chat_reads_turns_from_stdin() {
         .filter_map(|l| l.strip_prefix('[')?.split(' ').next()?.parse().ok())
         .collect();
     assert_eq!(prefilled.len(), 2, "{stderr}");
+    assert!(
+        stderr.contains("[skipped a line that is not UTF-8 text (bad byte at 0)]"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("[not saved: "), "{stderr}");
     assert!(
         prefilled[1] < prefilled[0],
         "turn 2 ran only its own tokens: {stderr}"

@@ -509,3 +509,32 @@ fn block_types_whole_partial_and_truncated() {
         );
     }
 }
+
+#[test]
+fn counts_that_fit_a_sparse_file_reserve_nothing_before_reading() {
+    use std::io::Write;
+    // 64 GiB, nearly all a hole: a metadata count that fits it (13 bytes an
+    // entry) once reserved 56 bytes an entry, 280 GB, and aborted.
+    let path = common::scratch("gguf_hostile").join("sparse.gguf");
+    let mut head = b"GGUF".to_vec();
+    head.extend(3u32.to_le_bytes());
+    head.extend(1000u64.to_le_bytes());
+    head.extend(((64u64 << 30) / 13 - 10).to_le_bytes());
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(&head).unwrap();
+    file.set_len(64 << 30).unwrap();
+    drop(file);
+    LARGEST.with(|l| l.set(0));
+    let Err(err) = Gguf::open(&path) else {
+        panic!("zeros are no model")
+    };
+    let largest = LARGEST.with(Cell::get);
+    std::fs::remove_file(&path).unwrap();
+    // Its entries are zeros: the second repeats the first's empty key.
+    let kind = kind(err);
+    assert!(
+        matches!(kind, GgufError::DuplicateKey(ref k) if k.is_empty()),
+        "{kind}"
+    );
+    assert!(largest < 1 << 20, "largest allocation {largest} bytes");
+}

@@ -20,6 +20,9 @@ mod write;
 
 use crate::error::{Error, Result};
 pub use value::{Array, Value, ValueType};
+
+/// Entries a list read from a file reserves before it reads them.
+const RESERVED_ENTRIES: usize = 4096;
 pub use write::write;
 
 pub use crate::error::GgufError;
@@ -206,9 +209,13 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// `n` elements read by `f`.
+    /// `n` elements read by `f`, the list growing as they are read.
     fn elements<T>(&mut self, n: usize, mut f: impl FnMut(&mut Self) -> Parse<T>) -> Parse<Vec<T>> {
-        (0..n).map(|_| f(self)).collect()
+        let mut out = Vec::with_capacity(n.min(RESERVED_ENTRIES));
+        for _ in 0..n {
+            out.push(f(self)?);
+        }
+        Ok(out)
     }
 }
 
@@ -266,8 +273,11 @@ impl Gguf {
                 },
             ));
         }
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut index = HashMap::with_capacity(n_kv as usize);
+        // Counts that fit the file (a sparse one too) reserve no more than
+        // a few pages: the lists grow as entries are read.
+        let reserve = |n: u64| (n as usize).min(RESERVED_ENTRIES);
+        let mut metadata = Vec::with_capacity(reserve(n_kv));
+        let mut index = HashMap::with_capacity(reserve(n_kv));
         for _ in 0..n_kv {
             let key_at = r.at as u64;
             let key = r.string("metadata key")?;
@@ -295,8 +305,8 @@ impl Gguf {
         if !alignment.is_power_of_two() {
             return Err((0, GgufError::BadAlignment(alignment)));
         }
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity(reserve(n_tensors));
+        let mut tensor_index = HashMap::with_capacity(reserve(n_tensors));
         for _ in 0..n_tensors {
             let at = r.at as u64;
             let name = r.string("tensor name")?;

@@ -17,6 +17,8 @@ mod gguf;
 mod pre;
 mod stream;
 
+mod merge;
+
 pub use gguf::ByteBpe;
 pub use pre::{byte_to_char, PreTokenizer};
 pub use stream::TextStream;
@@ -262,16 +264,22 @@ impl Tokenizer {
         if bos {
             tokens.push(self.bos);
         }
-        let matched = |id: &u32| control || self.user_defined.binary_search(id).is_ok();
+        // The specials to match, by first byte (longest first in each).
+        let mut by_first: Vec<Vec<&(String, u32)>> = vec![Vec::new(); 256];
+        for special in &self.specials {
+            let (s, id) = special;
+            if !s.is_empty() && (control || self.user_defined.binary_search(id).is_ok()) {
+                by_first[s.as_bytes()[0] as usize].push(special);
+            }
+        }
         let mut rest = text;
         let mut plain_start = 0;
         let mut at = 0;
         let mut first = true;
         while at < rest.len() {
-            if let Some((s, id)) = self
-                .specials
+            if let Some((s, id)) = by_first[rest.as_bytes()[at] as usize]
                 .iter()
-                .find(|(s, id)| matched(id) && rest[at..].starts_with(s.as_str()))
+                .find(|(s, _)| rest[at..].starts_with(s.as_str()))
             {
                 self.encode_segment(&rest[plain_start..at], first, &mut tokens)?;
                 first = false;
@@ -316,28 +324,18 @@ impl Tokenizer {
                         }
                     }
                 }
-                let tokens = &mut out[start..];
-                let mut len = tokens.len();
-                let mut merged = Vec::new();
-                loop {
-                    let mut best: Option<(f32, u32, usize)> = None;
-                    for i in 0..len.saturating_sub(1) {
-                        merged.clear();
-                        merged.extend_from_slice(&self.pieces[tokens[i] as usize]);
-                        merged.extend_from_slice(&self.pieces[tokens[i + 1] as usize]);
-                        if let Some(&id) = self.lookup.get(&merged) {
-                            let score = scores[id as usize];
-                            if score > best.map_or(-1e10, |b| b.0) {
-                                best = Some((score, id, i));
-                            }
-                        }
-                    }
-                    let Some((_, id, i)) = best else { break };
-                    tokens[i] = id;
-                    tokens.copy_within(i + 2..len, i + 1);
-                    len -= 1;
-                }
-                out.truncate(start + len);
+                // Merge the pair whose merged piece scores highest.
+                let mut symbols = out.split_off(start);
+                let mut joined = Vec::new();
+                merge::merge(&mut symbols, |a, b| {
+                    joined.clear();
+                    joined.extend_from_slice(&self.pieces[a as usize]);
+                    joined.extend_from_slice(&self.pieces[b as usize]);
+                    let id = *self.lookup.get(&joined)?;
+                    let score = scores[id as usize];
+                    (score > -1e10).then(|| (merge::highest_first(score), id))
+                });
+                out.extend(symbols);
                 Ok(())
             }
             Merges::Rank {
@@ -350,18 +348,8 @@ impl Tokenizer {
                         .bytes()
                         .filter_map(|b| byte_token[b as usize])
                         .collect();
-                    loop {
-                        let best = symbols
-                            .windows(2)
-                            .enumerate()
-                            .filter_map(|(i, w)| {
-                                ranks.get(&(w[0], w[1])).map(|&(rank, id)| (rank, i, id))
-                            })
-                            .min();
-                        let Some((_, i, id)) = best else { break };
-                        symbols[i] = id;
-                        symbols.remove(i + 1);
-                    }
+                    // Merge the lowest-ranked pair.
+                    merge::merge(&mut symbols, |a, b| ranks.get(&(a, b)).copied());
                     out.extend(symbols);
                 }
                 Ok(())

@@ -60,7 +60,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut session = Session::with_options(&gpu_model, options)?;
     let interactive = std::io::stdin().is_terminal();
     let mut stdout = std::io::stdout();
-    let mut lines = std::io::stdin().lock().lines();
+    let mut lines = std::io::stdin().lock().split(b'\n');
     loop {
         if interactive {
             print!("> ");
@@ -69,17 +69,28 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let Some(line) = lines.next().transpose()? else {
             break;
         };
+        // A line that is not UTF-8 is skipped; the conversation goes on.
+        let line = match String::from_utf8(line) {
+            Ok(line) => line,
+            Err(e) => {
+                let at = e.utf8_error().valid_up_to();
+                eprintln!("[skipped a line that is not UTF-8 text (bad byte at {at})]");
+                continue;
+            }
+        };
         let text = line.trim_end();
         if text == "/quit" {
             break;
         }
         if let Some(path) = text.strip_prefix("/save ") {
-            chat.save(&session, path.trim(), &sampler)?;
-            eprintln!(
-                "[saved {} positions to {}]",
-                session.cache().len(),
-                path.trim()
-            );
+            match chat.save(&session, path.trim(), &sampler) {
+                Ok(()) => eprintln!(
+                    "[saved {} positions to {}]",
+                    session.cache().len(),
+                    path.trim()
+                ),
+                Err(e) => eprintln!("[not saved: {e}]"),
+            }
             continue;
         }
         if let Some(path) = text.strip_prefix("/load ") {

@@ -346,11 +346,19 @@ fn parallel(
     };
     let page = 16.min(context);
     // Each continuation's pages, the prompt's counted once per fork: room for all.
-    let per_sequence = (prompt.len() + new_tokens).min(context).div_ceil(page) + 1;
+    let per_sequence = prompt
+        .len()
+        .saturating_add(new_tokens)
+        .min(context)
+        .div_ceil(page)
+        + 1;
+    let pages = n
+        .checked_mul(per_sequence)
+        .ok_or_else(|| format!("--parallel {n}: {n} sequences of {per_sequence} pages each are more pages than can be counted"))?;
     let options = EngineOptions::default()
         .context(context)
         .page_size(page)
-        .pages(n * per_sequence)
+        .pages(pages)
         .kv_dtype(kv_dtype);
     let mut engine = Engine::new(model, options)?;
     let (temperature, top_p, top_k, seed) = sampler.parts();
@@ -405,10 +413,10 @@ fn length(
     let fed = prompt - 1;
     Ok(match (args.n_predict, args.steps) {
         (Some(n), _) => {
-            if fed + n > capacity && !args.context_shift {
+            if fed.saturating_add(n) > capacity && !args.context_shift {
                 eprintln!(
                     "warning: -n {n} after a {prompt}-token prompt needs {} positions, but the KV cache holds {capacity} (-c): generating at most {} tokens",
-                    fed + n,
+                    fed.saturating_add(n),
                     capacity.saturating_sub(fed)
                 );
             }

@@ -17,6 +17,7 @@ mod adapter;
 mod batch;
 mod models;
 mod report;
+mod tokenizer;
 mod work;
 
 use std::time::Instant;
@@ -72,6 +73,11 @@ pub struct Args {
     /// step decodes every sequence), e.g. 1,2,4,8,16; empty to skip.
     #[arg(long, default_value = "")]
     batch: String,
+    /// Tokenizer throughput on texts of these sizes in KB (one letter,
+    /// spaces, words), e.g. 10,100,1000, for both kinds of tokenizer
+    /// (stories260K's SentencePiece, SmolLM2's byte-level BPE); empty to skip.
+    #[arg(long, default_value = "")]
+    tokenizer_kb: String,
 }
 
 /// Seconds to decode `t` greedy tokens from token 1 at position 0 (the
@@ -340,6 +346,13 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--batch sizes are at least 1".into());
     }
     let profile_positions = counts("--profile-at", &args.profile_at)?;
+    let tokenizer_kb = counts("--tokenizer-kb", &args.tokenizer_kb)?;
+    if !tokenizer_kb.is_empty() {
+        tokenizer::measure(&tokenizer_kb, args.runs)?;
+    }
+    if args.models.is_empty() {
+        return Ok(());
+    }
     let gpu = Gpu::new(None)?;
     let copy = adapter::copy_bandwidth(&gpu);
     let (floor, launch) = adapter::launch_costs(&gpu);
