@@ -7,13 +7,14 @@
 //! architectures, or missing a tensor their family needs, are refused by
 //! name. A Gemma-3-shaped model with a 16-position window (its window
 //! layers' caches rings) decodes as the CPU reference over 120 positions
-//! token by token, in prefill passes longer than the window and in greedy
-//! blocks; saved and restored mid-way it goes on as if uninterrupted; its
-//! cache refuses a rollback past what its rings hold, shifts as the CPU
-//! reference or refuses a shift whose next window its rings lost; in an engine, its
-//! window layers' pages go back to their pool as the window slides, through
-//! prefix reuse, forks and rollbacks, and three sequences decode as the CPU
-//! reference in a pool a fifth of what they wrote.
+//! token by token, in prefill passes longer than the window, in greedy
+//! blocks and with prompt lookup; saved and restored mid-way it goes on as
+//! if uninterrupted; its cache refuses a rollback past what its rings hold,
+//! shifts as the CPU reference or refuses a shift whose next window its
+//! rings lost. In an engine its window layers' pages go back to their pool
+//! as the window slides, through prefix reuse, forks and rollbacks: three
+//! sequences decode as the CPU reference in a pool a fifth of what they
+//! wrote.
 
 mod common;
 
@@ -343,6 +344,12 @@ fn window_layers_decode_as_the_cpu_reference_in_every_kind_of_pass() {
     let cpu_run = greedy(&mut CpuSession::new(&model, None).unwrap());
     assert!(gpu_run.positions > 80, "{}", gpu_run.positions);
     assert_eq!(gpu_run.tokens, cpu_run.tokens);
+    // Prompt lookup: drafts checked in one pass, the rejected ones rolled
+    // back within the rings.
+    let session = Session::new(&gm, None).unwrap();
+    let mut lookup = kvgpu::Lookup::new(session, 7).draft_always();
+    assert_eq!(greedy(&mut lookup).tokens, cpu_run.tokens, "prompt lookup");
+    assert!(lookup.stats().verify_passes > 0, "{:?}", lookup.stats());
 }
 
 #[test]
