@@ -155,6 +155,33 @@ fn bad_files_and_flags_get_messages_naming_the_problem_and_the_file() {
         &["--steps", "cannot be used with"],
     );
     fails_saying(&["run", "--frobnicate"], &["--frobnicate"]);
+    // A state file that is the model file, or that cannot be written: refused
+    // before anything is generated (nothing on stdout).
+    for (state, expect) in [
+        (path(&gguf), &["will not write", "input file"][..]),
+        (
+            "/nonexistent/x.kvs",
+            &["cannot write /nonexistent/x.kvs"][..],
+        ),
+    ] {
+        let out = kvgpu(&["run", "-m", path(&gguf), "-n", "4", "--save-state", state]);
+        let (stdout, stderr) = text(&out);
+        assert!(
+            !out.status.success() && stdout.is_empty(),
+            "{stdout} {stderr}"
+        );
+        for e in expect {
+            assert!(stderr.contains(e), "{e:?} not in {stderr}");
+        }
+    }
+    assert_eq!(
+        std::fs::read(&gguf).unwrap(),
+        common::tiny_gguf(kvgpu::DType::F32)
+    );
+    fails_saying(
+        &["run", "-m", path(&gguf), "-f", "/nonexistent/prompt.txt"],
+        &["cannot read the prompt file /nonexistent/prompt.txt"],
+    );
 }
 
 #[test]
@@ -219,6 +246,33 @@ fn too_many_new_tokens_are_announced_not_silently_cut() {
         "{stderr}"
     );
     assert!(stderr.contains("generated tokens: 16"), "{stderr}");
+    // The prompt from a file (-f) is the prompt given with -p.
+    let prompt = dir.join("prompt.txt");
+    std::fs::write(&prompt, "<0x41> <s> x").unwrap();
+    let from_file = kvgpu(&[
+        "run",
+        "-m",
+        path(&gguf),
+        "-f",
+        path(&prompt),
+        "-n",
+        "4",
+        "--temp",
+        "0",
+    ]);
+    let given = kvgpu(&[
+        "run",
+        "-m",
+        path(&gguf),
+        "-p",
+        "<0x41> <s> x",
+        "-n",
+        "4",
+        "--temp",
+        "0",
+    ]);
+    assert!(from_file.status.success(), "{}", text(&from_file).1);
+    assert_eq!(text(&from_file).0, text(&given).0);
     // The largest count there is: the same, not wrapped round to a few.
     let most = u64::MAX.to_string();
     let out = kvgpu(&["run", "-m", path(&gguf), "-n", &most, "--temp", "0"]);

@@ -83,11 +83,16 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
         if let Some(path) = text.strip_prefix("/save ") {
-            match chat.save(&session, path.trim(), &sampler) {
+            let path = std::path::Path::new(path.trim());
+            let saved = crate::check_output(path, &[Some(&args.model)]).and_then(|()| {
+                chat.save(&session, path, &sampler)
+                    .map_err(|e| e.to_string())
+            });
+            match saved {
                 Ok(()) => eprintln!(
                     "[saved {} positions to {}]",
                     session.cache().len(),
-                    path.trim()
+                    path.display()
                 ),
                 Err(e) => eprintln!("[not saved: {e}]"),
             }

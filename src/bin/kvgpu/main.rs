@@ -109,6 +109,44 @@ pub fn fetch(file: &kvgpu::files::Known) -> Result<PathBuf, String> {
 /// The model at `model` (else stories260K, found or downloaded) and its
 /// tokenizer: the GGUF file's own, `tokenizer`, or the llama2.c one beside
 /// the checkpoint.
+/// Checks, before any work, that `path` can be written and is none of
+/// `inputs` (a file being read: writing a model whose memory map is live
+/// would fault the reader).
+pub fn check_output(path: &Path, inputs: &[Option<&Path>]) -> Result<(), String> {
+    if let Some(input) = inputs.iter().flatten().find(|i| same_file(path, i)) {
+        return Err(format!(
+            "will not write {}: it is the input file {}",
+            path.display(),
+            input.display()
+        ));
+    }
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` name one file (device and inode, or canonical path).
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    matches!(
+        (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+        (Ok(x), Ok(y)) if x == y
+    )
+}
+
 pub fn load_model(
     model: Option<&Path>,
     tokenizer: Option<&Path>,

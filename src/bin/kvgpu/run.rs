@@ -14,7 +14,7 @@ use kvgpu::{
 };
 
 /// Generate text with a GGUF or llama2.c model.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 #[command(allow_negative_numbers = true)]
 pub struct Args {
     /// Model: a GGUF file (tokenizer inside) or a llama2.c checkpoint
@@ -28,6 +28,15 @@ pub struct Args {
     /// Text to start from.
     #[arg(short, long, default_value = "")]
     prompt: String,
+    /// Read the prompt from this file (llama.cpp's flag): no limit of the
+    /// command line's length.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "prompt"
+    )]
+    file: Option<PathBuf>,
     /// New tokens to generate after the prompt.
     #[arg(short, long = "n-predict", value_name = "N", conflicts_with = "steps")]
     n_predict: Option<usize>,
@@ -117,7 +126,21 @@ pub struct Args {
 
 /// Generates the text.
 pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(path) = &args.file {
+        let prompt = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the prompt file {}: {e}", path.display()))?;
+        let file = None;
+        return main(&Args {
+            prompt,
+            file,
+            ..args.clone()
+        });
+    }
     // Settings first: a bad one should not wait for a model to load.
+    if let Some(path) = &args.save_state {
+        let inputs = [args.model.as_deref(), args.tokenizer.as_deref()];
+        crate::check_output(path, &inputs)?;
+    }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
