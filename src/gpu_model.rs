@@ -4,7 +4,7 @@
 //! tensor fits the device's limits; and the kernels compiled for it.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -60,11 +60,9 @@ pub struct GpuModel {
     pub(crate) rms_final: wgpu::Buffer,
     /// (vocab_size, dim) when not shared with the embedding.
     pub(crate) wcls: Option<GpuTensor>,
-    /// (seq_len, head_size / 2, 2) RoPE cos/sin, see [`Rope::table`](crate::rope::Rope::table),
-    /// of the whole-context layers.
-    rope_table: wgpu::Buffer,
-    /// The same of the sliding-window layers, where their RoPE base differs.
-    rope_table_window: Option<wgpu::Buffer>,
+    /// The RoPE tables built so far, for the most positions a session or
+    /// engine has asked ([`GpuModel::rope_for`]), not the model's context.
+    rope: Arc<Mutex<Option<RopeTables>>>,
     weight_bytes: u64,
     /// [`Weights::fingerprint`](crate::model::Weights::fingerprint) of the model.
     fingerprint: u64,
@@ -91,9 +89,6 @@ impl GpuModel {
         let w = &model.weights;
         let limits = gpu.device.limits();
         Kernels::check_limits(&limits)?;
-        let limit = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
         let chunk_limit = GpuTensor::chunk_limit(&gpu.device);
         for t in w.tensors() {
             let row =
@@ -119,20 +114,6 @@ impl GpuModel {
                     limit: projection::INPUT_BYTES,
                 });
             }
-        }
-        let table = c.rope().table(c.seq_len);
-        let has_windows = (0..c.n_layers).any(|l| c.layer_window(l).is_some());
-        let table_window = (has_windows && c.rope_theta_window != c.rope_theta).then(|| {
-            let mut rope = c.rope();
-            rope.theta = c.rope_theta_window;
-            rope.table(c.seq_len)
-        });
-        if table.len() as u64 * F32 > limit {
-            return Err(Error::ModelTooLarge {
-                what: "the RoPE table".into(),
-                needed: table.len() as u64 * F32,
-                limit,
-            });
         }
         gpu.scoped("uploading the model", || {
             let device = &gpu.device;
@@ -237,31 +218,63 @@ impl GpuModel {
                 layers,
                 rms_final: vector("rms_final", &w.rms_final),
                 wcls: w.wcls.as_ref().map(|t| matrix("wcls", t)).transpose()?,
-                rope_table: crate::gpu::buffer_init(
-                    device,
-                    "rope_table",
-                    bytemuck::cast_slice(&table),
-                    wgpu::BufferUsages::STORAGE,
-                ),
-                rope_table_window: table_window.map(|t| {
-                    crate::gpu::buffer_init(
-                        device,
-                        "rope_table_window",
-                        bytemuck::cast_slice(&t),
-                        wgpu::BufferUsages::STORAGE,
-                    )
-                }),
+                rope: Arc::new(Mutex::new(None)),
                 weight_bytes: w.bytes(),
                 fingerprint: w.fingerprint(c),
             })
         })?
     }
 
-    /// The RoPE table of layer `layer` (window layers may have their own base).
-    pub(crate) fn rope_table(&self, layer: usize) -> &wgpu::Buffer {
-        match (&self.rope_table_window, self.config.layer_window(layer)) {
-            (Some(t), Some(_)) => t,
-            _ => &self.rope_table,
+    /// Makes the RoPE tables cover `positions` (a session's capacity): built
+    /// on first need and again for more positions, never for the model's
+    /// whole context unasked. Too large for one binding is
+    /// [`Error::ModelTooLarge`]. Call inside an error scope.
+    pub(crate) fn rope_for(&self, positions: usize) -> Result<()> {
+        let mut tables = self.rope.lock().unwrap_or_else(|e| e.into_inner());
+        if tables.as_ref().is_some_and(|t| t.positions >= positions) {
+            return Ok(());
+        }
+        let c = &self.config;
+        let needed = positions as u64 * c.head_size as u64 * F32;
+        let limits = self.gpu.device.limits();
+        let limit = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        if needed > limit {
+            let what = format!("the RoPE table of {positions} positions");
+            return Err(Error::ModelTooLarge {
+                what,
+                needed,
+                limit,
+            });
+        }
+        let upload = |label, rope: crate::rope::Rope| {
+            let table = rope.table(positions);
+            let bytes = bytemuck::cast_slice(&table);
+            crate::gpu::buffer_init(&self.gpu.device, label, bytes, wgpu::BufferUsages::STORAGE)
+        };
+        let has_windows = (0..c.n_layers).any(|l| c.layer_window(l).is_some());
+        let window = (has_windows && c.rope_theta_window != c.rope_theta).then(|| {
+            let mut rope = c.rope();
+            rope.theta = c.rope_theta_window;
+            upload("rope_table_window", rope)
+        });
+        *tables = Some(RopeTables {
+            positions,
+            whole: upload("rope_table", c.rope()),
+            window,
+        });
+        Ok(())
+    }
+
+    /// The RoPE table of layer `layer` (window layers may have their own
+    /// base), covering the positions [`GpuModel::rope_for`] asked.
+    pub(crate) fn rope_table(&self, layer: usize) -> wgpu::Buffer {
+        let tables = self.rope.lock().unwrap_or_else(|e| e.into_inner());
+        let t = tables.as_ref().expect("rope_for before rope_table");
+        match (&t.window, self.config.layer_window(layer)) {
+            (Some(w), Some(_)) => w.clone(),
+            _ => t.whole.clone(),
         }
     }
 
@@ -308,4 +321,16 @@ fn kernels_for(gpu: &Gpu) -> Arc<Kernels> {
     slot.clone()
         .downcast::<Kernels>()
         .expect("the kernel slot holds Kernels")
+}
+
+/// RoPE cos/sin tables of (positions, head_size / 2, 2) values, see
+/// [`Rope::table`](crate::rope::Rope::table).
+#[derive(Debug)]
+struct RopeTables {
+    /// Positions they cover.
+    positions: usize,
+    /// The whole-context layers'.
+    whole: wgpu::Buffer,
+    /// The sliding-window layers', where their RoPE base differs.
+    window: Option<wgpu::Buffer>,
 }

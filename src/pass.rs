@@ -241,6 +241,8 @@ impl Dispatches {
         let eps = c.norm_eps;
         let (d, q, kv) = (c.dim, c.q_dim(), c.kv_dim());
         let (sd, sq, sh) = (input_stride(d), input_stride(q), input_stride(c.hidden_dim));
+        // Each layer's RoPE table (the model's, covering `capacity`).
+        let tables: Vec<wgpu::Buffer> = (0..c.n_layers).map(|i| model.rope_table(i)).collect();
         let norm = |out, weight, rows| {
             k.rmsnorm.bind(
                 device,
@@ -404,7 +406,7 @@ impl Dispatches {
                     Some(next) => Some(&next.rms_att),
                     None => normed_classifier.then_some(&model.rms_final),
                 };
-                let (shape, table) = (shape(kc.rows), model.rope_table(i));
+                let (shape, table) = (shape(kc.rows), &tables[i]);
                 // With post-norms, Wo and W2 write xb, and a post-norm adds it to x.
                 let post = w.post_norms.as_ref();
                 let (wo, down) = match post {

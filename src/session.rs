@@ -137,6 +137,7 @@ impl Session {
             e => e,
         };
         gpu.scoped("creating a session", || {
+            model.rope_for(capacity)?;
             let cache = KvCache::new(&gpu.device, c, capacity, options.kv_dtype, batch)?;
             let activations = Activations::new(model, batch, capacity, 1);
             let dispatches = Dispatches::bind(model, &activations, &cache, capacity, false, batch);

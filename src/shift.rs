@@ -96,7 +96,7 @@ impl Session {
                         let d = model.kernels.kv_shift.bind(
                             device,
                             kv_shift::Bindings {
-                                table: model.rope_table(i),
+                                table: &model.rope_table(i),
                                 src: &run,
                                 k_cache: &layer.k,
                                 kv_dim: c.kv_dim(),

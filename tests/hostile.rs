@@ -5,7 +5,8 @@
 //! on which the old quadratic merging took minutes; a snapshot of no
 //! positions restores; non-finite logits are an error naming the position
 //! and leave the cache as it was; a temperature too small for softmax
-//! samples greedily.
+//! samples greedily; a context of two billion positions builds RoPE tables
+//! for the session's capacity only.
 
 mod common;
 
@@ -145,5 +146,19 @@ fn a_temperature_too_small_for_softmax_samples_greedily() {
     let mut sampler = kvgpu::Sampler::new(1e-45, 1.0, 9).unwrap();
     for _ in 0..5 {
         assert_eq!(sampler.sample(&logits), kvgpu::sampler::argmax(&logits));
+    }
+}
+
+#[test]
+fn a_context_of_two_billion_positions_builds_tables_for_the_session_only() {
+    let gpu = require!(common::gpu());
+    // Its RoPE table for the whole context would be 68 GB.
+    let huge = kvgpu::GpuModel::new(&gpu, &common::tiny_model(i32::MAX as usize)).unwrap();
+    let small = kvgpu::GpuModel::new(&gpu, &common::tiny_model(32)).unwrap();
+    let options = kvgpu::SessionOptions::default().capacity(32);
+    let mut a = kvgpu::Session::with_options(&huge, options).unwrap();
+    let mut b = kvgpu::Session::new(&small, None).unwrap();
+    for t in [1, 7, 9, 200] {
+        assert_eq!(a.forward(t).unwrap(), b.forward(t).unwrap());
     }
 }

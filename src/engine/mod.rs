@@ -176,6 +176,7 @@ impl Engine {
                 })
                 .collect();
             let dtype = options.kv_dtype;
+            model.rope_for(context)?;
             let cache = KvCache::allocate(&gpu.device, c, rows, &layer_rows, dtype)?;
             let paging_words = 2 * batch + batch * pages_per_sequence;
             let activations = Activations::new(model, batch, context, paging_words);

@@ -11,7 +11,7 @@ pub const SHADER: Shader = Shader {
         storage_buffers: 2,
         uniform_bytes: 4,
         textures: 0,
-        workgroup_bytes: 2048,
+        workgroup_bytes: 2052,
         invocations: 256,
         subgroups: false,
     },
