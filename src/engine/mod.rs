@@ -575,10 +575,8 @@ impl Engine {
         // whole-context layer (copies[0]) or every window layer (copies[1]).
         let c = self.model.config();
         let page = self.page_size as u64 * self.cache.dtype().row_bytes(c.kv_dim());
-        for (windowed, &(from, to)) in [false, true]
-            .into_iter()
-            .flat_map(|w| copies[w as usize].iter().map(move |c| (w, c)))
-        {
+        let owed = copies.iter().zip([false, true]);
+        for (&(from, to), windowed) in owed.flat_map(|(c, w)| c.iter().map(move |p| (p, w))) {
             let layers = self.cache.layers.iter();
             let layers = layers.filter(|l| l.window.is_some() == windowed);
             let buffers = layers.flat_map(|l| [&l.k, &l.v]);
