@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         for id in engine.step()? {
             let i = ids.iter().position(|&x| x == id).expect("ours");
-            let logits = engine.logits(id).expect("ready");
+            let logits = engine.logits(id)?;
             let next = samplers[i].sample(logits);
             let prev = *engine.tokens(id)?.last().expect("not empty");
             texts[i].push_str(&String::from_utf8_lossy(tokenizer.decode(prev, next)?));

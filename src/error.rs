@@ -241,6 +241,14 @@ pub enum Error {
         oldest: usize,
     },
 
+    /// An engine sequence's logits asked for after a step that did not
+    /// run its last token (or before any step).
+    #[error("sequence {id} has no logits: the last step did not run its last token")]
+    NoLogits {
+        /// The sequence.
+        id: u64,
+    },
+
     /// The logits after a position hold a NaN or an infinity (a NaN weight,
     /// an infinite norm epsilon, a corrupt cache): no token follows from them.
     #[error("the logits after position {position} are not finite (NaN or infinity): the model's weights, settings or cache give no number there")]
@@ -359,7 +367,9 @@ pub enum GgufError {
     #[error("unsupported GGUF version {0} (2 and 3 are supported)")]
     UnsupportedVersion(u32),
     /// The file ends inside something.
-    #[error("file cut short: {what} needs {needed} bytes, {remaining} remain")]
+    #[error(
+        "file cut short (incomplete download?): {what} needs {needed} bytes, {remaining} remain"
+    )]
     CutShort {
         /// What was being read.
         what: String,
@@ -369,7 +379,7 @@ pub enum GgufError {
         remaining: u64,
     },
     /// A count cannot fit in the bytes that remain.
-    #[error("{what} count {count} cannot fit in the {remaining} bytes that remain")]
+    #[error("{what} count {count} cannot fit in the {remaining} bytes that remain: the file is cut short (incomplete download?) or corrupt")]
     CountTooLarge {
         /// What is counted.
         what: String,
@@ -456,9 +466,15 @@ pub enum GgufError {
         /// The file's alignment.
         alignment: u64,
     },
-    /// A tensor's data runs past the end of the file.
-    #[error("tensor {name:?} (bytes {offset}..{end} of the data section) runs past its end ({data_len} bytes)")]
+    /// A tensor's data runs past the end of the file (a download cut short).
+    #[error(
+        "the file ends at byte {} but tensor {name:?} needs bytes up to {}: truncated (incomplete download?)",
+        .data_start.saturating_add(*.data_len),
+        .data_start.saturating_add(*.end)
+    )]
     OutOfBounds {
+        /// Where the data section starts in the file.
+        data_start: u64,
         /// Tensor name.
         name: String,
         /// Start in the data section.

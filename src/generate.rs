@@ -177,7 +177,7 @@ impl Decoder for NoCache {
     fn shift(&mut self, n_keep: usize, n_discard: usize) -> Result<()> {
         // The prefix is recomputed anyway: drop the tokens.
         let len = self.tokens.len();
-        if n_discard == 0 || n_keep + n_discard > len {
+        if n_discard == 0 || n_keep.checked_add(n_discard).is_none_or(|end| end > len) {
             return Err(crate::error::Error::InvalidShift {
                 n_keep,
                 n_discard,
@@ -206,9 +206,11 @@ pub struct Generation {
     pub all_tokens: Vec<u32>,
     /// Tokens sampled (the end token, if any, not counted).
     pub generated_tokens: usize,
-    /// Whether the model ended the text with an end token (else the length
-    /// or the cache's capacity ended it).
+    /// Whether the model ended the text with an end token (else a stop
+    /// string, the length or the cache's capacity ended it).
     pub ended: bool,
+    /// The index of the stop string ([`Prompt::with_stop`]) that ended it.
+    pub stop: Option<usize>,
     /// Positions decoded (prompt included).
     pub positions: usize,
     /// Seconds from the start to the first sampled token: the prompt's
@@ -248,29 +250,147 @@ impl From<usize> for Length {
     }
 }
 
+/// A prompt's text and its tokens (as `tokenizer.encode_special(text,
+/// add_bos, false)` gives them, BOS alone for an empty text): plain text
+/// converts and is tokenized when the generation starts; [`Prompt::encode`]
+/// tokenizes it first, for a caller that needs its length before.
+#[derive(Clone, Debug)]
+pub struct Prompt<'a> {
+    text: &'a str,
+    tokens: Option<Vec<u32>>,
+    /// Strings that end the generation ([`Prompt::with_stop`]).
+    stop: Vec<String>,
+}
+
+impl<'a> Prompt<'a> {
+    /// `text` and its tokens.
+    pub fn encode(tokenizer: &Tokenizer, text: &'a str) -> Result<Self> {
+        let mut tokens = tokenizer.encode_special(text, tokenizer.add_bos(), false)?;
+        if tokens.is_empty() {
+            tokens.push(tokenizer.bos()); // something to start from
+        }
+        Ok(Self {
+            text,
+            tokens: Some(tokens),
+            stop: Vec::new(),
+        })
+    }
+
+    /// The generation ends where its text first holds one of `stop`
+    /// (llama.cpp's stop strings): the text before it is streamed, it and
+    /// what follows are not ([`Generation::stop`] says which). Text that
+    /// may begin one is held back until it cannot. Empty strings are
+    /// ignored.
+    pub fn with_stop(mut self, stop: &[impl AsRef<str>]) -> Self {
+        let given = stop.iter().map(|s| s.as_ref().to_string());
+        self.stop = given.filter(|s| !s.is_empty()).collect();
+        self
+    }
+
+    /// Its stop strings.
+    pub fn stop(&self) -> &[String] {
+        &self.stop
+    }
+
+    /// Its tokens, if encoded.
+    pub fn tokens(&self) -> Option<&[u32]> {
+        self.tokens.as_deref()
+    }
+
+    /// Its tokens, encoding them now if they were not.
+    pub(crate) fn into_tokens(self, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+        match self.tokens {
+            Some(tokens) => Ok(tokens),
+            None => Ok(Prompt::encode(tokenizer, self.text)?
+                .tokens
+                .expect("encoded")),
+        }
+    }
+}
+
+impl<'a> From<&'a str> for Prompt<'a> {
+    fn from(text: &'a str) -> Self {
+        Self {
+            text,
+            tokens: None,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Generated text on its way out, held back while it may be the start of
+/// a stop string.
+pub(crate) struct StopFilter<'a> {
+    stop: &'a [String],
+    held: String,
+}
+
+impl<'a> StopFilter<'a> {
+    pub(crate) fn new(stop: &'a [String]) -> Self {
+        Self {
+            stop,
+            held: String::new(),
+        }
+    }
+
+    /// Adds `piece`: the text that can go out now, and the index of the
+    /// stop string it completed, if any (the text from it on is dropped).
+    pub(crate) fn push(&mut self, piece: &str) -> (String, Option<usize>) {
+        self.held.push_str(piece);
+        let found = self.stop.iter().enumerate();
+        let found = found.filter_map(|(i, s)| Some((self.held.find(s.as_str())?, i)));
+        if let Some((at, i)) = found.min() {
+            let out = self.held[..at].to_string();
+            self.held.clear();
+            return (out, Some(i));
+        }
+        // The longest end of the held text that begins a stop string stays.
+        let keep = (1..=self.held.len())
+            .rev()
+            .filter(|&k| self.held.is_char_boundary(self.held.len() - k))
+            .find(|&k| {
+                let tail = &self.held[self.held.len() - k..];
+                self.stop.iter().any(|s| s.starts_with(tail))
+            })
+            .unwrap_or(0);
+        let out = self.held[..self.held.len() - keep].to_string();
+        self.held.drain(..self.held.len() - keep);
+        (out, None)
+    }
+
+    /// What is held, at the end of the generation.
+    pub(crate) fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+impl<'a> From<&'a String> for Prompt<'a> {
+    fn from(text: &'a String) -> Self {
+        Self::from(text.as_str())
+    }
+}
+
 /// Runs `length` from the decoder's current length (clamped to its
 /// capacity), starting with `prompt`. Each piece of text is passed to
 /// `emit` as soon as it forms whole UTF-8 characters.
-pub fn generate<D: Decoder + ?Sized>(
+pub fn generate<'p, D: Decoder + ?Sized>(
     decoder: &mut D,
     tokenizer: &Tokenizer,
     sampler: &mut Sampler,
-    prompt: &str,
+    prompt: impl Into<Prompt<'p>>,
     length: impl Into<Length>,
     emit: impl FnMut(&str),
 ) -> Result<Generation> {
-    let mut prompt_tokens = tokenizer.encode_special(prompt, tokenizer.add_bos(), false)?;
-    if prompt_tokens.is_empty() {
-        prompt_tokens.push(tokenizer.bos()); // something to start from
-    }
+    let prompt = prompt.into();
+    let (text, stop) = (prompt.text, prompt.stop.clone());
+    let prompt_tokens = prompt.into_tokens(tokenizer)?;
     run(
         decoder,
         tokenizer,
         sampler,
         &prompt_tokens,
-        length.into(),
-        None,
-        Some(prompt),
+        (length.into(), None),
+        (Some(text), &stop),
         emit,
     )
 }
@@ -279,36 +399,34 @@ pub fn generate<D: Decoder + ?Sized>(
 /// ([`Decoder::shift`]) whenever the cache is full, instead of stopping
 /// there: memory stays at the cache's capacity for any length. The prompt
 /// must fit the cache, and `shift.keep` leave room to decode.
-pub fn generate_shifting<D: Decoder + ?Sized>(
+pub fn generate_shifting<'p, D: Decoder + ?Sized>(
     decoder: &mut D,
     tokenizer: &Tokenizer,
     sampler: &mut Sampler,
-    prompt: &str,
+    prompt: impl Into<Prompt<'p>>,
     new_tokens: usize,
     shift: ContextShift,
     emit: impl FnMut(&str),
 ) -> Result<Generation> {
     let capacity = decoder.capacity();
-    if shift.keep + 2 > capacity || shift.discard == Some(0) {
+    if shift.keep.saturating_add(2) > capacity || shift.discard == Some(0) {
         return Err(crate::error::Error::InvalidShift {
             n_keep: shift.keep,
             n_discard: shift.discard.unwrap_or(0),
             len: capacity,
         });
     }
-    let mut prompt_tokens = tokenizer.encode_special(prompt, tokenizer.add_bos(), false)?;
-    if prompt_tokens.is_empty() {
-        prompt_tokens.push(tokenizer.bos());
-    }
+    let prompt = prompt.into();
+    let (text, stop) = (prompt.text, prompt.stop.clone());
+    let prompt_tokens = prompt.into_tokens(tokenizer)?;
     let length = Length::NewTokens(new_tokens);
     run(
         decoder,
         tokenizer,
         sampler,
         &prompt_tokens,
-        length,
-        Some(shift),
-        Some(prompt),
+        (length, Some(shift)),
+        (Some(text), &stop),
         emit,
     )
 }
@@ -337,9 +455,8 @@ pub fn generate_tokens<D: Decoder + ?Sized>(
         tokenizer,
         sampler,
         prompt_tokens,
-        length.into(),
-        None,
-        None,
+        (length.into(), None),
+        (None, &[]),
         emit,
     )
 }
@@ -347,16 +464,15 @@ pub fn generate_tokens<D: Decoder + ?Sized>(
 /// The loop of [`generate`], [`generate_tokens`] and
 /// [`generate_shifting`]; `echo` streams the prompt as typed first (its
 /// tokens' pieces where the length stops inside it); `shift` shifts the
-/// context when the cache is full instead of stopping.
-#[allow(clippy::too_many_arguments)]
+/// context when the cache is full instead of stopping; the sampled text
+/// ends at the first of `stop`.
 fn run<D: Decoder + ?Sized>(
     decoder: &mut D,
     tokenizer: &Tokenizer,
     sampler: &mut Sampler,
     prompt_tokens: &[u32],
-    length: Length,
-    shift: Option<ContextShift>,
-    echo: Option<&str>,
+    (length, shift): (Length, Option<ContextShift>),
+    (echo, stop): (Option<&str>, &[String]),
     mut emit: impl FnMut(&str),
 ) -> Result<Generation> {
     decoder
@@ -388,6 +504,7 @@ fn run<D: Decoder + ?Sized>(
     let fed = (prompt_tokens.len() - 1).min(steps);
     let began = Instant::now();
     decoder.feed(&prompt_tokens[..fed])?;
+    prompt_tokens[..fed].iter().for_each(|&t| sampler.accept(t));
     // The prompt as typed (control tokens' text included), when the
     // length reaches past it; else its pieces up to where the length
     // stops: a BOS the tokenizer added prints nothing, and a first token
@@ -404,6 +521,8 @@ fn run<D: Decoder + ?Sized>(
         }
         None => {}
     }
+    let mut stopper = StopFilter::new(stop);
+    let mut stopped = None;
     let mut sampled = Vec::new();
     let mut first_token_seconds = 0.0;
     let mut token = prompt_tokens[fed];
@@ -419,12 +538,15 @@ fn run<D: Decoder + ?Sized>(
         // After the first token (its latency is the prompt's), greedy
         // sessions decode blocks of steps per submit, within the length and
         // the room left.
+        // (One step at a time with stop strings: a block would run past one.)
         let block = match start {
             None => 1,
+            Some(_) if !stop.is_empty() => 1,
             Some(_) => (steps - positions)
                 .min(decoder.positions().room())
                 .min(GREEDY_BLOCK),
         };
+        sampler.accept(token);
         let picks = decoder.next_tokens(token, sampler, block, tokenizer.end_tokens())?;
         for next in picks {
             positions += 1;
@@ -439,16 +561,31 @@ fn run<D: Decoder + ?Sized>(
             }
             generated += 1;
             let piece = tokenizer.decode(token, next)?;
-            out(&stream.push(piece), &mut text);
+            let (piece, hit) = stopper.push(&stream.push(piece));
+            out(&piece, &mut text);
             sampled.push(next);
             token = next;
+            if hit.is_some() {
+                stopped = hit;
+                break;
+            }
             start.get_or_insert_with(|| {
                 first_token_seconds = began.elapsed().as_secs_f64();
                 (Instant::now(), positions)
             });
         }
+        if stopped.is_some() {
+            break;
+        }
     }
-    out(&stream.finish(), &mut text);
+    if stopped.is_none() {
+        let (rest, hit) = stopper.push(&stream.finish());
+        out(&rest, &mut text);
+        stopped = hit;
+        if hit.is_none() {
+            out(&stopper.finish(), &mut text);
+        }
+    }
     let tokens_per_second = match start {
         Some((t, first)) if positions > first => {
             (positions - first) as f64 / t.elapsed().as_secs_f64()
@@ -462,8 +599,49 @@ fn run<D: Decoder + ?Sized>(
         prompt_tokens: prompt_tokens.len(),
         generated_tokens: generated,
         ended,
+        stop: stopped,
         positions,
         first_token_seconds,
         tokens_per_second,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopFilter;
+
+    /// Feeds `pieces`: what went out, and the stop string's index.
+    fn filter(stop: &[&str], pieces: &[&str]) -> (String, Option<usize>) {
+        let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
+        let mut f = StopFilter::new(&stop);
+        let mut out = String::new();
+        for p in pieces {
+            let (text, hit) = f.push(p);
+            out += &text;
+            if hit.is_some() {
+                return (out, hit);
+            }
+        }
+        (out + &f.finish(), None)
+    }
+
+    #[test]
+    fn stop_strings_end_the_text_across_pieces_and_hold_back_only_what_may_begin_one() {
+        assert_eq!(
+            filter(&[". "], &["Hi", ".", " Lily"]),
+            ("Hi".into(), Some(0))
+        );
+        assert_eq!(
+            filter(&["</s>", "\n\n"], &["a\n", "\n<", "/s>"]),
+            ("a".into(), Some(1))
+        );
+        // A prefix that does not go on is let out; nothing is lost.
+        assert_eq!(filter(&[". "], &["a.", "b. c"]), ("a.b".into(), Some(0)));
+        assert_eq!(filter(&["xyz"], &["ax", "y"]), ("axy".into(), None));
+        // Multi-byte characters are held whole.
+        assert_eq!(filter(&["é!"], &["café", "?"]), ("café?".into(), None));
+        assert_eq!(filter(&["日本"], &["今日", "本は"]), ("今".into(), Some(0)));
+        // The earliest stop string in the text wins.
+        assert_eq!(filter(&["c", "ab"], &["zabc"]), ("z".into(), Some(1)));
+    }
 }

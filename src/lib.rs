@@ -62,7 +62,7 @@ pub mod snapshot;
 pub mod cpu;
 pub mod generate;
 
-mod chat;
+pub mod chat;
 mod engine;
 mod lookup;
 mod parallel;
@@ -73,7 +73,7 @@ pub use error::{Error, GgufError, Result, SnapshotError};
 pub use frame_budget::FrameBudget;
 pub use generate::{
     generate, generate_shifting, generate_tokens, ContextShift, Decoder, Generation, Length,
-    NoCache, GREEDY_BLOCK,
+    NoCache, Prompt, GREEDY_BLOCK,
 };
 pub use gpu::Gpu;
 pub use gpu_model::GpuModel;

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::engine::{Engine, PoolMemory, SeqId};
 use crate::error::{Error, Result};
+use crate::generate::{Prompt, StopFilter};
 use crate::sampler::Sampler;
 use crate::tokenizer::{TextStream, Tokenizer};
 
@@ -37,23 +38,25 @@ impl Continuations {
 /// `new_tokens` long, stopping at the tokenizer's end tokens: the prompt is
 /// run once and forked ([`Engine::fork`]), so its full pages are held once.
 /// `on_token(i, text)` gets continuation `i`'s text as it is decoded.
-pub fn generate_parallel(
+pub fn generate_parallel<'p>(
     engine: &mut Engine,
     tokenizer: &Tokenizer,
     samplers: &mut [Sampler],
-    prompt: &str,
+    prompt: impl Into<Prompt<'p>>,
     new_tokens: usize,
     mut on_token: impl FnMut(usize, &str),
 ) -> Result<Continuations> {
     let started = Instant::now();
-    let mut prompt_tokens = tokenizer.encode_special(prompt, tokenizer.add_bos(), false)?;
-    if prompt_tokens.is_empty() {
-        prompt_tokens.push(tokenizer.bos());
-    }
+    let prompt = prompt.into();
+    let stop = prompt.stop().to_vec();
+    let prompt_tokens = prompt.into_tokens(tokenizer)?;
     if samplers.is_empty() || new_tokens == 0 {
         return Err(Error::EmptyInput);
     }
     let parent = engine.add(&prompt_tokens)?;
+    for sampler in samplers.iter_mut() {
+        prompt_tokens.iter().for_each(|&t| sampler.accept(t));
+    }
     let forked = run_prompt(engine, parent, samplers.len());
     let ids = match forked {
         Ok(ids) => ids,
@@ -67,6 +70,7 @@ pub fn generate_parallel(
     let mut tokens = vec![Vec::new(); n];
     let mut texts = vec![String::new(); n];
     let mut streams: Vec<TextStream> = (0..n).map(|_| TextStream::new()).collect();
+    let mut stoppers: Vec<StopFilter> = (0..n).map(|_| StopFilter::new(&stop)).collect();
     let mut live: Vec<Option<SeqId>> = ids.into_iter().map(Some).collect();
     let mut peak = engine.memory();
     let last_prompt_token = *prompt_tokens.last().expect("not empty");
@@ -76,25 +80,37 @@ pub fn generate_parallel(
         while !ready.is_empty() {
             for id in ready {
                 let i = live.iter().position(|&l| l == Some(id)).expect("live");
-                let logits = engine.logits(id).expect("a ready sequence has logits");
+                let logits = engine.logits(id)?;
                 let next = samplers[i].sample(logits);
                 let prev = tokens[i].last().copied().unwrap_or(last_prompt_token);
                 tokens[i].push(next);
                 let end = tokenizer.is_end(next);
+                let mut stopped = false;
                 if !end {
                     let piece = streams[i].push(tokenizer.decode(prev, next)?);
+                    let (piece, hit) = stoppers[i].push(&piece);
                     on_token(i, &piece);
                     texts[i].push_str(&piece);
+                    stopped = hit.is_some();
                 }
                 let full = engine.tokens(id)?.len() == engine.context();
-                if end || tokens[i].len() == new_tokens || full {
-                    let rest = streams[i].finish();
+                if end || stopped || tokens[i].len() == new_tokens || full {
+                    // What the stream and the stop filter still hold, unless
+                    // a stop string ended it.
+                    let (mut rest, hit) = match stopped {
+                        true => (String::new(), None),
+                        false => stoppers[i].push(&streams[i].finish()),
+                    };
+                    if !stopped && hit.is_none() {
+                        rest += &stoppers[i].finish();
+                    }
                     on_token(i, &rest);
                     texts[i].push_str(&rest);
                     engine.remove(id)?;
                     live[i] = None;
                 } else {
                     engine.push(id, next)?;
+                    samplers[i].accept(next);
                 }
             }
             let memory = engine.memory();

@@ -182,6 +182,24 @@ fn bad_files_and_flags_get_messages_naming_the_problem_and_the_file() {
         &["run", "-m", path(&gguf), "-f", "/nonexistent/prompt.txt"],
         &["cannot read the prompt file /nonexistent/prompt.txt"],
     );
+    // A download cut short, in the tensor data and in the metadata.
+    let bytes = common::tiny_gguf(kvgpu::DType::F32);
+    let cut = dir.join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let end = (bytes.len() - 100).to_string();
+    fails_saying(
+        &["run", "-m", path(&cut)],
+        &[
+            path(&cut),
+            &format!("file ends at byte {end} but tensor"),
+            "truncated (incomplete download?)",
+        ],
+    );
+    std::fs::write(&cut, &bytes[..2000]).unwrap();
+    fails_saying(
+        &["run", "-m", path(&cut)],
+        &[path(&cut), "incomplete download?"],
+    );
 }
 
 #[test]
@@ -273,6 +291,51 @@ fn too_many_new_tokens_are_announced_not_silently_cut() {
     ]);
     assert!(from_file.status.success(), "{}", text(&from_file).1);
     assert_eq!(text(&from_file).0, text(&given).0);
+    // llama.cpp's -n -1 (until an end token or a full context), with its
+    // other flags: -s -1 (a random seed, printed), -ngl and -t (accepted,
+    // noted), -ctk/-ctv (one KV type), -np (--parallel).
+    let out = kvgpu(&[
+        "run",
+        "-m",
+        path(&gguf),
+        "-n",
+        "-1",
+        "-s",
+        "-1",
+        "-ngl",
+        "99",
+        "-t",
+        "4",
+        "-ctk",
+        "f16",
+        "-ctv",
+        "f16",
+        "--temp",
+        "0.8",
+    ]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for expect in [
+        "generated tokens: 16",
+        "seed: ",
+        "-ngl is accepted",
+        "-t is accepted",
+        "F16",
+    ] {
+        assert!(stderr.contains(expect), "{expect:?} not in {stderr}");
+    }
+    assert!(!stderr.contains("warning"), "{stderr}");
+    fails_saying(
+        &["run", "-m", path(&gguf), "-ctk", "q8_0", "-ctv", "f16"],
+        &["-ctk q8_0 and -ctv f16", "--kv-type"],
+    );
+    fails_saying(
+        &["run", "-m", path(&gguf), "-cnv"],
+        &["kvgpu chat -m MODEL"],
+    );
+    let out = kvgpu(&["run", "-m", path(&gguf), "-n", "4", "-np", "2", "-s", "5"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("--- continuation 2 (seed 6) ---"));
     // The largest count there is: the same, not wrapped round to a few.
     let most = u64::MAX.to_string();
     let out = kvgpu(&["run", "-m", path(&gguf), "-n", &most, "--temp", "0"]);
@@ -292,11 +355,143 @@ fn too_many_new_tokens_are_announced_not_silently_cut() {
         ],
         &["pages", "more bytes than can be counted"],
     );
+    // The most positions to keep: refused, not wrapped round.
+    fails_saying(
+        &[
+            "run",
+            "-m",
+            path(&gguf),
+            "-n",
+            "40",
+            "--context-shift",
+            "--keep",
+            &most,
+        ],
+        &["cannot keep 18446744073709551615 positions"],
+    );
     // A context the model does not have.
     fails_saying(
         &["run", "-m", path(&gguf), "-c", "100000", "-n", "1"],
         &["capacity 100000", "16"],
     );
+}
+
+/// llama.cpp's repetition penalties, greedy: the text equals a CPU
+/// reference that applies llama.cpp's formula itself over the last 16
+/// tokens run (the prompt's included), and differs from plain greedy.
+#[test]
+fn penalties_follow_llama_cpp_s_formula() {
+    let (model, tok) = require!(common::stories());
+    let dir = common::models_dir().unwrap();
+    let checkpoint = dir.join("stories260K.bin");
+    let prompt = "Once upon a time, there was a little";
+    let (last_n, repeat, frequency, presence) = (16, 1.3f32, 0.1f32, 0.2f32);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "-m",
+            path(&checkpoint),
+            "-p",
+            prompt,
+            "-n",
+            "40",
+            "--temp",
+            "0",
+        ];
+        args.extend(extra);
+        let out = kvgpu(&args);
+        assert!(out.status.success(), "{}", text(&out).1);
+        text(&out).0
+    };
+    let penalized = run(&[
+        "--repeat-penalty",
+        "1.3",
+        "--repeat-last-n",
+        "16",
+        "--frequency-penalty",
+        "0.1",
+        "--presence-penalty",
+        "0.2",
+    ]);
+    // The reference: the CPU model, the formula, argmax.
+    let mut cpu = kvgpu::cpu::CpuSession::new(&model, None).unwrap();
+    let mut fed = tok.encode(prompt, true, false).unwrap();
+    for &t in &fed[..fed.len() - 1] {
+        cpu.forward(t).unwrap();
+    }
+    let mut expected = prompt.to_string();
+    let mut stream = kvgpu::tokenizer::TextStream::new();
+    for _ in 0..40 {
+        let last = *fed.last().unwrap();
+        let mut logits = cpu.forward(last).unwrap().to_vec();
+        let window = &fed[fed.len().saturating_sub(last_n)..];
+        let mut seen: Vec<u32> = window.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for t in seen {
+            let count = window.iter().filter(|&&w| w == t).count() as f32;
+            let l = &mut logits[t as usize];
+            *l = if *l <= 0.0 { *l * repeat } else { *l / repeat };
+            *l -= count * frequency + presence;
+        }
+        let next = kvgpu::sampler::argmax(&logits);
+        if tok.is_end(next) {
+            break;
+        }
+        expected += &stream.push(tok.decode(last, next).unwrap());
+        fed.push(next);
+    }
+    expected += &stream.finish();
+    assert_eq!(penalized.trim_end(), expected);
+    assert_ne!(penalized, run(&[]), "the penalties change the text");
+}
+
+/// `--stop` ends the text before the first stop string (streamed and in
+/// `--json`, whose object serde reads: text, ids, stop reason, timings).
+#[test]
+fn stop_strings_and_json_output() {
+    let dir = require!(common::models_dir());
+    require!(common::gpu());
+    let checkpoint = dir.join("stories260K.bin");
+    let prompt = "Once upon a time";
+    let base = [
+        "run",
+        "-m",
+        path(&checkpoint),
+        "-p",
+        prompt,
+        "-n",
+        "60",
+        "--temp",
+        "0",
+    ];
+    let run = |extra: &[&str]| {
+        let out = kvgpu(&[&base[..], extra].concat());
+        assert!(out.status.success(), "{}", text(&out).1);
+        text(&out).0
+    };
+    let plain = run(&[]);
+    let continuation = plain.strip_prefix(prompt).unwrap();
+    let cut = continuation.find(". ").expect("a sentence ends");
+    // Streamed: the text up to the stop string, which is not printed.
+    let stopped = run(&["--stop", ". ", "--stop", "never said"]);
+    assert_eq!(
+        stopped.trim_end(),
+        format!("{prompt}{}", &continuation[..cut])
+    );
+    let json: serde_json::Value = serde_json::from_str(&run(&["--stop", ". ", "--json"])).unwrap();
+    assert_eq!(json["stop_reason"], "stop");
+    assert_eq!(json["stop"], ". ");
+    assert_eq!(json["content"], &continuation[..cut]);
+    assert_eq!(json["text"], format!("{prompt}{}", &continuation[..cut]));
+    assert!(json["timings"]["first_token_seconds"].as_f64().unwrap() > 0.0);
+    // Without a stop: the length, and the ids decode to the content.
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json"])).unwrap();
+    assert_eq!(json["stop_reason"], "length");
+    assert_eq!(json["content"], continuation.trim_end_matches('\n'));
+    let ids = json["tokens"].as_array().unwrap();
+    assert_eq!(ids.len(), 60);
+    assert_eq!(json["generated_tokens"], 60);
 }
 
 /// SmolLM2 as published: the prompt as typed, the end at EOS, and
@@ -359,11 +554,12 @@ fn chat_reads_turns_from_stdin() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    // Between the turns, a line that is not UTF-8 and a /save that fails:
-    // each reported, the conversation going on.
+    // Between the turns, a line that is not UTF-8, a /save that fails,
+    // /help and an unknown command: each answered here, the conversation
+    // going on.
     stdin
         .write_all(
-            b"What is the capital of France?\n\xff\xfe?\n/save /nonexistent/x.kvs\nAnd of Italy?\n",
+            b"What is the capital of France?\n\xff\xfe?\n/save /nonexistent/x.kvs\n/help\n/frob\nAnd of Italy?\n",
         )
         .unwrap();
     drop(stdin);
@@ -384,10 +580,60 @@ fn chat_reads_turns_from_stdin() {
         "{stderr}"
     );
     assert!(stderr.contains("[not saved: "), "{stderr}");
+    // Commands answered here, never sent: /help lists them, /frob is unknown.
+    assert!(
+        stderr.contains("/clear         start a new conversation"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("[unknown command /frob"), "{stderr}");
     assert!(
         prefilled[1] < prefilled[0],
         "turn 2 ran only its own tokens: {stderr}"
     );
+}
+
+/// Templates rendered as the tool renders them, in a child process: one
+/// that doubles a string until it holds gigabytes is stopped by the child's
+/// memory limit, one that copies 100 MB strings a million times by the
+/// time limit; each is a `ChatTemplate` error naming the bound, and a real
+/// template renders as it does in this process.
+#[test]
+fn templates_render_in_a_child_bounded_in_memory_and_time() {
+    let dir = common::scratch("cli_template");
+    let tok = kvgpu::Tokenizer::load(common::tiny_tokenizer_file(&dir), 300).unwrap();
+    let plain = "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}{% endfor %}";
+    let here = kvgpu::Chat::with_template(plain, &tok, Some(" hi ")).unwrap();
+    let expected = here.render(here.messages(), true).unwrap();
+    kvgpu::chat::isolate_templates(env!("CARGO_BIN_EXE_kvgpu"), &["render-template"]);
+    let child = kvgpu::Chat::with_template(plain, &tok, Some(" hi ")).unwrap();
+    assert_eq!(child.render(child.messages(), true).unwrap(), expected);
+    assert_eq!(expected, "<system>hi");
+    let cases = [
+        // 1 MB doubled 12 times: 4 GB, past the child's 1 GiB.
+        (
+            "{% set ns = namespace(s='x' * 1000000) %}{% for i in range(12) %}\
+             {% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+            "MiB of memory",
+        ),
+        // A million 100 MB copies: hours.
+        (
+            "{% set big = 'x' * 50000000 %}{% for i in range(1000) %}\
+             {% for j in range(1000) %}{% set t = big ~ big %}{% endfor %}{% endfor %}",
+            "longer than 10 s",
+        ),
+        // The in-process bounds hold in the child too.
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "instructions",
+        ),
+    ];
+    for (template, reason) in cases {
+        let err = kvgpu::Chat::with_template(template, &tok, None).unwrap_err();
+        assert!(
+            matches!(err, kvgpu::Error::ChatTemplate(ref m) if m.contains(reason)),
+            "{template}: {err}"
+        );
+    }
 }
 
 /// Perplexity of a short text, then KL divergence of a run against itself.
@@ -452,6 +698,28 @@ fn perplexity_and_kl_divergence_against_a_base() {
         ],
         &["base.kl", "-c 64"],
     );
+    // A header claiming 2^32 - 1 chunks (a 500 GB token list before any
+    // row): refused by the file's size, nothing allocated.
+    let mut bytes = std::fs::read(&base).unwrap();
+    bytes[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+    let huge = scratch.join("huge.kl");
+    std::fs::write(&huge, &bytes).unwrap();
+    let args = [
+        "perplexity",
+        "-m",
+        path(&model),
+        "-f",
+        path(&text_file),
+        "-c",
+        "64",
+        "--kl-divergence-base",
+        path(&huge),
+        "--kl-divergence",
+    ];
+    fails_saying(&args, &["huge.kl", "4294967295 chunks", "truncated"]);
+    // A file cut short is refused before the run, not at its end.
+    std::fs::write(&huge, &std::fs::read(&base).unwrap()[..1000]).unwrap();
+    fails_saying(&args, &["huge.kl", "1000 bytes", "truncated"]);
 }
 
 /// quantize writes the new types and refuses those it cannot write.
@@ -487,6 +755,21 @@ fn quantize_writes_q5_1_and_names_the_types_it_writes() {
         ],
         &["q4_k", "q5_1"],
     );
+    // Onto the file it reads (mapped): refused before anything is written.
+    let before = std::fs::metadata(&out_file).unwrap().len();
+    fails_saying(
+        &[
+            "quantize",
+            "-m",
+            path(&out_file),
+            "--type",
+            "q8_0",
+            "-o",
+            path(&out_file),
+        ],
+        &["will not write", "input file"],
+    );
+    assert_eq!(std::fs::metadata(&out_file).unwrap().len(), before);
 }
 
 /// 100 tokens, saved; a new process restores them and runs 100 more: the

@@ -222,6 +222,56 @@ fn array_length_past_the_end() {
 }
 
 #[test]
+fn arrays_keep_their_element_width() {
+    use kvgpu::gguf::{Array, Value};
+    // A million u8 elements: a byte each in memory, as in the file (widened
+    // to i64 they took 8 MB, 8x the file, past `load`'s bound).
+    let mut f = File::new();
+    let mut payload = 0u32.to_le_bytes().to_vec(); // array of u8
+    payload.extend(1_000_000u64.to_le_bytes());
+    payload.extend((0..1_000_000).map(|i| (i % 251) as u8));
+    f.kvs.push(kv("bytes", 9, &payload));
+    let _ = load(f.bytes());
+    // Each element type reads as itself and writes back the same bytes.
+    let arrays = [
+        (0u32, vec![1u8, 255]),
+        (1, vec![0x80, 0x7f]),
+        (2, vec![1, 2, 0xff, 0xff]),
+        (3, vec![0, 0x80, 1, 0]),
+        (4, 0xdead_beef_u32.to_le_bytes().to_vec()),
+        (5, (-7i32).to_le_bytes().to_vec()),
+        (6, 1.5f32.to_le_bytes().to_vec()),
+        (7, vec![1, 0]),
+        (10, u64::MAX.to_le_bytes().to_vec()),
+        (11, i64::MIN.to_le_bytes().to_vec()),
+        (12, 0.1f64.to_le_bytes().to_vec()),
+    ];
+    for (ty, elements) in arrays {
+        let width = [1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8][ty as usize];
+        let mut payload = ty.to_le_bytes().to_vec();
+        payload.extend((elements.len() as u64 / width).to_le_bytes());
+        payload.extend(&elements);
+        let mut f = File::new();
+        f.kvs = vec![kv("a", 9, &payload)];
+        f.tensors.clear();
+        f.data.clear();
+        let g = f.parse().unwrap();
+        let Value::Array(a) = g.get("a").unwrap() else {
+            panic!("an array")
+        };
+        assert_eq!(a.element_type().id(), ty);
+        // The same bytes (the file then pads to its alignment).
+        let written = kvgpu::gguf::write(&g.metadata, &[], 32);
+        let file = f.bytes();
+        assert_eq!(written, file[..written.len()], "type {ty}");
+        assert!(file[written.len()..].iter().all(|&b| b == 0));
+        if ty == 0 {
+            assert_eq!(a, &Array::U8(vec![1, 255]));
+        }
+    }
+}
+
+#[test]
 fn nested_arrays() {
     let mut f = File::new();
     let mut payload = 9u32.to_le_bytes().to_vec(); // array of arrays
@@ -312,7 +362,7 @@ fn offset_past_the_end() {
     let mut f = File::new();
     f.tensors[1] = tensor("b", &[4, 2], 1, 64);
     assert!(
-        matches!(f.error(), GgufError::OutOfBounds { ref name, offset: 64, end: 80, data_len: 64 } if name == "b")
+        matches!(f.error(), GgufError::OutOfBounds { ref name, offset: 64, end: 80, data_len: 64, .. } if name == "b")
     );
     f.tensors[1] = tensor("b", &[4, 2], 1, u64::MAX - 31);
     assert!(matches!(f.error(), GgufError::OutOfBounds { .. }));

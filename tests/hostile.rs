@@ -6,7 +6,11 @@
 //! positions restores; non-finite logits are an error naming the position
 //! and leave the cache as it was; a temperature too small for softmax
 //! samples greedily; a context of two billion positions builds RoPE tables
-//! for the session's capacity only.
+//! for the session's capacity only; an engine sequence with non-finite
+//! logits fails alone; a turn that cannot fit is refused before it is
+//! tokenized; a llama2.c checkpoint is mapped, not read into memory.
+//! (Templates rendered in a child process, bounded in memory and time:
+//! tests/cli.rs.)
 
 mod common;
 
@@ -141,6 +145,41 @@ fn non_finite_logits_are_an_error_naming_the_position_and_change_nothing() {
 }
 
 #[test]
+fn an_engine_sequence_with_non_finite_logits_fails_alone() {
+    let gpu = require!(common::gpu());
+    // Token 9's embedding row is NaN: only sequences holding it are lost.
+    let mut model = common::tiny_model(32);
+    let e = &model.weights.token_embedding;
+    let mut rows = e.to_f32();
+    rows[9 * e.cols..10 * e.cols].fill(f32::NAN);
+    model.weights.token_embedding = kvgpu::tensor::Tensor::from_f32(e.rows, e.cols, &rows);
+    let gm = kvgpu::GpuModel::new(&gpu, &model).unwrap();
+    let options = kvgpu::EngineOptions::default()
+        .context(32)
+        .page_size(8)
+        .pages(8);
+    let mut engine = kvgpu::Engine::new(&gm, options).unwrap();
+    let bad = engine.add(&[1, 5, 9]).unwrap();
+    let good = engine.add(&[1, 5, 7]).unwrap();
+    assert!(matches!(
+        engine.logits(good),
+        Err(kvgpu::Error::NoLogits { .. })
+    ));
+    let ready = engine.step().unwrap();
+    assert_eq!(ready.len(), 2);
+    assert!(matches!(
+        engine.logits(bad),
+        Err(kvgpu::Error::NonFiniteLogits { position: 2 })
+    ));
+    let mut cpu = kvgpu::cpu::CpuSession::new(&model, None).unwrap();
+    cpu.forward(1).unwrap();
+    cpu.forward(5).unwrap();
+    let expect = cpu.forward(7).unwrap();
+    let diff = common::max_abs_diff(engine.logits(good).unwrap(), expect);
+    assert!(diff < 1e-3, "{diff}");
+}
+
+#[test]
 fn a_temperature_too_small_for_softmax_samples_greedily() {
     let logits: Vec<f32> = common::random(300, 4).iter().map(|v| v * 10.0).collect();
     let mut sampler = kvgpu::Sampler::new(1e-45, 1.0, 9).unwrap();
@@ -161,4 +200,70 @@ fn a_context_of_two_billion_positions_builds_tables_for_the_session_only() {
     for t in [1, 7, 9, 200] {
         assert_eq!(a.forward(t).unwrap(), b.forward(t).unwrap());
     }
+}
+
+#[test]
+fn a_prompt_that_cannot_fit_however_it_tokenizes_is_refused_first() {
+    let mut tokenizers = vec![tokenizer()];
+    if let Some((_, tok512)) = common::stories() {
+        tokenizers.push(tok512);
+    }
+    if let Some(path) = common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf") {
+        tokenizers.push(kvgpu::Model::load(path).unwrap().1.unwrap());
+    }
+    // The bound is a lower bound on every tokenizer.
+    for tok in &tokenizers {
+        for text in common::varied_strings(500, 3) {
+            let tokens = tok.encode_special(&text, false, false).unwrap().len();
+            assert!(tok.min_tokens(&text) <= tokens, "{text:?}");
+        }
+    }
+    // A 1 MB line for a 32-position chat: refused, the conversation as it was.
+    let gpu = require!(common::gpu());
+    let gm = kvgpu::GpuModel::new(&gpu, &common::tiny_model(32)).unwrap();
+    let mut session = kvgpu::Session::new(&gm, None).unwrap();
+    let tok = &tokenizers[0];
+    let template = "{% for m in messages %}{{ m.content }}{% endfor %}";
+    let mut chat = Chat::with_template(template, tok, None).unwrap();
+    let mut sampler = kvgpu::Sampler::greedy();
+    let line = "a b c ".repeat(170_000);
+    let err = chat.send(&mut session, tok, &mut sampler, &line, 4, |_| {});
+    assert!(matches!(
+        err,
+        Err(kvgpu::Error::ContextFull { capacity: 32 })
+    ));
+    assert!(chat.messages().is_empty() && session.is_empty());
+    let turn = chat.send(&mut session, tok, &mut sampler, "a b", 4, |_| {});
+    assert_eq!(turn.unwrap().prefilled, 4, "<s> a ' ' b");
+}
+
+/// This process's resident memory in bytes (Linux).
+#[cfg(target_os = "linux")]
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_llama2c_checkpoint_is_mapped_not_read_into_memory() {
+    // A 2 GB checkpoint of zeros (sparse on disk): reading it would make
+    // this process 2 GB larger; mapping it, only the pages touched.
+    let header: [i32; 7] = [2048, 5632, 10, 16, 16, 32000, 64];
+    let config = kvgpu::Config::from_llama2c_header(header).unwrap();
+    let size = config.llama2c_file_size().unwrap();
+    assert!(size > 2 << 30, "{size}");
+    let path = common::scratch("hostile").join("big.bin");
+    let file = std::fs::File::create(&path).unwrap();
+    let bytes: Vec<u8> = header.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::io::Write::write_all(&mut &file, &bytes).unwrap();
+    file.set_len(size).unwrap();
+    let before = resident_bytes();
+    let model = kvgpu::Model::load_llama2c(&path).unwrap();
+    let grew = resident_bytes().saturating_sub(before);
+    assert_eq!(model.weights.layers.len(), 10);
+    assert!(grew < 256 << 20, "loading took {grew} bytes");
+    let _ = std::fs::remove_file(&path);
 }

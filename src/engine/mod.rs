@@ -88,7 +88,7 @@ struct Sequence {
 /// let mut sampler = kvgpu::Sampler::greedy();
 /// for _ in 0..16 {
 ///     for id in engine.step()? {
-///         let logits = engine.logits(id).expect("this step ran its last token");
+///         let logits = engine.logits(id)?; // this step ran its last token
 ///         let next = sampler.sample(logits);
 ///         engine.push(id, next)?;
 ///     }
@@ -406,12 +406,17 @@ impl Engine {
         Ok(s.tokens.len() - s.computed)
     }
 
-    /// The logits after sequence `id`'s last token, (vocab_size,), if the
-    /// last step ran that token.
-    pub fn logits(&self, id: SeqId) -> Option<&[f32]> {
-        let row = self.sequences.get(&id)?.logits_row?;
+    /// The logits after sequence `id`'s last token, (vocab_size,): an
+    /// error if the last step did not run that token ([`Error::NoLogits`])
+    /// or they hold a NaN or an infinity ([`Error::NonFiniteLogits`], that
+    /// sequence's only: the others of the step are not affected).
+    pub fn logits(&self, id: SeqId) -> Result<&[f32]> {
+        let s = self.get(id)?;
+        let row = s.logits_row.ok_or(Error::NoLogits { id: id.0 })?;
         let vocab = self.model.config().vocab_size;
-        Some(&self.logits_host[row * vocab..(row + 1) * vocab])
+        let logits = &self.logits_host[row * vocab..(row + 1) * vocab];
+        crate::sampler::check_finite(logits, s.tokens.len() - 1)?;
+        Ok(logits)
     }
 
     /// Runs one pass over the sequences' pending tokens: every sequence with

@@ -190,22 +190,29 @@ impl<'a> Reader<'a> {
         Ok(match elem {
             ValueType::String => Array::String(self.elements(n, |r| r.string(key))?),
             ValueType::Bool => Array::Bool(self.elements(n, |r| Ok(r.array::<1>(key)?[0] != 0))?),
+            ValueType::U8 => Array::U8(self.elements(n, |r| Ok(r.array::<1>(key)?[0]))?),
+            ValueType::I8 => Array::I8(self.elements(n, |r| Ok(r.array::<1>(key)?[0] as i8))?),
+            ValueType::U16 => {
+                Array::U16(self.elements(n, |r| Ok(u16::from_le_bytes(r.array(key)?)))?)
+            }
+            ValueType::I16 => {
+                Array::I16(self.elements(n, |r| Ok(i16::from_le_bytes(r.array(key)?)))?)
+            }
+            ValueType::U32 => Array::U32(self.elements(n, |r| r.u32(key))?),
+            ValueType::I32 => {
+                Array::I32(self.elements(n, |r| Ok(i32::from_le_bytes(r.array(key)?)))?)
+            }
             ValueType::U64 => Array::U64(self.elements(n, |r| r.u64(key))?),
-            ValueType::F32 | ValueType::F64 => Array::Float(
-                self.elements(n, |r| Ok(r.value(key, elem.id())?.as_f64().expect("float")))?,
-            ),
-            _ => Array::Int(self.elements(n, |r| {
-                Ok(match r.value(key, elem.id())? {
-                    Value::U8(x) => x as i64,
-                    Value::I8(x) => x as i64,
-                    Value::U16(x) => x as i64,
-                    Value::I16(x) => x as i64,
-                    Value::U32(x) => x as i64,
-                    Value::I32(x) => x as i64,
-                    Value::I64(x) => x,
-                    _ => unreachable!("integer element types"),
-                })
-            })?),
+            ValueType::I64 => {
+                Array::I64(self.elements(n, |r| Ok(i64::from_le_bytes(r.array(key)?)))?)
+            }
+            ValueType::F32 => {
+                Array::F32(self.elements(n, |r| Ok(f32::from_le_bytes(r.array(key)?)))?)
+            }
+            ValueType::F64 => {
+                Array::F64(self.elements(n, |r| Ok(f64::from_le_bytes(r.array(key)?)))?)
+            }
+            ValueType::Array => unreachable!("refused above"),
         })
     }
 
@@ -390,6 +397,7 @@ impl Gguf {
                 return Err((
                     data_offset,
                     GgufError::OutOfBounds {
+                        data_start: data_offset,
                         name: t.name.clone(),
                         offset: t.offset,
                         end: t.offset.saturating_add(t.size),
@@ -491,20 +499,26 @@ impl Gguf {
         }
     }
 
-    /// Float-array field `key`, if present.
-    pub fn floats(&self, key: &str) -> Result<Option<&[f64]>> {
+    /// Float-array field `key` (f32, or f64 rounded), if present.
+    pub fn floats(&self, key: &str) -> Result<Option<Vec<f32>>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Array(Array::Float(s))) => Ok(Some(s)),
+            Some(v @ Value::Array(a)) => a
+                .to_f32s()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "an array of floats", v)),
             Some(v) => Err(self.wrong(key, "an array of floats", v)),
         }
     }
 
-    /// Integer-array field `key`, if present.
-    pub fn ints(&self, key: &str) -> Result<Option<&[i64]>> {
+    /// Integer-array field `key` (any width, each element fitting i64), if present.
+    pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Array(Array::Int(s))) => Ok(Some(s)),
+            Some(v @ Value::Array(a)) => a
+                .to_i64s()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "an array of integers", v)),
             Some(v) => Err(self.wrong(key, "an array of integers", v)),
         }
     }

@@ -104,19 +104,104 @@ pub enum Value {
     Array(Array),
 }
 
-/// A metadata array, stored by element type.
+/// A metadata array, its elements kept at the file's width (a u8 array
+/// takes a byte an element in memory, as on disk).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Array {
-    /// Integers of any width, widened.
-    Int(Vec<i64>),
-    /// Unsigned 64-bit integers (kept apart: they may not fit i64).
+    /// u8
+    U8(Vec<u8>),
+    /// i8
+    I8(Vec<i8>),
+    /// u16
+    U16(Vec<u16>),
+    /// i16
+    I16(Vec<i16>),
+    /// u32
+    U32(Vec<u32>),
+    /// i32
+    I32(Vec<i32>),
+    /// u64
     U64(Vec<u64>),
-    /// f32 or f64, widened.
-    Float(Vec<f64>),
-    /// bools
+    /// i64
+    I64(Vec<i64>),
+    /// f32
+    F32(Vec<f32>),
+    /// f64
+    F64(Vec<f64>),
+    /// bool
     Bool(Vec<bool>),
-    /// strings
+    /// UTF-8 strings
     String(Vec<String>),
+}
+
+impl Array {
+    /// The elements' type.
+    pub fn element_type(&self) -> ValueType {
+        match self {
+            Array::U8(_) => ValueType::U8,
+            Array::I8(_) => ValueType::I8,
+            Array::U16(_) => ValueType::U16,
+            Array::I16(_) => ValueType::I16,
+            Array::U32(_) => ValueType::U32,
+            Array::I32(_) => ValueType::I32,
+            Array::U64(_) => ValueType::U64,
+            Array::I64(_) => ValueType::I64,
+            Array::F32(_) => ValueType::F32,
+            Array::F64(_) => ValueType::F64,
+            Array::Bool(_) => ValueType::Bool,
+            Array::String(_) => ValueType::String,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Array::U8(v) => v.len(),
+            Array::I8(v) => v.len(),
+            Array::U16(v) => v.len(),
+            Array::I16(v) => v.len(),
+            Array::U32(v) => v.len(),
+            Array::I32(v) => v.len(),
+            Array::U64(v) => v.len(),
+            Array::I64(v) => v.len(),
+            Array::F32(v) => v.len(),
+            Array::F64(v) => v.len(),
+            Array::Bool(v) => v.len(),
+            Array::String(v) => v.len(),
+        }
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements as i64, if they are integers that all fit.
+    pub fn to_i64s(&self) -> Option<Vec<i64>> {
+        fn all<T: Copy>(v: &[T], f: impl Fn(T) -> Option<i64>) -> Option<Vec<i64>> {
+            v.iter().map(|&x| f(x)).collect()
+        }
+        match self {
+            Array::U8(v) => all(v, |x| Some(x.into())),
+            Array::I8(v) => all(v, |x| Some(x.into())),
+            Array::U16(v) => all(v, |x| Some(x.into())),
+            Array::I16(v) => all(v, |x| Some(x.into())),
+            Array::U32(v) => all(v, |x| Some(x.into())),
+            Array::I32(v) => all(v, |x| Some(x.into())),
+            Array::U64(v) => all(v, |x| i64::try_from(x).ok()),
+            Array::I64(v) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// The elements as f32, if they are floats (f64 rounded).
+    pub fn to_f32s(&self) -> Option<Vec<f32>> {
+        match self {
+            Array::F32(v) => Some(v.clone()),
+            Array::F64(v) => Some(v.iter().map(|&x| x as f32).collect()),
+            _ => None,
+        }
+    }
 }
 
 impl Value {
@@ -154,11 +239,20 @@ impl Value {
             Value::U64(_) => "u64",
             Value::I64(_) => "i64",
             Value::F64(_) => "f64",
-            Value::Array(Array::Int(_)) => "array of integers",
-            Value::Array(Array::U64(_)) => "array of u64",
-            Value::Array(Array::Float(_)) => "array of floats",
-            Value::Array(Array::Bool(_)) => "array of bools",
-            Value::Array(Array::String(_)) => "array of strings",
+            Value::Array(a) => match a.element_type() {
+                ValueType::U8 => "array of u8",
+                ValueType::I8 => "array of i8",
+                ValueType::U16 => "array of u16",
+                ValueType::I16 => "array of i16",
+                ValueType::U32 => "array of u32",
+                ValueType::I32 => "array of i32",
+                ValueType::U64 => "array of u64",
+                ValueType::I64 => "array of i64",
+                ValueType::F32 => "array of f32",
+                ValueType::F64 => "array of f64",
+                ValueType::Bool => "array of bools",
+                ValueType::String | ValueType::Array => "array of strings",
+            },
         }
     }
 

@@ -1,7 +1,7 @@
 //! GGUF v3 writer: metadata and tensors as raw bytes (the reader's inverse).
 //! Used by the quantize tool and by tests that build files with chosen defects.
 
-use super::value::{Array, Value, ValueType};
+use super::value::{Array, Value};
 use crate::tensor::DType;
 
 /// Writes a GGUF v3 file: `metadata` then `tensors` as (name, dims innermost
@@ -62,21 +62,19 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
         Value::I64(v) => out.extend(v.to_le_bytes()),
         Value::F64(v) => out.extend(v.to_le_bytes()),
         Value::Array(a) => {
-            // Integers are written as i32 and floats as f32, as llama.cpp's
-            // writer does for the arrays models carry.
-            let (elem, n) = match a {
-                Array::Int(v) => (ValueType::I32, v.len()),
-                Array::U64(v) => (ValueType::U64, v.len()),
-                Array::Float(v) => (ValueType::F32, v.len()),
-                Array::Bool(v) => (ValueType::Bool, v.len()),
-                Array::String(v) => (ValueType::String, v.len()),
-            };
-            out.extend(elem.id().to_le_bytes());
-            out.extend((n as u64).to_le_bytes());
+            out.extend(a.element_type().id().to_le_bytes());
+            out.extend((a.len() as u64).to_le_bytes());
             match a {
-                Array::Int(v) => v.iter().for_each(|x| out.extend((*x as i32).to_le_bytes())),
+                Array::U8(v) => out.extend(v),
+                Array::I8(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+                Array::U16(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+                Array::I16(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+                Array::U32(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+                Array::I32(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
                 Array::U64(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
-                Array::Float(v) => v.iter().for_each(|x| out.extend((*x as f32).to_le_bytes())),
+                Array::I64(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+                Array::F32(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+                Array::F64(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
                 Array::Bool(v) => v.iter().for_each(|x| out.push(*x as u8)),
                 Array::String(v) => v.iter().for_each(|s| write_string(out, s)),
             }

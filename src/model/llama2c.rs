@@ -113,7 +113,8 @@ fn llama2c_layout(header: &[u8]) -> Result<(Config, u64)> {
 
 impl Model {
     /// Reads a llama2.c checkpoint, validating the header and the exact file
-    /// size before reading the weights. Tensors share the file's bytes.
+    /// size before mapping the file: tensors read the map, so a checkpoint
+    /// of any size takes no memory of its own.
     pub fn load_llama2c(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         let io = |source| Error::Io {
@@ -139,10 +140,11 @@ impl Model {
                 found,
             });
         }
-        let mut bytes = Vec::with_capacity(found as usize);
-        bytes.extend_from_slice(&header);
-        file.read_to_end(&mut bytes).map_err(io)?;
-        Self::from_llama2c_bytes(bytes).map_err(|e| match e {
+        // SAFETY: the map is read-only and kvgpu never writes the file; its
+        // size was checked above, and a concurrent writer could at worst
+        // change weight values (every shape comes from the header read here).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Self::from_llama2c_shared(Arc::new(map)).map_err(|e| match e {
             Error::CheckpointSize {
                 expected, found, ..
             } => Error::CheckpointSize {
@@ -156,19 +158,24 @@ impl Model {
 
     /// Parses a llama2.c checkpoint held in memory (see [`Model::load_llama2c`]).
     pub fn from_llama2c_bytes(bytes: Vec<u8>) -> Result<Model> {
+        Self::from_llama2c_shared(Arc::new(bytes))
+    }
+
+    /// A llama2.c checkpoint's tensors over `bytes` (owned or mapped).
+    fn from_llama2c_shared(bytes: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<Model> {
         let size_error = |expected, found| Error::CheckpointSize {
             path: "<memory>".into(),
             expected,
             found,
         };
-        if bytes.len() < 28 {
-            return Err(size_error(28, bytes.len() as u64));
+        let len = (*bytes).as_ref().len();
+        if len < 28 {
+            return Err(size_error(28, len as u64));
         }
-        let (config, expected) = llama2c_layout(&bytes[..28])?;
-        if bytes.len() as u64 != expected {
-            return Err(size_error(expected, bytes.len() as u64));
+        let (config, expected) = llama2c_layout(&(*bytes).as_ref()[..28])?;
+        if len as u64 != expected {
+            return Err(size_error(expected, len as u64));
         }
-        let bytes: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bytes);
         let c = &config;
         let (d, h, l, kv) = (c.dim, c.hidden_dim, c.n_layers, c.kv_dim());
         // Walks the file: each call takes `count` matrices of (rows, cols) f32.

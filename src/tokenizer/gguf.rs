@@ -54,7 +54,7 @@ impl Tokenizer {
                     format!("{} entries for {n} tokens", t.len()),
                 ))
             }
-            Some(t) => t.to_vec(),
+            Some(t) => t,
             None => vec![1; n],
         };
         let id = |key: &str, default: Option<u64>| -> Result<Option<u32>> {
@@ -90,7 +90,7 @@ impl Tokenizer {
         let mut tokenizer = match model {
             "llama" => {
                 let scores: Vec<f32> = match g.floats("tokenizer.ggml.scores")? {
-                    Some(s) if s.len() == n => s.iter().map(|&v| v as f32).collect(),
+                    Some(s) if s.len() == n => s,
                     Some(s) => {
                         return Err(bad(
                             "tokenizer.ggml.scores",
@@ -287,11 +287,11 @@ impl Tokenizer {
             ),
             (
                 "tokenizer.ggml.scores".into(),
-                Value::Array(Array::Float(scores.iter().map(|&v| v as f64).collect())),
+                Value::Array(Array::F32(scores.clone())),
             ),
             (
                 "tokenizer.ggml.token_type".into(),
-                Value::Array(Array::Int(types)),
+                Value::Array(Array::I32(types)),
             ),
             ("tokenizer.ggml.bos_token_id".into(), Value::U32(self.bos)),
             ("tokenizer.ggml.eos_token_id".into(), Value::U32(self.eos)),

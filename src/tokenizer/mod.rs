@@ -203,6 +203,18 @@ impl Tokenizer {
         &self.end_tokens
     }
 
+    /// The fewest tokens `text` can encode to, BOS not counted: no token
+    /// stands for more text bytes than its piece has bytes (`▁` and
+    /// byte-level BPE's characters take at least the byte they stand for),
+    /// so a text whose bound exceeds a cache's room is refused before it is
+    /// tokenized.
+    pub fn min_tokens(&self, text: &str) -> usize {
+        let longest = self.lookup.keys().map(Vec::len);
+        let specials = self.specials.iter().map(|(s, _)| s.len());
+        let longest = longest.chain(specials).max().unwrap_or(1).max(1);
+        text.len().div_ceil(longest)
+    }
+
     /// The chat template (Jinja) a GGUF file carries
     /// (`tokenizer.chat_template`), for [`crate::Chat`].
     pub fn chat_template(&self) -> Option<&str> {

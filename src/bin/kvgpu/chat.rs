@@ -29,9 +29,9 @@ pub struct Args {
     /// Top-p (nucleus) threshold.
     #[arg(long, default_value_t = 0.9)]
     top_p: f32,
-    /// RNG seed [default: the current time]
-    #[arg(short, long)]
-    seed: Option<u64>,
+    /// RNG seed; -1: a random one, printed [default: random]
+    #[arg(short, long, allow_negative_numbers = true, value_parser = crate::parse_seed)]
+    seed: Option<crate::Seed>,
     /// KV cache capacity in positions [default: the model's context length]
     #[arg(short, long = "ctx-size", value_name = "N")]
     ctx_size: Option<usize>,
@@ -43,15 +43,22 @@ pub struct Args {
     kv_type: kvgpu::KvDtype,
 }
 
+/// The commands, for `/help`.
+const HELP: &str = "\
+/help          this list
+/save FILE     save the conversation (its KV cache, messages and sampler)
+/load FILE     load a saved conversation in place of this one
+/clear         start a new conversation (the system message kept)
+/quit, /exit   end (as does the end of input, Ctrl-D)
+Any other line is sent to the model; start it with a space to send a line
+that begins with /.";
+
 /// Runs the conversation until stdin ends (or `/quit`).
 pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs())
-    });
+    let seed = crate::Seed::resolve(args.seed, args.temp > 0.0);
     let mut sampler = Sampler::new(args.temp, args.top_p, seed)?;
     let (model, tokenizer) = crate::load_model(Some(&args.model), None)?;
+    crate::isolate_templates()?;
     let mut chat = Chat::new(&tokenizer, args.system.as_deref())?;
     let gpu = Gpu::new(args.adapter.as_deref())?;
     let gpu_model = GpuModel::new(&gpu, &model)?;
@@ -61,6 +68,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let interactive = std::io::stdin().is_terminal();
     let mut stdout = std::io::stdout();
     let mut lines = std::io::stdin().lock().split(b'\n');
+    eprintln!("[{}: /help lists the commands]", args.model.display());
     loop {
         if interactive {
             print!("> ");
@@ -79,8 +87,23 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         };
         let text = line.trim_end();
-        if text == "/quit" {
-            break;
+        match text.split_whitespace().next() {
+            Some("/quit" | "/exit") => break,
+            Some("/help") => {
+                eprintln!("{HELP}");
+                continue;
+            }
+            Some("/clear") => {
+                chat = Chat::new(&tokenizer, args.system.as_deref())?;
+                session.reset();
+                eprintln!("[cleared: a new conversation]");
+                continue;
+            }
+            Some(c) if c.starts_with('/') && !matches!(c, "/save" | "/load") => {
+                eprintln!("[unknown command {c}: /help lists them; a line starting with a space is sent as it is]");
+                continue;
+            }
+            _ => {}
         }
         if let Some(path) = text.strip_prefix("/save ") {
             let path = std::path::Path::new(path.trim());
@@ -135,17 +158,20 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                     "[{} new tokens prefilled, {} generated{}, {} of {} positions in use]",
                     turn.prefilled,
                     turn.generated,
-                    if turn.ended { "" } else { ", cut at -n" },
+                    match (turn.ended, session.cache().len() == session.cache().capacity()) {
+                        (true, _) => "",
+                        (false, true) => ", cut: the context is full",
+                        (false, false) => ", cut at -n",
+                    },
                     session.cache().len(),
                     session.cache().capacity()
                 );
             }
-            Err(kvgpu::Error::ContextFull { capacity }) => {
-                eprintln!(
-                    "The conversation fills the context ({capacity} positions): start a new chat, or give a larger -c."
-                );
-                break;
-            }
+            Err(kvgpu::Error::ContextFull { capacity }) => eprintln!(
+                "[not sent: the conversation would outgrow the context ({capacity} positions); /clear starts a new one, a larger -c holds more]"
+            ),
+            // The template refused this turn: the conversation is as it was.
+            Err(e @ kvgpu::Error::ChatTemplate(_)) => eprintln!("[not sent: {e}]"),
             Err(e) => return Err(e.into()),
         }
     }

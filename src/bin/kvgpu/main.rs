@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Generate text from a prompt, streaming it to stdout.
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Chat with an instruct model (its file's chat template); scripted
     /// turns, one per line, when stdin is not a terminal.
     Chat(chat::Args),
@@ -48,16 +48,22 @@ enum Command {
     Bench(bench::Args),
     /// Write a model's weights as Q8_0, Q4_0, F16 or F32 GGUF.
     Quantize(quantize::Args),
+    /// Render one chat template request from stdin (run by kvgpu itself:
+    /// templates from model files render in such a child, its memory and
+    /// time bounded).
+    #[command(hide = true)]
+    RenderTemplate,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(llama_flags(std::env::args_os()));
     let result = match &cli.command {
         Command::Run(args) => run::main(args),
         Command::Chat(args) => chat::main(args),
         Command::Perplexity(args) => perplexity::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Quantize(args) => quantize::main(args),
+        Command::RenderTemplate => return render_template(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,6 +72,108 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// llama.cpp's single-dash long flags as this tool's long ones (clap reads
+/// `-ngl` as `-n gl`).
+fn llama_flags(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const FLAGS: [(&str, &str); 5] = [
+        ("-ngl", "--n-gpu-layers"),
+        ("-ctk", "--cache-type-k"),
+        ("-ctv", "--cache-type-v"),
+        ("-np", "--parallel"),
+        ("-cnv", "--conversation"),
+    ];
+    args.map(|a| match FLAGS.iter().find(|(short, _)| a == *short) {
+        Some((_, long)) => long.into(),
+        None => a,
+    })
+    .collect()
+}
+
+/// `-n`: a count, or -1 for as many as the context (or an end token) allows.
+pub fn parse_n_predict(value: &str) -> Result<usize, String> {
+    match value.parse::<i128>() {
+        Ok(-1) => Ok(usize::MAX),
+        Ok(n) if n >= 0 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        _ => Err(format!(
+            "{value}: -n takes a count of tokens, or -1 for until an end token or a full context"
+        )),
+    }
+}
+
+/// An RNG seed as given: a number, or -1 for a random one.
+#[derive(Clone, Copy, Debug)]
+pub struct Seed(Option<u64>);
+
+impl Seed {
+    /// The seed to use: the given one, else a random one, printed when
+    /// `sampling` (it then repeats the run).
+    pub fn resolve(given: Option<Seed>, sampling: bool) -> u64 {
+        if let Some(Seed(Some(seed))) = given {
+            return seed;
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let seed = now.map_or(1, |d| d.as_nanos() as u64);
+        if sampling {
+            eprintln!("seed: {seed} (random; -s {seed} repeats this)");
+        }
+        seed
+    }
+}
+
+/// `-s`: a seed, or -1 for a random one.
+pub fn parse_seed(value: &str) -> Result<Seed, String> {
+    match value {
+        "-1" => Ok(Seed(None)),
+        _ => value.parse().map(|s| Seed(Some(s))).map_err(|_| {
+            format!("{value}: -s takes a seed (0 to 2^64 - 1), or -1 for a random one")
+        }),
+    }
+}
+
+/// The child's side of `kvgpu::chat::isolate_templates`: its address space
+/// limited to `TEMPLATE_MEMORY` (an allocation past it aborts the child,
+/// which its parent reports), one request from stdin rendered to stdout.
+fn render_template() -> ExitCode {
+    use std::io::{Read, Write};
+    #[cfg(unix)]
+    {
+        let limit = libc::rlimit {
+            rlim_cur: kvgpu::chat::TEMPLATE_MEMORY as libc::rlim_t,
+            rlim_max: kvgpu::chat::TEMPLATE_MEMORY as libc::rlim_t,
+        };
+        // SAFETY: setrlimit reads the struct it is given; nothing else.
+        if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } != 0 {
+            eprintln!("cannot limit the template's memory");
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut request = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut request) {
+        eprintln!("cannot read the template request: {e}");
+        return ExitCode::FAILURE;
+    }
+    match kvgpu::chat::render_request(&request) {
+        Ok(text) => match std::io::stdout().write_all(text.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        },
+        Err(e) => {
+            eprint!("{}", e.to_string().trim_start_matches("chat: "));
+            ExitCode::from(kvgpu::chat::TEMPLATE_REFUSED as u8)
+        }
+    }
+}
+
+/// Chat templates come inside downloaded model files: render them in a
+/// child of this executable (`kvgpu render-template`), bounded in memory
+/// and time, not in this process.
+pub fn isolate_templates() -> Result<(), String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find this executable to render chat templates: {e}"))?;
+    kvgpu::chat::isolate_templates(exe, &["render-template"]);
+    Ok(())
 }
 
 /// `file` found as `kvgpu::files::find` does, else downloaded into the user
@@ -106,9 +214,6 @@ pub fn fetch(file: &kvgpu::files::Known) -> Result<PathBuf, String> {
     })
 }
 
-/// The model at `model` (else stories260K, found or downloaded) and its
-/// tokenizer: the GGUF file's own, `tokenizer`, or the llama2.c one beside
-/// the checkpoint.
 /// Checks, before any work, that `path` can be written and is none of
 /// `inputs` (a file being read: writing a model whose memory map is live
 /// would fault the reader).
@@ -147,6 +252,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
     )
 }
 
+/// The model at `model` (else stories260K, found or downloaded) and its
+/// tokenizer: the GGUF file's own, `tokenizer`, or the llama2.c one beside
+/// the checkpoint.
 pub fn load_model(
     model: Option<&Path>,
     tokenizer: Option<&Path>,

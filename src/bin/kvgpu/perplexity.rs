@@ -50,6 +50,14 @@ const MAGIC: &[u8; 8] = b"KVGPUKL1";
 
 /// Scores the text.
 pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    if let (Some(base), false) = (&args.kl_divergence_base, args.kl_divergence) {
+        let inputs = [
+            args.model.as_deref(),
+            args.tokenizer.as_deref(),
+            Some(&args.file),
+        ];
+        crate::check_output(base, &inputs)?;
+    }
     let text =
         std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
     let (model, tokenizer) = crate::load_model(args.model.as_deref(), args.tokenizer.as_deref())?;
@@ -199,8 +207,29 @@ impl BaseReader {
             ))
             .into());
         }
-        let mut tokens = vec![0u8; c * n * 4];
+        // The file's size follows from its header: checked before anything
+        // is read or allocated (a header may claim 2^32 - 1 chunks).
+        let rows = n_ctx - 1 - first_scored(n_ctx);
+        let expected = (c as u64)
+            .checked_mul(n as u64 * 4 + rows as u64 * vocab as u64 * 2)
+            .and_then(|b| b.checked_add(20));
+        let found = file
+            .get_ref()
+            .metadata()
+            .map_err(|e| err(&e.to_string()))?
+            .len();
+        if expected != Some(found) {
+            return Err(err(&format!(
+                "{found} bytes, but its header ({c} chunks of {n} tokens, vocabulary {v}) says {}: truncated or not a kvgpu KL base file",
+                expected.map_or("more than can be counted".into(), |e| e.to_string())
+            ))
+            .into());
+        }
+        // This run's chunks come first; the base's further chunks are not compared.
+        let mut tokens = vec![0u8; chunks.len() * n * 4];
         file.read_exact(&mut tokens).map_err(|_| err("truncated"))?;
+        file.seek_relative(((c - chunks.len()) * n * 4) as i64)
+            .map_err(|e| err(&e.to_string()))?;
         let same = tokens
             .chunks_exact(4)
             .zip(chunks.iter().flatten())

@@ -10,7 +10,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvgpu::cpu::CpuSession;
 use kvgpu::{
     generate, generate_parallel, generate_shifting, ContextShift, Decoder, Engine, EngineOptions,
-    Gpu, GpuModel, KvDtype, Length, Lookup, NoCache, Sampler, Session, SessionOptions, Tokenizer,
+    Gpu, GpuModel, KvDtype, Length, Lookup, NoCache, Prompt, Sampler, Session, SessionOptions,
+    Tokenizer,
 };
 
 /// Generate text with a GGUF or llama2.c model.
@@ -37,8 +38,10 @@ pub struct Args {
         conflicts_with = "prompt"
     )]
     file: Option<PathBuf>,
-    /// New tokens to generate after the prompt.
-    #[arg(short, long = "n-predict", value_name = "N", conflicts_with = "steps")]
+    /// New tokens to generate after the prompt; -1: until an end token or
+    /// the context is full (with --context-shift: until an end token).
+    #[arg(short, long = "n-predict", value_name = "N", conflicts_with = "steps",
+          allow_negative_numbers = true, value_parser = crate::parse_n_predict)]
     n_predict: Option<usize>,
     /// Positions to run, the prompt's included, as llama2.c's run.c counts
     /// them; 0 = the whole context [default: 256 when -n is not given]
@@ -53,9 +56,43 @@ pub struct Args {
     /// Sample only among the k most likely tokens (run.c has no top-k).
     #[arg(long, value_name = "K")]
     top_k: Option<usize>,
-    /// RNG seed [default: the current time]
-    #[arg(short, long)]
-    seed: Option<u64>,
+    /// Drop tokens less likely than P times the most likely one (llama.cpp's
+    /// min-p; applied after temperature and top-k, before top-p); 0: off.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    min_p: f32,
+    /// Divide the logit of each token among the last --repeat-last-n by
+    /// this (multiply, if negative), as llama.cpp; 1: off.
+    #[arg(long, value_name = "R", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Tokens the penalties look back over, the prompt's included.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Lower the logit of each token seen there by this, once.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    presence_penalty: f32,
+    /// Lower the logit of each token seen there by this, per time seen.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    frequency_penalty: f32,
+    /// End the text where it first holds STR (not printed); repeatable.
+    #[arg(long, value_name = "STR", conflicts_with = "load_state")]
+    stop: Vec<String>,
+    /// Print one JSON object (text, token ids, stop reason, timings) at
+    /// the end instead of streaming the text.
+    #[arg(long, conflicts_with = "parallel")]
+    json: bool,
+    /// RNG seed; -1: a random one, printed [default: random]
+    #[arg(short, long, allow_negative_numbers = true, value_parser = crate::parse_seed)]
+    seed: Option<crate::Seed>,
     /// KV cache capacity in positions [default: the model's context length]
     #[arg(short, long = "ctx-size", visible_alias = "capacity", value_name = "N")]
     ctx_size: Option<usize>,
@@ -69,6 +106,23 @@ pub struct Args {
     /// Same as --kv-type f16.
     #[arg(long, conflicts_with = "kv_type")]
     kv_f16: bool,
+    /// llama.cpp's K and V cache types (-ctk, -ctv): kvgpu keeps both in one
+    /// type, --kv-type; given one or both (equal), it is that.
+    #[arg(long, value_name = "TYPE", value_parser = crate::parse_kv_type, conflicts_with_all = ["kv_type", "kv_f16"])]
+    cache_type_k: Option<KvDtype>,
+    /// See --cache-type-k.
+    #[arg(long, value_name = "TYPE", value_parser = crate::parse_kv_type, conflicts_with_all = ["kv_type", "kv_f16"])]
+    cache_type_v: Option<KvDtype>,
+    /// Accepted for llama.cpp's command lines (-ngl): every layer runs on the GPU.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    n_gpu_layers: Option<i64>,
+    /// Accepted for llama.cpp's command lines and ignored: the work runs on
+    /// the GPU, not on CPU threads.
+    #[arg(short, long, value_name = "N", allow_negative_numbers = true)]
+    threads: Option<i64>,
+    /// llama.cpp's conversation mode (-cnv): use `kvgpu chat -m MODEL`.
+    #[arg(long, hide = true)]
+    conversation: bool,
     /// Decode without the KV cache: every token recomputes the whole prefix (for comparison).
     #[arg(long)]
     no_cache: bool,
@@ -137,19 +191,34 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     // Settings first: a bad one should not wait for a model to load.
+    if args.conversation {
+        return Err("kvgpu run has no conversation mode (-cnv): use kvgpu chat -m MODEL".into());
+    }
+    let kv_type = match (args.cache_type_k, args.cache_type_v) {
+        (Some(k), Some(v)) if k != v => {
+            return Err(format!(
+                "-ctk {} and -ctv {}: kvgpu keeps K and V in one type (--kv-type)",
+                k.name(),
+                v.name()
+            )
+            .into())
+        }
+        (Some(t), _) | (_, Some(t)) => t,
+        (None, None) if args.kv_f16 => KvDtype::F16,
+        (None, None) => args.kv_type,
+    };
+    if args.n_gpu_layers.is_some() {
+        eprintln!("note: every layer runs on the GPU (-ngl is accepted and ignored)");
+    }
+    if args.threads.is_some() {
+        eprintln!("note: the work runs on the GPU (-t is accepted and ignored)");
+    }
     if let Some(path) = &args.save_state {
         let inputs = [args.model.as_deref(), args.tokenizer.as_deref()];
         crate::check_output(path, &inputs)?;
     }
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs())
-    });
-    let mut sampler = Sampler::new(args.temp, args.top_p, seed)?;
-    if let Some(k) = args.top_k {
-        sampler = sampler.with_top_k(k)?;
-    }
+    let seed = crate::Seed::resolve(args.seed, args.temp > 0.0);
+    let mut sampler = settings(args, Sampler::new(args.temp, args.top_p, seed)?)?;
     let loading = Instant::now();
     let (model, mut tokenizer) =
         crate::load_model(args.model.as_deref(), args.tokenizer.as_deref())?;
@@ -157,19 +226,17 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         tokenizer.set_end_tokens(Vec::new());
     }
     tokenizer.set_show_special(args.special);
-    let mut options = SessionOptions::default().kv_dtype(match args.kv_f16 {
-        true => KvDtype::F16,
-        false => args.kv_type,
-    });
+    let mut options = SessionOptions::default().kv_dtype(kv_type);
     options.capacity = args.ctx_size;
     let capacity = args.ctx_size.unwrap_or(model.config.seq_len);
-    let length = length(args, &tokenizer, capacity)?;
+    let prompt = Prompt::encode(&tokenizer, &args.prompt)?.with_stop(&args.stop);
+    let length = length(args, prompt.tokens().expect("encoded").len(), capacity);
 
     if args.parallel.is_some_and(|n| n == 0) {
         return Err("--parallel takes at least 1".into());
     }
     if args.lookup.is_some() && !sampler.is_greedy() {
-        return Err("--lookup decodes greedily: add --temp 0".into());
+        return Err("--lookup decodes greedily: add --temp 0 (and no penalties)".into());
     }
     let gpu = Gpu::new(args.adapter.as_deref())?;
     let bar = ProgressBar::new(model.weights.bytes()).with_style(
@@ -185,16 +252,27 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let load_time = loading.elapsed();
     if let Some(n) = args.parallel {
         let kv_dtype = options.kv_dtype;
-        return parallel(args, &gpu_model, &tokenizer, sampler, n, length, kv_dtype);
+        return parallel(
+            args,
+            &gpu_model,
+            &tokenizer,
+            prompt,
+            sampler,
+            (n, length),
+            kv_dtype,
+        );
     }
     let mut session = Session::with_options(&gpu_model, options)?;
     // A saved state: its cache, its next token and its sampler.
     let resume = match &args.load_state {
         Some(path) => {
             let saved = session.restore(path)?;
+            // The saved random state, with this run's settings; the
+            // penalties look back over the restored tokens.
             if let Some(s) = saved.sampler.clone() {
-                sampler = s;
+                sampler = settings(args, s)?;
             }
+            saved.tokens.iter().for_each(|&t| sampler.accept(t));
             let next = saved.next.ok_or_else(|| {
                 format!(
                     "{}: the saved generation had ended (at an end token)",
@@ -249,8 +327,10 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut stdout = std::io::stdout();
     let started = Instant::now();
     let emit = |piece: &str| {
-        let _ = stdout.write_all(piece.as_bytes());
-        let _ = stdout.flush();
+        if !args.json {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
     };
     let mut run = match (&resume, args.context_shift, args.n_predict) {
         (Some((_, next)), _, Some(n)) => {
@@ -262,13 +342,14 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 discard: args.discard,
             };
             let sampler = &mut sampler;
-            generate_shifting(decoder, &tokenizer, sampler, &args.prompt, n, shift, emit)?
+            let prompt = prompt.clone();
+            generate_shifting(decoder, &tokenizer, sampler, prompt, n, shift, emit)?
         }
         _ => generate(
             decoder,
             &tokenizer,
             &mut sampler,
-            &args.prompt,
+            prompt.clone(),
             length,
             emit,
         )?,
@@ -291,7 +372,10 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         session.save(path, &run.all_tokens[..len], next, Some(&sampler), &[])?;
     }
     let wall = started.elapsed();
-    println!();
+    match args.json {
+        true => println!("{}", json(args, &run, length, (load_time, wall))),
+        false => println!(),
+    }
     let work = match &uncached {
         Some(no_cache) => format!(
             "no KV cache: {} positions computed in {} passes for {} positions",
@@ -335,7 +419,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             &mut cpu,
             &tokenizer,
             &mut cpu_sampler.clone(),
-            &args.prompt,
+            prompt,
             length,
             |_| {},
         )?;
@@ -355,22 +439,21 @@ fn parallel(
     args: &Args,
     model: &GpuModel,
     tokenizer: &Tokenizer,
+    prompt: Prompt,
     sampler: Sampler,
-    n: usize,
-    length: Length,
+    (n, length): (usize, Length),
     kv_dtype: KvDtype,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let c = model.config();
     let context = args.ctx_size.unwrap_or(c.seq_len);
-    let prompt = tokenizer.encode_special(&args.prompt, tokenizer.add_bos(), false)?;
+    let prompt_tokens = prompt.tokens().expect("encoded").len();
     let new_tokens = match length {
         Length::NewTokens(t) => t,
-        Length::Steps(s) => s.min(context).saturating_sub(prompt.len()).max(1),
+        Length::Steps(s) => s.min(context).saturating_sub(prompt_tokens).max(1),
     };
     let page = 16.min(context);
     // Each continuation's pages, the prompt's counted once per fork: room for all.
-    let per_sequence = prompt
-        .len()
+    let per_sequence = prompt_tokens
         .saturating_add(new_tokens)
         .min(context)
         .div_ceil(page)
@@ -384,15 +467,15 @@ fn parallel(
         .pages(pages)
         .kv_dtype(kv_dtype);
     let mut engine = Engine::new(model, options)?;
-    let (temperature, top_p, top_k, seed) = sampler.parts();
-    let mut samplers = (0..n as u64)
-        .map(|i| Sampler::from_parts(temperature, top_p, top_k, seed.wrapping_add(i)))
-        .collect::<kvgpu::Result<Vec<_>>>()?;
+    let seed = sampler.parts().3;
+    let mut samplers: Vec<Sampler> = (0..n as u64)
+        .map(|i| sampler.clone().reseeded(seed.wrapping_add(i)))
+        .collect();
     let run = generate_parallel(
         &mut engine,
         tokenizer,
         &mut samplers,
-        &args.prompt,
+        prompt,
         new_tokens,
         |_, _| {},
     )?;
@@ -421,22 +504,59 @@ fn parallel(
     Ok(())
 }
 
+/// `run --json`'s object: the text (as printed, and what follows the
+/// prompt), the sampled token ids, why it stopped, and the timings.
+fn json(
+    args: &Args,
+    run: &kvgpu::Generation,
+    length: Length,
+    (load, wall): (std::time::Duration, std::time::Duration),
+) -> serde_json::Value {
+    let stop_reason = match (run.ended, run.stop, length) {
+        (true, _, _) => "eos",
+        (_, Some(_), _) => "stop",
+        (_, _, Length::NewTokens(n)) if run.generated_tokens == n => "length",
+        (_, _, Length::Steps(n)) if run.positions == n => "length",
+        _ => "context",
+    };
+    serde_json::json!({
+        "text": run.text,
+        "content": run.text.strip_prefix(args.prompt.as_str()).unwrap_or(&run.text),
+        "tokens": run.tokens,
+        "prompt_tokens": run.prompt_tokens,
+        "generated_tokens": run.generated_tokens,
+        "stop_reason": stop_reason,
+        "stop": run.stop.and_then(|i| args.stop.iter().filter(|s| !s.is_empty()).nth(i)),
+        "timings": {
+            "load_seconds": load.as_secs_f64(),
+            "first_token_seconds": run.first_token_seconds,
+            "tokens_per_second": run.tokens_per_second,
+            "generation_seconds": wall.as_secs_f64(),
+        },
+    })
+}
+
+/// `sampler` with the flags' top-k, min-p and penalties.
+fn settings(args: &Args, mut sampler: Sampler) -> kvgpu::Result<Sampler> {
+    if let Some(k) = args.top_k {
+        sampler = sampler.with_top_k(k)?;
+    }
+    sampler.with_min_p(args.min_p)?.with_penalties(
+        args.repeat_last_n,
+        args.repeat_penalty,
+        args.frequency_penalty,
+        args.presence_penalty,
+    )
+}
+
 /// How long to generate: `-n` new tokens, or `--steps` positions (256 when
 /// neither is given), with a warning when the KV cache cannot hold that many.
-fn length(
-    args: &Args,
-    tokenizer: &Tokenizer,
-    capacity: usize,
-) -> Result<Length, Box<dyn std::error::Error>> {
-    let prompt = tokenizer
-        .encode_special(&args.prompt, tokenizer.add_bos(), false)?
-        .len()
-        .max(1);
+fn length(args: &Args, prompt: usize, capacity: usize) -> Length {
     // The prompt's last token is decoded with the new ones.
     let fed = prompt - 1;
-    Ok(match (args.n_predict, args.steps) {
+    match (args.n_predict, args.steps) {
         (Some(n), _) => {
-            if fed.saturating_add(n) > capacity && !args.context_shift {
+            if fed.saturating_add(n) > capacity && !args.context_shift && n != usize::MAX {
                 eprintln!(
                     "warning: -n {n} after a {prompt}-token prompt needs {} positions, but the KV cache holds {capacity} (-c): generating at most {} tokens",
                     fed.saturating_add(n),
@@ -454,5 +574,5 @@ fn length(
             Length::Steps(steps)
         }
         (None, None) => Length::Steps(256),
-    })
+    }
 }

@@ -59,7 +59,7 @@ pub fn measure(
                     break;
                 }
                 for id in ready {
-                    let next = Sampler::greedy().sample(engine.logits(id).expect("ran"));
+                    let next = Sampler::greedy().sample(engine.logits(id)?);
                     engine.push(id, next)?;
                 }
             }

@@ -9,8 +9,19 @@
 //! template that renders earlier turns differently once more follow (some
 //! drop old reasoning, say) breaks the prefix: the longest common run of
 //! tokens is kept and the rest is fed again.
+//!
+//! A template is a program inside a downloaded file, so its instructions,
+//! nesting and output are bounded; an application that renders templates
+//! it did not write should also [`isolate_templates`], which bounds their
+//! memory and time in a child process (the `kvgpu` tool does).
 
-use minijinja::Environment;
+mod template;
+
+use template::Template;
+pub use template::{
+    isolate_templates, render_request, TEMPLATE_FUEL, TEMPLATE_MEMORY, TEMPLATE_OUTPUT,
+    TEMPLATE_REFUSED, TEMPLATE_SECONDS,
+};
 
 use crate::error::{Error, Result};
 use crate::generate::{generate_tokens, Length};
@@ -55,7 +66,7 @@ pub struct Turn {
 /// A conversation kept in one session's KV cache.
 #[derive(Debug)]
 pub struct Chat {
-    env: Environment<'static>,
+    template: Template,
     messages: Vec<Message>,
     /// The conversation's text that `tokens` (and `pending`) stand for.
     text: String,
@@ -63,9 +74,6 @@ pub struct Chat {
     tokens: Vec<u32>,
     /// The reply's last sampled token, not run yet (the next turn runs it first).
     pending: Option<u32>,
-    /// BOS and EOS as text, for templates that write `bos_token` / `eos_token`.
-    bos: String,
-    eos: String,
 }
 
 impl Chat {
@@ -87,34 +95,9 @@ impl Chat {
         tokenizer: &Tokenizer,
         system: Option<&str>,
     ) -> Result<Self> {
-        let mut env = Environment::new();
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        // A template is a program inside a downloaded file: bounded.
-        env.set_fuel(Some(TEMPLATE_FUEL));
-        env.set_recursion_limit(TEMPLATE_RECURSION);
-        env.add_filter("batch", bounded_batch);
-        // Templates that print today's date (Llama 3.1's) get it.
-        env.add_function("strftime_now", |format: String| {
-            let now = std::time::SystemTime::now();
-            let days = now
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() / 86400);
-            strftime_date(days as i64, &format)
-        });
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_template_owned("chat", template.to_string())
-            .map_err(|e| Error::ChatTemplate(e.to_string()))?;
         let text_of = |id: u32| tokenizer.control_text(id).unwrap_or_default().to_string();
         let chat = Self {
-            env,
+            template: Template::new(template, text_of(tokenizer.bos()), text_of(tokenizer.eos()))?,
             messages: system
                 .map(|s| Message::new("system", s))
                 .into_iter()
@@ -122,8 +105,6 @@ impl Chat {
             text: String::new(),
             tokens: Vec::new(),
             pending: None,
-            bos: text_of(tokenizer.bos()),
-            eos: text_of(tokenizer.eos()),
         };
         chat.render(&chat.messages, true)?; // a template that cannot run fails now
         Ok(chat)
@@ -137,28 +118,7 @@ impl Chat {
     /// The conversation as the template renders it, with the assistant's
     /// turn opened when `add_generation_prompt`.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let template = self.env.get_template("chat").expect("added in new");
-        let mut out = Capped(Vec::new());
-        let rendered = template.render_captured_to(
-            minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos,
-                eos_token => self.eos,
-            },
-            &mut out,
-        );
-        match rendered {
-            Ok(_) => String::from_utf8(out.0)
-                .map_err(|_| Error::ChatTemplate("it rendered invalid UTF-8".into())),
-            Err(_) if out.0.len() > TEMPLATE_OUTPUT => Err(Error::ChatTemplate(format!(
-                "it rendered more than {TEMPLATE_OUTPUT} bytes"
-            ))),
-            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(Error::ChatTemplate(
-                format!("it ran more than {TEMPLATE_FUEL} instructions"),
-            )),
-            Err(e) => Err(Error::ChatTemplate(e.to_string())),
-        }
+        self.template.render(messages, add_generation_prompt)
     }
 
     /// Sends the user's `text` and streams the reply through `emit`, up to
@@ -191,25 +151,33 @@ impl Chat {
                 self.tokens.len()
             )));
         }
+        // A turn that cannot fit however it tokenizes is refused first.
+        let capacity = session.cache().capacity();
+        let least = match rendered.strip_prefix(&self.text) {
+            Some(rest) => self.tokens.len() + tokenizer.min_tokens(rest),
+            None => tokenizer.min_tokens(&rendered),
+        };
+        if least > capacity {
+            return Err(Error::ContextFull { capacity });
+        }
         // The tokens to keep, and the new ones (never none: the new turn
         // holds at least the user's message).
         let (keep, new) = match rendered.strip_prefix(&self.text) {
             Some(rest) => {
                 let first = self.tokens.is_empty();
-                let bos = first && tokenizer.add_bos() && !rest.starts_with(&self.bos);
+                let bos = first && tokenizer.add_bos() && !rest.starts_with(&self.template.bos);
                 let mut new: Vec<u32> = self.pending.into_iter().collect();
                 new.extend(tokenizer.encode_special(rest, bos, false)?);
                 (self.tokens.len(), new)
             }
             None => {
-                let bos = tokenizer.add_bos() && !rendered.starts_with(&self.bos);
+                let bos = tokenizer.add_bos() && !rendered.starts_with(&self.template.bos);
                 let all = tokenizer.encode_special(&rendered, bos, false)?;
                 let same = all.iter().zip(&self.tokens).take_while(|(a, b)| a == b);
                 let keep = same.count().min(all.len() - 1);
                 (keep, all[keep..].to_vec())
             }
         };
-        let capacity = session.cache().capacity();
         if keep + new.len() > capacity {
             return Err(Error::ContextFull { capacity });
         }
@@ -303,144 +271,5 @@ impl Chat {
         chat.tokens = saved.tokens;
         chat.pending = saved.next;
         Ok((chat, saved.sampler))
-    }
-}
-
-/// Instructions a template may run per rendering: a long conversation in a
-/// real template takes a few hundred per message.
-pub const TEMPLATE_FUEL: u64 = 5_000_000;
-
-/// Nesting a template may reach (loops, macro calls, includes).
-const TEMPLATE_RECURSION: usize = 100;
-
-/// Bytes a rendering may write: far more than any context holds.
-pub const TEMPLATE_OUTPUT: usize = 64 << 20;
-
-/// A writer that refuses to grow past [`TEMPLATE_OUTPUT`].
-struct Capped(Vec<u8>);
-
-impl std::io::Write for Capped {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > TEMPLATE_OUTPUT {
-            self.0.resize(TEMPLATE_OUTPUT + 1, 0);
-            return Err(std::io::Error::other("rendered text over its limit"));
-        }
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Most items in one batch (minijinja's own `batch` reserves the count
-/// up front, and fills the last batch up to it).
-const MAX_BATCH: usize = 100_000;
-
-/// Jinja's `batch(count, fill)`, with `count` bounded.
-fn bounded_batch(
-    state: &minijinja::State,
-    value: minijinja::Value,
-    count: usize,
-    fill: Option<minijinja::Value>,
-) -> std::result::Result<minijinja::Value, minijinja::Error> {
-    if count > MAX_BATCH {
-        return Err(minijinja::Error::new(
-            minijinja::ErrorKind::InvalidOperation,
-            format!("batch of {count} items: at most {MAX_BATCH}"),
-        ));
-    }
-    minijinja::filters::batch(state, value, count, fill)
-}
-
-/// `format` (strftime's %d %m %Y %y %b %B %a %A %j %%) of the day `days`
-/// after 1970-01-01, as Python's `strftime` writes it.
-fn strftime_date(days: i64, format: &str) -> String {
-    // Civil date from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + (month <= 2) as i64;
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const WEEKDAYS: [&str; 7] = [
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-    ];
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let before: i64 = [31, 28 + leap as i64, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
-        [..month as usize - 1]
-        .iter()
-        .sum();
-    let (m, w) = (
-        MONTHS[month as usize - 1],
-        WEEKDAYS[days.rem_euclid(7) as usize],
-    );
-    let mut out = String::new();
-    let mut chars = format.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('d') => out += &format!("{day:02}"),
-            Some('m') => out += &format!("{month:02}"),
-            Some('Y') => out += &year.to_string(),
-            Some('y') => out += &format!("{:02}", year % 100),
-            Some('b') => out += &m[..3],
-            Some('B') => out += m,
-            Some('a') => out += &w[..3],
-            Some('A') => out += w,
-            Some('j') => out += &format!("{:03}", before + day),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::strftime_date;
-
-    #[test]
-    fn strftime_writes_dates_as_python_does() {
-        assert_eq!(
-            strftime_date(0, "%d %b %Y %A %j"),
-            "01 Jan 1970 Thursday 001"
-        );
-        assert_eq!(strftime_date(19723, "%Y-%m-%d %a %y"), "2024-01-01 Mon 24");
-        assert_eq!(
-            strftime_date(19782, "%d %B %Y, day %j, 100%%"),
-            "29 February 2024, day 060, 100%"
-        );
     }
 }
