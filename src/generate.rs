@@ -318,6 +318,12 @@ impl<'a> From<&'a str> for Prompt<'a> {
     }
 }
 
+impl<'a> From<&'a String> for Prompt<'a> {
+    fn from(text: &'a String) -> Self {
+        Self::from(text.as_str())
+    }
+}
+
 /// Generated text on its way out, held back while it may be the start of
 /// a stop string.
 pub(crate) struct StopFilter<'a> {
@@ -361,12 +367,6 @@ impl<'a> StopFilter<'a> {
     /// What is held, at the end of the generation.
     pub(crate) fn finish(&mut self) -> String {
         std::mem::take(&mut self.held)
-    }
-}
-
-impl<'a> From<&'a String> for Prompt<'a> {
-    fn from(text: &'a String) -> Self {
-        Self::from(text.as_str())
     }
 }
 

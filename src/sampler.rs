@@ -65,6 +65,9 @@ impl Sampler {
 
     /// The settings and random state, to save: (temperature, top-p, top-k,
     /// rng state); [`Sampler::from_parts`] makes the same sampler again.
+    /// Min-p and the penalties are not among them: a caller that restores
+    /// a sampler gives them again (`kvgpu run --load-state` applies its
+    /// flags, the penalties' window refilled from the restored tokens).
     pub fn parts(&self) -> (f32, f32, Option<usize>, u64) {
         (self.temperature, self.top_p, self.top_k, self.rng.state())
     }
