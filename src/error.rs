@@ -17,6 +17,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A file could not be written (or its folder created).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+
     /// A checkpoint's header holds an impossible hyper-parameter.
     #[error("invalid model config: {field} = {value}: {reason}")]
     InvalidConfig {

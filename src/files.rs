@@ -97,7 +97,7 @@ pub fn download(
         reason,
     };
     let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.to_path_buf(),
         source,
     })?;
@@ -109,7 +109,7 @@ pub fn download(
             .get("content-length")
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let mut body = response.into_body().into_reader();
-        let io = |source| Error::Io {
+        let io = |source| Error::Write {
             path: partial.clone(),
             source,
         };
@@ -146,7 +146,7 @@ pub fn download(
                 found,
             });
         }
-        std::fs::rename(&partial, dest).map_err(|source| Error::Io {
+        std::fs::rename(&partial, dest).map_err(|source| Error::Write {
             path: dest.to_path_buf(),
             source,
         })

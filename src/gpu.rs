@@ -6,9 +6,13 @@
 //! itself, and errors come back as [`Error::Gpu`] values.
 
 use std::any::Any;
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::kernel_cache::{self, KernelCache};
 
 /// What a layer above keeps once per device (the compiled kernels), stored
 /// type-erased so that this module need not know their type.
@@ -25,6 +29,50 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     /// The kernels compiled for `device`, once.
     pub(crate) kernels: DeviceSlot,
+    /// Where the compiled kernels are kept between runs, and what
+    /// compiling them has cost.
+    pub(crate) compiling: Arc<Compiling>,
+}
+
+/// What [`Gpu::compiled`] reports: pipelines compiled on a device so far,
+/// and the time their creation took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// Compute pipelines created.
+    pub pipelines: usize,
+    /// Wall time spent creating them and their shader modules.
+    pub time: Duration,
+}
+
+/// A device's kernel compilation: the folder its pipeline cache is kept
+/// in (set once, before the kernels compile) and running totals.
+#[derive(Debug, Default)]
+pub(crate) struct Compiling {
+    /// [`Gpu::keep_kernels_in`]'s folder.
+    pub(crate) dir: OnceLock<PathBuf>,
+    /// The pipeline cache the kernels compile through, made once.
+    cache: OnceLock<PipelineCache>,
+    pipelines: AtomicUsize,
+    nanos: AtomicU64,
+}
+
+/// A device's pipeline cache and the file it is kept in.
+#[derive(Debug)]
+struct PipelineCache {
+    /// None where the device has no pipeline caches.
+    cache: Option<wgpu::PipelineCache>,
+    status: KernelCache,
+    /// (file, key, checksum of the data the file holds now).
+    file: Option<(PathBuf, String, Mutex<u64>)>,
+}
+
+impl Compiling {
+    /// Counts `pipelines` created (0 for a shader module) in `time`.
+    pub(crate) fn add(&self, pipelines: usize, time: Duration) {
+        self.pipelines.fetch_add(pipelines, Ordering::Relaxed);
+        let nanos = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Gpu {
@@ -33,6 +81,7 @@ impl std::fmt::Debug for Gpu {
             .field("device", &self.device)
             .field("queue", &self.queue)
             .field("kernels compiled", &self.kernels.get().is_some())
+            .field("kernel cache folder", &self.compiling.dir.get())
             .finish()
     }
 }
@@ -122,6 +171,118 @@ impl Gpu {
             device,
             queue,
             kernels: DeviceSlot::default(),
+            compiling: Arc::default(),
+        }
+    }
+
+    /// Keeps the driver's compiled kernels in `dir` between runs, where the
+    /// device has a pipeline cache (wgpu offers them on Vulkan): the first
+    /// model uploaded reads the file for this adapter, driver and kvgpu
+    /// build, and [`Gpu::save_kernels`] writes it. A file that is
+    /// unreadable, damaged or from another adapter, driver or build is
+    /// ignored and replaced. Call before uploading a model; returns false
+    /// (and changes nothing) once the kernels are compiled or a folder is set.
+    pub fn keep_kernels_in(&self, dir: impl Into<PathBuf>) -> bool {
+        self.kernels.get().is_none() && self.compiling.dir.set(dir.into()).is_ok()
+    }
+
+    /// The kernels' pipeline cache: read from [`Gpu::keep_kernels_in`]'s
+    /// folder when that holds a good file for `kernels` (a hash of their
+    /// sources), else empty; made on the first call, which the kernels'
+    /// compilation makes.
+    pub(crate) fn pipeline_cache(&self, kernels: u64) -> Option<&wgpu::PipelineCache> {
+        let made = self.compiling.cache.get_or_init(|| {
+            let device = &self.device;
+            if !device.features().contains(wgpu::Features::PIPELINE_CACHE) {
+                let status = KernelCache::Unsupported;
+                return PipelineCache {
+                    cache: None,
+                    status,
+                    file: None,
+                };
+            }
+            let info = device.adapter_info();
+            let path = (self.compiling.dir.get()).and_then(|dir| kernel_cache::path(dir, &info));
+            let key = kernel_cache::key(&info, kernels);
+            let data = path.as_ref().map(|p| kernel_cache::read(p, &key));
+            let create = |data: Option<&[u8]>| {
+                // SAFETY: wgpu checks its own header in `data` (the adapter
+                // and the driver's cache id); `kernel_cache::read` gave
+                // only data whose checksum and key (adapter, driver,
+                // kvgpu, wgpu, kernel sources) match what was saved from
+                // this adapter. With `fallback`, data wgpu refuses gives
+                // an empty cache.
+                unsafe {
+                    device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                        label: Some("kvgpu kernels"),
+                        data,
+                        fallback: true,
+                    })
+                }
+            };
+            let (cache, status) = match (path.clone(), data) {
+                (Some(path), Some(Ok(data))) => {
+                    let bytes = data.len() as u64;
+                    (create(Some(&data)), KernelCache::Loaded { path, bytes })
+                }
+                (Some(path), Some(Err(why))) => (create(None), KernelCache::Empty { path, why }),
+                _ => (create(None), KernelCache::Unsupported),
+            };
+            // What the file holds now: nothing to write until that changes.
+            let held = match &status {
+                KernelCache::Loaded { .. } => {
+                    cache.get_data().map_or(0, |d| kernel_cache::checksum(&d))
+                }
+                _ => 0,
+            };
+            PipelineCache {
+                cache: Some(cache),
+                status,
+                file: path.map(|p| (p, key, Mutex::new(held))),
+            }
+        });
+        made.cache.as_ref()
+    }
+
+    /// Where the kernels' pipeline cache came from, once they are compiled
+    /// (the first model upload compiles them).
+    pub fn kernel_cache(&self) -> Option<&KernelCache> {
+        self.compiling.cache.get().map(|c| &c.status)
+    }
+
+    /// Writes the kernels' pipeline cache to [`Gpu::keep_kernels_in`]'s
+    /// folder when it holds pipelines the file lacks: the bytes written,
+    /// or None when there was nothing to write (no folder, no pipeline
+    /// cache, or nothing new). Call once the pipelines a run needs are
+    /// compiled (after its first token).
+    pub fn save_kernels(&self) -> Result<Option<u64>> {
+        let Some(PipelineCache {
+            cache: Some(cache),
+            file: Some((path, key, held)),
+            ..
+        }) = self.compiling.cache.get()
+        else {
+            return Ok(None);
+        };
+        let Some(data) = cache.get_data() else {
+            return Ok(None);
+        };
+        let sum = kernel_cache::checksum(&data);
+        let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+        if *held == sum {
+            return Ok(None);
+        }
+        kernel_cache::write(path, key, &data)?;
+        *held = sum;
+        Ok(Some(data.len() as u64))
+    }
+
+    /// Pipelines compiled on this device so far (by every clone of this
+    /// `Gpu`), and the time it took: what start-up spends before the first token.
+    pub fn compiled(&self) -> Compiled {
+        Compiled {
+            pipelines: self.compiling.pipelines.load(Ordering::Relaxed),
+            time: Duration::from_nanos(self.compiling.nanos.load(Ordering::Relaxed)),
         }
     }
 

@@ -303,20 +303,8 @@ impl GpuModel {
 /// uploaded there, shared by every later one. Call inside an error scope.
 fn kernels_for(gpu: &Gpu) -> Arc<Kernels> {
     let slot = gpu.kernels.get_or_init(|| {
-        let device = &gpu.device;
-        let cache = device
-            .features()
-            .contains(wgpu::Features::PIPELINE_CACHE)
-            // SAFETY: no data is given, so the driver reads nothing it did
-            // not write itself; with `fallback` an unusable cache is no cache.
-            .then(|| unsafe {
-                device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
-                    label: Some("kvgpu kernels"),
-                    data: None,
-                    fallback: true,
-                })
-            });
-        Arc::new(Kernels::new(device, cache.as_ref())) as Arc<dyn std::any::Any + Send + Sync>
+        let cache = gpu.pipeline_cache(crate::ops::sources_hash());
+        Arc::new(Kernels::new(gpu, cache)) as Arc<dyn std::any::Any + Send + Sync>
     });
     slot.clone()
         .downcast::<Kernels>()

@@ -9,24 +9,13 @@
 //! - [`cpu::CpuSession`] is the f32 reference the GPU is tested against.
 //! - [`generate()`] runs prompt + sampling with llama2.c's `run.c` semantics.
 //!
-//! ```no_run
-//! # fn main() -> kvgpu::Result<()> {
-//! let (model, tokenizer) = kvgpu::Model::load("stories260K.gguf")?;
-//! let tokenizer = tokenizer.expect("a GGUF file carries its tokenizer");
-//! let gpu = kvgpu::Gpu::new(None)?;
-//! let mut session = kvgpu::Session::new(&kvgpu::GpuModel::new(&gpu, &model)?, None)?;
-//! let mut sampler = kvgpu::Sampler::new(0.8, 0.9, 42)?;
-//! let new_tokens = kvgpu::Length::NewTokens(64);
-//! kvgpu::generate(&mut session, &tokenizer, &mut sampler, "Once", new_tokens, |s| print!("{s}"))?;
-//! # Ok(()) }
-//! ```
+//! `examples/generate.rs` is the shortest whole program: load, upload,
+//! generate (`cargo run --example generate -- MODEL [TOKENIZER] [PROMPT]`);
+//! README.md's "Use it as a library" walks through it. The examples are
+//! built by `cargo test`, so they compile against this version.
 //!
-//! Modules, each using only those before it in this list: `error`; `files`,
-//! `frame_budget`, `rng`; `test_util` (unit tests only);
-//! `rope`, `tensor`; `arch`; `gguf`; `tokenizer`; `model`; `gpu`; `kv_cache`,
-//! `readback`; the
-//! kernels (`ops`, crate-private); `gpu_model`; `sampler`; `pass`; `session`,
-//! `profile`; `cpu`; `generate`.
+//! How the modules are layered (each uses only the layers below it) is
+//! README.md's "Where things live" table, which `tests/layering.rs` reads.
 
 pub mod arch;
 mod error;
@@ -45,6 +34,7 @@ pub mod tokenizer;
 pub mod model;
 
 mod gpu;
+mod kernel_cache;
 mod kv_cache;
 mod ops;
 mod readback;
@@ -75,8 +65,9 @@ pub use generate::{
     generate, generate_shifting, generate_tokens, ContextShift, Decoder, Generation, Length,
     NoCache, Prompt, GREEDY_BLOCK,
 };
-pub use gpu::Gpu;
+pub use gpu::{Compiled, Gpu};
 pub use gpu_model::GpuModel;
+pub use kernel_cache::KernelCache;
 pub use kv_cache::{KvCache, KvDtype, Positions};
 pub use lookup::{Lookup, LookupStats};
 pub use model::{Config, LayerWeights, Model, Weights};

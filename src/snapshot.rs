@@ -271,7 +271,7 @@ impl Session {
             extra: extra.to_vec(),
             rows,
         };
-        std::fs::write(path, snapshot.to_bytes()).map_err(|source| Error::Io {
+        std::fs::write(path, snapshot.to_bytes()).map_err(|source| Error::Write {
             path: path.to_path_buf(),
             source,
         })

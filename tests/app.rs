@@ -204,7 +204,7 @@ fn two_threads_decode_two_sessions_over_one_model_as_alone() {
 
 #[test]
 fn kernels_are_compiled_once_per_device_for_every_model() {
-    let gpu = require!(common::gpu());
+    let gpu = require!(common::own_gpu());
     let pipelines = || {
         gpu.device
             .get_internal_counters()
@@ -242,7 +242,7 @@ fn kernels_are_compiled_once_per_device_for_every_model() {
 #[test]
 fn after_the_device_is_destroyed_every_call_says_device_lost_without_panicking() {
     let (model, _) = require!(common::stories());
-    let gpu = require!(common::gpu());
+    let gpu = require!(common::own_gpu());
     // The app's own handler: kvgpu's calls must never reach it.
     let uncaptured = count_uncaptured(&gpu.device);
     let gm = GpuModel::new(&gpu, &model).unwrap();
@@ -266,7 +266,7 @@ fn after_the_device_is_destroyed_every_call_says_device_lost_without_panicking()
 
 #[test]
 fn a_cache_too_big_for_the_device_is_out_of_memory_before_anything_is_allocated() {
-    let gpu = require!(common::gpu());
+    let gpu = require!(common::own_gpu());
     let uncaptured = count_uncaptured(&gpu.device);
     // A million positions of 8 KV heads of 8: 256 MB per layer's K.
     let mut config = common::tiny_model(16).config;
@@ -300,4 +300,90 @@ fn a_cache_too_big_for_the_device_is_out_of_memory_before_anything_is_allocated(
         .forward_greedy(1)
         .unwrap();
     assert_eq!(uncaptured.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[test]
+fn the_kernel_cache_is_written_read_back_and_never_trusted_damaged_or_foreign() {
+    let dir = common::scratch("kernel_cache");
+    let model = common::tiny_model(16);
+    // A device of its own (the kernels compile on it), keeping its kernels in `dir`.
+    let open = || {
+        let gpu = common::own_gpu()?;
+        assert!(gpu.keep_kernels_in(&dir));
+        let gm = GpuModel::new(&gpu, &model).unwrap();
+        Session::new(&gm, None).unwrap().forward_greedy(1).unwrap();
+        assert!(
+            !gpu.keep_kernels_in("elsewhere"),
+            "set once, before compiling"
+        );
+        let compiled = gpu.compiled();
+        assert!(compiled.pipelines >= 13, "{compiled:?}");
+        Some(gpu)
+    };
+    let gpu = require!(open());
+    let path = match gpu.kernel_cache().cloned() {
+        Some(kvgpu::KernelCache::Empty { path, why }) => {
+            assert_eq!(why, "no file yet");
+            path
+        }
+        Some(kvgpu::KernelCache::Unsupported) => {
+            common::skip("the adapter keeps no pipeline cache".into());
+            return;
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(path.starts_with(&dir), "{}", path.display());
+    let written = gpu.save_kernels().unwrap().expect("a new file");
+    assert_eq!(gpu.save_kernels().unwrap(), None, "nothing new to write");
+    drop(gpu);
+
+    // Read back: the same data, nothing new to write.
+    let gpu = open().unwrap();
+    let loaded = kvgpu::KernelCache::Loaded {
+        path: path.clone(),
+        bytes: written,
+    };
+    assert_eq!(gpu.kernel_cache(), Some(&loaded));
+    assert_eq!(gpu.save_kernels().unwrap(), None);
+    drop(gpu);
+
+    // Damaged (a flipped byte of the data, a cut) or another build's
+    // (a changed key): ignored, said why, and replaced.
+    let good = std::fs::read(&path).unwrap();
+    let key_at = good.windows(6).position(|w| w == b"kvgpu ").unwrap();
+    let mut flipped = good.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    let mut foreign = good.clone();
+    foreign[key_at + 4] = b'X';
+    for (bytes, why) in [
+        (flipped, "damaged (checksum mismatch)"),
+        (
+            good[..good.len() - 1].to_vec(),
+            "damaged (cut short or not a kvgpu kernel cache)",
+        ),
+        (foreign, "written for another build or adapter: kvgpX "),
+    ] {
+        std::fs::write(&path, bytes).unwrap();
+        let gpu = open().unwrap();
+        match gpu.kernel_cache() {
+            Some(kvgpu::KernelCache::Empty { why: found, .. }) => {
+                assert!(found.starts_with(why), "{found}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(gpu.save_kernels().unwrap().is_some(), "replaced");
+        drop(gpu);
+        let gpu = open().unwrap();
+        let read = matches!(gpu.kernel_cache(), Some(kvgpu::KernelCache::Loaded { .. }));
+        assert!(read, "{:?}", gpu.kernel_cache());
+    }
+    // An unwritable folder: a typed error that says "write".
+    let gpu = common::own_gpu().unwrap();
+    let file = dir.join("a file");
+    std::fs::write(&file, b"").unwrap();
+    gpu.keep_kernels_in(file.join("kernels"));
+    GpuModel::new(&gpu, &model).unwrap();
+    let err = gpu.save_kernels().unwrap_err();
+    assert!(matches!(err, kvgpu::Error::Write { .. }), "{err}");
+    assert!(err.to_string().starts_with("cannot write"), "{err}");
 }

@@ -29,6 +29,77 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 test paths")
 }
 
+/// The number after `label` in `line`, e.g. 0.25 after "load " in "load 0.25 s".
+fn number_after(line: &str, label: &str) -> f64 {
+    let at = line
+        .find(label)
+        .unwrap_or_else(|| panic!("{label:?} not in {line}"))
+        + label.len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {label:?} in {line}"))
+}
+
+/// Start-up is visible: the stats line's parts (file, device, kernels and
+/// their count, weights) make up its load time, and load and generation
+/// its total, which is the process's wall time but for its start and exit;
+/// `--json` carries the kernels too.
+#[test]
+fn the_stats_line_accounts_for_the_wall_time() {
+    require!(common::stories());
+    let started = std::time::Instant::now();
+    let out = kvgpu(&["run", "-p", "Once upon a time", "-n", "16", "--temp", "0"]);
+    let wall = started.elapsed().as_secs_f64();
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let stats = stderr
+        .lines()
+        .find(|l| l.starts_with("adapter: "))
+        .expect("a stats line");
+    let load = number_after(stats, "| load ");
+    let parts = [
+        "(file ",
+        ", device ",
+        ", kernels ",
+        ", weights and KV cache ",
+    ]
+    .map(|label| number_after(stats, label));
+    let sum: f64 = parts.iter().sum();
+    // Each printed to 0.01 s.
+    assert!(
+        (sum - load).abs() <= 0.03,
+        "{parts:?} add to {sum}, not {load}: {stats}"
+    );
+    assert!(
+        number_after(stats, " s: ") >= 10.0,
+        "the kernels compiled: {stats}"
+    );
+    let generation = number_after(stats, " positions in ");
+    let total = number_after(stats, "| total ");
+    assert!(load + generation <= total + 0.02, "{stats}");
+    assert!(
+        load + generation >= 0.9 * total,
+        "load and generation are most of the total: {stats}"
+    );
+    assert!(
+        total <= wall && wall - total <= (0.1 * wall).max(0.3),
+        "wall {wall} s: {stats}"
+    );
+
+    let out = kvgpu(&["run", "-p", "Once", "-n", "4", "--temp", "0", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let timings = &json["timings"];
+    assert!(
+        timings["kernels_compiled"].as_u64().unwrap() >= 10,
+        "{json}"
+    );
+    assert!(timings["kernels_seconds"].as_f64().unwrap() > 0.0, "{json}");
+}
+
 #[test]
 fn run_reproduces_the_reference_texts() {
     let dir = require!(common::models_dir());
@@ -312,6 +383,8 @@ fn too_many_new_tokens_are_announced_not_silently_cut() {
         "f16",
         "--temp",
         "0.8",
+        // The 16-position context fills whatever the random seed samples.
+        "--ignore-eos",
     ]);
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -507,12 +580,13 @@ fn run_stops_at_end_of_sequence_unless_told_to_ignore_it() {
         "-p",
         prompt,
         "-n",
-        "32",
+        "-1",
         "--temp",
         "0",
         "-c",
         "64",
     ];
+    // -n -1: until the end token (29 tokens in; the context holds 64).
     let out = kvgpu(&args);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -521,6 +595,8 @@ fn run_stops_at_end_of_sequence_unless_told_to_ignore_it() {
         "The capital of France is Paris.\n\nThe answer is: 2018-01-22 12:12:53.\n"
     );
     assert!(stderr.contains("generated tokens: 29 "), "{stderr}");
+    let mut args = args.to_vec();
+    args[6] = "32";
     let out = kvgpu(&[&args[..], &["--ignore-eos"]].concat());
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");

@@ -276,7 +276,7 @@ fn reset_then_fresh_run_gives_the_same_text() {
 #[test]
 fn decode_allocates_nothing_and_submits_once_per_token() {
     let (model, _) = require!(common::stories());
-    let gpu = require!(common::gpu());
+    let gpu = require!(common::own_gpu());
     let mut s = session(&gpu, &model);
     let mut sampler = Sampler::new(1.0, 0.9, 7).unwrap();
     let mut token = s.forward_greedy(kvgpu::tokenizer::BOS).unwrap(); // warm-up

@@ -1,41 +1,61 @@
 //! The crate's modules form layers, and code only reaches down (and no
 //! file grows past 700 lines): a module
 //! may use its own layer's helpers and anything in the layers below it,
-//! never a layer above (so there is no import cycle). The list is the one in
-//! README.md's "Where things live"; a new module must be placed in it.
+//! never a layer above (so there is no import cycle). The layers are read
+//! from README.md's "Where things live" table; a new module must be placed in it.
 
 use std::path::Path;
 
-/// Bottom to top. Modules in one entry do not use each other.
-const LAYERS: &[&[&str]] = &[
-    &["error"],
-    &["files", "frame_budget", "perplexity", "rng"],
-    &["test_util"],
-    &["rope", "tensor"],
-    &["arch"],
-    &["gguf"],
-    &["tokenizer"],
-    &["model"],
-    &["gpu"],
-    &["kv_cache", "readback"],
-    &["ops"],
-    &["gpu_model", "sampler"],
-    &["pass", "pool"],
-    &["session"],
-    &["profile", "snapshot"],
-    &["cpu"],
-    &["shift"],
-    &["generate"],
-    &["chat", "engine", "lookup"],
-    &["parallel"],
-    &["lib"],
-];
+/// The layers, bottom to top: each module's number in README.md's table
+/// (a row's first column, and the `src/NAME.rs` or `src/NAME/` paths it
+/// names; `lib` is above them all).
+fn layers() -> Vec<(String, usize)> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let mut out = Vec::new();
+    for row in readme.lines() {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let Some(Ok(layer)) = cells.get(1).map(|c| c.parse::<usize>()) else {
+            continue;
+        };
+        for path in cells[2].split('`').filter(|p| p.starts_with("src/")) {
+            let name = path["src/".len()..]
+                .split(['/', '.'])
+                .next()
+                .unwrap_or_default();
+            out.push((name.to_string(), layer));
+        }
+    }
+    let top = out.iter().map(|(_, l)| *l).max().unwrap_or(0);
+    out.push(("lib".to_string(), top + 1));
+    out
+}
 
-fn layer(module: &str) -> usize {
-    LAYERS
+fn layer(layers: &[(String, usize)], module: &str) -> usize {
+    layers
         .iter()
-        .position(|l| l.contains(&module))
-        .unwrap_or_else(|| panic!("module {module} is in no layer: add it to LAYERS and README"))
+        .find(|(m, _)| m == module)
+        .map(|(_, l)| *l)
+        .unwrap_or_else(|| panic!("module {module} is in no layer: add it to README.md's table"))
+}
+
+#[test]
+fn the_readme_table_has_every_module_and_in_order() {
+    let layers = layers();
+    // Numbered bottom to top without gaps, and naming the modules lib.rs declares.
+    let numbers: Vec<usize> = layers.iter().map(|(_, l)| *l).collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1),
+        "{numbers:?}"
+    );
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    for line in lib.lines() {
+        let decl = line.trim_start_matches("pub ").trim();
+        if let Some(name) = decl.strip_prefix("mod ").and_then(|m| m.strip_suffix(';')) {
+            layer(&layers, name);
+        }
+    }
 }
 
 /// Every `.rs` file under `dir`.
@@ -52,6 +72,7 @@ fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 
 #[test]
 fn modules_only_use_modules_below_them() {
+    let layers = layers();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     sources(&src, &mut files);
@@ -70,7 +91,7 @@ fn modules_only_use_modules_below_them() {
             .as_os_str()
             .to_string_lossy();
         let module = first.trim_end_matches(".rs").to_string();
-        let own = layer(&module);
+        let own = layer(&layers, &module);
         let text = std::fs::read_to_string(&file).unwrap();
         for (n, line) in text.lines().enumerate() {
             if line.trim_start().starts_with("//") {
@@ -89,7 +110,7 @@ fn modules_only_use_modules_below_them() {
                         rel.display(),
                         n + 1
                     ));
-                } else if !used.is_empty() && used != module && layer(&used) >= own {
+                } else if !used.is_empty() && used != module && layer(&layers, &used) >= own {
                     wrong.push(format!(
                         "{}:{}: {module} uses crate::{used}, which is not below it",
                         rel.display(),

@@ -78,23 +78,10 @@ struct Sequence {
 /// tokens, attention per token through its sequence's page table; pages
 /// shared by forks and by prompts with a common prefix, copied on write.
 ///
-/// ```no_run
-/// # fn main() -> kvgpu::Result<()> {
-/// # let (model, _) = kvgpu::Model::load("stories260K.gguf")?;
-/// # let model = kvgpu::GpuModel::new(&kvgpu::Gpu::new(None)?, &model)?;
-/// let mut engine = kvgpu::Engine::new(&model, kvgpu::EngineOptions::default())?;
-/// let a = engine.add(&[1, 403, 407])?; // prompt tokens
-/// let b = engine.add(&[1, 612])?;
-/// let mut sampler = kvgpu::Sampler::greedy();
-/// for _ in 0..16 {
-///     for id in engine.step()? {
-///         let logits = engine.logits(id)?; // this step ran its last token
-///         let next = sampler.sample(logits);
-///         engine.push(id, next)?;
-///     }
-/// }
-/// # let _ = (a, b); Ok(()) }
-/// ```
+/// A loop of [`Engine::add`] (a prompt's tokens), [`Engine::step`] (the
+/// sequences whose logits are ready), [`Engine::logits`], a sampler and
+/// [`Engine::push`]: `examples/sequences.rs` runs three prompts joining at
+/// different steps and a fork, and prints the pool's memory.
 #[derive(Debug)]
 pub struct Engine {
     model: GpuModel,

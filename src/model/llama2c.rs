@@ -290,7 +290,7 @@ impl Model {
         if let Some(cls) = &w.wcls {
             put(cls);
         }
-        std::fs::write(path, bytes).map_err(|source| Error::Io {
+        std::fs::write(path, bytes).map_err(|source| Error::Write {
             path: path.to_path_buf(),
             source,
         })

@@ -6,11 +6,14 @@
 //! share: the weights on the GPU ([`projection::GpuTensor`]) and dequant.wgsl's `Params`.
 
 use crate::error::{Error, Result};
-use crate::gpu::buffer_init;
+use crate::gpu::{buffer_init, Gpu};
+
+pub use compile::{cache_build, drop_cases, paged, pipeline, Compiler, Constants, Pipelines};
 
 pub mod argmax;
 pub mod attention;
 pub mod attention_combine;
+mod compile;
 pub mod embed;
 pub mod kv_shift;
 pub mod matmul;
@@ -72,6 +75,24 @@ impl Variant {
             shader,
             constants: Vec::new(),
         }
+    }
+
+    /// The WGSL this variant compiles: its shader's source, less the
+    /// `case DTYPE_*` arms of weight-type switches for the types it does
+    /// not read (its `DTYPE` and `UP_DTYPE`, F32 unless given). A shader
+    /// holds every type's decoders; drivers would otherwise take each
+    /// through their compilers before folding the constants (on lavapipe
+    /// most of a matvec pipeline's compile time).
+    pub fn source(&self) -> String {
+        let source = self.shader.source;
+        if !source.contains("override DTYPE") {
+            return source.to_string();
+        }
+        let constant = |name: &str| {
+            let given = self.constants.iter().find(|(n, _)| *n == name);
+            given.map_or(0, |(_, v)| *v as u32)
+        };
+        drop_cases(source, &[constant("DTYPE"), constant("UP_DTYPE")])
     }
 
     /// The kernel's name and its constants, e.g. "matvec NORM=1".
@@ -173,6 +194,17 @@ pub const SHADERS: [Shader; 11] = [
     rmsnorm::SHADER,
     rope_append::SHADER,
 ];
+
+/// A hash of every kernel's source: a pipeline cache saved by a kvgpu
+/// whose kernels differ is not read.
+pub fn sources_hash() -> u64 {
+    let mut h = crate::model::Fnv::default();
+    for s in SHADERS {
+        h.write(s.name.as_bytes());
+        h.write(s.source.as_bytes());
+    }
+    h.0
+}
 
 /// WGSL files that are not kernels but are prepended to kernels' source:
 /// `prelude` (the `Step` struct) to those that run the tokens of a pass,
@@ -290,8 +322,14 @@ impl Kernels {
     /// Compiles every kernel (those that read weights: as each storage
     /// type is first bound), through `cache` where the device has one.
     /// Call inside an error scope ([`crate::Gpu::scoped`]).
-    pub fn new(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>) -> Self {
-        let c = Compiler { device, cache };
+    pub fn new(gpu: &Gpu, cache: Option<&wgpu::PipelineCache>) -> Self {
+        let device = &gpu.device;
+        let compiling = &gpu.compiling;
+        let c = Compiler {
+            device,
+            cache,
+            compiling,
+        };
         Self {
             argmax: argmax::Argmax::new(&c),
             attention: attention::Attention::new(&c),
@@ -333,98 +371,6 @@ impl Kernels {
 pub fn subgroups_of_8(device: &wgpu::Device) -> bool {
     device.features().contains(wgpu::Features::SUBGROUP)
         && device.adapter_info().subgroup_min_size >= 8
-}
-
-/// What the ops compile their pipelines with.
-pub struct Compiler<'a> {
-    device: &'a wgpu::Device,
-    cache: Option<&'a wgpu::PipelineCache>,
-}
-
-/// Compiles `variant`'s `main`.
-fn pipeline(compiler: &Compiler, variant: Variant) -> wgpu::ComputePipeline {
-    let device = compiler.device;
-    #[cfg(test)]
-    testing::BUILT.with(|b| b.borrow_mut().push(variant.name()));
-    let Variant { shader, constants } = variant;
-    let constants = &constants;
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(shader.name),
-        source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-    });
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(shader.name),
-        layout: None,
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: wgpu::PipelineCompilationOptions {
-            constants,
-            ..Default::default()
-        },
-        cache: compiler.cache,
-    })
-}
-
-/// A kernel's pipelines by their constants, each compiled on first use: the
-/// weight-reading kernels get one per storage type a model uses (a WGSL
-/// override), so none carries the decoders of the other types.
-#[derive(Debug)]
-pub struct Pipelines {
-    shader: Shader,
-    device: wgpu::Device,
-    cache: Option<wgpu::PipelineCache>,
-    /// (constants, pipeline), in the order first asked for.
-    built: std::sync::Mutex<Vec<(Constants, wgpu::ComputePipeline)>>,
-}
-
-/// Pipeline-overridable constants by name.
-pub type Constants = Vec<(&'static str, f64)>;
-
-/// The constants of the PAGED build of attention_combine (shaders/prelude.wgsl).
-pub fn paged() -> Constants {
-    vec![("PAGED", 1.0)]
-}
-
-/// The constants of a kernel that touches the KV cache, built for a paged
-/// pool or a flat cache (shaders/prelude.wgsl) of `dtype` (kv.wgsl's
-/// `KV_DTYPE`).
-pub fn cache_build(paged: bool, dtype: crate::kv_cache::KvDtype) -> Constants {
-    vec![
-        ("PAGED", f64::from(u8::from(paged))),
-        ("KV_DTYPE", f64::from(dtype.gpu_id())),
-    ]
-}
-
-impl Pipelines {
-    /// `shader`'s pipelines, compiled as asked for.
-    pub fn new(c: &Compiler, shader: Shader) -> Self {
-        Self {
-            shader,
-            device: c.device.clone(),
-            cache: c.cache.cloned(),
-            built: Default::default(),
-        }
-    }
-
-    /// The pipeline for `constants`, compiled the first time. Call inside
-    /// an error scope.
-    pub fn get(&self, constants: Constants) -> wgpu::ComputePipeline {
-        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, p)) = built.iter().find(|(c, _)| *c == constants) {
-            return p.clone();
-        }
-        let compiler = Compiler {
-            device: &self.device,
-            cache: self.cache.as_ref(),
-        };
-        let variant = Variant {
-            shader: self.shader,
-            constants: constants.clone(),
-        };
-        let p = pipeline(&compiler, variant);
-        built.push((constants, p.clone()));
-        p
-    }
 }
 
 /// One kernel launch (or several, for a weight split into row-chunks), bound

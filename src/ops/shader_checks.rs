@@ -144,7 +144,7 @@ fn kernels_build_exactly_the_listed_variants() {
     let built = || super::testing::BUILT.with(|b| b.borrow_mut().drain(..).collect::<Vec<_>>());
     built();
     let kernels = gpu
-        .scoped("compiling", || Kernels::new(&gpu.device, None))
+        .scoped("compiling", || Kernels::new(&gpu, None))
         .unwrap();
     let mut listed: Vec<String> = VARIANTS.iter().map(|v| v.name()).collect();
     let mut first = built();
@@ -183,7 +183,7 @@ fn kernels_build_exactly_the_listed_variants() {
 
 /// The parsed, validated module of `variant`, its constants applied.
 fn module(variant: &Variant) -> (naga::Module, naga::valid::ModuleInfo) {
-    let source = variant.shader.source;
+    let source = &variant.source();
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
     let info = validator(variant.shader.needs)
@@ -426,5 +426,61 @@ fn every_kernel_has_a_test_beside_it() {
             "kernel {}: needs a CPU twin, tests beside it, and a test that binds it",
             s.name
         );
+    }
+}
+
+/// A variant's source keeps the weight-type arms of its own types (and
+/// every `default`), drops the others', and is what the translation test
+/// compiles (it parses and validates for every type pair there).
+#[test]
+fn variants_compile_only_their_weight_types_decoders() {
+    let toy = "const DTYPE_F32: u32 = 0u;\nconst DTYPE_Q8_0: u32 = 3u;\nconst DTYPE_Q4_0: u32 = 4u;\n\
+        fn f(d: u32) -> u32 {\n    switch d {\n        case DTYPE_F32: {\n            if true {\n                return 1u;\n            }\n            return 2u;\n        }\n\
+        case DTYPE_Q8_0, DTYPE_Q4_0: { // two\n            return 3u;\n        }\n        default: {\n            return 4u;\n        }\n    }\n}\n";
+    let kept = super::drop_cases(toy, &[3]);
+    assert!(
+        !kept.contains("case DTYPE_F32") && !kept.contains("1u") && !kept.contains("2u"),
+        "{kept}"
+    );
+    assert!(
+        kept.contains("case DTYPE_Q8_0, DTYPE_Q4_0") && kept.contains("default"),
+        "{kept}"
+    );
+    assert_eq!(super::drop_cases(toy, &[0, 4]), toy);
+    let names = [
+        "DTYPE_F32",
+        "DTYPE_F16",
+        "DTYPE_Q8_0",
+        "DTYPE_Q4_K",
+        "DTYPE_Q6_K",
+    ];
+    for v in specialized_variants() {
+        let source = v.source();
+        let full = v.shader.source;
+        if !full.contains("override DTYPE") {
+            assert_eq!(source, full, "{}", v.name());
+            continue;
+        }
+        assert!(source.len() < full.len(), "{}: nothing dropped", v.name());
+        let types: Vec<u32> = ["DTYPE", "UP_DTYPE"]
+            .iter()
+            .map(|n| {
+                v.constants
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map_or(0, |(_, x)| *x as u32)
+            })
+            .collect();
+        for (id, name) in [0, 1, 3, 5, 6].into_iter().zip(names) {
+            let arm = format!("case {name}:");
+            let wanted = types.contains(&id);
+            let arms_in_full = full.matches(&arm).count();
+            assert_eq!(
+                source.matches(&arm).count(),
+                if wanted { arms_in_full } else { 0 },
+                "{}: {arm}",
+                v.name()
+            );
+        }
     }
 }

@@ -61,7 +61,7 @@ impl Bench {
     pub fn new() -> Option<Self> {
         let gpu = gpu()?;
         let kernels = gpu
-            .scoped("compiling", || Kernels::new(&gpu.device, None))
+            .scoped("compiling", || Kernels::new(&gpu, None))
             .unwrap();
         Some(Self { gpu, kernels })
     }

@@ -18,15 +18,35 @@ Lily didn't want to help her mom, so she said, \"I'm sorry, mom. I didn't know w
 /// `run stories260K.bin -z tok512.bin -t 0 -i "Zoo" -n 60`.
 pub const ZOO: &str = "Zoo was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but she didn't want to play with";
 
-fn skip(why: String) {
+/// Says why a test was skipped (a failure under `CI=true`).
+pub fn skip(why: String) {
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("CI=true and {why}");
     }
     eprintln!("SKIPPED: {why}");
 }
 
-/// A device on the environment's adapter, or `None` (test skipped) when there is none.
+/// The device this test binary's tests share (a clone of one `Gpu`, so
+/// each kernel compiles once per binary, not once per test), or `None`
+/// (test skipped) when there is no adapter. A test that destroys its
+/// device, installs handlers on it or counts what is created on it takes
+/// [`own_gpu`].
 pub fn gpu() -> Option<Gpu> {
+    static SHARED: std::sync::OnceLock<Result<Gpu, String>> = std::sync::OnceLock::new();
+    match SHARED.get_or_init(|| Gpu::new(None).map_err(|e| e.to_string())) {
+        Ok(gpu) => Some(gpu.clone()),
+        Err(e) => {
+            skip(format!(
+                "no GPU adapter ({e}); install mesa-vulkan-drivers for lavapipe"
+            ));
+            None
+        }
+    }
+}
+
+/// A device of its own on the environment's adapter, or `None` (test
+/// skipped) when there is none.
+pub fn own_gpu() -> Option<Gpu> {
     match Gpu::new(None) {
         Ok(gpu) => Some(gpu),
         Err(e) => {

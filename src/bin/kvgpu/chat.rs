@@ -8,7 +8,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
-use kvgpu::{Chat, Gpu, GpuModel, Sampler, Session, SessionOptions};
+use kvgpu::{Chat, GpuModel, Sampler, Session, SessionOptions};
 
 /// Chat with an instruct model.
 #[derive(clap::Args, Debug)]
@@ -60,11 +60,11 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let (model, tokenizer) = crate::load_model(Some(&args.model), None)?;
     crate::isolate_templates()?;
     let mut chat = Chat::new(&tokenizer, args.system.as_deref())?;
-    let gpu = Gpu::new(args.adapter.as_deref())?;
-    let gpu_model = GpuModel::new(&gpu, &model)?;
+    let gpu = crate::open_gpu(args.adapter.as_deref())?;
+    let gpu_model = crate::compiling(&gpu, || GpuModel::new(&gpu, &model))?;
     let mut options = SessionOptions::default().kv_dtype(args.kv_type);
     options.capacity = args.ctx_size;
-    let mut session = Session::with_options(&gpu_model, options)?;
+    let mut session = crate::compiling(&gpu, || Session::with_options(&gpu_model, options))?;
     let interactive = std::io::stdin().is_terminal();
     let mut stdout = std::io::stdout();
     let mut lines = std::io::stdin().lock().split(b'\n');
@@ -154,6 +154,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         match turn {
             Ok(turn) => {
                 println!();
+                crate::save_kernels(&gpu);
                 eprintln!(
                     "[{} new tokens prefilled, {} generated{}, {} of {} positions in use]",
                     turn.prefilled,

@@ -55,7 +55,11 @@ enum Command {
     RenderTemplate,
 }
 
+/// When this process began its work: the stats lines count from here.
+pub static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
+    STARTED.get_or_init(std::time::Instant::now);
     let cli = Cli::parse_from(llama_flags(std::env::args_os()));
     let result = match &cli.command {
         Command::Run(args) => run::main(args),
@@ -174,6 +178,62 @@ pub fn isolate_templates() -> Result<(), String> {
         .map_err(|e| format!("cannot find this executable to render chat templates: {e}"))?;
     kvgpu::chat::isolate_templates(exe, &["render-template"]);
     Ok(())
+}
+
+/// A device on `adapter` (else the environment's), its compiled kernels
+/// kept between runs in the user cache folder's `kernels/` (or
+/// `$KVGPU_KERNEL_CACHE`; `off` keeps none).
+pub fn open_gpu(adapter: Option<&str>) -> kvgpu::Result<kvgpu::Gpu> {
+    let gpu = kvgpu::Gpu::new(adapter)?;
+    let dir = match std::env::var_os("KVGPU_KERNEL_CACHE") {
+        Some(v) if v == "off" => None,
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => kvgpu::files::cache_dir().map(|d| d.join("kernels")),
+    };
+    if let Some(dir) = dir {
+        gpu.keep_kernels_in(dir);
+    }
+    Ok(gpu)
+}
+
+/// Runs `f` (a model upload, a session: what compiles kernels) with
+/// "compiling kernels: N" counting on a terminal while it does.
+pub fn compiling<T>(gpu: &kvgpu::Gpu, f: impl FnOnce() -> T) -> T {
+    let before = gpu.compiled().pipelines;
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} compiling kernels: {pos}").expect("valid template"),
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // Shown only when it takes a while (a warm cache takes none).
+            let mut shown = false;
+            let started = std::time::Instant::now();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let n = gpu.compiled().pipelines - before;
+                if !shown && started.elapsed().as_millis() > 300 && n > 0 {
+                    shown = true;
+                    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+                }
+                if shown {
+                    bar.set_position(n as u64);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            bar.finish_and_clear();
+        });
+        let value = f();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        value
+    })
+}
+
+/// Writes the kernels' pipeline cache where `open_gpu` keeps it; a
+/// failure is a warning (the next run compiles again).
+pub fn save_kernels(gpu: &kvgpu::Gpu) {
+    if let Err(e) = gpu.save_kernels() {
+        eprintln!("\nwarning: the compiled kernels were not kept: {e}");
+    }
 }
 
 /// `file` found as `kvgpu::files::find` does, else downloaded into the user

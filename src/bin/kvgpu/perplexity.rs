@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use kvgpu::perplexity::{chunks, first_scored, log_softmax, Comparison, Perplexity};
-use kvgpu::{Gpu, GpuModel, KvDtype, Session, SessionOptions};
+use kvgpu::{GpuModel, KvDtype, Session, SessionOptions};
 
 /// Measure perplexity (and KL divergence against a base run).
 #[derive(clap::Args, Debug)]
@@ -73,11 +73,11 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     let vocab = model.config.vocab_size;
-    let gpu = Gpu::new(args.adapter.as_deref())?;
-    let gpu_model = GpuModel::new(&gpu, &model)?;
+    let gpu = crate::open_gpu(args.adapter.as_deref())?;
+    let gpu_model = crate::compiling(&gpu, || GpuModel::new(&gpu, &model))?;
     let mut options = SessionOptions::default().kv_dtype(args.kv_type);
     options.capacity = Some(n_ctx);
-    let mut session = Session::with_options(&gpu_model, options)?;
+    let mut session = crate::compiling(&gpu, || Session::with_options(&gpu_model, options))?;
     let first = first_scored(n_ctx);
     let rows = n_ctx - 1 - first;
     eprintln!(
@@ -121,6 +121,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             started.elapsed().as_secs_f64()
         );
     }
+    crate::save_kernels(&gpu);
     let p = Perplexity::from_nll(&nll);
     println!("Final estimate: PPL = {:.4} +/- {:.5}", p.ppl, p.error);
     if compare {

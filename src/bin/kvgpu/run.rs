@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvgpu::cpu::CpuSession;
 use kvgpu::{
     generate, generate_parallel, generate_shifting, ContextShift, Decoder, Engine, EngineOptions,
-    Gpu, GpuModel, KvDtype, Length, Lookup, NoCache, Prompt, Sampler, Session, SessionOptions,
+    GpuModel, KvDtype, Length, Lookup, NoCache, Prompt, Sampler, Session, SessionOptions,
     Tokenizer,
 };
 
@@ -238,7 +238,9 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.lookup.is_some() && !sampler.is_greedy() {
         return Err("--lookup decodes greedily: add --temp 0 (and no penalties)".into());
     }
-    let gpu = Gpu::new(args.adapter.as_deref())?;
+    let file_time = loading.elapsed();
+    let gpu = crate::open_gpu(args.adapter.as_deref())?;
+    let device_time = loading.elapsed() - file_time;
     let bar = ProgressBar::new(model.weights.bytes()).with_style(
         ProgressStyle::with_template("uploading weights {bar:40} {bytes}/{total_bytes} ({eta})")
             .expect("valid template"),
@@ -247,9 +249,10 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if model.weights.bytes() < 64 << 20 {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    let gpu_model = GpuModel::with_progress(&gpu, &model, |done, _| bar.set_position(done))?;
+    let gpu_model = crate::compiling(&gpu, || {
+        GpuModel::with_progress(&gpu, &model, |done, _| bar.set_position(done))
+    })?;
     bar.finish_and_clear();
-    let load_time = loading.elapsed();
     if let Some(n) = args.parallel {
         let kv_dtype = options.kv_dtype;
         return parallel(
@@ -262,7 +265,8 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             kv_dtype,
         );
     }
-    let mut session = Session::with_options(&gpu_model, options)?;
+    let mut session = crate::compiling(&gpu, || Session::with_options(&gpu_model, options))?;
+    let load_time = loading.elapsed();
     // A saved state: its cache, its next token and its sampler.
     let resume = match &args.load_state {
         Some(path) => {
@@ -372,8 +376,12 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         session.save(path, &run.all_tokens[..len], next, Some(&sampler), &[])?;
     }
     let wall = started.elapsed();
+    crate::save_kernels(&gpu);
     match args.json {
-        true => println!("{}", json(args, &run, length, (load_time, wall))),
+        true => println!(
+            "{}",
+            json(args, &run, length, (load_time, wall), gpu.compiled())
+        ),
         false => println!(),
     }
     let work = match &uncached {
@@ -401,10 +409,23 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         None => work,
     };
     let kv = format!("{kv} | {in_use}");
+    let compiled = gpu.compiled();
+    let cache = match gpu.kernel_cache() {
+        Some(kvgpu::KernelCache::Loaded { bytes, .. }) => {
+            format!(", kernel cache: {bytes} bytes read")
+        }
+        _ => String::new(),
+    };
+    let total = crate::STARTED.get().map_or(wall, |s| s.elapsed());
     eprintln!(
-        "adapter: {} | load {:.2} s | weights: {} bytes | prompt tokens: {} (first token after {:.3} s) | generated tokens: {} | {:.1} tok/s ({} positions in {:.2} s) | {work} | {kv}",
+        "adapter: {} | load {:.2} s (file {:.2} s, device {:.2} s, kernels {:.2} s: {} compiled{cache}, weights and KV cache {:.2} s) | weights: {} bytes | prompt tokens: {} (first token after {:.3} s) | generated tokens: {} | {:.1} tok/s ({} positions in {:.2} s) | total {:.2} s | {work} | {kv}",
         gpu.describe(),
         load_time.as_secs_f64(),
+        file_time.as_secs_f64(),
+        device_time.as_secs_f64(),
+        compiled.time.as_secs_f64(),
+        compiled.pipelines,
+        (load_time - file_time - device_time).saturating_sub(compiled.time).as_secs_f64(),
         model.weights.bytes(),
         run.prompt_tokens,
         run.first_token_seconds,
@@ -412,6 +433,7 @@ pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         run.tokens_per_second,
         run.positions,
         wall.as_secs_f64(),
+        total.as_secs_f64(),
     );
     if args.compare_cpu {
         let mut cpu = CpuSession::with_options(&model, options)?;
@@ -511,6 +533,7 @@ fn json(
     run: &kvgpu::Generation,
     length: Length,
     (load, wall): (std::time::Duration, std::time::Duration),
+    compiled: kvgpu::Compiled,
 ) -> serde_json::Value {
     let stop_reason = match (run.ended, run.stop, length) {
         (true, _, _) => "eos",
@@ -529,6 +552,8 @@ fn json(
         "stop": run.stop.and_then(|i| args.stop.iter().filter(|s| !s.is_empty()).nth(i)),
         "timings": {
             "load_seconds": load.as_secs_f64(),
+            "kernels_compiled": compiled.pipelines,
+            "kernels_seconds": compiled.time.as_secs_f64(),
             "first_token_seconds": run.first_token_seconds,
             "tokens_per_second": run.tokens_per_second,
             "generation_seconds": wall.as_secs_f64(),
