@@ -132,6 +132,16 @@ fn run_reproduces_the_reference_texts() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout, format!("{GREEDY}\n"));
+    // -m with a bare file name: found in KVGPU_MODELS (its tokenizer beside
+    // it), from a folder that does not hold it.
+    let out = Command::new(env!("CARGO_BIN_EXE_kvgpu"))
+        .args(["run", "-m", "stories260K.bin", "-n", "50", "--temp", "0"])
+        .env("KVGPU_MODELS", &dir)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(text(&out).0, format!("{}\n", first_50.text));
     // A prompt, and the summary line.
     let tokenizer = dir.join("tok512.bin");
     let out = kvgpu(&[

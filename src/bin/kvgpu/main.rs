@@ -278,7 +278,9 @@ pub fn fetch(file: &kvgpu::files::Known) -> Result<PathBuf, String> {
 /// `inputs` (a file being read: writing a model whose memory map is live
 /// would fault the reader).
 pub fn check_output(path: &Path, inputs: &[Option<&Path>]) -> Result<(), String> {
-    if let Some(input) = inputs.iter().flatten().find(|i| same_file(path, i)) {
+    // Inputs as they will be read (a bare model name found in $KVGPU_MODELS).
+    let inputs: Vec<PathBuf> = inputs.iter().flatten().map(|i| found(i)).collect();
+    if let Some(input) = inputs.iter().find(|i| same_file(path, i)) {
         return Err(format!(
             "will not write {}: it is the input file {}",
             path.display(),
@@ -320,7 +322,7 @@ pub fn load_model(
     tokenizer: Option<&Path>,
 ) -> Result<(kvgpu::Model, kvgpu::Tokenizer), Box<dyn std::error::Error>> {
     let path = match model {
-        Some(m) => m.to_path_buf(),
+        Some(m) => found(m),
         None => fetch(&kvgpu::files::STORIES260K)?,
     };
     let (weights, gguf_tokenizer) = kvgpu::Model::load(&path)?;
@@ -332,6 +334,18 @@ pub fn load_model(
         (None, None) => load_tokenizer(&tokenizer_beside(&path, vocab)?, vocab)?,
     };
     Ok((weights, tokenizer))
+}
+
+/// `path` as given when it exists or names a folder; else a bare file
+/// name is looked for as `kvgpu::files::find` does (`$KVGPU_MODELS`, then
+/// the user cache folder), and if it is not there either, the path as
+/// given (whose error then names it).
+pub fn found(path: &Path) -> PathBuf {
+    let bare = path.parent().is_none_or(|p| p.as_os_str().is_empty());
+    match (path.exists(), bare, path.to_str()) {
+        (false, true, Some(name)) => kvgpu::files::find(name).unwrap_or_else(|_| path.into()),
+        _ => path.into(),
+    }
 }
 
 /// A KV cache type by name: f32, f16, q8_0 or q4_0.

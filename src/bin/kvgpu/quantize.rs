@@ -39,7 +39,7 @@ fn parse_type(name: &str) -> Result<DType, String> {
 /// Writes the converted file.
 pub fn main(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     crate::check_output(&args.out, &[Some(&args.model), args.tokenizer.as_deref()])?;
-    let gguf = kvgpu::gguf::Gguf::open(&args.model).ok();
+    let gguf = kvgpu::gguf::Gguf::open(crate::found(&args.model)).ok();
     let (model, tokenizer) = crate::load_model(Some(&args.model), args.tokenizer.as_deref())?;
     let dtype = args.dtype;
     let requantized: Vec<&str> = model
