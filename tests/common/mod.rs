@@ -35,12 +35,7 @@ pub fn gpu() -> Option<Gpu> {
     static SHARED: std::sync::OnceLock<Result<Gpu, String>> = std::sync::OnceLock::new();
     match SHARED.get_or_init(|| Gpu::new(None).map_err(|e| e.to_string())) {
         Ok(gpu) => Some(gpu.clone()),
-        Err(e) => {
-            skip(format!(
-                "no GPU adapter ({e}); install mesa-vulkan-drivers for lavapipe"
-            ));
-            None
-        }
+        Err(e) => no_adapter(e),
     }
 }
 
@@ -49,13 +44,16 @@ pub fn gpu() -> Option<Gpu> {
 pub fn own_gpu() -> Option<Gpu> {
     match Gpu::new(None) {
         Ok(gpu) => Some(gpu),
-        Err(e) => {
-            skip(format!(
-                "no GPU adapter ({e}); install mesa-vulkan-drivers for lavapipe"
-            ));
-            None
-        }
+        Err(e) => no_adapter(&e.to_string()),
     }
+}
+
+/// Skips the test: there is no adapter (`why`).
+fn no_adapter(why: &str) -> Option<Gpu> {
+    skip(format!(
+        "no GPU adapter ({why}); install mesa-vulkan-drivers for lavapipe"
+    ));
+    None
 }
 
 /// A device with exactly `limits` on the environment's adapter (chosen as
@@ -69,12 +67,7 @@ pub fn gpu_with_limits(limits: wgpu::Limits) -> Option<Gpu> {
     });
     let adapter = match pollster::block_on(instance.request_adapter(&Default::default())) {
         Ok(a) => a,
-        Err(e) => {
-            skip(format!(
-                "no GPU adapter ({e}); install mesa-vulkan-drivers for lavapipe"
-            ));
-            return None;
-        }
+        Err(e) => return no_adapter(&e.to_string()),
     };
     let descriptor = wgpu::DeviceDescriptor {
         required_limits: limits,
